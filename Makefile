@@ -30,6 +30,9 @@ format: $(DEV_STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
+protos: $(DEV_STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
