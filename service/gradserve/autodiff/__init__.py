@@ -1,0 +1,46 @@
+"""gradserve's numpy autodiff core. It knows nothing of gRPC or protobuf.
+
+program = Program.build(GraphDef(inputs, nodes, outputs))
+evaluate(program, {"x": x})                       # values
+vjp_values(program, {"x": x}, {"y": ct}, ["x"])   # reverse mode
+jvp_values(program, {"x": x}, {"x": t}, ["y"])    # forward mode
+jacobian(program, {"x": x}, ["y"], ["x"])         # batched, chunked Jacobians
+"""
+
+from gradserve.autodiff import ops as _ops  # noqa: F401  (registers every op)
+from gradserve.autodiff.api import (
+    check_inputs,
+    evaluate,
+    jvp_values,
+    value_and_grad,
+    vjp_values,
+)
+from gradserve.autodiff.executor import Cancelled, compile_program
+from gradserve.autodiff.ir import GraphDef, GraphError, InputDef, NodeDef, Program, TensorType
+from gradserve.autodiff.jacobian import jacobian, jacobian_rows
+from gradserve.autodiff.registry import OPS, OpDef
+from gradserve.autodiff.transforms import Derivative, jvp, select, vjp
+
+__all__ = [
+    "OPS",
+    "Cancelled",
+    "Derivative",
+    "GraphDef",
+    "GraphError",
+    "InputDef",
+    "NodeDef",
+    "OpDef",
+    "Program",
+    "TensorType",
+    "check_inputs",
+    "compile_program",
+    "evaluate",
+    "jacobian",
+    "jacobian_rows",
+    "jvp",
+    "jvp_values",
+    "select",
+    "value_and_grad",
+    "vjp",
+    "vjp_values",
+]

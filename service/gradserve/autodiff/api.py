@@ -1,0 +1,116 @@
+"""What the server, the trainer and `LocalClient` call: values, VJPs, JVPs and gradients.
+
+Every function takes a validated Program and a mapping of input arrays, checks the inputs once
+at this boundary, and runs cached compiled programs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from gradserve.autodiff.executor import compile_program
+from gradserve.autodiff.ir import GraphError, Program, TensorType
+from gradserve.autodiff.transforms import jvp, select, vjp
+
+Arrays = Mapping[str, np.ndarray]
+Cancel = Callable[[], bool] | None
+
+
+def check_array(
+    name: str, value: object, expected: TensorType, field: str = "inputs"
+) -> np.ndarray:
+    """`value` as an array of the expected type; lossless casts only (int to float, say)."""
+    array = np.asarray(value)
+    if array.dtype.name != expected.dtype:
+        if array.dtype.kind in "OSUVMmc" or not np.can_cast(array.dtype, expected.dtype, "safe"):
+            raise GraphError(
+                name,
+                f"{field}.dtype",
+                f"got {array.dtype.name}, the graph declares {expected.dtype}",
+            )
+        array = array.astype(expected.dtype)
+    if array.shape != expected.shape:
+        raise GraphError(
+            name, f"{field}.shape", f"got {list(array.shape)}, expected {list(expected.shape)}"
+        )
+    return array
+
+
+def check_inputs(program: Program, inputs: Arrays) -> dict[str, np.ndarray]:
+    unknown = set(inputs) - set(program.input_names)
+    if unknown:
+        raise GraphError(sorted(unknown)[0], "inputs", "not an input of the graph")
+    checked = {}
+    for spec in program.inputs:
+        if spec.name not in inputs:
+            raise GraphError(spec.name, "inputs", "missing a value for this input")
+        checked[spec.name] = check_array(spec.name, inputs[spec.name], program.types[spec.name])
+    return checked
+
+
+def evaluate(
+    program: Program, inputs: Arrays, outputs: Sequence[str] = (), cancel: Cancel = None
+) -> dict[str, np.ndarray]:
+    """The values of `outputs` (default: all of the program's outputs)."""
+    target = select(program, tuple(outputs)) if outputs else program
+    values = compile_program(target).run(check_inputs(program, inputs), cancel)
+    return dict(zip(outputs or program.outputs, values, strict=True))
+
+
+def vjp_values(
+    program: Program,
+    inputs: Arrays,
+    cotangents: Arrays,
+    wrt: Sequence[str],
+    cancel: Cancel = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(values of the cotangents' outputs, gradients per `wrt`): one reverse pass."""
+    of = tuple(cotangents)
+    d = vjp(program, of, tuple(wrt))
+    feeds = check_inputs(program, inputs)
+    for name, seed in zip(of, d.seeds, strict=True):
+        feeds[seed] = check_array(name, cotangents[name], program.types[name], "cotangents")
+    out = compile_program(d.program).run(feeds, cancel)
+    return dict(zip(of, out, strict=False)), dict(zip(wrt, out[len(of) :], strict=True))
+
+
+def jvp_values(
+    program: Program,
+    inputs: Arrays,
+    tangents: Arrays,
+    of: Sequence[str],
+    cancel: Cancel = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(values of `of`, tangents of `of`): one forward pass."""
+    wrt = tuple(tangents)
+    d = jvp(program, wrt, tuple(of))
+    feeds = check_inputs(program, inputs)
+    for name, seed in zip(wrt, d.seeds, strict=True):
+        feeds[seed] = check_array(name, tangents[name], program.types[name], "tangents")
+    out = compile_program(d.program).run(feeds, cancel)
+    return dict(zip(of, out, strict=False)), dict(zip(of, out[len(of) :], strict=True))
+
+
+def value_and_grad(
+    program: Program, of: str, wrt: Sequence[str]
+) -> Callable[[Arrays, Cancel], tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """A function of the inputs returning (scalar `of`, its gradients per `wrt`).
+
+    The derivative program is built and compiled once; each call is one run of it, with inputs
+    trusted (the trainer checks them once up front).
+    """
+    t = program.types.get(of)
+    if t is None or t.shape != ():
+        raise GraphError(of, "loss", f"must be a scalar output, got {t}")
+    d = vjp(program, (of,), tuple(wrt))
+    run = compile_program(d.program).run
+    seed = np.ones((), t.dtype)
+    names = tuple(wrt)
+
+    def call(inputs: Arrays, cancel: Cancel = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        out = run({**inputs, d.seeds[0]: seed}, cancel)
+        return out[0], dict(zip(names, out[1:], strict=True))
+
+    return call

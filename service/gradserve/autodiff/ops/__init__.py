@@ -1,0 +1,5 @@
+"""The op table. Importing this package registers every op in `registry.OPS`."""
+
+from gradserve.autodiff.ops import elementwise, internal, structure
+
+__all__ = ["elementwise", "internal", "structure"]

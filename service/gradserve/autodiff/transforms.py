@@ -1,0 +1,215 @@
+"""Differentiation as program transformation: `vjp` and `jvp` turn a Program into a Program.
+
+The result is an ordinary Program, run by the same executor and itself differentiable, so
+second derivatives come by composition. Results are cached by (program, of, wrt, batch).
+Both passes are loops over the topologically ordered node list: no recursion anywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gradserve.autodiff.ir import GraphError, InputDef, NodeDef, Program, TensorType
+from gradserve.autodiff.registry import OPS
+from gradserve.autodiff.symbolic import Emitter, Sym, broadcast_to, lift, sum_to, zeros
+
+CACHE_SIZE = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Derivative:
+    """A derivative program and the names of its extra inputs and of its outputs.
+
+    `program` takes the original inputs plus `seeds` (one per `of` for a VJP, one per `wrt` for
+    a JVP) and returns the `values` of `of` followed by the `results` (gradients per `wrt` for a
+    VJP, tangents per `of` for a JVP).
+    """
+
+    program: Program
+    seeds: tuple[str, ...]
+    values: tuple[str, ...]
+    results: tuple[str, ...]
+
+
+def _check_targets(program: Program, of: Sequence[str], wrt: Sequence[str]) -> None:
+    inputs = set(program.input_names)
+    for name in of:
+        if name not in program.types:
+            raise GraphError(name, "of", "not a value of the graph")
+        if not program.types[name].is_float:
+            raise GraphError(
+                name, "of", f"is {program.types[name].dtype}: only floats have derivatives"
+            )
+    for name in wrt:
+        if name not in inputs:
+            raise GraphError(name, "wrt", "not an input of the graph")
+        if not program.types[name].is_float:
+            raise GraphError(
+                name, "wrt", f"is {program.types[name].dtype}: only floats have derivatives"
+            )
+
+
+def _depends_on(program: Program, sources: Iterable[str]) -> set[str]:
+    """The values reached from `sources` through differentiable ops."""
+    active = set(sources)
+    for node in program.nodes:
+        if OPS[node.op].differentiable and any(s in active for s in node.inputs):
+            active.add(node.name)
+    return active
+
+
+def _needed_by(nodes: Sequence[NodeDef], targets: Iterable[str]) -> set[str]:
+    needed = set(targets)
+    for node in reversed(nodes):
+        if node.name in needed:
+            needed.update(node.inputs)
+    return needed
+
+
+def _finish(program: Program, em: Emitter, seeds: list[InputDef], outputs: list[str]) -> Program:
+    """Assemble primal + emitted nodes, drop what the outputs do not need."""
+    nodes = [*program.nodes, *em.nodes]
+    needed = _needed_by(nodes, outputs)
+    kept = tuple(n for n in nodes if n.name in needed)
+    names = {n.name for n in kept} | {i.name for i in program.inputs} | {s.name for s in seeds}
+    types = {k: v for k, v in em.types.items() if k in names}
+    return Program(program.inputs + tuple(seeds), kept, tuple(outputs), types)
+
+
+def _distinct(em: Emitter, syms: list[Sym], taken: Iterable[str]) -> list[str]:
+    """Output names, copying a value that would otherwise be listed twice."""
+    seen = set(taken)
+    names = []
+    for sym in syms:
+        if sym.name in seen:
+            sym = em.emit("reshape", (sym,), {"shape": sym.shape})
+        seen.add(sym.name)
+        names.append(sym.name)
+    return names
+
+
+def _missing_rule(node: NodeDef, mode: str) -> GraphError:
+    return GraphError(
+        node.name, "op", f"{node.op} has no {mode} rule (it cannot be differentiated)"
+    )
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def vjp(
+    program: Program, of: tuple[str, ...], wrt: tuple[str, ...], batch: int | None = None
+) -> Derivative:
+    """Reverse mode: cotangents for `of` in, gradients for `wrt` out.
+
+    With `batch`, every cotangent and gradient has a leading axis of that size (one row of a
+    Jacobian per entry).
+    """
+    _check_targets(program, of, wrt)
+    em = Emitter(dict(program.types), (batch,) if batch else ())
+    active = _depends_on(program, wrt) & _needed_by(program.nodes, of)
+    seeds = [
+        InputDef(em.fresh(f"ct_{o}_"), program.types[o].dtype, em.batch + program.types[o].shape)
+        for o in of
+    ]
+    cotangents: dict[str, Sym] = {}
+
+    def accumulate(name: str, ct: Sym) -> None:
+        cotangents[name] = ct if name not in cotangents else cotangents[name] + ct
+
+    for seed, name in zip(seeds, of, strict=True):
+        em.types[seed.name] = TensorType(seed.shape, seed.dtype)
+        if name in active or name in wrt:
+            accumulate(name, em.sym(seed.name))
+    for node in reversed(program.nodes):
+        g = cotangents.pop(node.name, None)
+        if g is None or node.name not in active:
+            continue
+        opdef = OPS[node.op]
+        xs = [em.sym(s) for s in node.inputs]
+        ans = em.sym(node.name)
+        needs = [s in active for s in node.inputs]
+        if opdef.partials is not None:
+            for x, need, partial in zip(xs, needs, opdef.partials, strict=True):
+                if need and partial is not None:
+                    ct = partial(g, ans, *xs)
+                    if ct is not None:
+                        accumulate(x.name, sum_to(ct, x.shape))
+            continue
+        if opdef.vjp is None:
+            raise _missing_rule(node, "VJP")
+        for x, need, ct in zip(xs, needs, opdef.vjp(g, ans, *xs, **node.attrs), strict=True):
+            if need and ct is not None:
+                accumulate(x.name, ct)
+    grads = [cotangents.get(w) or zeros(em.sym(w), program.types[w].shape) for w in wrt]
+    results = _distinct(em, grads, of)
+    return Derivative(
+        _finish(program, em, seeds, [*of, *results]),
+        tuple(s.name for s in seeds),
+        of,
+        tuple(results),
+    )
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def jvp(
+    program: Program, wrt: tuple[str, ...], of: tuple[str, ...], batch: int | None = None
+) -> Derivative:
+    """Forward mode: tangents for `wrt` in, tangents of `of` out (with an optional batch axis)."""
+    _check_targets(program, of, wrt)
+    em = Emitter(dict(program.types), (batch,) if batch else ())
+    needed = _needed_by(program.nodes, of)
+    seeds = [
+        InputDef(em.fresh(f"tan_{w}_"), program.types[w].dtype, em.batch + program.types[w].shape)
+        for w in wrt
+    ]
+    tangents: dict[str, Sym] = {}
+    for seed, name in zip(seeds, wrt, strict=True):
+        em.types[seed.name] = TensorType(seed.shape, seed.dtype)
+        tangents[name] = em.sym(seed.name)
+    for node in program.nodes:
+        if node.name not in needed:
+            continue
+        ts = [tangents.get(s) for s in node.inputs]
+        if all(t is None for t in ts):
+            continue
+        opdef = OPS[node.op]
+        if not opdef.differentiable:
+            continue
+        xs = [em.sym(s) for s in node.inputs]
+        ans = em.sym(node.name)
+        if opdef.partials is not None:
+            out = None
+            for t, partial in zip(ts, opdef.partials, strict=True):
+                if t is not None and partial is not None:
+                    term = partial(lift(t, ans.ndim), ans, *xs)
+                    if term is not None:
+                        out = term if out is None else out + term
+            if out is not None:
+                tangents[node.name] = broadcast_to(out, ans.shape)
+            continue
+        if opdef.jvp is None:
+            raise _missing_rule(node, "JVP")
+        out = opdef.jvp(ts, ans, *xs, **node.attrs)
+        if out is not None:
+            tangents[node.name] = out
+    outs = [tangents.get(o) or zeros(em.sym(o), program.types[o].shape) for o in of]
+    results = _distinct(em, outs, of)
+    return Derivative(
+        _finish(program, em, seeds, [*of, *results]),
+        tuple(s.name for s in seeds),
+        of,
+        tuple(results),
+    )
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def select(program: Program, outputs: tuple[str, ...]) -> Program:
+    """The program restricted to `outputs` (any values of it), without the work they don't need."""
+    for name in outputs:
+        if name not in program.types:
+            raise GraphError(name, "outputs", "not a value of the graph")
+    if outputs == program.outputs:
+        return program
+    em = Emitter(dict(program.types))
+    return _finish(program, em, [], _distinct(em, [em.sym(o) for o in outputs], ()))
