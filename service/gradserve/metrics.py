@@ -66,6 +66,7 @@ __all__ = [
     "INFLIGHT_REQUESTS",
     "JACOBIAN_ELEMENTS",
     "JACOBIAN_ELEMENTS_BUCKETS",
+    "MAX_CONCURRENT_RPCS",
     "MULTIPROC_ENV",
     "REGISTRY",
     "REQUESTS",
@@ -153,6 +154,13 @@ REQUEST_DURATION = Histogram(
 INFLIGHT_REQUESTS = Gauge(
     "gradserve_inflight_requests",
     "RPCs being handled right now (streams included).",
+    multiprocess_mode="livesum",
+    registry=_R,
+)
+MAX_CONCURRENT_RPCS = Gauge(
+    "gradserve_max_concurrent_rpcs",
+    "The configured --max-concurrent-rpcs of each server process (summed over the "
+    "live worker processes); 0 when unlimited. Saturation = in-flight / this.",
     multiprocess_mode="livesum",
     registry=_R,
 )
