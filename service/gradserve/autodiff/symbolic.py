@@ -146,10 +146,12 @@ class _OpNamespace:
         def call(*args: Any, **attrs: Any) -> Sym:
             if OPS[name].arity is None:
                 (args,) = args
-            first = next(a for a in args if isinstance(a, Sym))
-            operands = [first.lift(a) for a in args]
+            syms = [a for a in args if isinstance(a, Sym)]
+            # Literals take the dtype of a non-bool operand: where(c, g, 0) needs 0 as g's dtype.
+            like = next((a for a in syms if a.dtype != "bool"), syms[0])
+            operands = [like.lift(a) for a in args]
             attrs = {k: v for k, v in attrs.items() if v is not None}
-            return first.em.emit(name, operands, attrs)
+            return like.em.emit(name, operands, attrs)
 
         return call
 

@@ -117,7 +117,7 @@ binary("multiply", np.multiply, (lambda g, ans, x, y: g * y, lambda g, ans, x, y
 binary("divide", np.divide, (lambda g, ans, x, y: safe(g, op.reciprocal(y)),
                              lambda g, ans, x, y: safe(g, -(ans / y))), "x / y")
 binary("power", np.power, (lambda g, ans, x, y: safe(g, y * x ** (y - 1)),
-                           lambda g, ans, x, y: safe(g, op.where(x == 0, 0, op.log(x)) * ans)),
+                           lambda g, ans, x, y: safe(g, op.where(op.equal(x, 0), 0, op.log(x)) * ans)),
        "x ** y; d/dy is taken as 0 where x == 0")
 binary("maximum", np.maximum, (lambda g, ans, x, y: op.where(x > y, g, op.where(op.equal(x, y), g * 0.5, 0)),
                                lambda g, ans, x, y: op.where(y > x, g, op.where(op.equal(x, y), g * 0.5, 0))),
