@@ -34,16 +34,19 @@ class Executable:
         slot: dict[str, int] = {}
         for spec in program.inputs:
             slot[spec.name] = len(slot)
-        constants: list[tuple[int, np.ndarray]] = []
+        known: dict[int, np.ndarray] = {}  # constant folding: values fixed at compile time
         calls: list[tuple[Callable[..., np.ndarray], tuple[int, ...], int]] = []
-        for node in program.nodes:
-            slot[node.name] = len(slot)
-            fn = OPS[node.op].bind(node.attrs)
-            if not node.inputs:  # nullary ops (constants, zeros) are computed once, here
-                constants.append((slot[node.name], np.asarray(fn())))
-            else:
-                calls.append((fn, tuple(slot[s] for s in node.inputs), slot[node.name]))
+        with np.errstate(all="ignore"):
+            for node in program.nodes:
+                slot[node.name] = len(slot)
+                fn = OPS[node.op].bind(node.attrs)
+                args = tuple(slot[s] for s in node.inputs)
+                if all(a in known for a in args):
+                    known[slot[node.name]] = np.asarray(fn(*[known[a] for a in args]))
+                else:
+                    calls.append((fn, args, slot[node.name]))
         outputs = {slot[o] for o in program.outputs}
+        used = outputs | {a for _, args, _ in calls for a in args}
         last_use: dict[int, int] = {}
         for i, (_, args, _) in enumerate(calls):
             for a in args:
@@ -55,9 +58,10 @@ class Executable:
         self._steps: tuple[Step, ...] = tuple(
             (fn, args, out, tuple(dies[i])) for i, (fn, args, out) in enumerate(calls)
         )
-        self._constants = tuple(constants)
+        self._constants = tuple((s, v) for s, v in known.items() if s in used)
         self._input_slots = tuple(slot[spec.name] for spec in program.inputs)
-        self._output_slots = tuple(slot[o] for o in program.outputs)
+        # A folded constant is shared by every run: hand out copies, never the cached array.
+        self._output_slots = tuple((slot[o], slot[o] in known) for o in program.outputs)
         self.n_slots = len(slot)
 
     def run(
@@ -83,7 +87,10 @@ class Executable:
                     slots[out] = fn(*[slots[a] for a in args])
                     for d in dead:
                         slots[d] = None
-        return [np.asarray(slots[s]) for s in self._output_slots]
+        return [
+            np.array(slots[s]) if shared else np.asarray(slots[s])
+            for s, shared in self._output_slots
+        ]
 
 
 @functools.lru_cache(maxsize=1024)
