@@ -53,7 +53,7 @@ def load_config(config: TrainConfig | Mapping[str, Any]) -> TrainConfig:
         violations = []
         for err in exc.errors():
             field = ".".join(str(part) for part in err["loc"]) or _model_field(err)
-            violations.append((field, err["msg"]))
+            violations.append((field, err["msg"].removeprefix("Value error, ")))
         raise TrainingConfigError(*violations[0], violations=violations) from exc
 
 
