@@ -1,0 +1,256 @@
+"""Every element-wise op: forward against numpy, first derivatives (VJP, JVP, both Jacobian
+modes) against central differences on several shapes and the broadcasting pairs, and second
+derivatives by differentiating the derivative program."""
+
+import numpy as np
+import pytest
+from gradcheck import check_derivatives, check_second_derivatives, op_program, program
+from gradserve.autodiff import GraphError, evaluate, jacobian
+
+
+def _stable_sigmoid(x):
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1 / (1 + np.exp(-x[pos]))
+    e = np.exp(x[~pos])
+    out[~pos] = e / (1 + e)
+    return out
+
+
+def _stable_softplus(x):
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def _away_from_zero(lo, hi):
+    """Magnitudes in [lo, hi] with random signs: for ops with a kink or a pole at 0."""
+
+    def draw(rng, shape):
+        return rng.uniform(lo, hi, shape) * rng.choice([-1.0, 1.0], shape)
+
+    return draw
+
+
+def _uniform(lo, hi):
+    return lambda rng, shape: rng.uniform(lo, hi, shape)
+
+
+# name: (numpy reference, domain sampler)
+UNARY = {
+    "negative": (np.negative, _uniform(-2, 2)),
+    "abs": (np.abs, _away_from_zero(0.2, 2)),
+    "sign": (np.sign, _away_from_zero(0.2, 2)),
+    "exp": (np.exp, _uniform(-2, 2)),
+    "exp2": (np.exp2, _uniform(-2, 2)),
+    "expm1": (np.expm1, _uniform(-2, 2)),
+    "log": (np.log, _uniform(0.5, 3)),
+    "log2": (np.log2, _uniform(0.5, 3)),
+    "log10": (np.log10, _uniform(0.5, 3)),
+    "log1p": (np.log1p, _uniform(-0.5, 2)),
+    "sqrt": (np.sqrt, _uniform(0.5, 3)),
+    "square": (np.square, _uniform(-2, 2)),
+    "reciprocal": (np.reciprocal, _away_from_zero(0.5, 2)),
+    "sin": (np.sin, _uniform(-2, 2)),
+    "cos": (np.cos, _uniform(-2, 2)),
+    "tan": (np.tan, _uniform(-1.2, 1.2)),
+    "arcsin": (np.arcsin, _uniform(-0.8, 0.8)),
+    "arccos": (np.arccos, _uniform(-0.8, 0.8)),
+    "arctan": (np.arctan, _uniform(-2, 2)),
+    "sinh": (np.sinh, _uniform(-2, 2)),
+    "cosh": (np.cosh, _uniform(-2, 2)),
+    "tanh": (np.tanh, _uniform(-2, 2)),
+    "arcsinh": (np.arcsinh, _uniform(-2, 2)),
+    "arccosh": (np.arccosh, _uniform(1.5, 3)),
+    "arctanh": (np.arctanh, _uniform(-0.8, 0.8)),
+    "sigmoid": (_stable_sigmoid, _uniform(-3, 3)),
+    "relu": (lambda x: np.where(x > 0, x, 0.0), _away_from_zero(0.1, 2)),
+    "softplus": (_stable_softplus, _uniform(-3, 3)),
+}
+
+# name: (numpy reference, sampler for x0, sampler for x1)
+BINARY = {
+    "add": (np.add, _uniform(-2, 2), _uniform(-2, 2)),
+    "subtract": (np.subtract, _uniform(-2, 2), _uniform(-2, 2)),
+    "multiply": (np.multiply, _uniform(-2, 2), _uniform(-2, 2)),
+    "divide": (np.divide, _uniform(-2, 2), _away_from_zero(0.5, 2)),
+    "power": (np.power, _uniform(0.5, 2), _uniform(-2, 2)),
+    # _binary_feeds redraws until no broadcast pair is near a tie (the kink).
+    "maximum": (np.maximum, _uniform(-2, 2), _uniform(-2, 2)),
+    "minimum": (np.minimum, _uniform(-2, 2), _uniform(-2, 2)),
+    "arctan2": (np.arctan2, _away_from_zero(0.5, 2), _away_from_zero(0.5, 2)),
+    "hypot": (np.hypot, _away_from_zero(0.5, 2), _away_from_zero(0.5, 2)),
+    "logaddexp": (np.logaddexp, _uniform(-2, 2), _uniform(-2, 2)),
+}
+
+SHAPES = [(), (4,), (3, 2), (2, 3, 2)]
+PAIRS = [((3, 2), (1, 2)), ((4,), ()), ((2, 3, 2), (3, 1))]
+PAIRS_BOTH_ORDERS = PAIRS + [(b, a) for a, b in PAIRS]
+COMPARISONS = ["less", "less_equal", "greater", "greater_equal", "equal", "not_equal"]
+
+
+def _binary_feeds(name, shapes, seed):
+    _, s0, s1 = BINARY[name]
+    rng = np.random.default_rng(seed)
+    feeds = {"x0": s0(rng, shapes[0]), "x1": s1(rng, shapes[1])}
+    if name in ("maximum", "minimum"):
+        # Keep every broadcast pair well away from a tie (the kink).
+        a, b = np.broadcast_arrays(feeds["x0"], feeds["x1"])
+        while np.min(np.abs(a - b), initial=1.0) < 1e-2:
+            feeds = {"x0": s0(rng, shapes[0]), "x1": s1(rng, shapes[1])}
+            a, b = np.broadcast_arrays(feeds["x0"], feeds["x1"])
+    return feeds
+
+
+def test_every_elementwise_op_is_covered():
+    from gradserve.autodiff import OPS
+
+    elementwise = {n for n, d in OPS.items() if d.elementwise and not d.internal}
+    covered = set(UNARY) | set(BINARY) | set(COMPARISONS) | {"where", "safe_multiply"}
+    assert elementwise - covered == set()
+
+
+# ---- unary -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name", sorted(UNARY))
+def test_unary_forward(name, shape):
+    ref, sample = UNARY[name]
+    x = sample(np.random.default_rng(0), shape)
+    y = evaluate(op_program(name, [shape]), {"x0": x})["y"]
+    assert y.shape == shape and y.dtype == np.float64
+    np.testing.assert_allclose(y, ref(np.asarray(x)), rtol=1e-14, atol=1e-300)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name", sorted(UNARY))
+def test_unary_derivatives(name, shape):
+    _, sample = UNARY[name]
+    x = sample(np.random.default_rng(1), shape)
+    check_derivatives(op_program(name, [shape]), {"x0": x})
+
+
+@pytest.mark.parametrize("shape", [(), (3, 2)], ids=str)
+@pytest.mark.parametrize("name", sorted(UNARY))
+def test_unary_second_derivatives(name, shape):
+    _, sample = UNARY[name]
+    x = sample(np.random.default_rng(2), shape)
+    check_second_derivatives(op_program(name, [shape]), {"x0": x})
+
+
+def test_sigmoid_softplus_stable_in_the_tails():
+    x = np.array([-800.0, -40.0, -1e-3, 0.0, 1e-3, 40.0, 800.0])
+    for name in ("sigmoid", "softplus"):
+        p = op_program(name, [x.shape])
+        y = evaluate(p, {"x0": x})["y"]
+        assert np.all(np.isfinite(y))
+        np.testing.assert_allclose(y, UNARY[name][0](x), rtol=1e-14, atol=0)
+        _, jac = jacobian(p, {"x0": x}, ["y"], ["x0"])
+        assert np.all(np.isfinite(jac["y"]["x0"]))
+
+
+# ---- binary ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shapes", [((3, 2), (3, 2)), *PAIRS_BOTH_ORDERS], ids=str)
+@pytest.mark.parametrize("name", sorted(BINARY))
+def test_binary_forward(name, shapes):
+    feeds = _binary_feeds(name, shapes, 3)
+    y = evaluate(op_program(name, shapes), feeds)["y"]
+    expected = BINARY[name][0](feeds["x0"], feeds["x1"])
+    assert y.shape == np.broadcast_shapes(*shapes)
+    np.testing.assert_allclose(y, expected, rtol=1e-14)
+
+
+@pytest.mark.parametrize("shapes", [((), ()), ((3, 2), (3, 2)), *PAIRS_BOTH_ORDERS], ids=str)
+@pytest.mark.parametrize("name", sorted(BINARY))
+def test_binary_derivatives(name, shapes):
+    feeds = _binary_feeds(name, shapes, 4)
+    check_derivatives(op_program(name, shapes), feeds)
+
+
+@pytest.mark.parametrize("wrt", ["x0", "x1"])
+@pytest.mark.parametrize("shapes", [((3, 2), (3, 2)), ((3, 2), (1, 2))], ids=str)
+@pytest.mark.parametrize("name", sorted(BINARY))
+def test_binary_second_derivatives(name, shapes, wrt):
+    feeds = _binary_feeds(name, shapes, 5)
+    check_second_derivatives(op_program(name, shapes), feeds, wrt=wrt)
+
+
+def test_binary_same_operand_twice():
+    # x * x, x / x, ...: both partials accumulate into one cotangent.
+    x = np.random.default_rng(6).uniform(0.5, 2, (3,))
+    for name in sorted(BINARY):
+        p = program({"x": (3,)}, [("y", name, ["x", "x"])], ["y"])
+        check_derivatives(p, {"x": x})
+        check_second_derivatives(p, {"x": x}, wrt="x")
+
+
+# ---- where and the comparisons -----------------------------------------------------------------
+
+
+def _where_program(shapes):
+    c, a, b = shapes
+    return program({"c": (c, "bool"), "a": a, "b": b}, [("y", "where", ["c", "a", "b"])], ["y"])
+
+
+@pytest.mark.parametrize(
+    "shapes",
+    [((3, 2),) * 3, ((3, 2), (1, 2), ()), ((2,), (3, 1), (3, 2)), ((), (4,), (4,))],
+    ids=str,
+)
+def test_where(shapes):
+    rng = np.random.default_rng(7)
+    feeds = {
+        "c": rng.random(shapes[0]) > 0.5,
+        "a": rng.standard_normal(shapes[1]),
+        "b": rng.standard_normal(shapes[2]),
+    }
+    p = _where_program(shapes)
+    np.testing.assert_array_equal(evaluate(p, feeds)["y"], np.where(*feeds.values()))
+    check_derivatives(p, feeds, wrt=["a", "b"])
+    for wrt in ("a", "b"):
+        check_second_derivatives(p, feeds, wrt=wrt)
+
+
+def test_where_condition_has_no_gradient():
+    p = _where_program(((3,), (3,), (3,)))
+    with pytest.raises(GraphError) as err:
+        jacobian(p, {"c": np.ones(3, bool), "a": np.ones(3), "b": np.ones(3)}, ["y"], ["c"])
+    assert (err.value.node, err.value.field) == ("c", "wrt")
+
+
+@pytest.mark.parametrize("shapes", [((3, 2), (3, 2)), *PAIRS_BOTH_ORDERS], ids=str)
+@pytest.mark.parametrize("name", COMPARISONS)
+def test_comparison_forward(name, shapes):
+    rng = np.random.default_rng(8)
+    # Small integers so that ties (equal, less_equal, ...) happen.
+    feeds = {"x0": rng.integers(0, 3, shapes[0]) * 1.0, "x1": rng.integers(0, 3, shapes[1]) * 1.0}
+    y = evaluate(op_program(name, shapes), feeds)["y"]
+    assert y.dtype == np.bool_
+    np.testing.assert_array_equal(y, getattr(np, name)(feeds["x0"], feeds["x1"]))
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "bool"])
+@pytest.mark.parametrize("name", COMPARISONS)
+def test_comparison_non_float_operands(name, dtype):
+    a = np.array([0, 1, 2, 1]).astype(dtype)
+    b = np.array([1, 1, 0, 0]).astype(dtype)
+    y = evaluate(op_program(name, [(4,), (4,)], dtype=dtype), {"x0": a, "x1": b})["y"]
+    np.testing.assert_array_equal(y, getattr(np, name)(a, b))
+
+
+@pytest.mark.parametrize("name", COMPARISONS)
+def test_comparison_has_no_gradient(name):
+    p = op_program(name, [(3,), (3,)])
+    feeds = {"x0": np.arange(3.0), "x1": np.ones(3)}
+    with pytest.raises(GraphError) as err:
+        jacobian(p, feeds, ["y"], ["x0"])
+    assert (err.value.node, err.value.field) == ("y", "of")
+    # Through a comparison into where, the mask carries no derivative: d where(x0 > x1, x0, x1).
+    q = program(
+        {"x0": (3,), "x1": (3,)},
+        [("c", name, ["x0", "x1"]), ("y", "where", ["c", "x0", "x1"])],
+        ["y"],
+    )
+    feeds = {"x0": np.array([0.0, 1.5, 3.0]), "x1": np.array([1.0, 0.5, 2.0])}
+    check_derivatives(q, feeds)
