@@ -1,0 +1,176 @@
+"""gradserve.metrics: the names, types and labels the dashboard, the alerts and the
+operators rely on, the metrics server, and prometheus-client's multiprocess mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+EXPECTED = {
+    # family name: (type, label names)
+    "gradserve_requests": ("counter", ("method", "code")),
+    "gradserve_request_duration_seconds": ("histogram", ("method",)),
+    "gradserve_inflight_requests": ("gauge", ()),
+    "gradserve_max_concurrent_rpcs": ("gauge", ()),
+    "gradserve_graph_cache_hits": ("counter", ()),
+    "gradserve_graph_cache_misses": ("counter", ()),
+    "gradserve_dataset_cache_hits": ("counter", ()),
+    "gradserve_dataset_cache_misses": ("counter", ()),
+    "gradserve_jacobian_elements": ("histogram", ()),
+    "gradserve_train_steps": ("counter", ()),
+    "gradserve_train_active_streams": ("gauge", ()),
+    "gradserve_request_message_bytes": ("histogram", ("method",)),
+    "gradserve_response_message_bytes": ("histogram", ("method",)),
+    "gradserve_build_info": ("gauge", ("version",)),
+}
+
+
+def python(code: str, env_extra: dict[str, str] | None = None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "service"), env.get("PYTHONPATH", "")])
+    env.update(env_extra or {})
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_names_types_and_labels() -> None:
+    out = python(
+        "import json, gradserve.metrics as m\n"
+        "fams = {f.name: f.type for f in m.REGISTRY.collect()}\n"
+        "labels = {c._name: list(c._labelnames) for c in vars(m).values()\n"
+        "          if hasattr(c, '_labelnames') and hasattr(c, '_name')}\n"
+        "print(json.dumps([fams, labels]))"
+    )
+    families, labels = json.loads(out)
+    for name, (kind, labelnames) in EXPECTED.items():
+        assert families.get(name) == kind, name
+        assert tuple(labels[name]) == labelnames, name
+    # The default process metrics are there too.
+    assert "process_cpu_seconds" in families and "process_resident_memory_bytes" in families
+
+
+def test_buckets_cover_the_ranges() -> None:
+    from gradserve import metrics
+
+    assert metrics.DURATION_BUCKETS[0] <= 1e-4 and metrics.DURATION_BUCKETS[-1] >= 60
+    assert list(metrics.DURATION_BUCKETS) == sorted(metrics.DURATION_BUCKETS)
+    assert metrics.BYTES_BUCKETS[-1] >= 4 * 1024 * 1024
+
+
+def test_no_grpc_or_protobuf_import() -> None:
+    out = python(
+        "import sys, gradserve.metrics\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google')))"
+    )
+    assert out.strip() == "[]"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_start_metrics_server_serves_the_registry() -> None:
+    port = free_port()
+    code = (
+        "import sys, time, urllib.request, gradserve.metrics as m\n"
+        f"m.start_metrics_server({port}, '127.0.0.1')\n"
+        "m.REQUESTS.labels('/gradserve.v1.Gradient/Evaluate', 'OK').inc()\n"
+        f"body = urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=5).read()\n"
+        "sys.stdout.write(body.decode())"
+    )
+    body = python(code)
+    sample = 'gradserve_requests_total{code="OK",method="/gradserve.v1.Gradient/Evaluate"} 1.0'
+    assert sample in body
+    assert "gradserve_build_info{version=" in body
+    assert "process_cpu_seconds_total" in body
+
+
+def test_multiprocess_mode_sums_workers(tmp_path: Path) -> None:
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    worker = (
+        "import os, gradserve.metrics as m\n"
+        "assert m.is_multiprocess()\n"
+        "m.REQUESTS.labels('/gradserve.v1.Gradient/Jacobian', 'OK').inc(3)\n"
+        "m.INFLIGHT_REQUESTS.inc(2)\n"
+        "m.MAX_CONCURRENT_RPCS.set(32)\n"
+        "m.TRAIN_STEPS.inc(5)\n"
+        "print(os.getpid())"
+    )
+    pids = [int(python(worker, env)) for _ in range(2)]
+    exposition = (
+        "import sys, gradserve.metrics as m\n"
+        "from prometheus_client import generate_latest\n"
+        "for pid in sys.argv[1:]:\n"
+        "    m.mark_process_dead(int(pid))\n"
+        "sys.stdout.write(generate_latest(m.exposition_registry()).decode())"
+    )
+
+    def scrape(*dead: int) -> dict[str, float]:
+        code = f"import sys; sys.argv = ['x', *{[str(p) for p in dead]!r}]\n" + exposition
+        samples = {}
+        for line in python(code, env).splitlines():
+            if line.startswith("gradserve_") or line.startswith("process_"):
+                name, value = line.rsplit(" ", 1)
+                samples[name] = float(value)
+        return samples
+
+    live = scrape()
+    key = 'gradserve_requests_total{code="OK",method="/gradserve.v1.Gradient/Jacobian"}'
+    assert live[key] == 6.0
+    assert live["gradserve_train_steps_total"] == 10.0
+    assert live["gradserve_max_concurrent_rpcs"] == 64.0
+    assert live["gradserve_inflight_requests"] == 4.0
+    assert live[f'gradserve_build_info{{version="{_version()}"}}'] == 1.0
+    assert "process_cpu_seconds_total" in live  # of the exporting process
+
+    # After the parent marks the workers dead, the live gauges forget them; the
+    # counters keep their totals.
+    dead = scrape(*pids)
+    assert dead[key] == 6.0
+    assert dead.get("gradserve_inflight_requests", 0.0) == 0.0
+    assert dead.get("gradserve_max_concurrent_rpcs", 0.0) == 0.0
+
+
+def _version() -> str:
+    from gradserve import metrics
+
+    return metrics.VERSION
+
+
+def test_clean_multiproc_dir_keeps_only_own_files(tmp_path: Path) -> None:
+    stale = tmp_path / "counter_999999.db"
+    stale.write_bytes(b"")
+    out = python(
+        "import os, gradserve.metrics as m\n"
+        "m.clean_multiproc_dir()\n"
+        "import json\n"
+        "d = os.environ['PROMETHEUS_MULTIPROC_DIR']\n"
+        "print(json.dumps([sorted(os.listdir(d)), os.getpid()]))",
+        {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+    )
+    assert not stale.exists()
+    files, pid = json.loads(out)
+    assert files and all(f.endswith(f"_{pid}.db") for f in files)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_names_follow_prometheus_conventions(name: str) -> None:
+    kind, _ = EXPECTED[name]
+    assert name.startswith("gradserve_")
+    if kind == "histogram" and "duration" in name:
+        assert name.endswith("_seconds")
+    if "bytes" in name:
+        assert name.endswith("_bytes")
