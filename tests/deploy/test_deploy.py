@@ -23,6 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -123,7 +124,6 @@ def test_kustomization_validates_strict(directory: Path, tmp_path: Path) -> None
 
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda p: p.relative_to(K8S).as_posix())
 def test_custom_resources_match_their_schema(directory: Path) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     for obj in objects(directory):
         key = (obj["apiVersion"], obj["kind"])
         if key in CRD_SCHEMAS:
