@@ -78,52 +78,53 @@ def jacobian(
     """(values of `of`, J[of][wrt] with shape of.shape + wrt.shape)."""
     mode = choose_mode(program, of, wrt, mode)
     feeds = check_inputs(program, inputs)
-    result: dict[str, dict[str, np.ndarray]] = {
-        o: {
-            w: np.zeros(program.types[o].shape + program.types[w].shape, program.types[o].dtype)
-            for w in wrt
-        }
-        for o in of
-    }
-    values = dict(
-        zip(of, compile_program(select(program, tuple(of))).run(feeds, cancel), strict=True)
-    )
+    types = program.types
+    values: dict[str, np.ndarray] = {}
+    result: dict[str, dict[str, np.ndarray]] = {o: {} for o in of}
+    dense: list[tuple[str, str]] = []
     for o in of:
         for w in wrt:
+            shape = types[o].shape + types[w].shape
             if is_diagonal(program, o, w):
                 d = jvp(program, (w,), (o,))
-                ones = np.ones(program.types[w].shape, program.types[w].dtype)
-                tangent = compile_program(d.program).run({**feeds, d.seeds[0]: ones}, cancel)[1]
-                np.fill_diagonal(result[o][w].reshape(tangent.size, tangent.size), tangent.ravel())
-    todo_of = [o for o in of if not all(is_diagonal(program, o, w) for w in wrt)]
-    todo_wrt = [w for w in wrt if not all(is_diagonal(program, o, w) for o in of)]
+                ones = np.ones(types[w].shape, types[w].dtype)
+                values[o], tangent = compile_program(d.program).run(
+                    {**feeds, d.seeds[0]: ones}, cancel
+                )
+                result[o][w] = np.zeros(shape, types[o].dtype)
+                np.fill_diagonal(result[o][w].reshape(tangent.size, -1), tangent.ravel())
+            else:
+                result[o][w] = np.empty(shape, types[o].dtype)
+                dense.append((o, w))
     if mode == "reverse":
-        for o in todo_of:
-            for start, rows, grads in _reverse_blocks(
-                program, feeds, o, todo_wrt, chunk_size, cancel
+        for o in dict.fromkeys(o for o, _ in dense):
+            ws = [w for o2, w in dense if o2 == o]
+            m = types[o].size
+            for start, rows, value, grads in _reverse_blocks(
+                program, feeds, o, ws, chunk_size, cancel
             ):
-                m = program.types[o].size
-                for w in todo_wrt:
-                    if not is_diagonal(program, o, w):
-                        block = result[o][w].reshape(m, -1)
-                        block[start : start + rows] = grads[w].reshape(rows, -1)
+                values[o] = value
+                for w in ws:
+                    result[o][w].reshape(m, -1)[start : start + rows] = grads[w].reshape(rows, -1)
     else:
-        for w in todo_wrt:
-            n = program.types[w].size
-            rows_total = sum(program.types[o].size for o in todo_of)
-            step = chunk_size or chunk_rows(program, n, rows_total * n)
+        for w in dict.fromkeys(w for _, w in dense):
+            os_ = [o for o, w2 in dense if w2 == w]
+            n = types[w].size
+            step = chunk_size or chunk_rows(program, n, n * sum(types[o].size for o in os_))
             for start in range(0, n, step):
                 rows = min(step, n - start)
-                d = jvp(program, (w,), tuple(todo_of), rows)
-                seeds = _one_hot(start, rows, n, program.types[w].dtype)
-                seeds = seeds.reshape((rows, *program.types[w].shape))
+                d = jvp(program, (w,), tuple(os_), rows)
+                seeds = _one_hot(start, rows, n, types[w].dtype).reshape((rows, *types[w].shape))
                 out = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
-                for o, tangent in zip(todo_of, out[len(todo_of) :], strict=True):
-                    if not is_diagonal(program, o, w):
-                        m = program.types[o].size
-                        result[o][w].reshape(m, n)[:, start : start + rows] = tangent.reshape(
-                            rows, m
-                        ).T
+                for o, value, tangent in zip(os_, out, out[len(os_) :], strict=False):
+                    values[o] = value
+                    m = types[o].size
+                    result[o][w].reshape(m, n)[:, start : start + rows] = tangent.reshape(rows, m).T
+    missing = tuple(o for o in of if o not in values)
+    if missing:  # only when there is nothing to differentiate (an empty wrt)
+        values.update(
+            zip(missing, compile_program(select(program, missing)).run(feeds, cancel), strict=True)
+        )
     return values, result
 
 
@@ -134,8 +135,8 @@ def _reverse_blocks(
     wrt: Sequence[str],
     chunk_size: int | None,
     cancel: Cancel,
-) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
-    """(first row, row count, {wrt: rows of J}) for consecutive row blocks of d of / d wrt."""
+) -> Iterator[tuple[int, int, np.ndarray, dict[str, np.ndarray]]]:
+    """(first row, row count, value of `of`, {wrt: rows of J}) for consecutive row blocks."""
     m = program.types[of].size
     n = sum(program.types[w].size for w in wrt)
     step = chunk_size or chunk_rows(program, m, m * n)
@@ -145,7 +146,7 @@ def _reverse_blocks(
         seeds = _one_hot(start, rows, m, program.types[of].dtype)
         seeds = seeds.reshape((rows, *program.types[of].shape))
         out = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
-        yield start, rows, dict(zip(wrt, out[1:], strict=True))
+        yield start, rows, out[0], dict(zip(wrt, out[1:], strict=True))
 
 
 def jacobian_rows(
@@ -159,5 +160,5 @@ def jacobian_rows(
     """Row blocks of J[of][wrt] (shape (rows,) + wrt.shape), computed in reverse mode one block
     at a time, so a Jacobian larger than memory for one message can be streamed."""
     feeds = check_inputs(program, inputs)
-    for start, _, grads in _reverse_blocks(program, feeds, of, (wrt,), rows_per_block, cancel):
+    for start, _, _, grads in _reverse_blocks(program, feeds, of, (wrt,), rows_per_block, cancel):
         yield start, grads[wrt]
