@@ -1,0 +1,131 @@
+"""The command line of `python -m bench`: choose workloads, run them, print and save the table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.harness import (
+    RESULTS_DIR,
+    Row,
+    Settings,
+    detail_table,
+    environment,
+    library_versions,
+    summary_table,
+    write_json,
+)
+
+Runner = Callable[[Settings], "Row | list[Row]"]
+
+
+def registry() -> dict[str, Runner]:
+    """Workload groups in table order. Imports are lazy so `--only` loads only what it needs."""
+
+    def core(name: str) -> Runner:
+        def run(settings: Settings) -> Row | list[Row]:
+            from bench import core as mod
+
+            return mod.WORKLOADS[name](settings)
+
+        return run
+
+    def lazy(module: str, fn: str) -> Runner:
+        def run(settings: Settings) -> Row | list[Row]:
+            mod = __import__(f"bench.{module}", fromlist=[fn])
+            return getattr(mod, fn)(settings)
+
+        return run
+
+    return {
+        "W1": core("W1"),
+        "W2": core("W2"),
+        "W3": core("W3"),
+        "W4": core("W4"),
+        "M1": core("M1"),
+        "RPC": lazy("rpc", "run"),
+        "W5": lazy("train", "run"),
+        "WORKERS": lazy("workers", "run"),
+    }
+
+
+ALIASES = {"R1": "RPC", "R2": "RPC", "R3": "RPC", "W5B": "W5", "W4B": "W4", "WK": "WORKERS"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument(
+        "--only",
+        help="comma-separated workloads: W1,W2,W3,W4,M1,RPC (or R1,R2,R3),W5,WORKERS (or WK)",
+    )
+    p.add_argument("--quick", action="store_true", help="few repetitions (the smoke test)")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--rounds", type=int, help="interleaved samples per contender")
+    p.add_argument("--no-detail", action="store_true", help="print the summary table only")
+    return p.parse_args(argv)
+
+
+def select(only: str | None) -> list[str]:
+    names = list(registry())
+    if not only:
+        return names
+    wanted = []
+    for item in only.split(","):
+        key = item.strip().upper()
+        key = ALIASES.get(key, key)
+        if key not in names:
+            raise SystemExit(f"unknown workload {item!r}; choose from {', '.join(names)}")
+        if key not in wanted:
+            wanted.append(key)
+    return [n for n in names if n in wanted]
+
+
+def run(names: list[str], settings: Settings, log: Callable[[str], None] = print) -> list[Row]:
+    runners = registry()
+    rows: list[Row] = []
+    for name in names:
+        t0 = time.perf_counter()
+        log(f"-- {name} ...")
+        try:
+            out = runners[name](settings)
+        except Exception as exc:  # one broken group must not hide the others
+            traceback.print_exc(file=sys.stderr)
+            out = Row(name, "(failed)", "s", "gradserve", None, "-", None)
+            out.notes["gradserve"] = f"{type(exc).__name__}: {exc}"[:200]
+        new = out if isinstance(out, list) else [out]
+        rows += new
+        log(f"   {name} done in {time.perf_counter() - t0:.1f} s")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = Settings.make(args.quick)
+    if args.rounds:
+        settings.rounds = args.rounds
+    names = select(args.only)
+    env = environment()
+    env["libraries"] = library_versions()
+    env["settings"] = {"quick": settings.quick, "rounds": settings.rounds}
+    print(
+        f"gradserve benchmarks, {env['date']}: {env['cpu']}, {env['cores']} cores, "
+        f"numpy {env.get('numpy')}, BLAS {env.get('blas')}"
+    )
+    rows = run(names, settings)
+    print()
+    print(summary_table(rows))
+    if not args.no_detail:
+        print()
+        print(detail_table(rows))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    paths = [RESULTS_DIR / "latest.json", RESULTS_DIR / f"run-{stamp}.json"]
+    if args.json:
+        paths.append(args.json)
+    for path in paths:
+        write_json(path, rows, env)
+    print(f"\nresults: {paths[-1]}")
+    return 0
