@@ -1,0 +1,20 @@
+"""``python -m gradserve serve [flags]``: run the server (``gradserve serve`` execs this)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] != "serve":
+        print("usage: python -m gradserve serve [flags]  (see: serve --help)", file=sys.stderr)
+        return 2
+    from gradserve.config import load_settings
+    from gradserve.server import serve
+
+    return serve(load_settings(argv[1:], prog="gradserve serve"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Every knob of the server, in one pydantic-settings model.
+
+Values come from the environment (``GRADSERVE_*``), overridden by the flags of
+``gradserve serve``, which are generated from the fields below (``max_message_bytes`` is
+``--max-message-bytes``). An invalid value stops start-up with one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1 << 20
+_FLOAT64_BYTES = 8
+# Room left in a message for everything that is not Jacobian values (names, shapes, outputs).
+_MESSAGE_OVERHEAD = 1 * MIB
+
+
+def _default_worker_threads() -> int:
+    return max(4, 2 * (os.cpu_count() or 1))
+
+
+class Settings(BaseSettings):
+    """The server's configuration. Every field is also a ``gradserve serve`` flag."""
+
+    model_config = SettingsConfigDict(env_prefix="GRADSERVE_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 for all).")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    metrics_port: int = Field(
+        9090, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 disables it."
+    )
+    worker_threads: int = Field(
+        default_factory=_default_worker_threads,
+        ge=1,
+        description="Threads handling RPCs in each process (default: 2 x cores, at least 4).",
+    )
+    workers: int = Field(
+        1, ge=1, description="Server processes sharing the port with SO_REUSEPORT."
+    )
+    max_concurrent_rpcs: int = Field(
+        64,
+        ge=0,
+        description="RPCs handled or queued at once per process; more get RESOURCE_EXHAUSTED."
+        " 0 means unlimited.",
+    )
+    max_message_bytes: int = Field(
+        256 * MIB, ge=1024, description="Largest message received or sent, in bytes."
+    )
+    max_graph_nodes: int = Field(1_000_000, ge=1, description="Most nodes a graph may have.")
+    max_tensor_elements: int = Field(
+        1 << 28, ge=1, description="Most elements a single tensor (input or constant) may have."
+    )
+    max_jacobian_elements: int = Field(
+        0,
+        ge=0,
+        description="Most elements of the dense Jacobians of one unary Jacobian response;"
+        " larger ones need StreamJacobian. 0 picks what fits max_message_bytes in float64.",
+    )
+    graph_cache_size: int = Field(256, ge=1, description="Graphs kept in the LRU graph cache.")
+    dataset_cache_bytes: int = Field(
+        1 << 30, ge=0, description="Bytes of uploaded datasets kept in memory (LRU)."
+    )
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="Seconds in-flight RPCs get to finish after SIGTERM."
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS.")
+    tls_key: Path | None = Field(None, description="PEM private key of --tls-cert.")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle: require client certificates it signed (mTLS)."
+    )
+    auth_token_file: Path | None = Field(
+        None,
+        description="File of bearer tokens, one per line: every RPC but health needs one.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Logging level."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upper_log_level(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("log_level"), str):
+            data = {**data, "log_level": data["log_level"].upper()}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_token_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no such file: {path}")
+        if self.max_jacobian_elements == 0:
+            fit = max(1, (self.max_message_bytes - _MESSAGE_OVERHEAD) // _FLOAT64_BYTES)
+            self.max_jacobian_elements = fit
+        return self
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser(prog: str = "gradserve serve") -> argparse.ArgumentParser:
+    """An argparse parser with one flag per Settings field (defaults shown, env noted)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run the gradserve gRPC server. Every flag can also be set in the"
+        " environment as GRADSERVE_<NAME>; flags override the environment.",
+    )
+    for name, info in Settings.model_fields.items():
+        factory = info.default_factory
+        default = factory() if factory is not None else info.default  # type: ignore[call-arg]
+        shown = "unset" if default is None else default
+        if name == "max_jacobian_elements":
+            shown = "0 (fit max_message_bytes)"
+        parser.add_argument(
+            _flag(name),
+            dest=name,
+            default=argparse.SUPPRESS,
+            metavar=name.upper(),
+            help=f"{info.description} (default: {shown}; env GRADSERVE_{name.upper()})",
+        )
+    return parser
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        where = f"{_flag(loc)} (GRADSERVE_{loc.upper()})" if loc else ""
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
+
+
+def load_settings(argv: Sequence[str] | None = None, prog: str = "gradserve serve") -> Settings:
+    """Settings from the environment and ``argv``; exits 2 with one line on a bad value."""
+    args = vars(build_parser(prog).parse_args(argv))
+    try:
+        return Settings(**args)
+    except ValidationError as exc:
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,7 @@
+"""The only place where protobuf meets numpy: codec, errors, graph cache, servicer, handlers."""
+
+from gradserve.rpc.graph_cache import GraphCache
+from gradserve.rpc.handlers import SERVICE_NAME, add_to_server
+from gradserve.rpc.servicer import GradientServicer
+
+__all__ = ["SERVICE_NAME", "GradientServicer", "GraphCache", "add_to_server"]

@@ -1,0 +1,111 @@
+"""Protobuf <-> core conversion: Graph -> GraphDef, Tensor maps -> arrays, arrays -> Tensors.
+
+Every error raised here is an ``RpcError`` subclass from ``errors.py`` naming the request field,
+so the servicer never has to know what went wrong where.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from gradserve_client.proto import graph_pb2, tensor_codec, tensor_pb2
+
+from gradserve.autodiff import GraphDef, InputDef, NodeDef
+from gradserve.rpc.errors import InvalidArgument, LimitExceeded
+
+__all__ = ["decode_tensors", "encode_tensor", "encode_tensors", "graph_from_proto"]
+
+
+def _input_field(prefix: str, name: str) -> str:
+    return f'{prefix}["{name}"]'
+
+
+def decode_tensor(tensor: tensor_pb2.Tensor, field: str, max_elements: int) -> np.ndarray:
+    """One Tensor as a read-only array; errors name ``field`` (e.g. ``inputs["x"]``)."""
+    try:
+        return tensor_codec.from_tensor(tensor, max_elements=max_elements, field=field)
+    except tensor_codec.TensorTooLargeError as exc:
+        raise LimitExceeded(
+            f"{field} has {exc.reason}: max_tensor_elements. Send a smaller tensor, or raise "
+            "the server's --max-tensor-elements",
+            limit="max_tensor_elements",
+        ) from None
+    except tensor_codec.TensorDecodeError as exc:
+        what = "dtype" if "dtype" in exc.reason else "data"
+        if "negative dimension" in exc.reason:
+            what = "shape"
+        raise InvalidArgument(f"{field}.{what}", exc.reason, reason="INVALID_INPUT") from None
+
+
+def decode_tensors(
+    tensors: Mapping[str, tensor_pb2.Tensor], prefix: str, max_elements: int
+) -> dict[str, np.ndarray]:
+    """A protobuf map of Tensors, decoded; errors name e.g. ``inputs["x"].data``."""
+    return {
+        name: decode_tensor(t, _input_field(prefix, name), max_elements)
+        for name, t in tensors.items()
+    }
+
+
+def encode_tensor(array: np.ndarray) -> tensor_pb2.Tensor:
+    return tensor_codec.to_tensor(array)
+
+
+def encode_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, tensor_pb2.Tensor]:
+    return {name: tensor_codec.to_tensor(a) for name, a in arrays.items()}
+
+
+def _attr(node: str, key: str, value: graph_pb2.AttrValue, max_elements: int) -> Any:
+    kind = value.WhichOneof("value")
+    field = f'graph.nodes["{node}"].attrs.{key}'
+    if kind == "i":
+        return int(value.i)
+    if kind == "f":
+        return float(value.f)
+    if kind == "ints":
+        return tuple(int(v) for v in value.ints.values)
+    if kind == "floats":
+        return tuple(float(v) for v in value.floats.values)
+    if kind == "s":
+        return value.s
+    if kind == "tensor":
+        return decode_tensor(value.tensor, field, max_elements)
+    raise InvalidArgument(field, "no value set", reason="INVALID_GRAPH")
+
+
+def graph_from_proto(pb: graph_pb2.Graph, *, max_nodes: int, max_elements: int) -> GraphDef:
+    """The GraphDef of a Graph message (unvalidated: Program.build checks it)."""
+    if len(pb.nodes) > max_nodes:
+        raise LimitExceeded(
+            f"the graph has {len(pb.nodes)} nodes, more than max_graph_nodes={max_nodes}; "
+            "split the computation into smaller graphs or raise --max-graph-nodes",
+            limit="max_graph_nodes",
+        )
+    inputs = []
+    for i, spec in enumerate(pb.inputs):
+        try:
+            dtype = tensor_codec.dtype_name(spec.dtype)
+        except ValueError as exc:
+            raise InvalidArgument(
+                f'graph.inputs["{spec.name or i}"].dtype', str(exc), reason="INVALID_GRAPH"
+            ) from None
+        shape = tuple(int(d) for d in spec.shape)
+        if any(d < -1 for d in shape):
+            raise InvalidArgument(
+                f'graph.inputs["{spec.name or i}"].shape',
+                f"dimensions must be >= 0, or -1 for any size; got {list(shape)}",
+                reason="INVALID_GRAPH",
+            )
+        inputs.append(InputDef(spec.name, dtype, shape))
+    nodes = tuple(
+        NodeDef(
+            n.name,
+            n.op,
+            tuple(n.inputs),
+            {k: _attr(n.name, k, v, max_elements) for k, v in sorted(n.attrs.items())},
+        )
+        for n in pb.nodes
+    )
+    return GraphDef(tuple(inputs), nodes, tuple(pb.outputs))

@@ -1,0 +1,222 @@
+"""The one place where exceptions become gRPC statuses.
+
+Handlers raise the ``RpcError`` subclasses below (or let core exceptions through); the
+``rpc_method`` decorator turns each into a status with rich details (grpcio-status):
+
+| exception | code | ErrorInfo reason |
+|---|---|---|
+| ``InvalidArgument``, ``GraphError`` | INVALID_ARGUMENT + BadRequest | INVALID_GRAPH, _INPUT |
+| ``LimitExceeded`` | RESOURCE_EXHAUSTED | LIMIT_EXCEEDED |
+| ``JacobianTooLarge`` | RESOURCE_EXHAUSTED | JACOBIAN_TOO_LARGE |
+| ``NotFound`` | NOT_FOUND | GRAPH_NOT_FOUND / DATASET_NOT_FOUND |
+| core ``Cancelled`` | DEADLINE_EXCEEDED if the deadline passed, else CANCELLED | |
+| anything else | INTERNAL, logged: it is a bug | |
+
+Every ErrorInfo has ``domain="gradserve"``; clients switch on its ``reason``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from gradserve.autodiff import Cancelled, GraphError
+from gradserve.rpc.handlers import BadPayload
+
+log = logging.getLogger("gradserve.rpc")
+
+DOMAIN = "gradserve"
+
+# ErrorInfo reasons (contract for clients).
+INVALID_GRAPH = "INVALID_GRAPH"
+INVALID_INPUT = "INVALID_INPUT"
+LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
+JACOBIAN_TOO_LARGE = "JACOBIAN_TOO_LARGE"
+GRAPH_NOT_FOUND = "GRAPH_NOT_FOUND"
+DATASET_NOT_FOUND = "DATASET_NOT_FOUND"
+
+# Fields of the request messages (as opposed to the graph) that core errors can name.
+_REQUEST_FIELDS = frozenset(
+    {"inputs", "cotangents", "tangents", "of", "wrt", "outputs", "mode", "loss", "params"}
+)
+
+
+class RpcError(Exception):
+    """An error with a status code, a message and optional details."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    reason: str = ""
+
+    def __init__(self, message: str, *, reason: str = "", metadata: Mapping[str, str] = ()):
+        super().__init__(message)
+        self.message = message
+        if reason:
+            self.reason = reason
+        self.metadata = dict(metadata)
+
+    def details(self) -> list[Any]:
+        if not self.reason:
+            return []
+        return [
+            error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+        ]
+
+
+class InvalidArgument(RpcError):
+    """Bad input: one field violation naming the field (e.g. ``inputs["x"].shape``)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = INVALID_INPUT
+
+    def __init__(self, field: str, description: str, *, reason: str = INVALID_INPUT) -> None:
+        super().__init__(f"{field}: {description}" if field else description, reason=reason)
+        self.violations = [(field, description)]
+
+    def details(self) -> list[Any]:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                for f, d in self.violations
+            ]
+        )
+        return [bad, *super().details()]
+
+
+class LimitExceeded(RpcError):
+    """A configured limit was exceeded; the message says which and how to avoid it."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = LIMIT_EXCEEDED
+
+    def __init__(self, message: str, *, limit: str, reason: str = LIMIT_EXCEEDED) -> None:
+        super().__init__(message, reason=reason, metadata={"limit": limit})
+
+
+class JacobianTooLarge(LimitExceeded):
+    """A unary Jacobian over max_jacobian_elements: the client should use StreamJacobian."""
+
+    reason = JACOBIAN_TOO_LARGE
+
+    def __init__(self, elements: int, limit: int) -> None:
+        super().__init__(
+            f"the Jacobian has {elements} elements, more than max_jacobian_elements={limit} "
+            "for one Jacobian response; use StreamJacobian, which sends it in row blocks",
+            limit="max_jacobian_elements",
+            reason=JACOBIAN_TOO_LARGE,
+        )
+        self.metadata["elements"] = str(elements)
+        self.metadata["max_jacobian_elements"] = str(limit)
+
+
+class NotFound(RpcError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Unimplemented(RpcError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+def graph_error_field(exc: GraphError, input_names: Iterable[str] = ()) -> str:
+    """The request field a core GraphError is about, e.g. ``graph.nodes["h1"].attrs.axis``,
+    ``graph.inputs["x"].shape``, ``inputs["x"].shape`` or ``wrt["x"]``."""
+    node, field = exc.node, exc.field
+    head, dot, rest = field.partition(".")
+    if head in _REQUEST_FIELDS and (head != "inputs" or dot or node in set(input_names)):
+        # A request field keyed by name (check_inputs, check_array, select, vjp targets).
+        if head == "inputs" and not dot and exc.reason.startswith("not an input"):
+            return f'inputs["{node}"]'
+        return f'{head}["{node}"]{dot}{rest}' if node else field
+    if not node:
+        return f"graph.{field}"
+    if head.startswith("outputs"):
+        return f"graph.{field}"
+    if node in set(input_names):
+        return f'graph.inputs["{node}"].{field}'
+    return f'graph.nodes["{node}"].{field}'
+
+
+def from_graph_error(exc: GraphError, input_names: Iterable[str] = ()) -> InvalidArgument:
+    """The InvalidArgument for a core GraphError, naming the field it is about."""
+    field = graph_error_field(exc, input_names)
+    reason = INVALID_GRAPH if field.startswith("graph") else INVALID_INPUT
+    return InvalidArgument(field, exc.reason, reason=reason)
+
+
+def _to_status(code: grpc.StatusCode, message: str, details: Iterable[Any] = ()) -> Any:
+    packed = []
+    for d in details:
+        a = any_pb2.Any()
+        a.Pack(d)
+        packed.append(a)
+    return rpc_status.to_status(
+        status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
+    )
+
+
+def _deadline_passed(context: grpc.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
+def status_of(exc: BaseException, context: grpc.ServicerContext, method: str) -> Any:
+    """The grpc.Status answering ``exc``."""
+    if isinstance(exc, RpcError):
+        return _to_status(exc.code, exc.message, exc.details())
+    if isinstance(exc, GraphError):
+        wrapped = from_graph_error(exc, getattr(exc, "input_names", ()))
+        return _to_status(wrapped.code, wrapped.message, wrapped.details())
+    if isinstance(exc, Cancelled):
+        if _deadline_passed(context):
+            return _to_status(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+        return _to_status(grpc.StatusCode.CANCELLED, "cancelled by the client")
+    log.error("internal error in %s", method, exc_info=exc)
+    return _to_status(
+        grpc.StatusCode.INTERNAL, f"internal error (a bug in gradserve): {type(exc).__name__}"
+    )
+
+
+def _checked(request: Any) -> Any:
+    """The request, or INVALID_ARGUMENT if its payload did not parse (see handlers.py)."""
+    if isinstance(request, BadPayload):
+        raise InvalidArgument("request", request.describe())
+    if hasattr(request, "__next__"):  # a client stream: check each message as it arrives
+        return (_checked(item) for item in request)
+    return request
+
+
+def rpc_method(fn: Callable) -> Callable:
+    """Decorate a servicer method: payloads that did not parse become INVALID_ARGUMENT, and
+    exceptions become statuses. Works for unary and streaming requests and responses."""
+    name = fn.__name__
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                yield from fn(self, _checked(request), context)
+            except Exception as exc:
+                status = status_of(exc, context, name)
+            else:
+                return
+            context.abort_with_status(status)
+
+        return stream
+
+    @functools.wraps(fn)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(self, _checked(request), context)
+        except Exception as exc:
+            status = status_of(exc, context, name)
+        context.abort_with_status(status)
+
+    return unary

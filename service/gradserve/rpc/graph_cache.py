@@ -1,0 +1,172 @@
+"""The graph cache: a bounded, thread-safe LRU of graph_id -> graph, with its Programs.
+
+A graph with only concrete input shapes is validated once into a Program, and its graph_id is
+``Program.digest``. A graph whose inputs declare -1 dimensions is kept as a GraphDef (its
+graph_id is the content hash of that GraphDef) and gets one Program per concrete input-shape
+signature, built on first use. Derivative programs are cached by the core, keyed by Program.
+
+Full-graph requests are looked up by a hash of their serialized bytes first, so a client that
+keeps sending the same graph pays for hashing, not for decoding and validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from gradserve_client.proto import graph_pb2
+
+from gradserve.autodiff import GraphDef, GraphError, Program
+from gradserve.autodiff.ir import _digest
+from gradserve.rpc.codec import graph_from_proto
+from gradserve.rpc.errors import GRAPH_NOT_FOUND, InvalidArgument, NotFound, from_graph_error
+
+# Programs kept per dynamic-shape graph (one per distinct input-shape signature).
+PROGRAMS_PER_GRAPH = 32
+# The operator set the server implements (Graph.opset 0 means this one).
+OPSET = 1
+
+Hook = Callable[[], None]
+
+
+@dataclass(eq=False)
+class CachedGraph:
+    """One graph: its definition and its Program(s)."""
+
+    graph_id: str
+    graph: GraphDef
+    program: Program | None  # set when the graph has no -1 dimensions
+    wire_key: str = ""
+    _programs: OrderedDict[tuple, Program] = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.graph.inputs)
+
+    def program_for(self, shapes: Mapping[str, tuple[int, ...]], max_nodes: int) -> Program:
+        """The Program for these input shapes (the one Program of a static graph)."""
+        if self.program is not None:
+            return self.program
+        key = tuple(shapes.get(i.name) for i in self.graph.inputs if -1 in i.shape)
+        with self._lock:
+            program = self._programs.get(key)
+            if program is not None:
+                self._programs.move_to_end(key)
+                return program
+        try:
+            concrete = self.graph.specialize(shapes)
+        except GraphError as exc:  # a fed shape that does not fit the declared one
+            raise InvalidArgument(
+                f'inputs["{exc.node}"].shape', exc.reason, reason="INVALID_INPUT"
+            ) from None
+        for spec in concrete.inputs:
+            if -1 in spec.shape:
+                raise InvalidArgument(
+                    f'inputs["{spec.name}"]',
+                    "missing a value for this input (its shape has a -1 dimension)",
+                )
+        try:
+            program = Program.build(concrete, max_nodes=max_nodes)
+        except GraphError as exc:
+            raise from_graph_error(exc, self.input_names) from None
+        with self._lock:
+            self._programs[key] = program
+            while len(self._programs) > PROGRAMS_PER_GRAPH:
+                self._programs.popitem(last=False)
+        return program
+
+
+class GraphCache:
+    """A bounded LRU of graphs, by graph_id, safe to share between worker threads."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._by_id: OrderedDict[str, CachedGraph] = OrderedDict()
+        self._by_wire: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        self.on_hit: list[Hook] = []
+        self.on_miss: list[Hook] = []
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, graph_id: str) -> bool:
+        return graph_id in self._by_id
+
+    def _hit(self) -> None:
+        self.hits += 1
+        for hook in self.on_hit:
+            hook()
+
+    def _miss(self) -> None:
+        self.misses += 1
+        for hook in self.on_miss:
+            hook()
+
+    def get(self, graph_id: str) -> CachedGraph:
+        """The graph with this id; NOT_FOUND (reason GRAPH_NOT_FOUND) if it is not cached."""
+        with self._lock:
+            entry = self._by_id.get(graph_id)
+            if entry is not None:
+                self._by_id.move_to_end(graph_id)
+        if entry is None:
+            self._miss()
+            raise NotFound(
+                f"unknown graph_id {graph_id!r} (the server restarted or evicted it): "
+                "send the full graph",
+                reason=GRAPH_NOT_FOUND,
+                metadata={"graph_id": graph_id},
+            )
+        self._hit()
+        return entry
+
+    def put_proto(self, pb: graph_pb2.Graph, *, max_nodes: int, max_elements: int) -> CachedGraph:
+        """The cached graph for a full Graph message: validated and added on a miss."""
+        wire_key = hashlib.sha256(pb.SerializeToString(deterministic=True)).hexdigest()
+        with self._lock:
+            graph_id = self._by_wire.get(wire_key)
+            entry = self._by_id.get(graph_id) if graph_id else None
+            if entry is not None:
+                self._by_id.move_to_end(entry.graph_id)
+        if entry is not None:
+            self._hit()
+            return entry
+        self._miss()
+        if pb.opset not in (0, OPSET):
+            raise InvalidArgument(
+                "graph.opset",
+                f"opset {pb.opset} is not supported; this server implements opset {OPSET}",
+                reason="INVALID_GRAPH",
+            )
+        graph = graph_from_proto(pb, max_nodes=max_nodes, max_elements=max_elements)
+        if graph.has_dynamic_shapes:
+            program = None
+            graph_id = _digest(graph.inputs, graph.nodes, graph.outputs)
+        else:
+            try:
+                program = Program.build(graph, max_nodes=max_nodes)
+            except GraphError as exc:
+                raise from_graph_error(exc, (i.name for i in graph.inputs)) from None
+            graph_id = program.digest
+        return self._insert(CachedGraph(graph_id, graph, program, wire_key))
+
+    def _insert(self, entry: CachedGraph) -> CachedGraph:
+        with self._lock:
+            existing = self._by_id.get(entry.graph_id)
+            if existing is not None:  # the same graph, sent with different bytes
+                self._by_wire[entry.wire_key] = existing.graph_id
+                self._by_id.move_to_end(existing.graph_id)
+                return existing
+            self._by_id[entry.graph_id] = entry
+            self._by_wire[entry.wire_key] = entry.graph_id
+            while len(self._by_id) > self.capacity:
+                _, evicted = self._by_id.popitem(last=False)
+                for key in [k for k, v in self._by_wire.items() if v == evicted.graph_id]:
+                    del self._by_wire[key]
+        return entry
