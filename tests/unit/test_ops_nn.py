@@ -145,6 +145,14 @@ def test_cross_entropy_out_of_range_label_is_nan():
     assert np.isnan(evaluate(ce_program((3, 4)), {"z": z, "t": t})["y"])
 
 
+@pytest.mark.filterwarnings("error")
+def test_cross_entropy_of_no_examples():
+    feeds = {"z": np.zeros((0, 3)), "t": np.zeros(0, np.int64)}
+    assert np.isnan(evaluate(ce_program((0, 3)), feeds)["y"])
+    assert evaluate(ce_program((0, 3), reduction="sum"), feeds)["y"] == 0
+    assert grad_of_sum(ce_program((0, 3)), feeds, "z").shape == (0, 3)
+
+
 def test_cross_entropy_labels_get_no_gradient():
     p = ce_program((2, 3))
     with pytest.raises(GraphError) as info:

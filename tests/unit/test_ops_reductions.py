@@ -179,6 +179,17 @@ def test_integer_inputs_keep_their_dtype(name, dtype):
     np.testing.assert_array_equal(y, getattr(np, name)(x, axis=0))
 
 
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize(
+    "name,want", [("sum", 0.0), ("mean", np.nan), ("prod", 1.0), ("logsumexp", -np.inf)]
+)
+def test_empty_axes(name, want):
+    p = op_program(name, [(2, 0)], {"axis": [1]})
+    x = np.zeros((2, 0))
+    np.testing.assert_array_equal(evaluate(p, {"x0": x})["y"], [want, want])
+    assert ones_grad(name, x, {"axis": [1]}).shape == (2, 0)
+
+
 def test_sum_of_bool_counts_as_int64():
     p = op_program("sum", [(4,)], {}, "bool")
     y = evaluate(p, {"x0": np.array([True, False, True, True])})["y"]
@@ -198,6 +209,7 @@ def test_sum_of_bool_counts_as_int64():
         ("min", (3, 0), {"axis": [1]}, "float64", "attrs.axis"),
         ("prod", (3,), {"keepdims": 2}, "float64", "attrs.keepdims"),
         ("var", (3,), {"ddof": 3}, "float64", "attrs.ddof"),
+        ("std", (2, 0), {"axis": [1]}, "float64", "attrs.axis"),
         ("std", (3,), {"ddof": -1}, "float64", "attrs.ddof"),
         ("var", (3,), {"ddof": 1.5}, "float64", "attrs.ddof"),
         ("sum", (3,), {"ddof": 1}, "float64", "attrs.ddof"),

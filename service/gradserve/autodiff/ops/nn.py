@@ -111,8 +111,10 @@ def _check_reduction(reduction: str) -> None:
 def _reduce(loss: np.ndarray, reduction: str) -> np.ndarray:
     if reduction == "none":
         return loss
-    with np.errstate(invalid="ignore"):  # the mean of no elements is NaN, as in torch
-        return np.mean(loss) if reduction == "mean" else np.sum(loss)
+    if reduction == "sum":
+        return np.sum(loss)
+    # The mean of no elements is NaN, as in torch, without numpy's warning.
+    return np.mean(loss) if loss.size else np.asarray(np.nan, loss.dtype)
 
 
 def _mean_scale(shape: tuple[int, ...]) -> float:

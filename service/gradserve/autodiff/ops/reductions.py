@@ -59,6 +59,7 @@ def reduction_type(
     allowed: tuple[str, ...],
     result: Callable[[str], str] = lambda dtype: dtype,
     nonempty: bool = False,
+    moment: bool = False,
 ) -> Callable[..., TensorType]:
     def infer(
         types: list[TensorType], axis: Axis = None, keepdims: int = 0, ddof: int = 0
@@ -73,8 +74,9 @@ def reduction_type(
             raise RuleError("attrs.axis", f"cannot reduce {list(x.shape)} over empty axes")
         if ddof < 0:
             raise RuleError("attrs.ddof", f"must be >= 0, got {ddof}")
-        if ddof and n <= ddof:
-            raise RuleError("attrs.ddof", f"{n} elements with ddof {ddof} leave no degrees")
+        if moment and n <= ddof:  # N - ddof is a divisor
+            field = "attrs.ddof" if ddof else "attrs.axis"
+            raise RuleError(field, f"{n} elements with ddof {ddof} leave no degrees of freedom")
         shape = kept_shape(x.shape, axes) if keep else _dropped(x.shape, axes)
         return TensorType(shape, result(x.dtype))
 
@@ -147,6 +149,8 @@ def _prod(x: np.ndarray, *, axis: Axis = None, keepdims: int = 0) -> np.ndarray:
 
 
 def _mean(x: np.ndarray, *, axis: Axis = None, keepdims: int = 0) -> np.ndarray:
+    if x.size == 0:  # numpy warns on the mean of no elements; it is NaN, quietly
+        return np.sum(x, axis=axis, keepdims=bool(keepdims)) * np.asarray(np.nan, x.dtype)
     return np.mean(x, axis=axis, keepdims=bool(keepdims))
 
 
@@ -320,7 +324,7 @@ _weighted(
 _weighted(
     "var",
     _var,
-    reduction_type(FLOAT_DTYPES),
+    reduction_type(FLOAT_DTYPES, moment=True),
     "variance over axis, dividing by N - ddof",
     _var_weights,
     DDOF,
@@ -328,7 +332,7 @@ _weighted(
 _weighted(
     "std",
     _std,
-    reduction_type(FLOAT_DTYPES),
+    reduction_type(FLOAT_DTYPES, moment=True),
     "standard deviation over axis, dividing by N - ddof; its gradient is 0 where it is 0",
     _dstd,
     DDOF,
