@@ -8,3 +8,22 @@ from . import graph as _graph
 from .graph import *  # noqa: F403 - the op functions are the public API, listed in graph.__all__
 
 __all__ = [*_graph.__all__]
+
+# The clients, their exceptions and result types (appended by the SDK's client module owners).
+from . import errors as _errors
+from ._common import TLS, AttrInfo, OperatorInfo, ServerInfo
+from .aio import AsyncClient
+from .client import Client
+from .errors import *  # noqa: F403 - GradserveError and one subclass per status code
+from .local import LocalClient
+
+__all__ += [
+    *_errors.__all__,
+    "TLS",
+    "AsyncClient",
+    "AttrInfo",
+    "Client",
+    "LocalClient",
+    "OperatorInfo",
+    "ServerInfo",
+]

@@ -1,0 +1,232 @@
+"""`LocalClient`: the methods of `Client`, run in-process by the same numpy core, no network.
+
+For notebooks and tests, and to time the core alone. This is the only module of the SDK that
+imports the server package (``gradserve``), and only when a LocalClient is created.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _common as cm
+from .errors import GradserveError, error_class
+
+__all__ = ["LocalClient"]
+
+_MAX_SPECIALIZATIONS = 64  # programs kept per graph with -1 dimensions, one per input shapes
+
+
+@dataclass(slots=True)
+class _Compiled:
+    """The core's view of one graph version: its Program, or its GraphDef and the Programs of
+    the input shapes seen so far when some dimension is -1."""
+
+    program: Any  # gradserve.autodiff.Program | None
+    graphdef: Any
+    dynamic: tuple[str, ...] = ()
+    by_shapes: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+
+
+class LocalClient:
+    """The methods of `Client` (evaluate, jacobian, grad, vjp, jvp, operators, server_info,
+    health), computed in this process by gradserve's core, with the same results and the same
+    exceptions (`InvalidArgument` and its field violations for bad graphs and inputs).
+
+    Each graph is converted and validated once (per version of a `Graph`) and its compiled
+    programs are cached by the core, so a call costs little more than the computation itself.
+    Requires the ``gradserve`` package (the server side of this distribution).
+    """
+
+    def __init__(self) -> None:
+        try:
+            import gradserve.autodiff as core
+        except ImportError as exc:  # pragma: no cover - the client-only install
+            raise ImportError(
+                "LocalClient needs the gradserve server package (pip install gradserve)"
+            ) from exc
+        from gradserve.rpc import errors as rpc_errors
+
+        self._core = core
+        self._rpc_errors = rpc_errors
+        self._programs: dict[str, _Compiled] = {}
+
+    def __enter__(self) -> LocalClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Forget the cached programs."""
+        self._programs.clear()
+
+    def __repr__(self) -> str:
+        return "LocalClient()"
+
+    # -- graphs
+
+    def _compile(self, meta: cm.GraphMeta) -> _Compiled:
+        from gradserve.rpc.codec import graph_from_proto
+
+        graphdef = graph_from_proto(meta.proto, max_nodes=sys.maxsize, max_elements=sys.maxsize)
+        dynamic = tuple(i.name for i in graphdef.inputs if any(d < 0 for d in i.shape))
+        program = None if dynamic else self._core.Program.build(graphdef)
+        compiled = _Compiled(program, graphdef, dynamic)
+        self._programs[meta.key] = compiled
+        return compiled
+
+    def _program(self, meta: cm.GraphMeta, inputs: Mapping[str, np.ndarray]) -> Any:
+        compiled = self._programs.get(meta.key) or self._compile(meta)
+        if compiled.program is not None:
+            return compiled.program
+        shapes = tuple(np.shape(inputs[n]) if n in inputs else None for n in compiled.dynamic)
+        program = compiled.by_shapes.get(shapes)
+        if program is None:
+            known = {n: s for n, s in zip(compiled.dynamic, shapes, strict=True) if s is not None}
+            program = self._core.Program.build(compiled.graphdef.specialize(known))
+            if len(compiled.by_shapes) >= _MAX_SPECIALIZATIONS:
+                compiled.by_shapes.pop(next(iter(compiled.by_shapes)))
+            compiled.by_shapes[shapes] = program
+        return program
+
+    def _run(self, fn: Any, meta: cm.GraphMeta, *args: Any) -> Any:
+        """``fn(*args)``, with the core's and the codec's errors raised as the server would
+        report them (the same exception classes, field violations and reasons)."""
+        try:
+            return fn(*args)
+        except (self._core.GraphError, self._rpc_errors.RpcError) as exc:
+            raise _converted(exc, self._rpc_errors, meta) from None
+
+    # -- the API
+
+    def evaluate(
+        self,
+        graph: cm.GraphLike,
+        inputs: Mapping[str, npt.ArrayLike],
+        outputs: cm.Names = None,
+    ) -> dict[str, np.ndarray]:
+        """As `Client.evaluate`: the values of the outputs, by output name."""
+        meta = cm.graph_meta(graph)
+        wanted, _ = cm.names(outputs, (), "outputs")
+        feeds = cm.arrays(inputs, meta.input_dtypes, "inputs")
+        program = self._run(self._program, meta, meta, feeds)
+        return self._run(self._core.evaluate, meta, program, feeds, wanted)
+
+    def jacobian(
+        self,
+        graph: cm.GraphLike,
+        inputs: Mapping[str, npt.ArrayLike],
+        of: cm.Names = None,
+        wrt: cm.Names = None,
+        mode: str = "auto",
+    ) -> Any:
+        """As `Client.jacobian`: an ndarray for single names, else ``J[of][wrt]``."""
+        meta = cm.graph_meta(graph)
+        of_names, one_of = cm.names(of, meta.outputs, "of")
+        wrt_names, one_wrt = cm.names(wrt, meta.float_inputs, "wrt")
+        cm.mode_enum(mode)
+        feeds = cm.arrays(inputs, meta.input_dtypes, "inputs")
+        program = self._run(self._program, meta, meta, feeds)
+        _, result = self._run(self._core.jacobian, meta, program, feeds, of_names, wrt_names, mode)
+        return cm.select(result, of_names, wrt_names, one_of and one_wrt)
+
+    def grad(
+        self,
+        graph: cm.GraphLike,
+        inputs: Mapping[str, npt.ArrayLike],
+        of: str | None = None,
+        wrt: cm.Names = None,
+    ) -> Any:
+        """As `Client.grad`: the gradient of a scalar output."""
+        meta = cm.graph_meta(graph)
+        of = cm.the_output(meta, of)
+        seed = np.ones((), cm.scalar_output(meta, of))
+        return self.vjp(graph, inputs, {of: seed}, wrt)
+
+    def vjp(
+        self,
+        graph: cm.GraphLike,
+        inputs: Mapping[str, npt.ArrayLike],
+        cotangents: Mapping[str, npt.ArrayLike],
+        wrt: cm.Names = None,
+    ) -> Any:
+        """As `Client.vjp`: the gradients of ``sum(cotangent * output)``."""
+        meta = cm.graph_meta(graph)
+        wrt_names, single = cm.names(wrt, meta.float_inputs, "wrt")
+        feeds = cm.arrays(inputs, meta.input_dtypes, "inputs")
+        seeds = cm.arrays(cotangents, meta.output_dtypes, "cotangents")
+        program = self._run(self._program, meta, meta, feeds)
+        _, grads = self._run(self._core.vjp_values, meta, program, feeds, seeds, wrt_names)
+        return cm.one_or_dict(grads, wrt_names, single)
+
+    def jvp(
+        self,
+        graph: cm.GraphLike,
+        inputs: Mapping[str, npt.ArrayLike],
+        tangents: Mapping[str, npt.ArrayLike],
+        of: cm.Names = None,
+    ) -> Any:
+        """As `Client.jvp`: the directional derivatives of the outputs ``of``."""
+        meta = cm.graph_meta(graph)
+        of_names, single = cm.names(of, meta.outputs, "of")
+        feeds = cm.arrays(inputs, meta.input_dtypes, "inputs")
+        seeds = cm.arrays(tangents, meta.input_dtypes, "tangents")
+        program = self._run(self._program, meta, meta, feeds)
+        _, out = self._run(self._core.jvp_values, meta, program, feeds, seeds, of_names)
+        return cm.one_or_dict(out, of_names, single)
+
+    def operators(self) -> list[cm.OperatorInfo]:
+        """The core's operators, as `Client.operators` lists them."""
+        ops = []
+        for name in sorted(self._core.OPS):
+            op = self._core.OPS[name]
+            attrs = tuple(
+                cm.AttrInfo(
+                    key,
+                    spec.kind,
+                    spec.required,
+                    "" if spec.required or spec.default is None else str(spec.default),
+                )
+                for key, spec in op.attrs.items()
+            )
+            arity = -1 if op.arity is None else op.arity
+            ops.append(cm.OperatorInfo(name, arity, attrs, op.differentiable, op.doc))
+        return ops
+
+    def server_info(self) -> cm.ServerInfo:
+        """This process as a server: the package version, no limits, feature "local"."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            current = version("gradserve")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            current = "0+unknown"
+        limits = {
+            "max_message_bytes": 0,
+            "max_graph_nodes": 0,
+            "max_tensor_elements": 0,
+            "max_jacobian_elements": 0,
+        }
+        return cm.ServerInfo(current, 1, limits, ("local",))
+
+    def health(self, service: str = "") -> str:
+        """Always "SERVING": the core is this process."""
+        return "SERVING"
+
+
+def _converted(exc: Exception, rpc_errors: Any, meta: cm.GraphMeta) -> GradserveError:
+    """A core GraphError or a server-side RpcError as the SDK exception a server would raise."""
+    if not isinstance(exc, rpc_errors.RpcError):
+        exc = rpc_errors.from_graph_error(exc, meta.input_dtypes)
+    return error_class(exc.code)(  # type: ignore[attr-defined]
+        exc.message,  # type: ignore[attr-defined]
+        field_violations=getattr(exc, "violations", ()),
+        reason=exc.reason,  # type: ignore[attr-defined]
+        metadata=exc.metadata,  # type: ignore[attr-defined]
+    )
