@@ -1,0 +1,268 @@
+"""RPC workloads R1-R3: the gradserve server against a bare grpcio echo server, same machine.
+
+R1: p50 latency of Evaluate on a 5-node scalar graph (graph_id path) vs the echo's empty call.
+R2: a 64 MiB float64 tensor round trip through Evaluate of an identity graph vs echoing the
+    same 64 MiB of bytes; throughput ratio (gradserve / echo, higher is better).
+R3: 8 client threads sharing one channel: requests per second, gradserve Evaluate (R1's graph)
+    vs the echo's empty call.
+gradserve is measured through the SDK (`gs.Client`, what users call) and, for R1, also through
+the raw generated stub with a pre-encoded request (the server's own cost).
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+import numpy as np
+
+from bench.harness import Row, Settings, relative_iqr
+from bench.servers import MAX_MESSAGE, MIB, ServerUnavailable, echo_server, gradserve_server
+
+GS = "gradserve Client"
+GS_STUB = "gradserve raw stub"
+ECHO = "echo server"
+
+
+def scalar_graph() -> Any:
+    """Five op nodes, two scalar inputs."""
+    import gradserve_client as gs
+
+    g = gs.Graph()
+    x = g.input("x", shape=())
+    y = g.input("y", shape=())
+    g.output("out", (gs.sin(x) * y + gs.exp(x)) * x)
+    return g
+
+
+def identity_graph(n: int) -> Any:
+    import gradserve_client as gs
+
+    g = gs.Graph()
+    x = g.input("x", shape=(n,))
+    g.output("y", x)
+    return g
+
+
+def _channel(target: str) -> Any:
+    import grpc
+
+    return grpc.insecure_channel(
+        target,
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ],
+    )
+
+
+def _latencies(fn: Callable[[], Any], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _threaded_rps(fn: Callable[[], Any], threads: int, calls_each: int) -> float:
+    barrier = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        barrier.wait()
+        try:
+            for _ in range(calls_each):
+                fn()
+        except BaseException as exc:  # reported after the join
+            errors.append(exc)
+
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return threads * calls_each / elapsed
+
+
+def run(settings: Settings) -> list[Row]:
+    rows = [
+        Row(
+            "R1",
+            "p50 latency, Evaluate 5-node scalar graph (graph_id)",
+            "s",
+            GS,
+            ECHO,
+            "≤ 1.5× echo empty call",
+            1.5,
+        ),
+        Row(
+            "R2",
+            "64 MiB tensor round trip, Evaluate identity graph",
+            "MiB/s",
+            GS,
+            ECHO,
+            "≥ 0.7× echo throughput",
+            0.7,
+            higher_is_better=True,
+        ),
+        Row(
+            "R3",
+            "8 threads, one channel: requests/s",
+            "req/s",
+            GS,
+            ECHO,
+            "≥ 0.6× echo req/s",
+            0.6,
+            higher_is_better=True,
+        ),
+    ]
+    try:
+        import gradserve_client as gs
+        from gradserve_client.proto import gradient_service_pb2 as pb
+        from gradserve_client.proto import gradient_service_pb2_grpc as pbg
+        from gradserve_client.proto import tensor_codec
+    except Exception as exc:
+        return _skipped(rows, f"SDK import failed: {exc}")
+    client_cls = getattr(gs, "Client", None)
+    with ExitStack() as stack:
+        try:
+            gs_target = stack.enter_context(gradserve_server())
+        except ServerUnavailable as exc:
+            return _skipped(rows, f"server not available yet: {exc}")
+        echo_target = stack.enter_context(echo_server())
+        echo_channel = stack.enter_context(_channel(echo_target))
+        echo = echo_channel.unary_unary("/bench.Echo/Echo")
+        gs_channel = stack.enter_context(_channel(gs_target))
+        stub = pbg.GradientStub(gs_channel)
+        client = None
+        why = "gs.Client not available yet"
+        if client_cls is not None:
+            try:
+                client = stack.enter_context(client_cls(gs_target))
+            except Exception as exc:
+                why = f"gs.Client failed: {type(exc).__name__}: {exc}"[:200]
+        _r1(rows[0], settings, client, why, stub, pb, tensor_codec, echo)
+        _r2(rows[1], settings, client, why, echo)
+        _r3(rows[2], settings, client, why, echo)
+    return rows
+
+
+def _skipped(rows: list[Row], why: str) -> list[Row]:
+    for row in rows:
+        row.figures = {GS: None, ECHO: None}
+        row.notes[GS] = why
+    return rows
+
+
+def _r1(row: Row, settings: Settings, client, why, stub, pb, codec, echo) -> None:
+    g = scalar_graph()
+    feeds = {"x": 0.7, "y": 1.3}
+    expected = (np.sin(0.7) * 1.3 + np.exp(0.7)) * 0.7
+    # The raw stub: send the graph once for its id, then only the id and pre-encoded inputs.
+    first = stub.Evaluate(pb.EvaluateRequest(graph=g.to_proto(), inputs=codec.to_tensors(feeds)))
+    request = pb.EvaluateRequest(graph_id=first.graph_id, inputs=codec.to_tensors(feeds))
+    got = codec.from_tensor(stub.Evaluate(request).outputs["out"])
+    contenders: dict[str, Callable[[], Any]] = {ECHO: lambda: echo(b"")}
+    if np.allclose(got, expected):
+        contenders[GS_STUB] = lambda: stub.Evaluate(request)
+    else:
+        row.notes[GS_STUB] = f"wrong result {got}"
+    if client is not None:
+        try:
+            out = client.evaluate(g, feeds)["out"]
+            if np.allclose(out, expected):
+                contenders[GS] = lambda: client.evaluate(g, feeds)
+            else:
+                row.notes[GS] = f"wrong result {out}"
+        except Exception as exc:
+            row.notes[GS] = f"failed: {type(exc).__name__}: {exc}"[:200]
+    else:
+        row.notes[GS] = why
+    block = 50 if settings.quick else 200
+    rounds = 2 if settings.quick else 10
+    samples: dict[str, list[float]] = {k: [] for k in contenders}
+    for fn in contenders.values():
+        _latencies(fn, 20)  # warm-up
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            samples[name] += _latencies(fn, block)
+    row.figures = {GS: None, GS_STUB: None, ECHO: None}
+    for name, values in samples.items():
+        row.figures[name] = statistics.median(values)
+        row.spread[name] = relative_iqr(values)
+    if row.figures[GS] is None:
+        row.gradserve = GS_STUB
+    row.extra["p99"] = {
+        name: sorted(values)[int(0.99 * (len(values) - 1))] for name, values in samples.items()
+    }
+
+
+def _r2(row: Row, settings: Settings, client, why, echo) -> None:
+    size = (64 * MIB) // 8
+    big = np.random.default_rng(0).standard_normal(size)
+    payload = big.tobytes()
+    g = identity_graph(size)
+    contenders: dict[str, Callable[[], Any]] = {ECHO: lambda: echo(payload)}
+    row.figures = {GS: None, ECHO: None}
+    if client is not None:
+        try:
+            out = client.evaluate(g, {"x": big})["y"]
+            if np.array_equal(out, big):
+                contenders[GS] = lambda: client.evaluate(g, {"x": big})
+            else:
+                row.notes[GS] = "wrong result"
+        except Exception as exc:
+            row.notes[GS] = f"failed: {type(exc).__name__}: {exc}"[:200]
+    else:
+        row.notes[GS] = why
+    rounds = 2 if settings.quick else 7
+    samples: dict[str, list[float]] = {k: [] for k in contenders}
+    for fn in contenders.values():
+        fn()  # warm-up
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            samples[name] += _latencies(fn, 1)
+    mib = len(payload) / MIB
+    for name, values in samples.items():
+        # Throughput of the round trip: the payload went out and came back.
+        row.figures[name] = mib / statistics.median(values)
+        row.spread[name] = relative_iqr(values)
+    row.extra["payload_mib"] = mib
+
+
+def _r3(row: Row, settings: Settings, client, why, echo) -> None:
+    g = scalar_graph()
+    feeds = {"x": 0.7, "y": 1.3}
+    contenders: dict[str, Callable[[], Any]] = {ECHO: lambda: echo(b"")}
+    row.figures = {GS: None, ECHO: None}
+    if client is not None and GS not in row.notes:
+        contenders[GS] = lambda: client.evaluate(g, feeds)
+    elif client is None:
+        row.notes[GS] = why
+    threads = 8
+    calls = 20 if settings.quick else 150
+    rounds = 2 if settings.quick else 5
+    samples: dict[str, list[float]] = {k: [] for k in contenders}
+    for name, fn in contenders.items():
+        try:
+            _threaded_rps(fn, threads, 5)  # warm-up
+        except Exception as exc:
+            row.notes[name] = f"failed: {type(exc).__name__}: {exc}"[:200]
+            samples.pop(name)
+    for _ in range(rounds):
+        for name in samples:
+            samples[name].append(_threaded_rps(contenders[name], threads, calls))
+    for name, values in samples.items():
+        row.figures[name] = statistics.median(values)
+        row.spread[name] = relative_iqr(values)
+    row.extra["threads"] = threads

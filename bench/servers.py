@@ -1,0 +1,87 @@
+"""Servers for the RPC, training and workers benchmarks: gradserve and a bare grpcio echo.
+
+Both run as subprocesses of the benchmark, on loopback, on a port the OS picks, with the same
+thread-pool size and message limits, and are stopped when the benchmark ends.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+MIB = 1 << 20
+MAX_MESSAGE = 256 * MIB
+WORKER_THREADS = max(4, 2 * (os.cpu_count() or 1))  # gradserve's default worker_threads
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+
+class ServerUnavailable(RuntimeError):
+    """The server could not be started (not written yet, or a flag it lacks)."""
+
+
+@contextmanager
+def process_server(cmd: Sequence[str], timeout: float = 60.0) -> Iterator[str]:
+    """Start `cmd`, wait for its 'listening on HOST:PORT' line, yield 'HOST:PORT', stop it."""
+    proc = subprocess.Popen(
+        list(cmd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: list[str] = []
+    found: list[str] = []
+    ready = threading.Event()
+
+    def drain() -> None:  # keep reading so the server never blocks on a full pipe
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if len(lines) < 200:
+                lines.append(line.rstrip())
+            m = LISTENING.search(line)
+            if m and not found:
+                host = "127.0.0.1" if m.group(1) in ("0.0.0.0", "[::]", "::") else m.group(1)
+                found.append(f"{host}:{m.group(2)}")
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        ready.wait(timeout)
+        if not found:
+            tail = " | ".join(lines[-3:]) or f"exit code {proc.poll()}"
+            raise ServerUnavailable(f"{' '.join(cmd[1:4])}: did not start: {tail}"[:300])
+        yield found[0]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def gradserve_server(*extra: str) -> contextmanager:
+    """The gradserve server on an ephemeral loopback port, metrics off."""
+    cmd = [sys.executable, "-m", "gradserve", "serve", "--host", "127.0.0.1", "--port", "0"]
+    cmd += ["--metrics-port", "0", *extra]
+    return process_server(cmd)
+
+
+def echo_server() -> contextmanager:
+    return process_server([sys.executable, "-m", "bench.echo_server"])
+
+
+def wait_ready(target: str, timeout: float = 30.0) -> None:
+    """Block until the channel to `target` connects."""
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
