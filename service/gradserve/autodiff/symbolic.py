@@ -178,7 +178,7 @@ def lift(t: Sym, ndim: int) -> Sym:
     """Insert unit axes after the batch axis so that `t` broadcasts like a rank-`ndim` value."""
     nb = len(t.em.batch)
     pad = ndim - (t.ndim - nb)
-    if pad <= 0:
+    if pad <= 0 or nb == 0:  # without a batch axis numpy's broadcasting already aligns
         return t
     return op.reshape(t, shape=t.shape[:nb] + (1,) * pad + t.shape[nb:])
 

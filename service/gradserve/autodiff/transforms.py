@@ -90,6 +90,12 @@ def _distinct(em: Emitter, syms: list[Sym], taken: Iterable[str]) -> list[str]:
     return names
 
 
+def _check_rule_shape(value: Sym, expected: tuple[int, ...], name: str) -> None:
+    # A rule returning the wrong shape would be broadcast silently when cotangents add up.
+    if value.shape != expected:
+        raise AssertionError(f"derivative rule bug at {name}: {value.shape} != {expected}")
+
+
 def _missing_rule(node: NodeDef, mode: str) -> GraphError:
     return GraphError(
         node.name, "op", f"{node.op} has no {mode} rule (it cannot be differentiated)"
@@ -115,6 +121,7 @@ def vjp(
     cotangents: dict[str, Sym] = {}
 
     def accumulate(name: str, ct: Sym) -> None:
+        _check_rule_shape(ct, em.batch + program.types[name].shape, name)
         cotangents[name] = ct if name not in cotangents else cotangents[name] + ct
 
     for seed, name in zip(seeds, of, strict=True):
@@ -192,6 +199,7 @@ def jvp(
             raise _missing_rule(node, "JVP")
         out = opdef.jvp(ts, ans, *xs, **node.attrs)
         if out is not None:
+            _check_rule_shape(out, em.batch + ans.shape, node.name)
             tangents[node.name] = out
     outs = [tangents.get(o) or zeros(em.sym(o), program.types[o].shape) for o in of]
     results = _distinct(em, outs, of)
