@@ -124,28 +124,32 @@ class Unimplemented(RpcError):
     code = grpc.StatusCode.UNIMPLEMENTED
 
 
-def graph_error_field(exc: GraphError, input_names: Iterable[str] = ()) -> str:
-    """The request field a core GraphError is about, e.g. ``graph.nodes["h1"].attrs.axis``,
-    ``graph.inputs["x"].shape``, ``inputs["x"].shape`` or ``wrt["x"]``."""
+def graph_error_field(
+    exc: GraphError, input_names: Iterable[str] = (), *, running: bool = False
+) -> str:
+    """The request field a core GraphError is about.
+
+    While building a Program (``running=False``) every error is about the graph:
+    ``graph.nodes["h1"].attrs.axis``, ``graph.inputs["x"].dtype``, ``graph.outputs[0]``. While
+    running one, errors about request fields keyed by name (checked inputs, cotangents,
+    tangents, outputs, of, wrt) name them: ``inputs["x"].shape``, ``wrt["x"]``.
+    """
     node, field = exc.node, exc.field
     head, dot, rest = field.partition(".")
-    if head in _REQUEST_FIELDS and (head != "inputs" or dot or node in set(input_names)):
-        # A request field keyed by name (check_inputs, check_array, select, vjp targets).
-        if head == "inputs" and not dot and exc.reason.startswith("not an input"):
-            return f'inputs["{node}"]'
+    if running and head in _REQUEST_FIELDS:
         return f'{head}["{node}"]{dot}{rest}' if node else field
-    if not node:
-        return f"graph.{field}"
-    if head.startswith("outputs"):
+    if not node or head.startswith("outputs"):
         return f"graph.{field}"
     if node in set(input_names):
         return f'graph.inputs["{node}"].{field}'
     return f'graph.nodes["{node}"].{field}'
 
 
-def from_graph_error(exc: GraphError, input_names: Iterable[str] = ()) -> InvalidArgument:
+def from_graph_error(
+    exc: GraphError, input_names: Iterable[str] = (), *, running: bool = False
+) -> InvalidArgument:
     """The InvalidArgument for a core GraphError, naming the field it is about."""
-    field = graph_error_field(exc, input_names)
+    field = graph_error_field(exc, input_names, running=running)
     reason = INVALID_GRAPH if field.startswith("graph") else INVALID_INPUT
     return InvalidArgument(field, exc.reason, reason=reason)
 
@@ -171,7 +175,7 @@ def status_of(exc: BaseException, context: grpc.ServicerContext, method: str) ->
     if isinstance(exc, RpcError):
         return _to_status(exc.code, exc.message, exc.details())
     if isinstance(exc, GraphError):
-        wrapped = from_graph_error(exc, getattr(exc, "input_names", ()))
+        wrapped = from_graph_error(exc)
         return _to_status(wrapped.code, wrapped.message, wrapped.details())
     if isinstance(exc, Cancelled):
         if _deadline_passed(context):

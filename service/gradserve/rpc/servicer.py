@@ -72,7 +72,7 @@ def _core_errors(program: Program):
     try:
         yield
     except GraphError as exc:
-        raise from_graph_error(exc, program.input_names) from None
+        raise from_graph_error(exc, program.input_names, running=True) from None
 
 
 class _Call:
