@@ -1,0 +1,128 @@
+"""WK: a server with `--workers 1` against `--workers 2`, under concurrent Jacobian requests.
+
+Several client processes (each its own `gs.Client`, so each its own connection, which
+SO_REUSEPORT spreads over the server processes) send Jacobian requests of relu(W x + b) with W
+a 256x512 constant of the graph (the graph travels once, then its graph_id; each request carries
+x and returns the 256x512 Jacobian). Figure: requests per second over all clients; the row
+reports the speed-up of 2 workers over 1. Rounds alternate 1 and 2 workers.
+
+Note: on this 2-core machine the clients share the cores with the server processes, and numpy's
+BLAS may use 2 threads per process, so the speed-up is bounded well below 2.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from bench.harness import Row, Settings
+from bench.servers import ServerUnavailable, gradserve_server
+
+M, N = 256, 512
+
+
+def graph() -> Any:
+    import gradserve_client as gs
+
+    rng = np.random.default_rng(7)
+    g = gs.Graph()
+    x = g.input("x", shape=(N,))
+    W = g.constant(rng.standard_normal((M, N)))
+    b = g.constant(rng.standard_normal(M))
+    g.output("y", gs.relu(W @ x + b))
+    return g
+
+
+def client_main(target: str, calls: int) -> None:
+    """A client process: connect, warm up, say ready, wait for 'go', make `calls` requests."""
+    import gradserve_client as gs
+
+    g = graph()
+    x = np.random.default_rng(8).standard_normal(N)
+    with gs.Client(target) as c:
+        c.jacobian(g, {"x": x}, of="y", wrt="x")
+        print("ready", flush=True)
+        sys.stdin.readline()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            c.jacobian(g, {"x": x}, of="y", wrt="x")
+        print(json.dumps({"seconds": time.perf_counter() - t0, "calls": calls}), flush=True)
+
+
+def measure(target: str, clients: int, calls: int) -> float:
+    """Requests per second of `clients` processes together, from 'go' to the last reply."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.workers", "client", target, str(calls)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(clients)
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            if line.strip() != "ready":
+                err = p.stderr.read() if p.stderr else ""
+                raise RuntimeError(f"client did not start: {line!r} {err[-300:]}")
+        t0 = time.perf_counter()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in procs:
+            _, err = p.communicate(timeout=600)
+            if p.returncode != 0:
+                raise RuntimeError(f"client failed: {err[-300:]}")
+        return clients * calls / (time.perf_counter() - t0)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def run(settings: Settings) -> Row:
+    clients = 2 if settings.quick else 4
+    row = Row(
+        "WK",
+        f"Jacobian req/s, --workers 2 vs 1 ({clients} client processes)",
+        "req/s",
+        "gradserve --workers 2",
+        "gradserve --workers 1",
+        "report the speed-up",
+        None,
+        higher_is_better=True,
+    )
+    row.figures = {"gradserve --workers 2": None, "gradserve --workers 1": None}
+    calls = 3 if settings.quick else 25
+    rounds = 1 if settings.quick else 3
+    samples: dict[int, list[float]] = {1: [], 2: []}
+    try:
+        for _ in range(rounds):
+            for workers in (1, 2):
+                with gradserve_server("--workers", str(workers)) as target:
+                    samples[workers].append(measure(target, clients, calls))
+    except ServerUnavailable as exc:
+        row.notes["gradserve --workers 2"] = f"--workers not available: {exc}"[:200]
+        return row
+    for workers, values in samples.items():
+        row.figures[f"gradserve --workers {workers}"] = statistics.median(values)
+    row.extra = {"samples": samples, "clients": clients, "calls_per_client": calls}
+    return row
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "client":
+        client_main(sys.argv[2], int(sys.argv[3]))
+    else:
+        sys.exit("usage: python -m bench.workers client HOST:PORT CALLS")
