@@ -41,6 +41,7 @@ class AsyncClient:
         load_balancing: a gRPC load-balancing policy, e.g. ``"round_robin"`` to spread calls
             over every address a ``dns:///`` target resolves to (a headless Kubernetes Service).
         options: further ``grpc`` channel options.
+        interceptors: ``grpc.aio`` client interceptors (tracing, logging, tests).
 
     Graphs are sent in full once per client, then by their ``graph_id``; a server that does not
     know the id (restarted, or another replica) gets the full graph again, transparently.
@@ -57,6 +58,7 @@ class AsyncClient:
         max_message_bytes: int = cm.DEFAULT_MAX_MESSAGE_BYTES,
         load_balancing: str | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        interceptors: Sequence[Any] = (),
     ) -> None:
         opts = cm.channel_options(
             retries=retries,
@@ -66,9 +68,13 @@ class AsyncClient:
             extra=options,
         )
         if tls is None:
-            self._channel = grpc.aio.insecure_channel(target, options=opts)
+            self._channel = grpc.aio.insecure_channel(
+                target, options=opts, interceptors=interceptors or None
+            )
         else:
-            self._channel = grpc.aio.secure_channel(target, tls.credentials(), options=opts)
+            self._channel = grpc.aio.secure_channel(
+                target, tls.credentials(), options=opts, interceptors=interceptors or None
+            )
         self.target = target
         self.timeout = timeout
         self._metadata = cm.call_metadata(token)

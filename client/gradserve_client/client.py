@@ -40,6 +40,7 @@ class Client:
         load_balancing: a gRPC load-balancing policy, e.g. ``"round_robin"`` to spread calls
             over every address a ``dns:///`` target resolves to (a headless Kubernetes Service).
         options: further ``grpc`` channel options.
+        interceptors: ``grpc`` client interceptors (tracing, logging, tests).
 
     Graphs are sent in full once per client, then by their ``graph_id``; a server that does not
     know the id (restarted, or another replica) gets the full graph again, transparently.
@@ -56,6 +57,7 @@ class Client:
         max_message_bytes: int = cm.DEFAULT_MAX_MESSAGE_BYTES,
         load_balancing: str | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        interceptors: Sequence[Any] = (),
     ) -> None:
         opts = cm.channel_options(
             retries=retries,
@@ -65,9 +67,10 @@ class Client:
             extra=options,
         )
         if tls is None:
-            self._channel = grpc.insecure_channel(target, options=opts)
+            channel = grpc.insecure_channel(target, options=opts)
         else:
-            self._channel = grpc.secure_channel(target, tls.credentials(), options=opts)
+            channel = grpc.secure_channel(target, tls.credentials(), options=opts)
+        self._channel = grpc.intercept_channel(channel, *interceptors) if interceptors else channel
         self.target = target
         self.timeout = timeout
         self._metadata = cm.call_metadata(token)

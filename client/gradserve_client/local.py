@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,18 +18,7 @@ from .errors import GradserveError, error_class
 
 __all__ = ["LocalClient"]
 
-_MAX_SPECIALIZATIONS = 64  # programs kept per graph with -1 dimensions, one per input shapes
-
-
-@dataclass(slots=True)
-class _Compiled:
-    """The core's view of one graph version: its Program, or its GraphDef and the Programs of
-    the input shapes seen so far when some dimension is -1."""
-
-    program: Any  # gradserve.autodiff.Program | None
-    graphdef: Any
-    dynamic: tuple[str, ...] = ()
-    by_shapes: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+_MAX_GRAPHS = 256  # graph versions whose Programs a LocalClient keeps
 
 
 class LocalClient:
@@ -51,10 +39,12 @@ class LocalClient:
                 "LocalClient needs the gradserve server package (pip install gradserve)"
             ) from exc
         from gradserve.rpc import errors as rpc_errors
+        from gradserve.rpc.graph_cache import GraphCache
 
         self._core = core
         self._rpc_errors = rpc_errors
-        self._programs: dict[str, _Compiled] = {}
+        self._cache = GraphCache(_MAX_GRAPHS)
+        self._graphs: dict[str, Any] = {}  # GraphMeta.key -> the server's CachedGraph
 
     def __enter__(self) -> LocalClient:
         return self
@@ -64,44 +54,35 @@ class LocalClient:
 
     def close(self) -> None:
         """Forget the cached programs."""
-        self._programs.clear()
+        self._graphs.clear()
+        self._cache = type(self._cache)(_MAX_GRAPHS)
 
     def __repr__(self) -> str:
         return "LocalClient()"
 
     # -- graphs
 
-    def _compile(self, meta: cm.GraphMeta) -> _Compiled:
-        from gradserve.rpc.codec import graph_from_proto
-
-        graphdef = graph_from_proto(meta.proto, max_nodes=sys.maxsize, max_elements=sys.maxsize)
-        dynamic = tuple(i.name for i in graphdef.inputs if any(d < 0 for d in i.shape))
-        program = None if dynamic else self._core.Program.build(graphdef)
-        compiled = _Compiled(program, graphdef, dynamic)
-        self._programs[meta.key] = compiled
-        return compiled
-
-    def _program(self, meta: cm.GraphMeta, inputs: Mapping[str, np.ndarray]) -> Any:
-        compiled = self._programs.get(meta.key) or self._compile(meta)
-        if compiled.program is not None:
-            return compiled.program
-        shapes = tuple(np.shape(inputs[n]) if n in inputs else None for n in compiled.dynamic)
-        program = compiled.by_shapes.get(shapes)
-        if program is None:
-            known = {n: s for n, s in zip(compiled.dynamic, shapes, strict=True) if s is not None}
-            program = self._core.Program.build(compiled.graphdef.specialize(known))
-            if len(compiled.by_shapes) >= _MAX_SPECIALIZATIONS:
-                compiled.by_shapes.pop(next(iter(compiled.by_shapes)))
-            compiled.by_shapes[shapes] = program
-        return program
+    def _program(self, meta: cm.GraphMeta, feeds: Mapping[str, np.ndarray]) -> Any:
+        """The Program of a graph version (for the fed shapes, if it has -1 dimensions),
+        converted and validated on first use exactly as the server does (its graph cache)."""
+        entry = self._graphs.get(meta.key)
+        if entry is None:
+            unlimited = sys.maxsize
+            entry = self._cache.put_proto(meta.proto, max_nodes=unlimited, max_elements=unlimited)
+            if len(self._graphs) >= _MAX_GRAPHS:
+                self._graphs.pop(next(iter(self._graphs)))
+            self._graphs[meta.key] = entry
+        if entry.program is not None:
+            return entry.program
+        return entry.program_for({n: np.shape(v) for n, v in feeds.items()}, sys.maxsize)
 
     def _run(self, fn: Any, meta: cm.GraphMeta, *args: Any) -> Any:
-        """``fn(*args)``, with the core's and the codec's errors raised as the server would
-        report them (the same exception classes, field violations and reasons)."""
+        """``fn(*args)``, with the core's and the server code's errors raised as the server
+        would report them (the same exception classes, field violations and reasons)."""
         try:
             return fn(*args)
         except (self._core.GraphError, self._rpc_errors.RpcError) as exc:
-            raise _converted(exc, self._rpc_errors, meta) from None
+            raise _converted(exc, self._rpc_errors, meta, fn != self._program) from None
 
     # -- the API
 
@@ -220,10 +201,12 @@ class LocalClient:
         return "SERVING"
 
 
-def _converted(exc: Exception, rpc_errors: Any, meta: cm.GraphMeta) -> GradserveError:
+def _converted(
+    exc: Exception, rpc_errors: Any, meta: cm.GraphMeta, running: bool
+) -> GradserveError:
     """A core GraphError or a server-side RpcError as the SDK exception a server would raise."""
     if not isinstance(exc, rpc_errors.RpcError):
-        exc = rpc_errors.from_graph_error(exc, meta.input_dtypes)
+        exc = rpc_errors.from_graph_error(exc, meta.input_dtypes, running=running)
     return error_class(exc.code)(  # type: ignore[attr-defined]
         exc.message,  # type: ignore[attr-defined]
         field_violations=getattr(exc, "violations", ()),
