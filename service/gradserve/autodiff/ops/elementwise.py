@@ -94,7 +94,7 @@ unary("log2", np.log2, lambda g, ans, x: safe(g, op.reciprocal(x * LN2)), "base-
 unary("log10", np.log10, lambda g, ans, x: safe(g, op.reciprocal(x * LN10)), "base-10 logarithm")
 unary("log1p", np.log1p, lambda g, ans, x: safe(g, op.reciprocal(x + 1)), "log(1 + x), accurate near 0")
 unary("sqrt", np.sqrt, lambda g, ans, x: safe(g, op.reciprocal(ans * 2)), "square root")
-unary("reciprocal", np.reciprocal, lambda g, ans, x: safe(g, -op.square(ans)), "1/x")
+unary("reciprocal", np.reciprocal, lambda g, ans, x: safe(g, -op.reciprocal(op.square(x))), "1/x")
 unary("sin", np.sin, lambda g, ans, x: g * op.cos(x), "sine")
 unary("cos", np.cos, lambda g, ans, x: g * -op.sin(x), "cosine")
 unary("tan", np.tan, lambda g, ans, x: g * (op.square(ans) + 1), "tangent")
@@ -132,7 +132,7 @@ binary("hypot", np.hypot, (lambda g, ans, x, y: safe(g, x / ans), lambda g, ans,
        "sqrt(x**2 + y**2) without overflow")
 binary("logaddexp", np.logaddexp, (lambda g, ans, x, y: g * op.exp(x - ans), lambda g, ans, x, y: g * op.exp(y - ans)),
        "log(e**x + e**y), computed stably")
-binary("safe_multiply", _safe_multiply, (lambda g, ans, a, b: safe(g, b), lambda g, ans, a, b: g * a),
+binary("safe_multiply", _safe_multiply, (lambda g, ans, a, b: safe(g, b), lambda g, ans, a, b: op.safe_multiply(a, g)),
        "a * b, but 0 where a == 0 even if b is inf or NaN (used by derivative rules)")
 # fmt: on
 
