@@ -17,6 +17,7 @@ from gradserve.autodiff import (
     evaluate,
     jacobian,
     jvp_values,
+    vjp,
     vjp_values,
 )
 
@@ -674,3 +675,51 @@ def test_layout_vector_over_scalar_is_a_column_of_shape_y():
     y = g("multiply", g.input("s"), g.const(np.arange(6.0).reshape(2, 3)), name="y")
     p = g.build(y)
     assert_jacobian(p, {"s": np.array(2.0)}, y, "s", np.arange(6.0).reshape(2, 3))
+
+
+# name: (build y from x, the mask where the branch is taken, closed-form d²y/dx²)
+SECOND_ORDER_SINGULAR = {
+    "log": (lambda g, x: g("log", x), lambda x: x > 0, lambda x: -1 / x**2),
+    "log2": (lambda g, x: g("log2", x), lambda x: x > 0, lambda x: -1 / (x**2 * np.log(2))),
+    "log10": (lambda g, x: g("log10", x), lambda x: x > 0, lambda x: -1 / (x**2 * np.log(10))),
+    "log1p": (lambda g, x: g("log1p", x), lambda x: x > -1, lambda x: -1 / (1 + x) ** 2),
+    "sqrt": (lambda g, x: g("sqrt", x), lambda x: x > 0, lambda x: -0.25 * x**-1.5),
+    "reciprocal": (lambda g, x: g("reciprocal", x), lambda x: x > 0, lambda x: 2 / x**3),
+    "divide": (lambda g, x: g("divide", 1.0, x), lambda x: x > 0, lambda x: 2 / x**3),
+    "power": (lambda g, x: g("power", x, 0.5), lambda x: x > 0, lambda x: -0.25 * x**-1.5),
+    "arcsin": (lambda g, x: g("arcsin", x), lambda x: abs(x) < 1, lambda x: x / (1 - x**2) ** 1.5),
+    "arccos": (
+        lambda g, x: g("arccos", x),
+        lambda x: abs(x) < 1,
+        lambda x: -x / (1 - x**2) ** 1.5,
+    ),
+    "arctanh": (
+        lambda g, x: g("arctanh", x),
+        lambda x: abs(x) < 1,
+        lambda x: 2 * x / (1 - x**2) ** 2,
+    ),
+    "arccosh": (lambda g, x: g("arccosh", x), lambda x: x > 1, lambda x: -x / (x**2 - 1) ** 1.5),
+    "hypot": (lambda g, x: g("hypot", x, 0.0), lambda x: x > 0, lambda x: 0 * x),
+    "power_exponent": (lambda g, x: g("power", 0.0, x), lambda x: x > 0, lambda x: 0 * x),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SECOND_ORDER_SINGULAR))
+def test_convention_where_second_derivatives_never_leak_nan(name):
+    # The Hessian of sum(where(mask, f(x), 0)): exactly 0 where the branch is not taken, in
+    # forward-over-reverse and reverse-over-reverse, even at f's singular points.
+    build, taken, second = SECOND_ORDER_SINGULAR[name]
+    x = np.array([-2.0, -1.0, 0.0, 0.5, 1.0, 2.0])
+    mask = np.array([bool(taken(v)) for v in x])
+    g = G()
+    xin = g.input("x", x.shape)
+    s = g("sum", g("where", g.const(mask, "bool"), build(g, xin), 0.0), name="s")
+    first = vjp(g.build(s), ("s",), ("x",))
+    feeds = {"x": x, first.seeds[0]: np.array(1.0)}
+    grad = first.results[0]
+    with np.errstate(all="ignore"):
+        expected = np.diag(np.where(mask, second(np.where(mask, x, 0.5)), 0.0))
+    for mode in ("forward", "reverse"):
+        _, hess = jacobian(first.program, feeds, [grad], ["x"], mode=mode)
+        assert not np.any(np.isnan(hess[grad]["x"])), mode
+        np.testing.assert_allclose(hess[grad]["x"], expected, rtol=1e-12, atol=0, err_msg=mode)
