@@ -21,6 +21,7 @@ from gradserve.autodiff import (
     evaluate,
     jacobian,
     jvp_values,
+    vjp,
     vjp_values,
 )
 from hypothesis import HealthCheck, given, settings
@@ -192,3 +193,21 @@ def test_jacobian_matches_vjp_rows(case):
         for w in _wrt(case):
             row = jac[out][w].reshape(m, -1)[i]
             np.testing.assert_allclose(row, grads[w].ravel(), rtol=RTOL, atol=ATOL)
+
+
+@SETTINGS
+@given(programs())
+def test_hessian_is_symmetric_and_both_modes_agree(case):
+    # Second derivatives by composition: the Jacobian of the gradient program of sum(out).
+    p, feeds, out = case.program, case.feeds, case.out
+    nodes = (*p.nodes, NodeDef("total", "sum", (out,)))
+    q = Program.build(GraphDef(p.inputs, nodes, ("total",)))
+    first = vjp(q, ("total",), ("x",))
+    grad = first.results[0]
+    gfeeds = {**feeds, first.seeds[0]: np.array(1.0)}
+    _, fwd = jacobian(first.program, gfeeds, [grad], ["x"], mode="forward")
+    _, rev = jacobian(first.program, gfeeds, [grad], ["x"], mode="reverse")
+    n = int(np.prod(p.types["x"].shape))
+    h = fwd[grad]["x"].reshape(n, n)
+    np.testing.assert_allclose(h, rev[grad]["x"].reshape(n, n), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(h, h.T, rtol=1e-8, atol=1e-10)
