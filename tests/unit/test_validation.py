@@ -275,6 +275,11 @@ def test_feed_errors_are_checked_by_every_entry_point():
     raises("x", "tangents.shape", jvp_values, p, good, {"x": np.ones(2)}, ["y"])
 
 
+def test_evaluate_unknown_output(p32):
+    feeds = {"x": np.zeros(3, np.float32), "k": np.zeros(3, int)}
+    raises("nope", "outputs", evaluate, p32, feeds, ["y", "nope"])
+
+
 # ---- derivative targets ------------------------------------------------------------------------
 
 
