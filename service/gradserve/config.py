@@ -94,13 +94,13 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key must be given together")
+            raise ValueError("--tls-cert and --tls-key must be given together")
         if self.tls_client_ca is not None and self.tls_cert is None:
-            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
         for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_token_file"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
-                raise ValueError(f"{name}: no such file: {path}")
+                raise ValueError(f"{_flag(name)}: no such file: {path}")
         if self.max_jacobian_elements == 0:
             fit = max(1, (self.max_message_bytes - _MESSAGE_OVERHEAD) // _FLOAT64_BYTES)
             self.max_jacobian_elements = fit

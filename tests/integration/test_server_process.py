@@ -1,0 +1,126 @@
+"""``python -m gradserve serve`` as a process: flags, start-up errors, restart, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import grpc
+import numpy as np
+import pytest
+from gradserve.config import Settings, load_settings
+from gradserve_client.proto import gradient_service_pb2 as pb
+from gradserve_client.proto import gradient_service_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from wire import PYTHON, ROOT, G, arrays, call_error, tensors
+
+GRAPH = G([("x", "float64", [2])], [("y", "exp", ["x"], {})], ["y"])
+FEED = tensors({"x": np.array([0.0, 1.0])})
+
+
+def run_serve(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "-m", "gradserve", "serve", *flags],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_help_lists_every_setting_with_its_default():
+    out = run_serve("--help")
+    assert out.returncode == 0
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in out.stdout
+    for flag in ("--max-message-bytes", "--auth-token-file", "--tls-cert", "--tls-key"):
+        assert flag in out.stdout
+    assert "default: 50051" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--port", "70000"),
+        ("--max-message-bytes", "lots"),
+        ("--tls-cert", "missing.pem"),
+        ("--tls-cert", __file__, "--tls-key", "missing.pem"),
+        ("--auth-token-file", "no-such-file"),
+        ("--log-level", "chatty"),
+        ("--worker-threads", "0"),
+    ],
+)
+def test_invalid_values_exit_2_with_one_line(flags, capsys):
+    with pytest.raises(SystemExit) as info:
+        load_settings(list(flags))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("gradserve serve: error: --")
+
+
+def test_invalid_value_in_the_environment_stops_the_process():
+    out = run_serve(env={**os.environ, "GRADSERVE_PORT": "-1"})
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "gradserve serve: error: --port (GRADSERVE_PORT): Input should be greater than or equal"
+        " to 0"
+    ]
+
+
+def test_flags_override_environment(server_process):
+    proc = server_process("--max-graph-nodes", "7", env={"GRADSERVE_MAX_GRAPH_NODES": "3"})
+    with grpc.insecure_channel(proc.address) as channel:
+        info = pb_grpc.GradientStub(channel).GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
+    assert info.limits.max_graph_nodes == 7
+
+
+def test_restart_forgets_graph_ids(server_process):
+    proc = server_process()
+    with grpc.insecure_channel(proc.address) as channel:
+        stub = pb_grpc.GradientStub(channel)
+        first = stub.Evaluate(pb.EvaluateRequest(graph=GRAPH.proto(), inputs=FEED), timeout=10)
+        again = stub.Evaluate(pb.EvaluateRequest(graph_id=first.graph_id, inputs=FEED))
+        assert again.graph_id == first.graph_id
+    proc.restart()
+    with grpc.insecure_channel(proc.address) as channel:
+        stub = pb_grpc.GradientStub(channel)
+        err = call_error(stub.Evaluate, pb.EvaluateRequest(graph_id=first.graph_id, inputs=FEED))
+        assert (err.code, err.reason) == (grpc.StatusCode.NOT_FOUND, "GRAPH_NOT_FOUND")
+        # the client resends the graph; the id is a content hash, so it is the same
+        resent = stub.Evaluate(pb.EvaluateRequest(graph=GRAPH.proto(), inputs=FEED), timeout=10)
+        assert resent.graph_id == first.graph_id
+        np.testing.assert_array_equal(arrays(resent.outputs)["y"], np.exp([0.0, 1.0]))
+
+
+def test_sigterm_drains_in_flight_calls_and_exits_0(server_process):
+    # a request that takes about a second
+    n = 200
+    nodes, prev = [], "x"
+    for i in range(60):
+        nodes += [(f"m{i}", "matmul", [prev, "W"], {}), (f"h{i}", "tanh", [f"m{i}"], {})]
+        prev = f"h{i}"
+    slow = G([("x", "float64", [n, n]), ("W", "float64", [n, n])], nodes, [prev])
+    feed = tensors({"x": np.full((n, n), 0.01), "W": np.eye(n)})
+    proc = server_process("--shutdown-grace", "30")
+    with grpc.insecure_channel(proc.address) as channel:
+        stub = pb_grpc.GradientStub(channel)
+        start = time.monotonic()
+        stub.Evaluate(pb.EvaluateRequest(graph=slow.proto(), inputs=feed), timeout=60)
+        duration = time.monotonic() - start
+        future = stub.Evaluate.future(pb.EvaluateRequest(graph=slow.proto(), inputs=feed))
+        time.sleep(min(0.2, duration / 3))
+        proc.proc.send_signal(signal.SIGTERM)
+        result = future.result(timeout=60)
+        assert result.outputs[prev].shape == [n, n]
+        assert proc.proc.wait(60) == 0
+        health = health_pb2_grpc.HealthStub(channel)
+        try:
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+        except grpc.RpcError:
+            status = None
+        assert status != health_pb2.HealthCheckResponse.SERVING
