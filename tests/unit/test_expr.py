@@ -1,0 +1,122 @@
+"""The CLI's expression parser: what the whitelist accepts and everything it refuses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gradserve_client.expr import ExprError, parse_expression, parse_value
+
+X = {"x": np.array(0.7), "v": np.array([1.0, 2.0])}
+
+
+def ops(text: str, values: dict[str, np.ndarray] = X) -> list[str]:
+    graph, _ = parse_expression(text, values)
+    return [n.op for n in graph.to_proto().nodes]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ln(sin(x**3)**2)", ["constant", "power", "sin", "constant", "power", "log"]),
+        ("-x + 2*x - x/3", None),
+        ("v @ v", None),
+        ("sum(v * v, axis=0, keepdims=True)", None),
+        ("softmax(v, axis=-1)", None),
+        ("where(x > 0, x, -x)", None),
+        ("maximum(x, 0) + hypot(x, 1) + logaddexp(x, x)", None),
+        ("stack([x, x], axis=0)", None),
+        ("concatenate([v, v])", None),
+        ("[ln(x**2), sin(3*x)]", None),
+        ("pi * e * x", None),
+        ("2 + 3", ["constant", "constant", "add"]),
+        ("[1, 2]", ["constant"]),
+    ],
+)
+def test_accepts(text: str, expected: list[str] | None) -> None:
+    got = ops(text)
+    if expected is not None:
+        assert got == expected
+
+
+def test_vector_function_is_a_stack_and_uses_only_bound_names() -> None:
+    graph, used = parse_expression("[ln(x**2), sin(3*x)]", {"x": np.array(0.7), "z": np.ones(2)})
+    assert used == ["x"] and graph.input_names == ["x"]
+    assert graph.outputs["f"].shape == (2,)
+    assert [n.op for n in graph.to_proto().nodes][-1] == "stack"
+
+
+def test_output_name_avoids_inputs() -> None:
+    graph, _ = parse_expression("f * 2", {"f": np.array(1.0)})
+    assert graph.output_names == ["_f"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('__import__("os").system("echo pwned")', "only gradserve operators may be called"),
+        ("x.real", "attribute access"),
+        ("v[0]", "subscripts"),
+        ("(lambda: 1)()", "only gradserve operators may be called"),
+        ("lambda: 1", "lambdas"),
+        ("'abc'", "literal"),
+        ("True", "literal"),
+        ("1j", "literal"),
+        ("x if x else 1", "conditional"),
+        ("x and x", "and/or"),
+        ("(x, x)", "tuples"),
+        ("{x}", "sets"),
+        ("[i for i in v]", "comprehensions"),
+        ("x % 2", "operator"),
+        ("x // 2", "operator"),
+        ("~x", "operator"),
+        ("0 < x < 1", "chained"),
+        ("x in v", "comparison"),
+        ("exec('1')", "unknown function 'exec'"),
+        ("open('f')", "unknown function 'open'"),
+        ("z + 1", "unknown name 'z'"),
+        ("sin", "is a function"),
+        ("sin(x, x)", "takes 1 argument"),
+        ("sum(v, axis=x)", "integer literal"),
+        ("sum(v, dtype=1)", "does not take keyword dtype"),
+        ("sin(*v)", "starred"),
+        ("sin(x", "syntax error"),
+        ("(x := 1)", "assignments"),
+        ("f'{x}'", "f-strings"),
+        ("[]", "empty list"),
+        ("v + [1, 2, 3]", "broadcast"),
+    ],
+)
+def test_refuses(text: str, message: str) -> None:
+    with pytest.raises(ExprError) as info:
+        parse_expression(text, X)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_refuses_huge_or_deep_expressions() -> None:
+    with pytest.raises(ExprError):
+        parse_expression("x+" * 6000 + "x", X)
+    with pytest.raises(ExprError):
+        parse_expression("(" * 5000 + "x" + ")" * 5000, X)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("0.7", 0.7),
+        ("3", 3.0),
+        ("[1, 2]", [1.0, 2.0]),
+        ("[[1],[2]]", [[1.0], [2.0]]),
+        ("-1e3", -1e3),
+    ],
+)
+def test_parse_value(text: str, value: object) -> None:
+    array = parse_value(text)
+    assert array.dtype == np.float64 and array.tolist() == value
+
+
+def test_parse_value_nan_and_refusals() -> None:
+    assert np.isnan(parse_value("NaN"))
+    for bad in ("__import__('os')", "'a'", "[1, [2]]", "x", "{1: 2}", "[1, 'a']"):
+        with pytest.raises(ExprError):
+            parse_value(bad)

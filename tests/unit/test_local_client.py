@@ -1,0 +1,98 @@
+"""LocalClient: the SDK's methods in-process, with the server's conversions and errors."""
+
+from __future__ import annotations
+
+import gradserve_client as gs
+import grpc
+import numpy as np
+import pytest
+from gradserve_client.proto import graph_pb2, tensor_pb2
+
+
+@pytest.fixture
+def local() -> gs.LocalClient:
+    return gs.LocalClient()
+
+
+def quadratic() -> gs.Graph:
+    g = gs.Graph()
+    x = g.input("x", shape=(3,))
+    A = g.input("A", shape=(3, 3))
+    g.output("y", A @ x)
+    g.output("q", gs.sum(x * (A @ x)))
+    return g
+
+
+A0 = np.arange(9.0).reshape(3, 3) / 10
+X0 = np.array([1.0, -2.0, 0.5])
+
+
+def test_call_shapes(local: gs.LocalClient) -> None:
+    g, at = quadratic(), {"x": X0, "A": A0}
+    assert list(local.evaluate(g, at)) == ["y", "q"]
+    np.testing.assert_allclose(local.jacobian(g, at, of="y", wrt="x"), A0)
+    nested = local.jacobian(g, at, of=["q"], wrt=["x", "A"])
+    np.testing.assert_allclose(nested["q"]["x"], (A0 + A0.T) @ X0)
+    np.testing.assert_allclose(nested["q"]["A"], np.outer(X0, X0))
+    np.testing.assert_allclose(local.grad(g, at, of="q", wrt="x"), (A0 + A0.T) @ X0)
+    assert set(local.grad(g, at, of="q")) == {"x", "A"}
+    np.testing.assert_allclose(local.vjp(g, at, {"y": [1.0, 0, 0]}, "x"), A0[0])
+    np.testing.assert_allclose(local.jvp(g, at, {"x": [0, 1.0, 0]}, "y"), A0[:, 1])
+    for mode in ("forward", "reverse"):
+        np.testing.assert_allclose(local.jacobian(g, at, "y", "x", mode=mode), A0)
+
+
+def test_python_values_take_the_declared_dtype(local: gs.LocalClient) -> None:
+    g = gs.Graph()
+    x = g.input("x", shape=(2,), dtype="float32")
+    g.output("y", x * 2.0)
+    assert local.evaluate(g, {"x": [1, 2]})["y"].dtype == np.float32
+    with pytest.raises(gs.InvalidArgument, match="strings") as info:
+        local.evaluate(g, {"x": ["a", "b"]})
+    assert isinstance(info.value, TypeError)
+
+
+def test_errors_match_the_server(local: gs.LocalClient) -> None:
+    g = quadratic()
+    with pytest.raises(gs.InvalidArgument) as info:
+        local.evaluate(g, {"x": [1.0, 2.0], "A": A0})
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.field_violations == [('inputs["x"].shape', "got [2], expected [3]")]
+    with pytest.raises(gs.InvalidArgument) as info:
+        local.evaluate(g, {"x": X0})
+    assert info.value.field_violations[0][0] == 'inputs["A"]'
+    bad = graph_pb2.Graph(outputs=["y"])  # a wire graph the builder would not make
+    bad.inputs.add(name="u", dtype=tensor_pb2.DTYPE_FLOAT64, shape=[2])
+    bad.nodes.add(name="y", op="frobnicate", inputs=["u"])
+    with pytest.raises(gs.InvalidArgument) as info:
+        local.evaluate(bad, {"u": [1.0, 2.0]})
+    assert info.value.field_violations[0][0] == 'graph.nodes["y"].op'
+    assert info.value.reason == "INVALID_GRAPH"
+
+
+def test_dynamic_shapes(local: gs.LocalClient) -> None:
+    g = gs.Graph()
+    x = g.input("x", shape=(-1, 2))
+    g.output("s", gs.sum(x * x))
+    for n in (1, 3, 5):
+        batch = np.ones((n, 2))
+        assert local.evaluate(g, {"x": batch})["s"] == 2 * n
+        np.testing.assert_allclose(local.grad(g, {"x": batch}, of="s", wrt="x"), 2 * batch)
+
+
+def test_graph_converted_once_per_version(local: gs.LocalClient) -> None:
+    g = quadratic()
+    at = {"x": X0, "A": A0}
+    local.evaluate(g, at)
+    local.grad(g, at, of="q", wrt="x")
+    assert len(local._graphs) == 1
+    g.output("z", g.var("q") * 2.0)
+    assert "z" in local.evaluate(g, at)
+    assert len(local._graphs) == 2
+
+
+def test_server_description(local: gs.LocalClient) -> None:
+    ops = {op.name: op for op in local.operators()}
+    assert ops["concatenate"].arity == -1 and not ops["greater"].differentiable
+    assert local.health() == "SERVING"
+    assert "local" in local.server_info().features
