@@ -16,7 +16,7 @@ from gradserve.autodiff.api import Arrays, Cancel, check_inputs
 from gradserve.autodiff.executor import compile_program
 from gradserve.autodiff.ir import GraphError, Program
 from gradserve.autodiff.registry import OPS
-from gradserve.autodiff.transforms import jvp, select, vjp
+from gradserve.autodiff.transforms import active_values, jvp, select, vjp
 
 MODES = ("auto", "forward", "reverse")
 # Work per chunk, in elements of the widest value times the batch; see `chunk_rows`.
@@ -34,12 +34,15 @@ def choose_mode(program: Program, of: Sequence[str], wrt: Sequence[str], mode: s
     return "forward" if n < m else "reverse"
 
 
-def chunk_rows(program: Program, batch: int, result_elements: int) -> int:
-    """How many (co)tangents to push at once: the work stays within a quarter of the result
-    (so peak memory is near result + one chunk) and within MAX_CHUNK_ELEMENTS."""
-    widest = max(t.size for t in program.types.values()) or 1
+def chunk_rows(
+    program: Program, of: Sequence[str], wrt: Sequence[str], batch: int, result_elements: int
+) -> int:
+    """How many (co)tangents to push at once. Each carries one copy of every value between
+    `wrt` and `of`; that work stays within a quarter of the result (so peak memory is near
+    result + one chunk), or MIN_CHUNK_ELEMENTS for small results, and MAX_CHUNK_ELEMENTS."""
+    widest = max((program.types[v].size for v in active_values(program, of, wrt)), default=1)
     budget = min(MAX_CHUNK_ELEMENTS, max(MIN_CHUNK_ELEMENTS, result_elements // 4))
-    return max(1, min(batch, budget // widest))
+    return max(1, min(batch, budget // max(widest, 1)))
 
 
 def is_diagonal(program: Program, of: str, wrt: str) -> bool:
@@ -110,7 +113,9 @@ def jacobian(
         for w in dict.fromkeys(w for _, w in dense):
             os_ = [o for o, w2 in dense if w2 == w]
             n = types[w].size
-            step = chunk_size or chunk_rows(program, n, n * sum(types[o].size for o in os_))
+            step = chunk_size or chunk_rows(
+                program, os_, (w,), n, n * sum(types[o].size for o in os_)
+            )
             for start in range(0, n, step):
                 rows = min(step, n - start)
                 d = jvp(program, (w,), tuple(os_), rows)
@@ -139,7 +144,7 @@ def _reverse_blocks(
     """(first row, row count, value of `of`, {wrt: rows of J}) for consecutive row blocks."""
     m = program.types[of].size
     n = sum(program.types[w].size for w in wrt)
-    step = chunk_size or chunk_rows(program, m, m * n)
+    step = chunk_size or chunk_rows(program, (of,), wrt, m, m * n)
     for start in range(0, m, step):
         rows = min(step, m - start)
         d = vjp(program, (of,), tuple(wrt), rows)

@@ -60,7 +60,13 @@ def _depends_on(program: Program, sources: Iterable[str]) -> set[str]:
     return active
 
 
+def active_values(program: Program, of: Iterable[str], wrt: Iterable[str]) -> set[str]:
+    """The values on a path from `wrt` to `of`: those that carry (co)tangents."""
+    return _depends_on(program, wrt) & _needed_by(program.nodes, of)
+
+
 def _needed_by(nodes: Sequence[NodeDef], targets: Iterable[str]) -> set[str]:
+    """The values that `targets` are computed from (themselves included)."""
     needed = set(targets)
     for node in reversed(nodes):
         if node.name in needed:
@@ -113,7 +119,7 @@ def vjp(
     """
     _check_targets(program, of, wrt)
     em = Emitter(dict(program.types), (batch,) if batch else ())
-    active = _depends_on(program, wrt) & _needed_by(program.nodes, of)
+    active = active_values(program, of, wrt)
     seeds = [
         InputDef(em.fresh(f"ct_{o}_"), program.types[o].dtype, em.batch + program.types[o].shape)
         for o in of
