@@ -79,6 +79,7 @@ class AsyncClient:
         self.timeout = timeout
         self._metadata = cm.call_metadata(token)
         self._stub = pb_grpc.GradientStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
         self._graph_ids = cm.GraphIds()
 
     # -- lifecycle
@@ -261,6 +262,7 @@ class AsyncClient:
     async def health(self, service: str = "") -> str:
         """The standard gRPC health status: "SERVING", "NOT_SERVING", ... (``service`` "" is
         the whole server)."""
-        stub = health_pb2_grpc.HealthStub(self._channel)
-        response = await self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
+        response = await self._call(
+            self._health.Check, health_pb2.HealthCheckRequest(service=service)
+        )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

@@ -75,6 +75,7 @@ class Client:
         self.timeout = timeout
         self._metadata = cm.call_metadata(token)
         self._stub = pb_grpc.GradientStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
         self._graph_ids = cm.GraphIds()
 
     # -- lifecycle
@@ -255,6 +256,5 @@ class Client:
     def health(self, service: str = "") -> str:
         """The standard gRPC health status: "SERVING", "NOT_SERVING", ... (``service`` "" is
         the whole server)."""
-        stub = health_pb2_grpc.HealthStub(self._channel)
-        response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
+        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
