@@ -7,9 +7,11 @@
     g.output("y", gs.relu(W @ x + 1.0))
 
 Every op function emits one node of the wire `Graph` (see protos/gradserve/v1/graph.proto);
-the server validates and runs it. Shapes and dtypes are inferred here where that is cheap, so
-that most mistakes fail at build time with a Python traceback that points at the user's line;
-a dimension of -1 is unknown (a batch dimension) and a shape of None means unknown rank.
+the server validates and runs it. Shapes and dtypes are inferred here by the core's type rules
+(operands of one op share a dtype: nothing is promoted), so that a graph the server would
+reject fails at build time with a Python traceback that points at the user's line; a dimension
+of -1 is unknown (a batch dimension) and a shape of None means unknown rank, and neither is
+ever an error here.
 """
 
 from __future__ import annotations
@@ -649,7 +651,25 @@ def _slice_shape(shape: Shape, index: str, key: Any) -> Shape:
 
 
 # ----------------------------------------------------------------------------------------------
-# Shape and dtype inference (best effort: the server is authoritative)
+# Shape and dtype inference: the core's type rules (service/gradserve/autodiff/ops/*.py),
+# applied at build time. A -1 dimension or an unknown rank (shape None) is never an error here;
+# the server checks those once the sizes are bound.
+
+_NUMERIC = ("float32", "float64", "int64", "int32")
+# Element-wise ops that take integers too; every other element-wise op needs floats.
+_NUMERIC_OPS = {
+    "negative",
+    "abs",
+    "sign",
+    "square",
+    "add",
+    "subtract",
+    "multiply",
+    "maximum",
+    "minimum",
+}
+_COMPARISONS = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"}
+_REDUCTIONS = {"sum", "mean", "max", "min", "prod", "var", "std", "logsumexp"}
 
 
 def _broadcast(*shapes: Shape | None) -> Shape | None:
@@ -667,12 +687,31 @@ def _broadcast(*shapes: Shape | None) -> Shape | None:
     return tuple(out)
 
 
-def _result_dtype(*dtypes: str) -> str:
-    return np.result_type(*(np.dtype(d) for d in dtypes)).name
+def _unify(a: Shape, b: Shape, what: str) -> Shape:
+    """The one shape that ``a`` and ``b`` must both have (-1 matches any size)."""
+    if len(a) != len(b):
+        raise ValueError(what)
+    out = []
+    for d, e in zip(a, b, strict=True):
+        if d >= 0 and e >= 0 and d != e:
+            raise ValueError(what)
+        out.append(e if d < 0 else d)
+    return tuple(out)
 
 
-def _float_dtype(dtype: str) -> str:
-    return dtype if dtype in _FLOATS else "float64"
+def _same_dtype(ins: Sequence[_Node], allowed: Sequence[str], first: int = 0) -> str:
+    """The dtype that the operands ``ins[first:]`` share; no promotion, as in the core."""
+    dtype = ins[first].dtype
+    for i, n in enumerate(ins[first:], first):
+        if n.dtype not in allowed:
+            raise TypeError(f"operand {i} ({n.name!r}) needs {'/'.join(allowed)}, got {n.dtype}")
+        if n.dtype != dtype:
+            raise TypeError(
+                f"operands {first} ({ins[first].name!r}) and {i} ({n.name!r}) have different "
+                f"dtypes, {dtype} and {n.dtype}; operands of one op must share a dtype (no "
+                "implicit promotion)"
+            )
+    return dtype
 
 
 def _norm_axes(axes: Iterable[int], ndim: int) -> list[int]:
@@ -681,6 +720,8 @@ def _norm_axes(axes: Iterable[int], ndim: int) -> list[int]:
         if not -ndim <= a < ndim:
             raise ValueError(f"axis {a} is out of bounds for {ndim} dimensions")
         out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"repeated axis in {tuple(axes)}")
     return out
 
 
@@ -688,73 +729,108 @@ def _size(shape: Shape) -> int:
     return -1 if builtins.any(d < 0 for d in shape) else math.prod(shape)
 
 
-_KEEP_DTYPE = {"negative", "abs", "sign", "square", "relu"}
-_FLOAT_BINARY = {"divide", "arctan2", "hypot", "logaddexp"}
-_COMPARISONS = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"}
-_REDUCTIONS = {"sum", "mean", "max", "min", "prod", "var", "std", "logsumexp"}
-
-
 def _infer(op: str, ins: tuple[_Node, ...], attrs: dict[str, Any]) -> tuple[Shape | None, str]:
-    """The (shape, dtype) of an op's result. Raises ValueError/IndexError on definite errors."""
+    """The (shape, dtype) of an op's result, as the core infers it.
+
+    Raises TypeError (dtypes), ValueError (shapes, attributes) or IndexError (indexing) where
+    the core would reject the node; the message starts with the op's name.
+    """
+    try:
+        return _rule(op, ins, attrs)
+    except (TypeError, ValueError, IndexError) as exc:
+        raise type(exc)(f"{op}: {exc}") from None
+
+
+def _rule(op: str, ins: tuple[_Node, ...], attrs: dict[str, Any]) -> tuple[Shape | None, str]:
     shapes = [n.shape for n in ins]
-    dtypes = [n.dtype for n in ins]
     if op == "constant":
         value = attrs["value"]
         return value.shape, value.dtype.name
-    if op in _UNARY:
-        return shapes[0], dtypes[0] if op in _KEEP_DTYPE else _float_dtype(dtypes[0])
-    if op in _BINARY or op in _COMPARISONS:
-        shape = _broadcast(*shapes)
-        if op in _COMPARISONS:
-            return shape, "bool"
-        dtype = _result_dtype(*dtypes)
-        return shape, _float_dtype(dtype) if op in _FLOAT_BINARY else dtype
+    if op in _UNARY or op in _BINARY:
+        return _broadcast(*shapes), _same_dtype(ins, _NUMERIC if op in _NUMERIC_OPS else _FLOATS)
+    if op in _COMPARISONS:
+        _same_dtype(ins, _DTYPES)
+        return _broadcast(*shapes), "bool"
     if op == "where":
-        return _broadcast(*shapes), _result_dtype(dtypes[1], dtypes[2])
+        if ins[0].dtype != "bool":
+            raise TypeError(
+                f"the condition, operand 0 ({ins[0].name!r}), must be bool, got {ins[0].dtype}"
+            )
+        return _broadcast(*shapes), _same_dtype(ins, _DTYPES, first=1)
     if op in _REDUCTIONS:
-        x = shapes[0]
-        if op in ("sum", "prod"):
-            dtype = "int64" if dtypes[0] == "bool" else dtypes[0]
-        elif op in ("max", "min"):
-            dtype = dtypes[0]
-        else:
-            dtype = _float_dtype(dtypes[0])
-        if x is None:
-            return None, dtype
-        axes = _norm_axes(attrs["axis"], len(x)) if "axis" in attrs else list(range(len(x)))
-        keep = bool(attrs.get("keepdims", 0))
-        shape = tuple(1 if i in axes else d for i, d in enumerate(x) if keep or i not in axes)
-        return shape, dtype
+        return _reduction_type(op, ins[0], attrs)
     if op in ("softmax", "log_softmax"):
-        if shapes[0] is not None:
-            _norm_axes([attrs.get("axis", -1)], _max(len(shapes[0]), 1))
-        return shapes[0], _float_dtype(dtypes[0])
-    if op == "cross_entropy":
+        dtype = _same_dtype(ins, _FLOATS)
         x = shapes[0]
-        none = attrs.get("reduction", "mean") == "none"
-        shape = (None if x is None else x[:-1]) if none else ()
-        return shape, _float_dtype(dtypes[0])
+        if x is not None:
+            if not x:
+                raise ValueError(f"operand 0 ({ins[0].name!r}) is 0-d; it needs an axis")
+            _norm_axes([attrs.get("axis", -1)], len(x))
+        return x, dtype
+    if op == "cross_entropy":
+        return _cross_entropy_type(ins, attrs)
     if op == "mse":
-        shape = _broadcast(*shapes) if attrs.get("reduction", "mean") == "none" else ()
-        return shape, _float_dtype(_result_dtype(*dtypes))
+        dtype = _same_dtype(ins, _FLOATS)
+        shape = _broadcast(*shapes)
+        return (shape if attrs.get("reduction", "mean") == "none" else ()), dtype
     if op == "slice":
         x = shapes[0]
-        return (None if x is None else _slice_shape(x, attrs["index"], attrs["index"])), dtypes[0]
+        return (None if x is None else _slice_shape(x, attrs["index"], attrs["index"])), ins[
+            0
+        ].dtype
     if op in _STRUCTURE:
-        return _STRUCTURE[op](shapes, attrs), _structure_dtype(op, dtypes)
+        dtype = _same_dtype(ins, _DTYPES)
+        return _STRUCTURE[op](shapes, attrs), dtype
     if op in ("matmul", "dot", "outer"):
-        return _linalg_shape(op, shapes[0], shapes[1]), _result_dtype(*dtypes)
+        dtype = _same_dtype(ins, _NUMERIC)
+        return _linalg_shape(op, shapes[0], shapes[1]), dtype
     raise ValueError(f"unknown op {op!r}")
 
 
-def _structure_dtype(op: str, dtypes: list[str]) -> str:
-    return _result_dtype(*dtypes) if op in ("concatenate", "stack") else dtypes[0]
+def _reduction_type(op: str, x: _Node, attrs: dict[str, Any]) -> tuple[Shape | None, str]:
+    dtype = _same_dtype([x], _DTYPES if op in ("sum", "prod", "max", "min") else _FLOATS)
+    if op in ("sum", "prod") and dtype == "bool":
+        dtype = "int64"
+    ddof = attrs.get("ddof", 0)
+    if ddof < 0:
+        raise ValueError(f"ddof must be >= 0, got {ddof}")
+    if x.shape is None:
+        return None, dtype
+    ndim = len(x.shape)
+    axes = _norm_axes(attrs["axis"], ndim) if "axis" in attrs else list(range(ndim))
+    n = _size(tuple(x.shape[a] for a in axes))
+    if op in ("max", "min") and n == 0:
+        raise ValueError(f"cannot reduce {x.shape} over empty axes")
+    if op in ("var", "std") and 0 <= n <= ddof:
+        raise ValueError(f"{n} elements with ddof {ddof} leave no degrees of freedom")
+    keep = bool(attrs.get("keepdims", 0))
+    shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape) if keep or i not in axes)
+    return shape, dtype
+
+
+def _cross_entropy_type(ins: tuple[_Node, ...], attrs: dict[str, Any]) -> tuple[Shape | None, str]:
+    logits, labels = ins
+    dtype = _same_dtype([logits], _FLOATS)
+    if labels.dtype not in ("int64", "int32"):
+        raise TypeError(
+            f"labels, operand 1 ({labels.name!r}), need int64/int32, got {labels.dtype}"
+        )
+    x, y = logits.shape, labels.shape
+    if x is not None and (not x or x[-1] == 0):
+        raise ValueError(f"logits {x} need a non-empty class axis (the last)")
+    if x is not None and y is not None:
+        y = _unify(
+            y, x[:-1], f"labels of shape {y} must be the logits' shape {x} without the class axis"
+        )
+    elif y is None and x is not None:
+        y = x[:-1]
+    return (y if attrs.get("reduction", "mean") == "none" else ()), dtype
 
 
 def _reshape_shape(shapes: list[Shape | None], attrs: dict[str, Any]) -> Shape | None:
     target, x = tuple(attrs["shape"]), shapes[0]
     if target.count(-1) > 1 or builtins.any(d < -1 for d in target):
-        raise ValueError(f"invalid reshape target {target}")
+        raise ValueError(f"invalid target shape {target}")
     if x is None or _size(x) < 0:
         return target
     known = math.prod(d for d in target if d != -1)
@@ -775,15 +851,22 @@ def _transpose_shape(shapes: list[Shape | None], attrs: dict[str, Any]) -> Shape
     axes = attrs.get("axes")
     if axes is None:
         return x[::-1]
-    if sorted(_norm_axes(axes, len(x))) != list(range(len(x))):
+    if len(axes) != len(x):
         raise ValueError(f"axes {tuple(axes)} are not a permutation of {len(x)} dimensions")
-    return tuple(x[a] for a in axes)
+    return tuple(x[a] for a in _norm_axes(axes, len(x)))
 
 
 def _broadcast_to_shape(shapes: list[Shape | None], attrs: dict[str, Any]) -> Shape | None:
-    target = tuple(attrs["shape"])
-    if shapes[0] is not None:
-        _broadcast(shapes[0], target)
+    x, target = shapes[0], tuple(attrs["shape"])
+    if builtins.any(d < 0 for d in target):
+        raise ValueError(f"target shape {target} has a negative dimension")
+    if x is not None:
+        out = _broadcast(x, target)
+        assert out is not None
+        if len(out) != len(target) or builtins.any(
+            d >= 0 and d != t for d, t in zip(out, target, strict=True)
+        ):
+            raise ValueError(f"cannot broadcast {x} to {target}")
     return target
 
 
@@ -811,27 +894,33 @@ def _squeeze_shape(shapes: list[Shape | None], attrs: dict[str, Any]) -> Shape |
 
 
 def _concatenate_shape(shapes: list[Shape | None], attrs: dict[str, Any]) -> Shape | None:
+    first = shapes[0]
+    if first is not None and not first:
+        raise ValueError("cannot concatenate 0-d values (use stack)")
     if builtins.any(s is None for s in shapes):
         return None
     known: list[Shape] = [s for s in shapes if s is not None]
-    ndim = len(known[0])
-    if builtins.any(len(s) != ndim for s in known) or ndim == 0:
-        raise ValueError(f"cannot concatenate shapes {known}")
-    (axis,) = _norm_axes([attrs.get("axis", 0)], ndim)
+    (axis,) = _norm_axes([attrs.get("axis", 0)], len(known[0]))
+    rest = [(*s[:axis], *s[axis + 1 :]) for s in known]
+    for i, s in enumerate(known[1:], 1):
+        what = f"operand {i} has shape {s}, which does not match {known[0]} except on axis {axis}"
+        if len(s) != len(known[0]):
+            raise ValueError(what)
+        rest[0] = _unify(rest[0], rest[i], what)
     sizes = [s[axis] for s in known]
     total = -1 if -1 in sizes else _sum(sizes)
-    return (*known[0][:axis], total, *known[0][axis + 1 :])
+    return (*rest[0][:axis], total, *rest[0][axis:])
 
 
 def _stack_shape(shapes: list[Shape | None], attrs: dict[str, Any]) -> Shape | None:
     if builtins.any(s is None for s in shapes):
         return None
-    base = _broadcast(*shapes)
-    if len({len(s) for s in shapes if s is not None}) != 1:
-        raise ValueError(f"cannot stack shapes {shapes}")
-    assert base is not None
+    known: list[Shape] = [s for s in shapes if s is not None]
+    base = known[0]
+    for i, s in enumerate(known[1:], 1):
+        base = _unify(base, s, f"operand {i} has shape {s}, not {known[0]}; stack needs one shape")
     (axis,) = _norm_axes([attrs.get("axis", 0)], len(base) + 1)
-    return (*base[:axis], len(shapes), *base[axis:])
+    return (*base[:axis], len(known), *base[axis:])
 
 
 _STRUCTURE = {
@@ -845,33 +934,23 @@ _STRUCTURE = {
 }
 
 
-def _same(a: int, b: int, what: str) -> None:
-    if a >= 0 and b >= 0 and a != b:
-        raise ValueError(what)
-
-
 def _linalg_shape(op: str, a: Shape | None, b: Shape | None) -> Shape | None:
     if a is None or b is None:
         return None
     if op == "outer":
         return (_size(a), _size(b))
-    msg = f"{op}: shapes {a} and {b} are not aligned"
-    if op == "matmul" and (len(a) == 0 or len(b) == 0):
-        raise ValueError(f"matmul: operands must have at least one dimension, got {a} and {b}")
-    if len(a) == 0 or len(b) == 0:  # dot with a scalar multiplies
-        return a or b
-    if len(b) == 1:
-        _same(a[-1], b[0], msg)
-        return a[:-1]
-    if len(a) == 1:
-        _same(a[0], b[-2], msg)
-        return b[:-2] + b[-1:]
-    _same(a[-1], b[-2], msg)
+    if len(a) == 0 or len(b) == 0:
+        if op == "matmul":
+            raise ValueError(f"operands need at least one dimension, got {a} and {b}")
+        return _broadcast(a, b)  # dot with a 0-d operand multiplies
+    k = b[-2] if len(b) >= 2 else b[0]
+    if a[-1] >= 0 and k >= 0 and a[-1] != k:
+        raise ValueError(f"shapes {a} and {b} are not aligned ({a[-1]} != {k})")
     if op == "dot":
-        return a[:-1] + b[:-2] + b[-1:]
+        return a[:-1] + (b[:-2] + b[-1:] if len(b) >= 2 else ())
     batch = _broadcast(a[:-2], b[:-2])
     assert batch is not None
-    return (*batch, a[-2], b[-1])
+    return batch + a[-2:-1] + (b[-1:] if len(b) >= 2 else ())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -918,9 +997,10 @@ def _operand(graph: Graph, value: Operand, like: str | None, op: str) -> _Node:
 
 def _emit(op: str, args: Sequence[Operand], attrs: dict[str, _Attr] | None = None) -> Var:
     graph = _graph_of(args, op)
-    like = next((a.dtype for a in args if isinstance(a, Var) and a.dtype in _FLOATS), None)
-    if like is None:
-        like = next(a.dtype for a in args if isinstance(a, Var))
+    dtypes = [a.dtype for a in args if isinstance(a, Var)]
+    like = next((d for d in dtypes if d in _FLOATS), None)
+    if like is None:  # a bool Var (e.g. where's condition) sets no dtype for values
+        like = next((d for d in dtypes if d != "bool"), dtypes[0])
     ins = tuple(_operand(graph, a, like, op) for a in args)
     attrs = attrs or {}
     shape, dtype = _infer(op, ins, attrs)

@@ -113,8 +113,9 @@ def test_constants_keep_default_dtypes_with_int_and_bool_operands() -> None:
     g = gs.Graph()
     n = g.input("n", shape=(), dtype="int64")
     assert (n + 1).dtype == "int64"
-    assert (n * 1.5).dtype == "float64"
     assert (n < 2).dtype == "bool"
+    with pytest.raises(TypeError, match=r"multiply: operands 0 \('n'\) and 1 .* different dtypes"):
+        n * 1.5  # the core promotes nothing: an int times a float is an error
 
 
 def test_equal_constants_are_shared() -> None:
@@ -239,7 +240,7 @@ def test_nn_ops() -> None:
     loss = gs.cross_entropy(logits, labels)
     assert _attrs(g, loss) == {"reduction": "mean"} and loss.shape == () and loss.dtype == "float32"
     per_example = gs.cross_entropy(logits, [1, 2], reduction="none")
-    assert per_example.shape == (-1,)
+    assert per_example.shape == (2,)  # the labels' shape, as the core infers it
     assert _constant_value(g, _node(g, per_example).inputs[1]).dtype == np.int64
     err = gs.mse(logits, np.zeros(5), reduction="sum")
     assert _attrs(g, err) == {"reduction": "sum"}

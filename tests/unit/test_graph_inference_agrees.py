@@ -1,0 +1,408 @@
+"""The SDK's build-time shape and dtype inference agrees with the core's type rules.
+
+Each case builds one op with the SDK (`gradserve_client.graph`) and, from the same wire graph
+(decoded by `gradserve.rpc.codec.graph_from_proto`), with the core (`Program.build`). Either
+both accept it with the same shape and dtype, or both reject it. To get a wire graph even when
+the SDK rejects a node, the SDK's `_infer` is wrapped so that it records the error instead of
+raising it; the node is then emitted as it would have been and handed to the core.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gradserve_client as gs
+import numpy as np
+import pytest
+from gradserve.autodiff import OPS, GraphError, Program
+from gradserve.rpc.codec import graph_from_proto
+from gradserve_client import graph as sdk
+
+F32, F64, I64, I32, B = "float32", "float64", "int64", "int32", "bool"
+DTYPES = (F32, F64, I64, I32, B)
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str
+    inputs: tuple[tuple[tuple[int, ...], str], ...]  # (shape, dtype) per graph input
+    build: Callable[..., gs.Var]
+    label: str
+
+    def __str__(self) -> str:
+        return f"{self.op}[{self.label}]"
+
+
+CASES: list[Case] = []
+
+
+def case(op: str, inputs: list[tuple[tuple[int, ...], str]], build: Callable, label: Any) -> None:
+    CASES.append(Case(op, tuple(inputs), build, str(label)))
+
+
+# ---- element-wise ------------------------------------------------------------------------------
+
+UNARY = sorted(sdk._UNARY)
+BINARY = sorted(sdk._BINARY | sdk._COMPARISONS)
+SHAPE_PAIRS = [
+    ((2, 3), (2, 3)),
+    ((2, 3), (3,)),
+    ((2, 1), (1, 3)),
+    ((), (4,)),
+    ((3, 1, 2), (4, 1)),
+    ((2, 3), (2,)),  # does not broadcast
+    ((0, 3), (1, 3)),
+]
+DTYPE_PAIRS = [(F64, F64), (F32, F32), (F32, F64), (I64, I64), (I32, I32), (I32, I64), (B, B)]
+DTYPE_PAIRS += [(F64, I64)]
+
+for _op in UNARY:
+    for _dtype in DTYPES:
+        case(_op, [((2, 3), _dtype)], getattr(gs, _op), _dtype)
+    case(_op, [((), F32)], getattr(gs, _op), "0-d")
+for _op in BINARY:
+    for (_s1, _s2), (_d1, _d2) in itertools.product(SHAPE_PAIRS, DTYPE_PAIRS):
+        case(_op, [(_s1, _d1), (_s2, _d2)], getattr(gs, _op), f"{_s1},{_s2},{_d1},{_d2}")
+    # A Python number takes the dtype of the Var it meets, so it never causes a mismatch...
+    case(_op, [((3,), F32)], lambda x, _op=_op: getattr(gs, _op)(x, 2), "f32 with 2")
+    case(_op, [((3,), I32)], lambda x, _op=_op: getattr(gs, _op)(x, 2), "i32 with 2")
+    # ...except a float with an int Var: the core does not promote.
+    case(_op, [((3,), I64)], lambda x, _op=_op: getattr(gs, _op)(x, 1.5), "i64 with 1.5")
+
+for _shapes in [((2, 3), (2, 3), (2, 3)), ((2, 1), (3,), (2, 3)), ((2,), (3,), (3,))]:
+    for _dc, _dx, _dy in [(B, F64, F64), (B, F32, F64), (F64, F64, F64), (B, I32, I32), (B, B, B)]:
+        case(
+            "where",
+            [(_shapes[0], _dc), (_shapes[1], _dx), (_shapes[2], _dy)],
+            gs.where,
+            f"{_shapes},{_dc},{_dx},{_dy}",
+        )
+case("where", [((3,), B), ((3,), I32)], lambda c, x: gs.where(c, x, 0), "int32 with 0")
+
+# ---- reductions --------------------------------------------------------------------------------
+
+AXES = [None, 0, -1, (0, 2), (-3, -1), (1, 1), (0, -3), 3, -4, ()]
+for _op in ("sum", "mean", "max", "min", "prod", "logsumexp", "var", "std"):
+    fn = getattr(gs, _op)
+    for _axis, _keep in itertools.product(AXES, (False, True)):
+        case(_op, [((2, 3, 4), F32)], lambda x, a=_axis, k=_keep, f=fn: f(x, a, k), (_axis, _keep))
+    for _dtype in DTYPES:
+        case(_op, [((2, 3), _dtype)], fn, _dtype)
+    for _shape, _axis in [((), None), ((), 0), ((2, 0, 3), 1), ((2, 0, 3), (0, 2)), ((0,), None)]:
+        case(_op, [(_shape, F64)], lambda x, a=_axis, f=fn: f(x, a), (_shape, _axis))
+for _op in ("var", "std"):
+    fn = getattr(gs, _op)
+    for _shape, _axis, _ddof in [
+        ((2, 3), None, 1),
+        ((2, 3), 0, 1),
+        ((2, 3), 0, 2),
+        ((2, 3), None, 6),
+        ((2, 3), 1, -1),
+        ((), None, 0),
+        ((), None, 1),
+    ]:
+        case(
+            _op,
+            [(_shape, F64)],
+            lambda x, a=_axis, d=_ddof, f=fn: f(x, a, ddof=d),
+            (_shape, _axis, _ddof),
+        )
+
+# ---- structure ---------------------------------------------------------------------------------
+
+for _target in [(3, 2), (-1, 2), (4, -1), (-1, -1), (6,), (7,), (0, -1), (1, 6, 1), (-2, 3)]:
+    case("reshape", [((2, 3), I32)], lambda x, t=_target: gs.reshape(x, t), _target)
+case("reshape", [((2, 0), F64)], lambda x: gs.reshape(x, (0, 5)), "empty")
+case("reshape", [((), F64)], lambda x: gs.reshape(x, (1, 1)), "0-d")
+
+for _shape, _axes in [
+    ((2, 3), None),
+    ((2, 3), (1, 0)),
+    ((2, 3), (-1, 0)),
+    ((2, 3), (0, 0)),
+    ((2, 3), (0, 1, 2)),
+    ((2, 3), (0,)),
+    ((2, 3, 4), (2, 0, 1)),
+    ((2, 3, 4), (-1, -3, 1)),
+    ((), None),
+    ((), ()),
+]:
+    case("transpose", [(_shape, B)], lambda x, a=_axes: gs.transpose(x, a), (_shape, _axes))
+
+for _shape, _target in [
+    ((3,), (2, 3)),
+    ((3,), (1,)),
+    ((2, 3), (3,)),
+    ((1, 3), (4, 3)),
+    ((2, 1), (2, 5)),
+    ((2,), (2, 2)),
+    ((), (2, 2)),
+    ((2,), (2, -1)),
+    ((3,), (3,)),
+]:
+    case("broadcast_to", [(_shape, F32)], lambda x, t=_target: gs.broadcast_to(x, t), _target)
+
+for _axis in [0, -1, 2, 3, -4, (0, 1), (0, 0), (0, -1), (1, -2)]:
+    case("expand_dims", [((2, 3), I64)], lambda x, a=_axis: gs.expand_dims(x, a), _axis)
+for _shape, _axis in [
+    ((1, 3, 1), None),
+    ((1, 3, 1), 0),
+    ((1, 3, 1), -1),
+    ((1, 3, 1), 1),
+    ((1, 3, 1), (0, 0)),
+    ((1, 3, 1), (0, 2)),
+    ((1, 3, 1), 3),
+    ((), None),
+    ((2, 3), None),
+]:
+    case("squeeze", [(_shape, F64)], lambda x, a=_axis: gs.squeeze(x, a), (_shape, _axis))
+
+for _specs, _axis in [
+    ([((2, 3), F64), ((4, 3), F64)], 0),
+    ([((2, 3), F64), ((2, 5), F64)], 1),
+    ([((2, 3), F64), ((2, 5), F64)], -1),
+    ([((2, 3), F64), ((2, 5), F64)], 0),  # non-axis sizes differ
+    ([((2, 3), F64), ((4, 3), F64)], -1),
+    ([((2, 3), F64), ((2, 3, 1), F64)], 0),  # ranks differ
+    ([((2, 3), F32), ((2, 3), F64)], 0),
+    ([((2, 3), I32), ((2, 3), I32), ((1, 3), I32)], 0),
+    ([((2, 3), B)], 1),
+    ([((2, 3), F64), ((2, 3), F64)], 2),
+    ([((), F64), ((), F64)], 0),
+    ([((0, 3), F64), ((2, 3), F64)], 0),
+]:
+    case(
+        "concatenate",
+        _specs,
+        lambda *xs, a=_axis: gs.concatenate(list(xs), axis=a),
+        ([s for s, _ in _specs], [d for _, d in _specs], _axis),
+    )
+
+for _specs, _axis in [
+    ([((2, 3), F64), ((2, 3), F64)], 0),
+    ([((2, 3), F64), ((2, 3), F64)], 2),
+    ([((2, 3), F64), ((2, 3), F64)], -1),
+    ([((2, 3), F64), ((2, 3), F64)], -3),
+    ([((2, 3), F64), ((2, 3), F64)], 3),
+    ([((2, 3), F64), ((1, 3), F64)], 0),  # broadcastable, but not one shape
+    ([((2, 3), F64), ((3,), F64)], 0),
+    ([((2, 3), F32), ((2, 3), F64)], 0),
+    ([((), I64), ((), I64), ((), I64)], 0),
+    ([((), I64)], -1),
+]:
+    case(
+        "stack",
+        _specs,
+        lambda *xs, a=_axis: gs.stack(list(xs), axis=a),
+        ([s for s, _ in _specs], [d for _, d in _specs], _axis),
+    )
+
+INDEXES: list[Any] = [
+    0,
+    -1,
+    slice(1, 3),
+    (slice(None), 0),
+    (Ellipsis, None),
+    (slice(None, None, 2), slice(1, None), slice(None, -1, -1)),
+    (1, slice(None), 0, None, Ellipsis),
+    2,  # out of bounds
+    (0, 0, 0, 0),  # too many indices
+    (Ellipsis, -5),
+]
+for _key in INDEXES:
+    case(
+        "slice",
+        [((2, 3, 4), I32)],
+        lambda x, k=_key: sdk._emit("slice", (x,), {"index": sdk._canonical_index(k)}),
+        sdk._canonical_index(_key),
+    )
+
+for _dtype in DTYPES:
+    case(
+        "constant",
+        [((), F64)],
+        lambda x, d=_dtype: gs.constant(np.ones((2, 3), d), graph=x.graph),
+        _dtype,
+    )
+
+# ---- linear algebra ----------------------------------------------------------------------------
+
+LINALG_SHAPES = [
+    ((3,), (3,)),
+    ((2, 3), (3,)),
+    ((3,), (3, 4)),
+    ((2, 3), (3, 4)),
+    ((5, 2, 3), (3, 4)),
+    ((3,), (5, 3, 4)),
+    ((5, 2, 3), (5, 3, 4)),
+    ((5, 2, 3), (1, 3, 4)),
+    ((5, 2, 3), (4, 3, 4)),
+    ((2, 3), (5, 3, 4)),
+    ((2, 3), (4,)),
+    ((2, 3), (2, 3)),
+    ((), (3,)),
+    ((2, 3), ()),
+    ((), ()),
+    ((0, 3), (3, 0)),
+]
+LINALG_DTYPES = [(F64, F64), (F32, F32), (F32, F64), (I64, I64), (I32, I32), (I64, I32), (B, B)]
+for _op in ("matmul", "dot", "outer"):
+    for (_s1, _s2), _dtypes in itertools.product(LINALG_SHAPES, [(F64, F64)]):
+        case(_op, [(_s1, F64), (_s2, F64)], getattr(gs, _op), (_s1, _s2))
+    for _d1, _d2 in LINALG_DTYPES:
+        case(_op, [((2, 3), _d1), ((3,), _d2)], getattr(gs, _op), (_d1, _d2))
+
+# ---- nn ----------------------------------------------------------------------------------------
+
+for _op in ("softmax", "log_softmax"):
+    for _shape, _axis in [((3,), -1), ((2, 3), 0), ((2, 3), -2), ((2, 3), 2), ((), -1), ((), 0)]:
+        fn = getattr(gs, _op)
+        case(_op, [(_shape, F32)], lambda x, a=_axis, f=fn: f(x, a), (_shape, _axis))
+    for _dtype in DTYPES:
+        case(_op, [((2, 3), _dtype)], getattr(gs, _op), _dtype)
+
+for (_ls, _ld), (_ys, _yd), _red in itertools.product(
+    [((4, 5), F32), ((4, 5), F64), ((5,), F64), ((), F64), ((4, 0), F64), ((4, 5), I64)],
+    [((4,), I64), ((4,), I32), ((), I64), ((3,), I64), ((4,), F64), ((4, 1), I64)],
+    ["mean", "sum", "none"],
+):
+    case(
+        "cross_entropy",
+        [(_ls, _ld), (_ys, _yd)],
+        lambda x, y, r=_red: gs.cross_entropy(x, y, reduction=r),
+        (_ls, _ld, _ys, _yd, _red),
+    )
+
+for (_s1, _s2), (_d1, _d2), _red in itertools.product(
+    [((2, 3), (2, 3)), ((2, 3), (3,)), ((2, 3), (2,)), ((), ())],
+    [(F64, F64), (F32, F32), (F32, F64), (I64, I64)],
+    ["mean", "sum", "none"],
+):
+    case(
+        "mse",
+        [(_s1, _d1), (_s2, _d2)],
+        lambda x, y, r=_red: gs.mse(x, y, reduction=r),
+        (_s1, _s2, _d1, _d2, _red),
+    )
+
+
+# ---- the check ---------------------------------------------------------------------------------
+
+
+def _sdk_exposed_ops() -> set[str]:
+    """The core's public ops that the SDK can emit (slice through indexing)."""
+    return {
+        name
+        for name, opdef in OPS.items()
+        if not opdef.internal and (name in gs.__all__ or name == "slice")
+    }
+
+
+def test_every_sdk_op_is_covered() -> None:
+    assert {c.op for c in CASES} == _sdk_exposed_ops()
+
+
+def _sdk_build(c: Case, monkeypatch: pytest.MonkeyPatch) -> tuple[gs.Graph, gs.Var, list]:
+    """Build the case; the SDK's inference errors are recorded, not raised."""
+    errors: list[Exception] = []
+    infer = sdk._infer
+
+    def lenient(op, ins, attrs):
+        try:
+            return infer(op, ins, attrs)
+        except (TypeError, ValueError, IndexError) as exc:
+            errors.append(exc)
+            return None, ins[0].dtype if ins else "float64"
+
+    monkeypatch.setattr(sdk, "_infer", lenient)
+    g = gs.Graph()
+    xs = [g.input(f"x{i}", shape, dtype) for i, (shape, dtype) in enumerate(c.inputs)]
+    y = c.build(*xs)
+    g.output("y", y)
+    return g, y, errors
+
+
+def _core_build(g: gs.Graph) -> Program | GraphError:
+    graphdef = graph_from_proto(g.to_proto(), max_nodes=100, max_elements=10_000)
+    try:
+        return Program.build(graphdef)
+    except GraphError as exc:
+        return exc
+
+
+@pytest.mark.parametrize("c", CASES, ids=str)
+def test_sdk_and_core_agree(c: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+    g, y, errors = _sdk_build(c, monkeypatch)
+    core = _core_build(g)
+    if isinstance(core, GraphError):
+        assert errors, f"the core rejects {c} ({core}) but the SDK accepts it"
+    else:
+        assert not errors, f"the SDK rejects {c} ({errors[0]}) but the core accepts it"
+        t = core.types["y"]
+        assert (y.shape, y.dtype) == (t.shape, t.dtype)
+    for exc in errors:
+        assert isinstance(exc, TypeError | ValueError | IndexError)
+        assert str(exc).startswith(f"{c.op}: "), str(exc)
+
+
+@pytest.mark.parametrize(
+    "key", [k for k in INDEXES if k not in (2, (0, 0, 0, 0), (Ellipsis, -5))], ids=str
+)
+def test_indexing_infers_as_the_slice_op(key: Any) -> None:
+    g = gs.Graph()
+    x = g.input("x", (2, 3, 4))
+    assert x[key].shape == sdk._emit("slice", (x,), {"index": sdk._canonical_index(key)}).shape
+
+
+@pytest.mark.parametrize(
+    ("build", "shape"),
+    [
+        (lambda x, y: x + y, (-1, 3)),
+        (lambda x, y: gs.stack([x, y]), (2, -1, 3)),
+        (lambda x, y: gs.concatenate([x, y], axis=0), (-1, 3)),
+        (lambda x, y: gs.mse(x, y, reduction="none"), (-1, 3)),
+        (lambda x, y: gs.sum(x, axis=0), (3,)),
+        (lambda x, y: gs.max(x, axis=0), (3,)),
+        (lambda x, y: gs.var(x, axis=0, ddof=5), (3,)),
+        (lambda x, y: x @ y.T, (-1, -1)),
+        (lambda x, y: gs.softmax(x, axis=0), (-1, 3)),
+        (lambda x, y: gs.squeeze(x, 0), (3,)),
+    ],
+)
+def test_unknown_sizes_stay_permissive(build: Callable, shape: tuple[int, ...]) -> None:
+    """With a -1 dimension the SDK accepts what some size would make valid, and infers -1."""
+    g = gs.Graph()
+    x, y = g.input("x", (-1, 3)), g.input("y", (-1, 3))
+    assert build(x, y).shape == shape
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "match"),
+    [
+        (lambda x, y: gs.stack([x, y[:1]]), ValueError, r"stack: operand 1 has shape \(1, 3\)"),
+        (lambda x, y: gs.concatenate([x, y.T]), ValueError, "concatenate: operand 1"),
+        (lambda x, y: gs.mean(x > 0), TypeError, "mean: operand 0 .* needs float32/float64"),
+        (lambda x, y: gs.softmax(gs.sum(x)), ValueError, "softmax: operand 0 .* is 0-d"),
+        (lambda x, y: gs.where(x, x, y), TypeError, r"where: the condition, operand 0 \('x'\)"),
+        (lambda x, y: x @ gs.sum(y, 1), ValueError, r"matmul: shapes \(2, 3\) and \(2,\)"),
+    ],
+)
+def test_errors_name_the_op_and_operand(build: Callable, error: type, match: str) -> None:
+    g = gs.Graph()
+    x, y = g.input("x", (2, 3)), g.input("y", (2, 3))
+    with pytest.raises(error, match=match):
+        build(x, y)
+
+
+def test_mixed_float_dtypes_are_rejected_with_both_names() -> None:
+    g = gs.Graph()
+    x, y = g.input("x", (3,), "float32"), g.input("y", (3,), "float64")
+    with pytest.raises(TypeError, match=r"add: operands 0 \('x'\) and 1 \('y'\) .* float32"):
+        x + y
+    with pytest.raises(TypeError, match="matmul: operands 0"):
+        x @ y
+    with pytest.raises(TypeError, match="stack: operands 0"):
+        gs.stack([x, y])
