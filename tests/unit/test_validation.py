@@ -319,13 +319,8 @@ def test_unknown_jacobian_mode(mixed):
     raises("", "mode", jacobian, mixed, _feeds(), ["y"], ["x"], mode="sideways")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jacobian.py does not validate chunk_size: forward mode with chunk_size=-1 returns "
-    "an uninitialised (np.empty) Jacobian; a float raises TypeError",
-)
 @pytest.mark.parametrize("mode", ["forward", "reverse"])
-@pytest.mark.parametrize("chunk", [-1, -3, 1.5])
+@pytest.mark.parametrize("chunk", [-1, -3, 0, 1.5, True])
 def test_jacobian_chunk_size_must_be_a_positive_integer(mode, chunk):
     p = build({"x": (3,)}, [("s", "sum", ["x"]), ("y", "multiply", ["x", "s"])], ["y"])
     raises(

@@ -80,6 +80,10 @@ def jacobian(
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
     """(values of `of`, J[of][wrt] with shape of.shape + wrt.shape)."""
     mode = choose_mode(program, of, wrt, mode)
+    if chunk_size is not None and (
+        not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1
+    ):
+        raise GraphError("", "chunk_size", f"must be a positive integer, got {chunk_size!r}")
     feeds = check_inputs(program, inputs)
     types = program.types
     values: dict[str, np.ndarray] = {}
