@@ -14,7 +14,6 @@ import math
 import numpy as np
 
 from gradserve.autodiff.ir import FLOAT_DTYPES, TensorType
-from gradserve.autodiff.ops.reductions import logsumexp_kept
 from gradserve.autodiff.registry import (
     AttrSpec,
     OpDef,
@@ -54,9 +53,15 @@ def _softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
 
 
 def _log_softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
-    lse = logsumexp_kept(x, (axis,))
-    lse[np.isneginf(lse)] = 0  # an all -inf slice: log_softmax is -inf, not -inf - -inf
-    return x - lse
+    # (x - max) - log(sum(exp(x - max))): subtracting the shift first keeps the last ulp that
+    # x - logsumexp(x) loses when |x| is large.
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
+        m[~np.isfinite(m)] = 0
+        shifted = x - m
+        lse = np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+        lse[np.isneginf(lse)] = 0  # an all -inf slice: log_softmax is -inf, not -inf - -inf
+        return shifted - lse
 
 
 def _axis(x: Sym, axis: int) -> tuple[int]:

@@ -59,7 +59,9 @@ def _transpose_type(types: list[TensorType], axes: tuple[int, ...] | None = None
     (x,) = types
     if axes is None:
         return TensorType(x.shape[::-1], x.dtype)
-    if sorted(a % x.ndim if x.ndim else a for a in axes) != list(range(x.ndim)):
+    if any(not -x.ndim <= a < x.ndim for a in axes) or sorted(a % x.ndim for a in axes) != list(
+        range(x.ndim)
+    ):
         raise RuleError("attrs.axes", f"{list(axes)} is not a permutation of {x.ndim} axes")
     return TensorType(tuple(x.shape[a] for a in axes), x.dtype)
 
