@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -65,6 +66,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="few repetitions (the smoke test)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--rounds", type=int, help="interleaved samples per contender")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads per library (BLAS, OpenMP, XLA); 0 keeps the defaults (see __main__)",
+    )
     p.add_argument("--no-detail", action="store_true", help="print the summary table only")
     return p.parse_args(argv)
 
@@ -110,10 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     names = select(args.only)
     env = environment()
     env["libraries"] = library_versions()
-    env["settings"] = {"quick": settings.quick, "rounds": settings.rounds}
+    env["settings"] = {"quick": settings.quick, "rounds": settings.rounds, "threads": args.threads}
+    env["thread_env"] = {
+        k: os.environ[k]
+        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")
+        if k in os.environ
+    }
     print(
         f"gradserve benchmarks, {env['date']}: {env['cpu']}, {env['cores']} cores, "
-        f"numpy {env.get('numpy')}, BLAS {env.get('blas')}"
+        f"numpy {env.get('numpy')}, BLAS {env.get('blas')}, threads per library: "
+        f"{args.threads or 'library defaults'}"
     )
     rows = run(names, settings)
     print()
