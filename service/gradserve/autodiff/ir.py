@@ -235,24 +235,27 @@ def _topological_order(nodes: Sequence[NodeDef], by_name: Mapping[str, NodeDef])
 
 
 def _digest(inputs: Iterable[InputDef], nodes: Iterable[NodeDef], outputs: Iterable[str]) -> str:
-    """A content hash, independent of node order: nodes are hashed sorted by name."""
+    """A content hash, independent of node order: nodes are hashed sorted by name.
+
+    Each record is the repr of a tuple of strings, ints and floats (unambiguous, one call per
+    node); tensor attributes add their raw bytes, prefixed by their length.
+    """
     h = hashlib.sha256()
-
-    def put(*parts: object) -> None:
-        for p in parts:
-            data = p if isinstance(p, bytes) else repr(p).encode()
-            h.update(len(data).to_bytes(8, "little"))
-            h.update(data)
-
     for spec in inputs:
-        put("in", spec.name, spec.dtype, tuple(spec.shape))
+        h.update(repr(("in", spec.name, spec.dtype, tuple(spec.shape))).encode())
     for node in sorted(nodes, key=lambda n: n.name):
-        put("node", node.name, node.op, tuple(node.inputs))
+        arrays = []
+        attrs = []
         for key in sorted(node.attrs):
             value = node.attrs[key]
             if isinstance(value, np.ndarray):
-                put(key, str(value.dtype), value.shape, np.ascontiguousarray(value).tobytes())
+                attrs.append((key, value.dtype.str, value.shape))
+                arrays.append(np.ascontiguousarray(value).tobytes())
             else:
-                put(key, value)
-    put("out", tuple(outputs))
+                attrs.append((key, value))
+        h.update(repr(("node", node.name, node.op, tuple(node.inputs), attrs)).encode())
+        for data in arrays:
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+    h.update(repr(("out", tuple(outputs))).encode())
     return h.hexdigest()

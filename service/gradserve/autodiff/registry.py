@@ -148,12 +148,19 @@ def register(opdef: OpDef) -> OpDef:
 
 
 def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
-    try:
-        return tuple(np.broadcast_shapes(*shapes))
-    except ValueError:
-        raise RuleError(
-            "inputs", f"shapes {' and '.join(str(list(s)) for s in shapes)} do not broadcast"
-        ) from None
+    """numpy's broadcasting rule, in plain Python: it runs once per emitted node."""
+    if all(s == shapes[0] for s in shapes):
+        return shapes[0]
+    ndim = max(len(s) for s in shapes)
+    out = []
+    for axis in range(-ndim, 0):
+        sizes = {s[axis] for s in shapes if len(s) >= -axis} - {1}
+        if len(sizes) > 1:
+            raise RuleError(
+                "inputs", f"shapes {' and '.join(str(list(s)) for s in shapes)} do not broadcast"
+            )
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
 
 
 def same_dtype(types: Sequence[TensorType], allowed: Sequence[str], what: str) -> str:
