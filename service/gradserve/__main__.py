@@ -11,9 +11,13 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m gradserve serve [flags]  (see: serve --help)", file=sys.stderr)
         return 2
     from gradserve.config import load_settings
+    from gradserve.workers import prepare_environment
+
+    settings = load_settings(argv[1:], prog="gradserve serve")
+    prepare_environment(settings)  # before anything imports prometheus_client
     from gradserve.server import serve
 
-    return serve(load_settings(argv[1:], prog="gradserve serve"))
+    return serve(settings)
 
 
 if __name__ == "__main__":

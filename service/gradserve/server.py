@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -17,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gradserve import logfmt
 from gradserve.config import Settings
 from gradserve.rpc import SERVICE_NAME, GradientServicer, add_to_server
 from gradserve.rpc.auth import TokenAuthInterceptor, read_tokens
@@ -27,12 +29,41 @@ log = logging.getLogger("gradserve.server")
 HEALTH_SERVICES = ("", SERVICE_NAME)
 
 
+# Threads beyond --max-concurrent-rpcs: for health probes (never limited) and for answering
+# refused calls, so that neither waits behind admitted RPCs.
+HEADROOM = 16
+
+
 def default_interceptors(settings: Settings) -> list[grpc.ServerInterceptor]:
-    """The interceptors every server gets, outermost first. Add metrics here."""
-    interceptors: list[grpc.ServerInterceptor] = []
+    """The interceptors every server gets, outermost first: metrics and access logs (so that
+    calls refused by the next two are counted), bearer tokens, the concurrency limit."""
+    from gradserve.rpc.interceptors import ConcurrencyLimitInterceptor, MetricsInterceptor
+
+    interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor()]
     if settings.auth_token_file is not None:
         interceptors.append(TokenAuthInterceptor(read_tokens(settings.auth_token_file)))
+    if settings.max_concurrent_rpcs:
+        interceptors.append(ConcurrencyLimitInterceptor(settings.max_concurrent_rpcs))
     return interceptors
+
+
+def thread_pool_size(settings: Settings) -> int:
+    """Threads of the server's pool: room for every admitted RPC plus HEADROOM, so an admitted
+    call never waits in a queue (at least --worker-threads)."""
+    if not settings.max_concurrent_rpcs:
+        return settings.worker_threads
+    return max(settings.worker_threads, settings.max_concurrent_rpcs + HEADROOM)
+
+
+def _wire_metrics(settings: Settings, servicer: GradientServicer) -> None:
+    from gradserve import metrics
+
+    cache = servicer.graph_cache
+    if metrics.GRAPH_CACHE_HITS.inc not in cache.on_hit:
+        cache.on_hit.append(metrics.GRAPH_CACHE_HITS.inc)
+    if metrics.GRAPH_CACHE_MISSES.inc not in cache.on_miss:
+        cache.on_miss.append(metrics.GRAPH_CACHE_MISSES.inc)
+    metrics.MAX_CONCURRENT_RPCS.set(settings.max_concurrent_rpcs)
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -54,14 +85,16 @@ def create_server(
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Build, bind and start a server; returns (server, bound port, health servicer).
 
-    ``interceptors`` defaults to ``default_interceptors(settings)``.
+    ``interceptors`` defaults to ``default_interceptors(settings)``. The graph cache's hit and
+    miss hooks and ``gradserve_max_concurrent_rpcs`` are wired to the metrics.
     """
     if interceptors is None:
         interceptors = default_interceptors(settings)
+    servicer = servicer or GradientServicer(settings)
+    _wire_metrics(settings, servicer)
+    pool = thread_pool_size(settings)
     server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=settings.worker_threads, thread_name_prefix="gradserve-rpc"
-        ),
+        futures.ThreadPoolExecutor(max_workers=pool, thread_name_prefix="gradserve-rpc"),
         interceptors=list(interceptors),
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -69,9 +102,11 @@ def create_server(
             # One process owns its port; with --workers the processes share it on purpose.
             ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
         ],
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+        # A backstop: ConcurrencyLimitInterceptor refuses (and counts) calls above the limit;
+        # grpc refuses, uncounted, only what would not find a free thread.
+        maximum_concurrent_rpcs=pool if settings.max_concurrent_rpcs else None,
     )
-    add_to_server(servicer or GradientServicer(settings), server)
+    add_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -94,42 +129,60 @@ def create_server(
 def _start_metrics(settings: Settings) -> str:
     if settings.metrics_port == 0:
         return "metrics off"
-    try:
-        from gradserve.metrics import start_metrics_server
-    except ImportError:
-        return "metrics unavailable"
+    from gradserve.metrics import start_metrics_server
+
     start_metrics_server(settings.metrics_port, settings.host)
     return f"metrics on :{settings.metrics_port}"
 
 
 def serve(settings: Settings) -> int:
-    """Run until SIGTERM or SIGINT; then NOT_SERVING, drain for shutdown_grace, return 0."""
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    """Run until SIGTERM or SIGINT; then NOT_SERVING, drain for shutdown_grace, return 0.
+
+    With ``--workers`` > 1, fork that many server processes sharing the port (see
+    ``gradserve.workers``).
+    """
+    logfmt.configure(settings.log_level)
     if settings.workers > 1:
-        log.warning(
-            "--workers %d: multi-process serving is not implemented yet; running one process",
-            settings.workers,
-        )
+        from gradserve.workers import serve_workers
+
+        return serve_workers(settings)
+    return serve_one(settings)
+
+
+def _fail(message: str, ready: int | None) -> int:
+    if ready is not None:
+        os.write(ready, message.encode() + b"\n")
+        os.close(ready)
+    print(message, file=sys.stderr, flush=True)
+    return 1
+
+
+def serve_one(settings: Settings, *, worker: bool = False, ready: int | None = None) -> int:
+    """One server process. ``worker``: a child of ``serve_workers``: no banner and no metrics
+    server (the parent serves them); it writes one line to the pipe ``ready`` once it serves,
+    or the error that stopped it."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
         server, port, health_servicer = create_server(settings)
     except (OSError, RuntimeError, ValueError) as exc:
-        print(f"gradserve serve: error: {exc}", file=sys.stderr, flush=True)
-        return 1
+        return _fail(f"gradserve serve: error: {exc}", ready)
     try:
-        metrics = _start_metrics(settings)
+        metrics = "" if worker else _start_metrics(settings)
     except OSError as exc:
         server.stop(None)
-        print(f"gradserve serve: error: metrics port: {exc}", file=sys.stderr, flush=True)
-        return 1
-    print(f"gradserve listening on {settings.host}:{port} ({metrics})", flush=True)
+        return _fail(f"gradserve serve: error: metrics port: {exc}", ready)
+    if ready is not None:
+        os.write(ready, b"ok\n")
+        os.close(ready)
+    if not worker:
+        print(f"gradserve listening on {settings.host}:{port} ({metrics})", flush=True)
+    log.info("serving on %s:%s", settings.host, port)
     while not stop.wait(3600):
         pass
     log.info("shutting down: draining for up to %ss", settings.shutdown_grace)
     health_servicer.enter_graceful_shutdown()
     server.stop(settings.shutdown_grace).wait()
+    log.info("stopped")
     return 0
