@@ -18,11 +18,12 @@ from gradserve.autodiff.api import (
 from gradserve.autodiff.executor import Cancelled, compile_program
 from gradserve.autodiff.ir import GraphDef, GraphError, InputDef, NodeDef, Program, TensorType
 from gradserve.autodiff.jacobian import jacobian, jacobian_rows
-from gradserve.autodiff.registry import OPS, OpDef
+from gradserve.autodiff.registry import OPS, OPSET, OpDef
 from gradserve.autodiff.transforms import Derivative, jvp, select, vjp
 
 __all__ = [
     "OPS",
+    "OPSET",
     "Cancelled",
     "Derivative",
     "GraphDef",

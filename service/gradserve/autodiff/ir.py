@@ -83,6 +83,11 @@ class GraphDef:
     outputs: tuple[str, ...]
 
     @property
+    def digest(self) -> str:
+        """The content hash; equal to `Program.build(self).digest` when that succeeds."""
+        return _digest(self.inputs, self.nodes, self.outputs)
+
+    @property
     def has_dynamic_shapes(self) -> bool:
         return any(d < 0 for i in self.inputs for d in i.shape)
 

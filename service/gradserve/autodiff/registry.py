@@ -136,6 +136,8 @@ def _coerce(kind: str, value: Any) -> Any:
 
 
 OPS: dict[str, OpDef] = {}
+# The version of the op set (names, operands, attributes, semantics); a graph's `opset` names it.
+OPSET = 1
 
 
 def register(opdef: OpDef) -> OpDef:

@@ -19,15 +19,12 @@ from dataclasses import dataclass, field
 
 from gradserve_client.proto import graph_pb2
 
-from gradserve.autodiff import GraphDef, GraphError, Program
-from gradserve.autodiff.ir import _digest
+from gradserve.autodiff import OPSET, GraphDef, GraphError, Program
 from gradserve.rpc.codec import graph_from_proto
 from gradserve.rpc.errors import GRAPH_NOT_FOUND, InvalidArgument, NotFound, from_graph_error
 
 # Programs kept per dynamic-shape graph (one per distinct input-shape signature).
 PROGRAMS_PER_GRAPH = 32
-# The operator set the server implements (Graph.opset 0 means this one).
-OPSET = 1
 
 Hook = Callable[[], None]
 
@@ -147,7 +144,7 @@ class GraphCache:
         graph = graph_from_proto(pb, max_nodes=max_nodes, max_elements=max_elements)
         if graph.has_dynamic_shapes:
             program = None
-            graph_id = _digest(graph.inputs, graph.nodes, graph.outputs)
+            graph_id = graph.digest
         else:
             try:
                 program = Program.build(graph, max_nodes=max_nodes)

@@ -16,7 +16,7 @@ import numpy as np
 from gradserve_client.proto import gradient_service_pb2 as pb
 
 from gradserve import autodiff
-from gradserve.autodiff import GraphError, Program
+from gradserve.autodiff import OPSET, GraphError, Program
 from gradserve.config import Settings
 from gradserve.rpc import training
 from gradserve.rpc.codec import decode_tensors, encode_tensor, encode_tensors
@@ -27,7 +27,7 @@ from gradserve.rpc.errors import (
     from_graph_error,
     rpc_method,
 )
-from gradserve.rpc.graph_cache import OPSET, CachedGraph, GraphCache
+from gradserve.rpc.graph_cache import CachedGraph, GraphCache
 
 _MODES = {
     pb.JACOBIAN_MODE_UNSPECIFIED: "auto",
