@@ -58,11 +58,25 @@ def thread_pool_size(settings: Settings) -> int:
 def _wire_metrics(settings: Settings, servicer: GradientServicer) -> None:
     from gradserve import metrics
 
-    cache = servicer.graph_cache
-    if metrics.GRAPH_CACHE_HITS.inc not in cache.on_hit:
-        cache.on_hit.append(metrics.GRAPH_CACHE_HITS.inc)
-    if metrics.GRAPH_CACHE_MISSES.inc not in cache.on_miss:
-        cache.on_miss.append(metrics.GRAPH_CACHE_MISSES.inc)
+    hooks = [
+        (
+            getattr(servicer, "graph_cache", None),
+            metrics.GRAPH_CACHE_HITS,
+            metrics.GRAPH_CACHE_MISSES,
+        ),
+        (
+            getattr(servicer, "dataset_cache", None),
+            metrics.DATASET_CACHE_HITS,
+            metrics.DATASET_CACHE_MISSES,
+        ),
+    ]
+    for cache, hits, misses in hooks:
+        if cache is None:
+            continue
+        if hits.inc not in cache.on_hit:
+            cache.on_hit.append(hits.inc)
+        if misses.inc not in cache.on_miss:
+            cache.on_miss.append(misses.inc)
     metrics.MAX_CONCURRENT_RPCS.set(settings.max_concurrent_rpcs)
 
 

@@ -8,9 +8,10 @@ calls refused by authentication or by the limit are counted too), then authentic
 ``gradserve_requests_total{method,code}`` (``code`` is the status *name*, ``method`` the full
 path), ``gradserve_request_duration_seconds{method}``, ``gradserve_inflight_requests``, the
 request and response message size histograms, and ``gradserve_jacobian_elements`` for Jacobian
-and StreamJacobian. A streaming RPC is counted when its stream ends (or is cancelled). It also
-writes one access-log line per RPC on the ``gradserve.access`` logger: DEBUG for OK, WARNING for
-any other code, with the method, the code and the duration.
+and StreamJacobian, and ``gradserve_train_active_streams`` (Train streams open; the training
+code counts ``gradserve_train_steps_total``). A streaming RPC is counted when its stream ends
+(or is cancelled). It also writes one access-log line per RPC on the ``gradserve.access``
+logger: DEBUG for OK, WARNING for any other code, with the method, the code and the duration.
 
 Requests whose bytes do not parse (only possible for services registered with grpc's strict
 deserializers, such as health: the Gradient service's deserializers never raise) are answered
@@ -36,6 +37,7 @@ access_log = logging.getLogger("gradserve.access")
 OPEN_METHODS = ("/grpc.health.v1.Health/",)
 _JACOBIAN = "/gradserve.v1.Gradient/Jacobian"
 _STREAM_JACOBIAN = "/gradserve.v1.Gradient/StreamJacobian"
+_TRAIN = "/gradserve.v1.Gradient/Train"
 
 _BEHAVIOR = {
     (False, False): "unary_unary",
@@ -97,6 +99,8 @@ class _Call:
         self._done = False
         self._lock = threading.Lock()
         metrics.INFLIGHT_REQUESTS.inc()
+        if method == _TRAIN:
+            metrics.TRAIN_ACTIVE_STREAMS.inc()
 
     def _code(self, error: BaseException | None) -> grpc.StatusCode:
         code = self.context.code()
@@ -118,6 +122,8 @@ class _Call:
             self._done = True
         duration = time.perf_counter() - self.start
         metrics.INFLIGHT_REQUESTS.dec()
+        if self.method == _TRAIN:
+            metrics.TRAIN_ACTIVE_STREAMS.dec()
         code = self._code(error)
         name = code.name
         metrics.REQUESTS.labels(self.method, name).inc()
