@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     worker_threads: int = Field(
         default_factory=_default_worker_threads,
         ge=1,
-        description="Threads handling RPCs in each process (default: 2 x cores, at least 4).",
+        description="Threads handling RPCs in each process (default: 2 x cores, at least 4);"
+        " raised to max_concurrent_rpcs + 16 so that an admitted RPC never waits for a thread.",
     )
     workers: int = Field(
         1, ge=1, description="Server processes sharing the port with SO_REUSEPORT."
@@ -48,8 +49,8 @@ class Settings(BaseSettings):
     max_concurrent_rpcs: int = Field(
         64,
         ge=0,
-        description="RPCs handled or queued at once per process; more get RESOURCE_EXHAUSTED."
-        " 0 means unlimited.",
+        description="RPCs handled at once per process (health checks excepted); more get"
+        " RESOURCE_EXHAUSTED at once. 0 means unlimited (calls then queue for a thread).",
     )
     max_message_bytes: int = Field(
         256 * MIB, ge=1024, description="Largest message received or sent, in bytes."
@@ -101,10 +102,19 @@ class Settings(BaseSettings):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"{_flag(name)}: no such file: {path}")
+        if self.auth_token_file is not None and not _has_token(self.auth_token_file):
+            raise ValueError(f"--auth-token-file: no token in {self.auth_token_file}")
         if self.max_jacobian_elements == 0:
             fit = max(1, (self.max_message_bytes - _MESSAGE_OVERHEAD) // _FLOAT64_BYTES)
             self.max_jacobian_elements = fit
         return self
+
+
+def _has_token(path: Path) -> bool:
+    try:
+        return any(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _flag(name: str) -> str:

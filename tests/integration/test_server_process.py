@@ -18,6 +18,10 @@ from wire import PYTHON, ROOT, G, arrays, call_error, tensors
 
 GRAPH = G([("x", "float64", [2])], [("y", "exp", ["x"], {})], ["y"])
 FEED = tensors({"x": np.array([0.0, 1.0])})
+SERVING = health_pb2.HealthCheckResponse.SERVING
+# A call that reaches a draining server over an open connection is CANCELLED by grpc; one that
+# finds no connection is UNAVAILABLE.
+REFUSED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
 def run_serve(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -51,6 +55,14 @@ def test_help_lists_every_setting_with_its_default():
         ("--auth-token-file", "no-such-file"),
         ("--log-level", "chatty"),
         ("--worker-threads", "0"),
+        ("--workers", "0"),
+        ("--max-concurrent-rpcs", "-1"),
+        ("--shutdown-grace", "-1"),
+        ("--metrics-port", "65536"),
+        ("--tls-client-ca", __file__),
+        ("--tls-key", __file__),
+        ("--graph-cache-size", "0"),
+        ("--max-tensor-elements", "many"),
     ],
 )
 def test_invalid_values_exit_2_with_one_line(flags, capsys):
@@ -60,6 +72,26 @@ def test_invalid_values_exit_2_with_one_line(flags, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith("gradserve serve: error: --")
+
+
+def test_token_file_without_tokens_is_refused(tmp_path, capsys):
+    empty = tmp_path / "tokens"
+    empty.write_text("\n   \n")
+    with pytest.raises(SystemExit):
+        load_settings(["--auth-token-file", str(empty)])
+    err = capsys.readouterr().err.strip()
+    assert err == f"gradserve serve: error: --auth-token-file: no token in {empty}"
+
+
+def test_help_shows_every_default():
+    out = run_serve("--help").stdout
+    flat = " ".join(out.split())
+    for name, info in Settings.model_fields.items():
+        assert f"env GRADSERVE_{name.upper()}" in flat, name
+        if info.default_factory is None and info.default is not None:
+            default = info.default
+            if name != "max_jacobian_elements":
+                assert f"default: {default};" in flat, name
 
 
 def test_invalid_value_in_the_environment_stops_the_process():
@@ -101,7 +133,7 @@ def test_sigterm_drains_in_flight_calls_and_exits_0(server_process):
     # a request that takes about a second
     n = 200
     nodes, prev = [], "x"
-    for i in range(60):
+    for i in range(120):
         nodes += [(f"m{i}", "matmul", [prev, "W"], {}), (f"h{i}", "tanh", [f"m{i}"], {})]
         prev = f"h{i}"
     slow = G([("x", "float64", [n, n]), ("W", "float64", [n, n])], nodes, [prev])
@@ -115,10 +147,25 @@ def test_sigterm_drains_in_flight_calls_and_exits_0(server_process):
         future = stub.Evaluate.future(pb.EvaluateRequest(graph=slow.proto(), inputs=feed))
         time.sleep(min(0.2, duration / 3))
         proc.proc.send_signal(signal.SIGTERM)
+        # while it drains: health is no longer SERVING, and new calls are refused
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            except grpc.RpcError as exc:
+                assert exc.code() in REFUSED
+                break
+            assert status in (SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
+            if status != SERVING:
+                break
+            time.sleep(0.01)
+        assert not future.done(), "the slow request should still be running"
+        err = call_error(stub.GetServerInfo, pb.GetServerInfoRequest(), timeout=5)
+        assert err.code in REFUSED
         result = future.result(timeout=60)
         assert result.outputs[prev].shape == [n, n]
         assert proc.proc.wait(60) == 0
-        health = health_pb2_grpc.HealthStub(channel)
         try:
             status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
         except grpc.RpcError:

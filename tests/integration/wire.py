@@ -130,6 +130,8 @@ class ServerProcess:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
+        self.banner = ""  # the "gradserve listening on ..." line
+        self.stderr = ""  # what the process wrote on stderr, read by stop()
         self.start()
 
     @property
@@ -153,6 +155,7 @@ class ServerProcess:
         match = re.match(r"gradserve listening on ([\d.]+):(\d+) \(", line)
         assert match, line
         self.port = int(match.group(2))
+        self.banner = line.strip()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.proc is not None
@@ -163,6 +166,8 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             rc = self.proc.wait()
+        if self.proc.stderr is not None and not self.proc.stderr.closed:
+            self.stderr = self.proc.stderr.read()
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
