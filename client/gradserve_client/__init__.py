@@ -16,6 +16,18 @@ from .aio import AsyncClient
 from .client import Client
 from .errors import *  # noqa: F403 - GradserveError and one subclass per status code
 from .local import LocalClient
+from .training import (
+    SGD,
+    Adam,
+    AsyncRun,
+    Checkpoint,
+    ConstantLR,
+    CosineLR,
+    Run,
+    StepLR,
+    TrainResult,
+    TrainStep,
+)
 
 __all__ += [
     *_errors.__all__,
@@ -26,4 +38,15 @@ __all__ += [
     "LocalClient",
     "OperatorInfo",
     "ServerInfo",
+    # training
+    "SGD",
+    "Adam",
+    "AsyncRun",
+    "Checkpoint",
+    "ConstantLR",
+    "CosineLR",
+    "Run",
+    "StepLR",
+    "TrainResult",
+    "TrainStep",
 ]

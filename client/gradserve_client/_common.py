@@ -26,6 +26,8 @@ from .errors import DataLoss, GradserveError, InvalidArgument, NotFound, Resourc
 from .graph import Graph
 from .proto import gradient_service_pb2 as pb
 from .proto import graph_pb2, tensor_codec
+from .proto import training_pb2 as tpb
+from .training import Checkpoint, dataset_id, optimizer_proto, schedule_proto
 
 #: A graph as the clients accept it: a `Graph`, or its wire message.
 GraphLike: TypeAlias = "Graph | graph_pb2.Graph"
@@ -322,6 +324,77 @@ def jvp_request(
         tangents=tensors(tangents, meta.input_dtypes, "tangents"),
         of=list(of),
     )
+
+
+def train_request(
+    meta: GraphMeta,
+    *,
+    loss: str,
+    params: Mapping[str, Array],
+    optimizer: Any,
+    schedule: Any,
+    batch_size: int | None,
+    epochs: int | None,
+    max_steps: int | None,
+    seed: int,
+    shuffle: bool,
+    report_every: int,
+    checkpoint_every: int | None,
+    resume: Checkpoint | None,
+) -> tpb.TrainRequest:
+    """A TrainRequest without its graph source and data (see `GraphIds.attach`, `TrainData`).
+    With ``resume``, the checkpoint's parameters are used and ``params`` is not sent."""
+    if resume is not None and not isinstance(resume, Checkpoint):
+        reason = f"expected a gs.Checkpoint (run.checkpoint), got {type(resume).__name__}"
+        raise InvalidInput(f"resume_from: {reason}", field_violations=[("resume_from", reason)])
+    sent = {} if resume is not None else params
+    request = tpb.TrainRequest(
+        loss=loss,
+        params={n: tensor_codec.to_tensor(a) for n, a in sent.items()},
+        batch_size=batch_size or 0,
+        epochs=epochs or 0,
+        max_steps=max_steps or 0,
+        shuffle=bool(shuffle),
+        seed=int(seed),
+        optimizer=optimizer_proto(optimizer),
+        report_every=report_every or 0,
+        checkpoint_every=checkpoint_every or 0,
+    )
+    sched = schedule_proto(schedule)
+    if sched is not None:
+        request.schedule.CopyFrom(sched)
+    if resume is not None:
+        request.resume_from.CopyFrom(resume.to_proto())
+    return request
+
+
+#: Data up to this many bytes is sent inline with the TrainRequest; more is uploaded once with
+#: PutDataset and referenced by its content id.
+INLINE_DATA_BYTES = 4 << 20
+
+
+class TrainData:
+    """How a run's data travels: inline, or as a dataset id (uploaded when the server does not
+    have it, and again when it forgets it)."""
+
+    __slots__ = ("arrays", "id", "inline")
+
+    def __init__(self, arrays: Mapping[str, Array]) -> None:
+        self.arrays = dict(arrays)
+        self.inline = sum(a.nbytes for a in self.arrays.values()) <= INLINE_DATA_BYTES
+        self.id = "" if self.inline else dataset_id(self.arrays)
+
+    def attach(self, request: tpb.TrainRequest) -> None:
+        if self.inline:
+            for name, a in self.arrays.items():
+                request.inline_data.tensors[name].CopyFrom(tensor_codec.to_tensor(a))
+        else:
+            request.dataset_id = self.id
+
+
+def is_dataset_not_found(err: Exception) -> bool:
+    """NOT_FOUND for an unknown dataset_id."""
+    return isinstance(err, NotFound) and err.reason == "DATASET_NOT_FOUND"
 
 
 def decode(tensors_map: Mapping[str, Any], order: Sequence[str] = ()) -> dict[str, Array]:

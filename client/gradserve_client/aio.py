@@ -19,6 +19,7 @@ from . import _common as cm
 from .errors import from_rpc_error
 from .proto import gradient_service_pb2 as pb
 from .proto import gradient_service_pb2_grpc as pb_grpc
+from .training import AsyncRun, Checkpoint, dataset_chunks, decode_event, num_examples, total_steps
 
 __all__ = ["AsyncClient"]
 
@@ -248,6 +249,92 @@ class AsyncClient:
         request = cm.jvp_request(meta, inputs, tangents, of_names)
         response = await self._graph_call(self._stub.Jvp, request, meta)
         return cm.one_or_dict(cm.decode(response.tangents), of_names, single)
+
+    def train(
+        self,
+        graph: cm.GraphLike,
+        *,
+        loss: str | None = None,
+        params: Mapping[str, npt.ArrayLike],
+        data: Mapping[str, npt.ArrayLike],
+        optimizer: Any,
+        schedule: Any = None,
+        batch_size: int | None = 128,
+        epochs: int | None = None,
+        max_steps: int | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        report_every: int = 1,
+        checkpoint_every: int | None = 100,
+        resume: Checkpoint | None = None,
+        progress: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncRun:
+        """As `Client.train`, returning an `AsyncRun`: ``async for step in run``, then
+        ``run.params`` (or ``params = await run.wait()``)."""
+        meta = cm.graph_meta(graph)
+        loss = cm.the_output(meta, loss)
+        feeds = cm.arrays(params, meta.input_dtypes, "params")
+        arrays = cm.arrays(data, meta.input_dtypes, "data")
+        request = cm.train_request(
+            meta, loss=loss, params=feeds, optimizer=optimizer, schedule=schedule,
+            batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed,
+            shuffle=shuffle, report_every=report_every, checkpoint_every=checkpoint_every,
+            resume=resume,
+        )  # fmt: skip
+        train_data = cm.TrainData(arrays)
+        calls: list[Any] = []
+
+        async def events() -> Any:
+            train_data.attach(request)
+            for attempt in range(3):
+                sent_id = self._graph_ids.attach(request, meta)
+                call = self._stub.Train(request, timeout=timeout, metadata=self._metadata)
+                calls.append(call)
+                stream = call.__aiter__()
+                try:
+                    first = await stream.__anext__()
+                except StopAsyncIteration:
+                    return
+                except grpc.RpcError as rpc_error:
+                    exc = from_rpc_error(rpc_error)
+                    if attempt < 2 and self._graph_ids.resend(request, meta, sent_id, exc):
+                        continue
+                    if attempt < 2 and not train_data.inline and cm.is_dataset_not_found(exc):
+                        request.dataset_id = await self.put_dataset(
+                            train_data.arrays, timeout=timeout
+                        )
+                        continue
+                    raise exc from None
+                break
+            self._graph_ids.remember(meta, first.graph_id)
+            yield decode_event(first)
+            try:
+                async for event in stream:
+                    yield decode_event(event)
+            except grpc.RpcError as rpc_error:
+                raise from_rpc_error(rpc_error) from None
+
+        def cancel() -> None:
+            if calls:
+                calls[-1].cancel()
+
+        total = total_steps(num_examples(arrays), batch_size or 0, epochs, max_steps)
+        start = resume.step if resume is not None else 0
+        return AsyncRun(events, cancel, total=total, start=start, progress=progress)
+
+    async def put_dataset(
+        self, data: Mapping[str, npt.ArrayLike], *, timeout: float | None = None
+    ) -> str:
+        """As `Client.put_dataset`: upload arrays in chunks; returns the dataset id."""
+        arrays = cm.arrays(data, {}, "data")
+        try:
+            info = await self._stub.PutDataset(
+                dataset_chunks(arrays), timeout=timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return info.dataset_id
 
     async def operators(self) -> list[cm.OperatorInfo]:
         """The server's operators: name, arity, attributes, differentiability and doc line."""

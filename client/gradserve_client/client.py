@@ -19,6 +19,7 @@ from . import _common as cm
 from .errors import from_rpc_error
 from .proto import gradient_service_pb2 as pb
 from .proto import gradient_service_pb2_grpc as pb_grpc
+from .training import Checkpoint, Run, dataset_chunks, decode_event, num_examples, total_steps
 
 __all__ = ["Client"]
 
@@ -242,6 +243,108 @@ class Client:
         request = cm.jvp_request(meta, inputs, tangents, of_names)
         response = self._graph_call(self._stub.Jvp, request, meta)
         return cm.one_or_dict(cm.decode(response.tangents), of_names, single)
+
+    def train(
+        self,
+        graph: cm.GraphLike,
+        *,
+        loss: str | None = None,
+        params: Mapping[str, npt.ArrayLike],
+        data: Mapping[str, npt.ArrayLike],
+        optimizer: Any,
+        schedule: Any = None,
+        batch_size: int | None = 128,
+        epochs: int | None = None,
+        max_steps: int | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        report_every: int = 1,
+        checkpoint_every: int | None = 100,
+        resume: Checkpoint | None = None,
+        progress: bool = False,
+        timeout: float | None = None,
+    ) -> Run:
+        """Train ``params`` (inputs, by name, with their initial values) to minimise the scalar
+        output ``loss`` (default: the graph's only output), with the other inputs bound to
+        batches of ``data`` (arrays sharing their leading dimension). Returns a `Run`: iterate
+        it for the `TrainStep`s, then read ``run.params``; ``run.checkpoint`` is the latest
+        checkpoint, to pass back as ``resume=``.
+
+        ``optimizer`` is `SGD` or `Adam`; ``schedule`` `StepLR`, `CosineLR` or None (constant).
+        The run takes ``epochs`` passes (default 1) or stops after ``max_steps`` steps, in
+        total, whichever comes first. ``batch_size`` None means the whole data in one batch;
+        the last partial batch is used. With ``shuffle`` every epoch's order is a permutation
+        seeded by (``seed``, epoch). A step is reported every ``report_every`` steps (and the
+        last), a checkpoint sent every ``checkpoint_every`` steps (None: never).
+
+        Nothing is sent until the run is iterated; errors (INVALID_ARGUMENT naming the field,
+        FAILED_PRECONDITION for a NaN loss, ...) are raised by the iteration. Data over 4 MiB
+        is uploaded once with PutDataset and referenced by its content id (uploaded again if
+        the server has forgotten it). ``timeout`` is the deadline of the whole run (the
+        client's ``timeout`` does not apply to training streams). ``progress`` shows a tqdm
+        bar with the loss.
+        """
+        meta = cm.graph_meta(graph)
+        loss = cm.the_output(meta, loss)
+        feeds = cm.arrays(params, meta.input_dtypes, "params")
+        arrays = cm.arrays(data, meta.input_dtypes, "data")
+        request = cm.train_request(
+            meta, loss=loss, params=feeds, optimizer=optimizer, schedule=schedule,
+            batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed,
+            shuffle=shuffle, report_every=report_every, checkpoint_every=checkpoint_every,
+            resume=resume,
+        )  # fmt: skip
+        train_data = cm.TrainData(arrays)
+        calls: list[Any] = []
+
+        def events() -> Any:
+            train_data.attach(request)
+            for attempt in range(3):
+                sent_id = self._graph_ids.attach(request, meta)
+                call = self._stub.Train(request, timeout=timeout, metadata=self._metadata)
+                calls.append(call)
+                try:
+                    first = next(call)
+                except StopIteration:
+                    return
+                except grpc.RpcError as rpc_error:
+                    exc = from_rpc_error(rpc_error)
+                    if attempt < 2 and self._graph_ids.resend(request, meta, sent_id, exc):
+                        continue
+                    if attempt < 2 and not train_data.inline and cm.is_dataset_not_found(exc):
+                        request.dataset_id = self.put_dataset(train_data.arrays, timeout=timeout)
+                        continue
+                    raise exc from None
+                break
+            self._graph_ids.remember(meta, first.graph_id)
+            yield decode_event(first)
+            try:
+                for event in call:
+                    yield decode_event(event)
+            except grpc.RpcError as rpc_error:
+                raise from_rpc_error(rpc_error) from None
+
+        def cancel() -> None:
+            if calls:
+                calls[-1].cancel()
+
+        total = total_steps(num_examples(arrays), batch_size or 0, epochs, max_steps)
+        start = resume.step if resume is not None else 0
+        return Run(events, cancel, total=total, start=start, progress=progress)
+
+    def put_dataset(
+        self, data: Mapping[str, npt.ArrayLike], *, timeout: float | None = None
+    ) -> str:
+        """Upload arrays (sharing their leading dimension) once, in chunks; returns the
+        dataset id (a content hash) that `train` uses. `train` calls this by itself."""
+        arrays = cm.arrays(data, {}, "data")
+        try:
+            info = self._stub.PutDataset(
+                dataset_chunks(arrays), timeout=timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return info.dataset_id
 
     def operators(self) -> list[cm.OperatorInfo]:
         """The server's operators: name, arity, attributes, differentiability and doc line."""

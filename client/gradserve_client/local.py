@@ -6,15 +6,19 @@ imports the server package (``gradserve``), and only when a LocalClient is creat
 
 from __future__ import annotations
 
+import functools
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 
 from . import _common as cm
 from .errors import GradserveError, error_class
+from .training import Checkpoint, Run, TrainResult, TrainStep, num_examples, total_steps
 
 __all__ = ["LocalClient"]
 
@@ -62,9 +66,8 @@ class LocalClient:
 
     # -- graphs
 
-    def _program(self, meta: cm.GraphMeta, feeds: Mapping[str, np.ndarray]) -> Any:
-        """The Program of a graph version (for the fed shapes, if it has -1 dimensions),
-        converted and validated on first use exactly as the server does (its graph cache)."""
+    def _entry(self, meta: cm.GraphMeta) -> Any:
+        """The server's CachedGraph of a graph version, converted and validated on first use."""
         entry = self._graphs.get(meta.key)
         if entry is None:
             unlimited = sys.maxsize
@@ -72,6 +75,12 @@ class LocalClient:
             if len(self._graphs) >= _MAX_GRAPHS:
                 self._graphs.pop(next(iter(self._graphs)))
             self._graphs[meta.key] = entry
+        return entry
+
+    def _program(self, meta: cm.GraphMeta, feeds: Mapping[str, np.ndarray]) -> Any:
+        """The Program of a graph version (for the fed shapes, if it has -1 dimensions),
+        converted and validated on first use exactly as the server does (its graph cache)."""
+        entry = self._entry(meta)
         if entry.program is not None:
             return entry.program
         return entry.program_for({n: np.shape(v) for n, v in feeds.items()}, sys.maxsize)
@@ -161,6 +170,90 @@ class LocalClient:
         program = self._run(self._program, meta, meta, feeds)
         _, out = self._run(self._core.jvp_values, meta, program, feeds, seeds, of_names)
         return cm.one_or_dict(out, of_names, single)
+
+    def train(
+        self,
+        graph: cm.GraphLike,
+        *,
+        loss: str | None = None,
+        params: Mapping[str, npt.ArrayLike],
+        data: Mapping[str, npt.ArrayLike],
+        optimizer: Any,
+        schedule: Any = None,
+        batch_size: int | None = 128,
+        epochs: int | None = None,
+        max_steps: int | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        report_every: int = 1,
+        checkpoint_every: int | None = 100,
+        resume: Checkpoint | None = None,
+        progress: bool = False,
+        timeout: float | None = None,
+    ) -> Run:
+        """As `Client.train`, in this process: the same `Run`, results, checkpoints (which
+        resume on a server too) and errors. ``timeout`` is the run's deadline in seconds."""
+        from gradserve.rpc import training as rpc_training
+
+        meta = cm.graph_meta(graph)
+        loss = cm.the_output(meta, loss)
+        feeds = cm.arrays(params, meta.input_dtypes, "params")
+        arrays = cm.arrays(data, meta.input_dtypes, "data")
+        request = cm.train_request(
+            meta, loss=loss, params=feeds, optimizer=optimizer, schedule=schedule,
+            batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed,
+            shuffle=shuffle, report_every=report_every, checkpoint_every=checkpoint_every,
+            resume=resume,
+        )  # fmt: skip
+        if resume is not None:
+            feeds = {}
+        stop: list[Any] = []
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def cancelled() -> bool:
+            return bool(stop) or (deadline is not None and time.monotonic() > deadline)
+
+        def events() -> Any:
+            entry = self._run(self._entry, meta, meta)
+            prepared = self._run(
+                functools.partial(
+                    rpc_training.prepare,
+                    max_nodes=sys.maxsize,
+                    max_elements=sys.maxsize,
+                    cancel=cancelled if timeout is not None else None,
+                ),
+                meta, entry, request, feeds, arrays,
+            )  # fmt: skip
+            it, gid, batch = prepared.events, prepared.graph_id, prepared.batch_size
+            step_event = rpc_training.tr.StepEvent
+            checkpoint_event = rpc_training.tr.CheckpointEvent
+            while True:
+                try:
+                    ev = next(it)
+                except StopIteration:
+                    return
+                except self._core.Cancelled:
+                    raise error_class(grpc.StatusCode.DEADLINE_EXCEEDED)(
+                        "deadline exceeded"
+                    ) from None
+                except (self._core.GraphError, self._rpc_errors.RpcError) as exc:
+                    raise _converted(exc, self._rpc_errors, meta, True) from None
+                if type(ev) is step_event:
+                    yield "step", TrainStep(ev.step, ev.epoch, ev.loss, ev.grad_norm, ev.lr,
+                                            ev.elapsed_seconds, ev.finite)  # fmt: skip
+                elif type(ev) is checkpoint_event:
+                    proto = rpc_training.checkpoint_to_proto(ev.checkpoint, gid, batch)
+                    yield "checkpoint", Checkpoint(proto)
+                else:
+                    result = TrainResult(ev.steps, ev.final_loss, ev.elapsed_seconds)
+                    yield "result", (ev.params, result)
+
+        def cancel() -> None:
+            stop.append(None)
+
+        total = total_steps(num_examples(arrays), batch_size or 0, epochs, max_steps)
+        start = resume.step if resume is not None else 0
+        return Run(events, cancel, total=total, start=start, progress=progress)
 
     def operators(self) -> list[cm.OperatorInfo]:
         """The core's operators, as `Client.operators` lists them."""

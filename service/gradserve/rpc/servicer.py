@@ -20,6 +20,7 @@ from gradserve.autodiff import OPSET, GraphError, Program
 from gradserve.config import Settings
 from gradserve.rpc import training
 from gradserve.rpc.codec import decode_tensors, encode_tensor, encode_tensors
+from gradserve.rpc.datasets import DatasetCache
 from gradserve.rpc.errors import (
     InvalidArgument,
     JacobianTooLarge,
@@ -96,6 +97,7 @@ class GradientServicer:
     def __init__(self, settings: Settings, graph_cache: GraphCache | None = None) -> None:
         self.settings = settings
         self.graph_cache = graph_cache or GraphCache(settings.graph_cache_size)
+        self.datasets = DatasetCache(settings.dataset_cache_bytes)  # PutDataset uploads
         self.version = _version()
 
     # ---- shared steps -------------------------------------------------------------------------

@@ -1,29 +1,385 @@
-"""Train and PutDataset: placeholders until the training RPCs land.
+"""Train and PutDataset: the training loop (`gradserve.training`) bound to the core and the wire.
 
-Each is a plain function of (servicer, request, context) so that the training engineer can
-replace this module without touching the servicer. Raise ``errors.RpcError`` subclasses; the
-servicer's ``rpc_method`` decorator maps them (and unparsable chunks) to statuses.
+`prepare` validates a run before its first step (INVALID_ARGUMENT naming the request field) and
+binds the loop's gradient function to the core: one compiled value-and-gradient program per batch
+shape (two at most: the full batch and the last partial one). `train` (the RPC) streams the
+loop's events as TrainEvents. `LocalClient.train` calls `prepare` and `run_events` directly, so
+its validation and errors are the server's.
+
+Wire notes:
+- Checkpoint.cursor counts examples (the proto's contract); the loop counts batches.
+- The checkpoint's loss is not on the wire: a resumed run that takes no step reports NaN.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from gradserve.rpc.errors import Unimplemented
+import grpc
+import numpy as np
+from gradserve_client.proto import graph_pb2, tensor_codec
+from gradserve_client.proto import training_pb2 as tpb
+
+from gradserve import autodiff, metrics
+from gradserve import training as tr
+from gradserve.autodiff import GraphError
+from gradserve.rpc.codec import decode_tensors, encode_tensors
+from gradserve.rpc.datasets import assemble
+from gradserve.rpc.errors import (
+    InvalidArgument,
+    NotFound,
+    RpcError,
+    from_graph_error,
+)
+from gradserve.rpc.graph_cache import CachedGraph
 
 #: Whether this server implements Train and PutDataset (GetServerInfo lists "train" if so).
-AVAILABLE = False
+AVAILABLE = True
+
+#: ErrorInfo reason of a run stopped by a NaN or infinite loss or gradient.
+NON_FINITE_LOSS = "NON_FINITE_LOSS"
+
+# The core checks its cancel callback between nodes; ask the RPC context at most this often.
+_CANCEL_INTERVAL = 0.005
 
 
-def train(servicer: Any, request: Any, context: Any) -> Iterator[Any]:
-    """The Train RPC (server streaming): one TrainEvent per reported step."""
-    raise Unimplemented("Train is not implemented by this server yet")
-    yield  # a generator, like the real one
+class FailedPrecondition(RpcError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class _Cancelled(autodiff.Cancelled):
+    """The loop saw the cancel callback (the servicer maps it as the core's Cancelled)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Request -> configuration
+
+
+def request_field(field: str) -> str:
+    """The request field of a training-package field (`params.W1` -> `params["W1"]`)."""
+    head, _, rest = field.partition(".")
+    if head in ("params", "data", "inputs") and rest:
+        name, dot, more = rest.partition(".")
+        kind = "data" if head == "inputs" else head
+        return f'{kind}["{name}"]{dot}{more}'
+    if head == "resume":
+        return "resume_from" + (f".{rest}" if rest else "")
+    return field.replace("adam.betas.0", "adam.beta1").replace("adam.betas.1", "adam.beta2")
+
+
+def invalid(exc: tr.TrainingConfigError) -> InvalidArgument:
+    """A TrainingConfigError as INVALID_ARGUMENT, every violation naming its request field."""
+    violations = [(request_field(f), r) for f, r in exc.violations]
+    err = InvalidArgument(*violations[0])
+    err.violations = violations
+    return err
+
+
+def optimizer_config(optimizer: tpb.Optimizer) -> dict[str, Any]:
+    kind = optimizer.WhichOneof("kind")
+    if kind == "sgd":
+        o = optimizer.sgd
+        return {"kind": "sgd", "lr": o.lr, "momentum": o.momentum, "nesterov": o.nesterov,
+                "weight_decay": o.weight_decay, "dampening": o.dampening}  # fmt: skip
+    if kind == "adam":
+        o = optimizer.adam
+        betas = (
+            o.beta1 if o.HasField("beta1") else 0.9,
+            o.beta2 if o.HasField("beta2") else 0.999,
+        )
+        eps = o.eps if o.HasField("eps") else 1e-8
+        return {"kind": "adam", "lr": o.lr, "betas": betas, "eps": eps,
+                "weight_decay": o.weight_decay}  # fmt: skip
+    raise InvalidArgument("optimizer", "set an optimizer: sgd or adam")
+
+
+def schedule_config(schedule: tpb.Schedule) -> dict[str, Any]:
+    kind = schedule.WhichOneof("kind")
+    if kind == "step":
+        return {"kind": "step", "step_size": schedule.step.step_size, "gamma": schedule.step.gamma}
+    if kind == "cosine":
+        s = schedule.cosine
+        return {"kind": "cosine", "t_max": s.t_max, "eta_min": s.eta_min}
+    return {"kind": "constant"}
+
+
+def run_config(request: tpb.TrainRequest, n: int) -> dict[str, Any]:
+    """The loop's configuration mapping of a TrainRequest (unvalidated: `load_config` checks),
+    with the wire's zero defaults resolved: batch_size 0 = the whole dataset, epochs 0 = 1
+    unless max_steps is set, report_every 0 = 1, checkpoint_every 0 = never."""
+    return {
+        "optimizer": optimizer_config(request.optimizer),
+        "schedule": schedule_config(request.schedule),
+        "batch_size": request.batch_size or n,
+        "epochs": request.epochs or (None if request.max_steps > 0 else 1),
+        "max_steps": request.max_steps or None,
+        "shuffle": request.shuffle,
+        "seed": request.seed,
+        "report_every": request.report_every or 1,
+        "checkpoint_every": request.checkpoint_every or None,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_to_proto(ckpt: tr.Checkpoint, graph_id: str, batch_size: int) -> tpb.Checkpoint:
+    return tpb.Checkpoint(
+        graph_id=graph_id,
+        step=ckpt.step,
+        epoch=ckpt.epoch,
+        cursor=ckpt.cursor * batch_size,
+        seed=ckpt.seed,
+        params=encode_tensors(ckpt.params),
+        optimizer_state=encode_tensors(ckpt.optimizer_state),
+        fingerprint=ckpt.fingerprint,
+    )
+
+
+def checkpoint_from_proto(
+    msg: tpb.Checkpoint, graph_id: str, batch_size: int, max_elements: int
+) -> tr.Checkpoint:
+    if msg.graph_id and msg.graph_id != graph_id:
+        raise InvalidArgument(
+            "resume_from.graph_id",
+            f"the checkpoint is of graph {msg.graph_id[:16]}..., this run trains"
+            f" {graph_id[:16]}...: resume with the graph that made it",
+        )
+    if msg.cursor % batch_size:
+        raise InvalidArgument(
+            "resume_from.cursor",
+            f"example {msg.cursor} is not at a batch boundary of batch_size {batch_size}",
+        )
+    return tr.Checkpoint(
+        step=msg.step,
+        epoch=msg.epoch,
+        cursor=msg.cursor // batch_size,
+        seed=msg.seed,
+        loss=math.nan,
+        params=decode_tensors(msg.params, "resume_from.params", max_elements),
+        optimizer_state=decode_tensors(
+            msg.optimizer_state, "resume_from.optimizer_state", max_elements
+        ),
+        fingerprint=msg.fingerprint,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and the core binding
+
+
+@dataclass
+class PreparedRun:
+    """A validated run: iterate `events` (the loop's events, errors as RpcErrors)."""
+
+    events: Iterator[tr.Event]
+    graph_id: str
+    batch_size: int
+
+
+def _throttled(cancel: Callable[[], bool] | None) -> Callable[[], bool] | None:
+    if cancel is None:
+        return None
+    last = time.monotonic()
+
+    def check() -> bool:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < _CANCEL_INTERVAL:
+            return False
+        last = now
+        return cancel()
+
+    return check
+
+
+def prepare(
+    entry: CachedGraph,
+    request: tpb.TrainRequest,
+    params: Mapping[str, np.ndarray],
+    data: Mapping[str, np.ndarray],
+    *,
+    max_nodes: int,
+    max_elements: int,
+    cancel: Callable[[], bool] | None = None,
+) -> PreparedRun:
+    """Validate a run before its first step and bind the core; raises RpcErrors.
+
+    ``request`` supplies loss, the run configuration and resume_from (not the graph, params or
+    data, which are given decoded). With resume_from and no params, the checkpoint's are used.
+    """
+    graph, loss = entry.graph, request.loss
+    if not loss:
+        reason = f"name the scalar output to minimise: one of {list(graph.outputs)}"
+        raise InvalidArgument("loss", reason)
+    if loss not in graph.outputs:
+        raise InvalidArgument(
+            "loss", f"{loss!r} is not an output of the graph (outputs: {list(graph.outputs)})"
+        )
+    declared = {i.name: (i.shape, i.dtype) for i in graph.inputs}
+    try:
+        n = tr.num_samples(data)
+        cfg = tr.load_config(run_config(request, n))
+        resume = None
+        if request.HasField("resume_from"):
+            resume = checkpoint_from_proto(
+                request.resume_from, entry.graph_id, cfg.batch_size, max_elements
+            )
+            if not params:
+                params = resume.params
+        for name in params:
+            if name in declared and np.dtype(declared[name][1]).kind != "f":
+                raise tr.TrainingConfigError(
+                    f"params.{name}",
+                    f"is declared {declared[name][1]}; a trained parameter must be a float",
+                )
+        tr.check_inputs(declared, params=params, data=data, batch_size=cfg.batch_size)
+    except tr.TrainingConfigError as exc:
+        raise invalid(exc) from None
+    sizes = {min(cfg.batch_size, n)} | ({n % cfg.batch_size} if n % cfg.batch_size else set())
+    names = tuple(params)
+    fns = {}
+    for size in sorted(sizes, reverse=True):
+        shapes = {k: v.shape for k, v in params.items()}
+        shapes |= {k: (size, *v.shape[1:]) for k, v in data.items()}
+        program = entry.program_for(shapes, max_nodes)
+        t = program.types[loss]
+        if t.shape != ():
+            raise InvalidArgument(
+                "loss",
+                f"{loss!r} has shape {list(t.shape)}; the loss must be a scalar"
+                " (reduce it, e.g. with mean or sum)",
+            )
+        if not t.is_float:
+            raise InvalidArgument("loss", f"{loss!r} is {t.dtype}; the loss must be a float")
+        try:
+            fns[size] = autodiff.value_and_grad(program, loss, names)
+        except GraphError as exc:
+            raise from_graph_error(exc, entry.input_names, running=True) from None
+    first = next(iter(data))
+    core_cancel = _throttled(cancel)
+
+    def grad_fn(p: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]) -> Any:
+        return fns[batch[first].shape[0]]({**p, **batch}, core_cancel)
+
+    try:
+        events = tr.train(grad_fn, params, data, cfg, resume=resume, cancel=cancel)
+    except tr.TrainingConfigError as exc:
+        raise invalid(exc) from None
+    return PreparedRun(run_events(events, entry.input_names), entry.graph_id, cfg.batch_size)
+
+
+def run_events(events: Iterator[tr.Event], input_names: tuple[str, ...]) -> Iterator[tr.Event]:
+    """The loop's events, with its errors raised as RpcErrors (or the core's Cancelled)."""
+    try:
+        yield from events
+    except tr.NonFiniteLoss as exc:
+        raise FailedPrecondition(
+            f"{exc}: the run stopped and the parameters were not updated by that step;"
+            " resume from the last checkpoint with a smaller learning rate",
+            reason=NON_FINITE_LOSS,
+            metadata={"step": str(exc.step)},
+        ) from None
+    except tr.TrainingCancelled:
+        raise _Cancelled from None
+    except tr.TrainingConfigError as exc:
+        raise invalid(exc) from None
+    except GraphError as exc:
+        raise from_graph_error(exc, input_names, running=True) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# The RPCs
+
+
+def _request_data(servicer: Any, request: tpb.TrainRequest) -> dict[str, np.ndarray]:
+    source = request.WhichOneof("data")
+    if source == "inline_data":
+        return servicer._decode(request.inline_data.tensors, "data")
+    if source == "dataset_id" and request.dataset_id:
+        try:
+            arrays = servicer.datasets.get(request.dataset_id)
+        except NotFound:
+            metrics.DATASET_CACHE_MISSES.inc()
+            raise
+        metrics.DATASET_CACHE_HITS.inc()
+        return arrays
+    raise InvalidArgument("data", "set inline_data or dataset_id (from PutDataset)")
+
+
+def step_proto(ev: tr.StepEvent) -> tpb.TrainStep:
+    return tpb.TrainStep(
+        step=ev.step,
+        epoch=ev.epoch,
+        loss=ev.loss,
+        grad_norm=ev.grad_norm,
+        lr=ev.lr,
+        elapsed_seconds=ev.elapsed_seconds,
+        finite=ev.finite,
+    )
+
+
+def train(servicer: Any, request: tpb.TrainRequest, context: Any) -> Iterator[tpb.TrainEvent]:
+    """The Train RPC (server streaming): step events, checkpoints, then the result."""
+    from gradserve.rpc.servicer import cancel_callback
+
+    s = servicer.settings
+    entry = servicer._resolve(request)
+    data = _request_data(servicer, request)
+    params = servicer._decode(request.params, "params")
+    run = prepare(
+        entry,
+        request,
+        params,
+        data,
+        max_nodes=s.max_graph_nodes,
+        max_elements=s.max_tensor_elements,
+        cancel=cancel_callback(context),
+    )
+    gid, done = run.graph_id, 0
+    metrics.TRAIN_ACTIVE_STREAMS.inc()
+    try:
+        for ev in run.events:
+            if isinstance(ev, tr.StepEvent):
+                metrics.TRAIN_STEPS.inc(ev.step - done)
+                done = ev.step
+                yield tpb.TrainEvent(step=step_proto(ev), graph_id=gid)
+            elif isinstance(ev, tr.CheckpointEvent):
+                ckpt = checkpoint_to_proto(ev.checkpoint, gid, run.batch_size)
+                yield tpb.TrainEvent(checkpoint=ckpt, graph_id=gid)
+            else:
+                if ev.steps > done:
+                    metrics.TRAIN_STEPS.inc(ev.steps - done)
+                result = tpb.TrainResult(
+                    params=encode_tensors(ev.params),
+                    steps=ev.steps,
+                    final_loss=ev.final_loss,
+                    elapsed_seconds=ev.elapsed_seconds,
+                )
+                yield tpb.TrainEvent(result=result, graph_id=gid)
+    finally:
+        metrics.TRAIN_ACTIVE_STREAMS.dec()
 
 
 def put_dataset(servicer: Any, request_iterator: Iterator[Any], context: Any) -> Any:
-    """The PutDataset RPC (client streaming): returns a DatasetInfo."""
-    for _ in request_iterator:  # consume (and so validate) the chunks
-        pass
-    raise Unimplemented("PutDataset is not implemented by this server yet")
+    """The PutDataset RPC (client streaming): assembles, stores and describes a dataset."""
+    s = servicer.settings
+    key, arrays = assemble(
+        request_iterator, max_elements=s.max_tensor_elements, max_bytes=s.dataset_cache_bytes
+    )
+    stored = servicer.datasets.put(key, arrays)
+    return tpb.DatasetInfo(
+        dataset_id=key,
+        num_examples=tr.num_samples(stored),
+        arrays=[
+            graph_pb2.InputSpec(
+                name=name, dtype=tensor_codec.dtype_from_numpy(a.dtype), shape=a.shape
+            )
+            for name, a in stored.items()
+        ],
+    )

@@ -1,0 +1,592 @@
+"""Training in the SDK: optimisers, schedules, the `Run` that `train` returns, checkpoints.
+
+run = c.train(g, loss="loss", params={"W": W0}, data={"X": X, "y": y},
+              optimizer=gs.SGD(lr=0.1, momentum=0.9), batch_size=128, epochs=5)
+for step in run:          # gs.TrainStep
+    print(step.step, step.loss)
+run.params                # the final parameters
+run.checkpoint            # the latest gs.Checkpoint: c.train(..., resume=run.checkpoint)
+
+The update formulas are those of torch.optim.SGD and torch.optim.Adam; schedules step once per
+optimizer step (torch's StepLR and CosineAnnealingLR, called after every ``optimizer.step()``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .errors import InvalidArgument
+from .proto import tensor_codec
+from .proto import training_pb2 as tpb
+
+__all__ = [
+    "SGD",
+    "Adam",
+    "AsyncRun",
+    "Checkpoint",
+    "ConstantLR",
+    "CosineLR",
+    "Run",
+    "StepLR",
+    "TrainResult",
+    "TrainStep",
+    "dataset_id",
+]
+
+#: Bytes of one PutDataset chunk.
+CHUNK_BYTES = 4 << 20
+
+
+class _BadArgument(InvalidArgument, TypeError):
+    """An unknown or ill-typed optimizer or schedule argument (INVALID_ARGUMENT, TypeError)."""
+
+
+def _bad(where: str, reason: str) -> _BadArgument:
+    return _BadArgument(f"{where}: {reason}", field_violations=[(where, reason)])
+
+
+def _kwargs(owner: str, field_prefix: str, given: Mapping[str, Any], known: Mapping[str, Any]):
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        reason = f"unknown {owner} argument; the arguments are {', '.join(known)}"
+        raise _bad(f"{field_prefix}.{unknown[0]}", reason)
+    return {**known, **given}
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimisers and schedules
+
+
+class SGD:
+    """torch.optim.SGD: ``lr``, ``momentum``, ``nesterov``, ``weight_decay``, ``dampening``."""
+
+    __slots__ = ("dampening", "lr", "momentum", "nesterov", "weight_decay")
+    _DEFAULTS: ClassVar[dict[str, Any]] = {
+        "lr": None, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0, "dampening": 0.0
+    }  # fmt: skip
+
+    def __init__(self, **kwargs: Any) -> None:
+        values = _kwargs("SGD", "optimizer.sgd", kwargs, self._DEFAULTS)
+        if values["lr"] is None:
+            reason = "SGD needs a learning rate, e.g. gs.SGD(lr=0.1)"
+            raise _bad("optimizer.sgd.lr", reason)
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+
+    def to_proto(self) -> tpb.Optimizer:
+        return tpb.Optimizer(
+            sgd=tpb.Sgd(
+                lr=float(self.lr),
+                momentum=float(self.momentum),
+                nesterov=bool(self.nesterov),
+                weight_decay=float(self.weight_decay),
+                dampening=float(self.dampening),
+            )
+        )
+
+    def __repr__(self) -> str:
+        return f"SGD({', '.join(f'{k}={getattr(self, k)!r}' for k in self._DEFAULTS)})"
+
+
+class Adam:
+    """torch.optim.Adam (amsgrad off): ``lr``, ``betas``, ``eps``, ``weight_decay`` (L2)."""
+
+    __slots__ = ("betas", "eps", "lr", "weight_decay")
+    _DEFAULTS: ClassVar[dict[str, Any]] = {
+        "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0
+    }  # fmt: skip
+
+    def __init__(self, **kwargs: Any) -> None:
+        values = _kwargs("Adam", "optimizer.adam", kwargs, self._DEFAULTS)
+        betas = tuple(values["betas"])
+        if len(betas) != 2:
+            reason = f"betas must be two numbers (beta1, beta2), got {values['betas']!r}"
+            raise _bad("optimizer.adam.betas", reason)
+        values["betas"] = betas
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+
+    def to_proto(self) -> tpb.Optimizer:
+        return tpb.Optimizer(
+            adam=tpb.Adam(
+                lr=float(self.lr),
+                beta1=float(self.betas[0]),
+                beta2=float(self.betas[1]),
+                eps=float(self.eps),
+                weight_decay=float(self.weight_decay),
+            )
+        )
+
+    def __repr__(self) -> str:
+        return f"Adam({', '.join(f'{k}={getattr(self, k)!r}' for k in self._DEFAULTS)})"
+
+
+class ConstantLR:
+    """The optimizer's ``lr`` throughout (the default)."""
+
+    __slots__ = ()
+
+    def to_proto(self) -> tpb.Schedule:
+        return tpb.Schedule(constant=tpb.ConstantSchedule())
+
+    def __repr__(self) -> str:
+        return "ConstantLR()"
+
+
+class StepLR:
+    """torch's StepLR, stepped per optimizer step: ``lr * gamma ** (t // step_size)``."""
+
+    __slots__ = ("gamma", "step_size")
+
+    def __init__(self, **kwargs: Any) -> None:
+        values = _kwargs("StepLR", "schedule.step", kwargs, {"step_size": None, "gamma": 0.1})
+        self.step_size, self.gamma = values["step_size"], values["gamma"]
+        if self.step_size is None:
+            reason = "StepLR needs step_size (in optimizer steps)"
+            raise _bad("schedule.step.step_size", reason)
+
+    def to_proto(self) -> tpb.Schedule:
+        return tpb.Schedule(
+            step=tpb.StepSchedule(step_size=int(self.step_size), gamma=float(self.gamma))
+        )
+
+    def __repr__(self) -> str:
+        return f"StepLR(step_size={self.step_size!r}, gamma={self.gamma!r})"
+
+
+class CosineLR:
+    """torch's CosineAnnealingLR, per optimizer step:
+    ``eta_min + (lr - eta_min) * (1 + cos(pi * t / t_max)) / 2``."""
+
+    __slots__ = ("eta_min", "t_max")
+
+    def __init__(self, **kwargs: Any) -> None:
+        values = _kwargs("CosineLR", "schedule.cosine", kwargs, {"t_max": None, "eta_min": 0.0})
+        self.t_max, self.eta_min = values["t_max"], values["eta_min"]
+        if self.t_max is None:
+            reason = "CosineLR needs t_max (in optimizer steps)"
+            raise _bad("schedule.cosine.t_max", reason)
+
+    def to_proto(self) -> tpb.Schedule:
+        return tpb.Schedule(
+            cosine=tpb.CosineSchedule(t_max=int(self.t_max), eta_min=float(self.eta_min))
+        )
+
+    def __repr__(self) -> str:
+        return f"CosineLR(t_max={self.t_max!r}, eta_min={self.eta_min!r})"
+
+
+def optimizer_proto(optimizer: Any) -> tpb.Optimizer:
+    if not isinstance(optimizer, SGD | Adam):
+        reason = f"expected gs.SGD(...) or gs.Adam(...), got {optimizer!r}"
+        raise _bad("optimizer", reason)
+    return optimizer.to_proto()
+
+
+def schedule_proto(schedule: Any) -> tpb.Schedule | None:
+    if schedule is None:
+        return None
+    if not isinstance(schedule, ConstantLR | StepLR | CosineLR):
+        reason = f"expected gs.ConstantLR(), gs.StepLR(...) or gs.CosineLR(...), got {schedule!r}"
+        raise _bad("schedule", reason)
+    return schedule.to_proto()
+
+
+# ----------------------------------------------------------------------------------------------
+# Events and checkpoints
+
+
+@dataclass(frozen=True, slots=True)
+class TrainStep:
+    """One optimisation step: its number (1-based, across epochs and resumes), its epoch
+    (0-based), the batch loss before the update, the global gradient L2 norm, the learning rate
+    used, and the seconds since the run (this call) started. ``finite`` is False when the loss
+    or the gradient was NaN or infinite: the run stops right after that step."""
+
+    step: int
+    epoch: int
+    loss: float
+    grad_norm: float
+    lr: float
+    elapsed: float
+    finite: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """The summary of a finished run."""
+
+    steps: int
+    final_loss: float
+    elapsed: float
+
+
+class Checkpoint:
+    """Everything needed to continue a run exactly: opaque, and serialisable with `to_bytes`
+    (or pickle, or `save`). Pass it back as ``train(..., resume=checkpoint)``."""
+
+    __slots__ = ("_proto",)
+
+    def __init__(self, proto: tpb.Checkpoint) -> None:
+        self._proto = proto
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps completed."""
+        return int(self._proto.step)
+
+    @property
+    def epoch(self) -> int:
+        """The (0-based) epoch the next step belongs to."""
+        return int(self._proto.epoch)
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The parameters after `step` steps (read-only arrays)."""
+        return {k: tensor_codec.from_tensor(v, field=k) for k, v in self._proto.params.items()}
+
+    def to_proto(self) -> tpb.Checkpoint:
+        return self._proto
+
+    def to_bytes(self) -> bytes:
+        return self._proto.SerializeToString(deterministic=True)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Checkpoint:
+        return cls(tpb.Checkpoint.FromString(data))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        with open(path, "wb") as f:
+            f.write(self.to_bytes())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Checkpoint:
+        with open(path, "rb") as f:
+            return cls.from_bytes(f.read())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Checkpoint.from_bytes, (self.to_bytes(),))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Checkpoint) and other.to_bytes() == self.to_bytes()
+
+    def __hash__(self) -> int:
+        return hash(self.to_bytes())
+
+    def __repr__(self) -> str:
+        return f"Checkpoint(step={self.step}, epoch={self.epoch})"
+
+
+# What the clients feed a Run: ("step", TrainStep) | ("checkpoint", Checkpoint)
+#                              | ("result", (params, TrainResult)).
+Event = tuple[str, Any]
+
+
+def decode_event(event: tpb.TrainEvent) -> Event:
+    """A TrainEvent as a Run event."""
+    kind = event.WhichOneof("event")
+    if kind == "step":
+        s = event.step
+        return "step", TrainStep(
+            s.step, s.epoch, s.loss, s.grad_norm, s.lr, s.elapsed_seconds, s.finite
+        )
+    if kind == "checkpoint":
+        return "checkpoint", Checkpoint(event.checkpoint)
+    if kind == "result":
+        r = event.result
+        params = {k: np.array(tensor_codec.from_tensor(v, field=k)) for k, v in r.params.items()}
+        return "result", (params, TrainResult(r.steps, r.final_loss, r.elapsed_seconds))
+    return "unknown", None
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets
+
+
+def _le_bytes(array: np.ndarray) -> memoryview:
+    a = np.ascontiguousarray(array)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return memoryview(a).cast("B")
+
+
+def dataset_id(arrays: Mapping[str, np.ndarray]) -> str:
+    """The content id of a dataset: sha256 over its arrays sorted by name (name, dtype, shape,
+    little-endian row-major bytes). The server computes the same id from the uploaded chunks."""
+    h = hashlib.sha256(b"gradserve-dataset-v1\0")
+    for name in sorted(arrays):
+        a = arrays[name]
+        dtype = tensor_codec.dtype_name(tensor_codec.dtype_from_numpy(a.dtype))
+        h.update(json.dumps([name, dtype, list(a.shape)]).encode() + b"\0")
+        h.update(_le_bytes(a))
+    return "ds-" + h.hexdigest()
+
+
+def dataset_chunks(
+    arrays: Mapping[str, np.ndarray], chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[tpb.DatasetChunk]:
+    """The PutDataset messages of a dataset: each array in chunks of at most ``chunk_bytes``."""
+    for name in sorted(arrays):
+        a = arrays[name]
+        data = _le_bytes(a)
+        dtype = tensor_codec.dtype_from_numpy(a.dtype)
+        for start in range(0, max(len(data), 1), chunk_bytes):
+            piece = bytes(data[start : start + chunk_bytes])
+            if start == 0:
+                yield tpb.DatasetChunk(name=name, dtype=dtype, shape=a.shape, data=piece)
+            else:
+                yield tpb.DatasetChunk(name=name, data=piece)
+
+
+def num_examples(data: Mapping[str, np.ndarray]) -> int:
+    for a in data.values():
+        return int(a.shape[0]) if a.ndim else 0
+    return 0
+
+
+def total_steps(n: int, batch_size: int, epochs: int | None, max_steps: int | None) -> int | None:
+    """The number of steps a run takes in all (None if it cannot be told)."""
+    if n <= 0 or batch_size < 0:
+        return None
+    per_epoch = math.ceil(n / batch_size) if batch_size else 1
+    by_epochs = per_epoch * epochs if epochs else (None if max_steps else per_epoch)
+    candidates = [x for x in (by_epochs, max_steps) if x]
+    return min(candidates) if candidates else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs
+
+
+class _Progress:
+    """A tqdm bar showing the loss (or nothing)."""
+
+    def __init__(self, enabled: bool, total: int | None, start: int) -> None:
+        self.bar = None
+        self.last = start
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", desc="train")
+
+    def step(self, s: TrainStep) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{s.loss:.4g}", refresh=False)
+            self.bar.update(s.step - self.last)
+            self.last = s.step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@dataclass(eq=False)
+class _State:
+    """What a run has received so far."""
+
+    history: list[TrainStep] = field(default_factory=list)
+    checkpoint: Checkpoint | None = None
+    params: dict[str, np.ndarray] | None = None
+    result: TrainResult | None = None
+    started: bool = False
+    stopped: bool = False  # cancelled by the caller before the end
+    error: BaseException | None = None
+
+    def take(self, event: Event, progress: _Progress) -> TrainStep | None:
+        kind, value = event
+        if kind == "step":
+            self.history.append(value)
+            progress.step(value)
+            return value
+        if kind == "checkpoint":
+            self.checkpoint = value
+        elif kind == "result":
+            self.params, self.result = value
+        return None
+
+    def final_params(self) -> dict[str, np.ndarray]:
+        if self.params is not None:
+            return self.params
+        if self.error is not None:
+            raise RuntimeError(
+                f"the run failed ({self.error}); its latest checkpoint is run.checkpoint"
+            ) from self.error
+        if self.stopped:
+            last = self.history[-1].step if self.history else 0
+            raise RuntimeError(
+                f"the run was stopped after step {last}, before it ended: it has no final"
+                " parameters; resume it with train(..., resume=run.checkpoint)"
+            )
+        raise RuntimeError("the run has not ended yet: iterate over it first")
+
+
+class Run:
+    """A training run: iterate over it for its `TrainStep`s (each reported step); then
+    `params` holds the final parameters. Breaking out of the loop (or `cancel`) stops the run
+    on the server within one step; `checkpoint` keeps the latest checkpoint received.
+
+    A run is iterated once. Reading `params` before iterating runs it to the end.
+    """
+
+    def __init__(
+        self,
+        events: Callable[[], Iterator[Event]],
+        cancel: Callable[[], None],
+        *,
+        total: int | None,
+        start: int,
+        progress: bool,
+    ) -> None:
+        self._events = events
+        self._cancel = cancel
+        self._total, self._start, self._progress = total, start, progress
+        self._state = _State()
+
+    def __iter__(self) -> Iterator[TrainStep]:
+        state = self._state
+        if state.started:
+            return
+        state.started = True
+        progress = _Progress(self._progress, self._total, self._start)
+        try:
+            for event in self._events():
+                step = state.take(event, progress)
+                if step is not None:
+                    yield step
+        except BaseException as exc:
+            if not isinstance(exc, GeneratorExit):
+                state.error = exc
+            raise
+        finally:
+            progress.close()
+            if state.result is None:
+                state.stopped = state.error is None
+                self._cancel()
+
+    def cancel(self) -> None:
+        """Stop the run (the server stops within one step)."""
+        if self._state.result is None:
+            self._state.stopped = self._state.error is None
+            self._state.started = True
+            self._cancel()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The final parameters (the run is iterated to its end first if it was not)."""
+        if not self._state.started:
+            for _ in self:
+                pass
+        return self._state.final_params()
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        """The latest checkpoint received (None before the first)."""
+        return self._state.checkpoint
+
+    @property
+    def history(self) -> list[TrainStep]:
+        """Every TrainStep received so far."""
+        return self._state.history
+
+    @property
+    def result(self) -> TrainResult | None:
+        """The summary (steps, final loss, seconds) once the run has ended."""
+        return self._state.result
+
+    @property
+    def done(self) -> bool:
+        return self._state.result is not None
+
+    def __repr__(self) -> str:
+        s = self._state
+        where = f"step {s.history[-1].step}" if s.history else "not started"
+        return f"Run({'done' if s.result else where})"
+
+
+class AsyncRun:
+    """The asyncio twin of `Run`: ``async for step in run``; then `params`. Breaking out of
+    the loop (or ``await run.cancel()``) stops the run."""
+
+    def __init__(
+        self,
+        events: Callable[[], AsyncIterator[Event]],
+        cancel: Callable[[], None],
+        *,
+        total: int | None,
+        start: int,
+        progress: bool,
+    ) -> None:
+        self._events = events
+        self._cancel = cancel
+        self._total, self._start, self._progress = total, start, progress
+        self._state = _State()
+
+    async def __aiter__(self) -> AsyncIterator[TrainStep]:
+        state = self._state
+        if state.started:
+            return
+        state.started = True
+        progress = _Progress(self._progress, self._total, self._start)
+        try:
+            async for event in self._events():
+                step = state.take(event, progress)
+                if step is not None:
+                    yield step
+        except BaseException as exc:
+            if not isinstance(exc, GeneratorExit):
+                state.error = exc
+            raise
+        finally:
+            progress.close()
+            if state.result is None:
+                state.stopped = state.error is None
+                self._cancel()
+
+    async def wait(self) -> dict[str, np.ndarray]:
+        """Run to the end; the final parameters."""
+        if not self._state.started:
+            async for _ in self:
+                pass
+        return self._state.final_params()
+
+    def cancel(self) -> None:
+        """Stop the run."""
+        if self._state.result is None:
+            self._state.stopped = self._state.error is None
+            self._state.started = True
+            self._cancel()
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The final parameters, once the run has ended (``await run.wait()`` runs it)."""
+        return self._state.final_params()
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        return self._state.checkpoint
+
+    @property
+    def history(self) -> list[TrainStep]:
+        return self._state.history
+
+    @property
+    def result(self) -> TrainResult | None:
+        return self._state.result
+
+    @property
+    def done(self) -> bool:
+        return self._state.result is not None
