@@ -41,11 +41,16 @@ _CREATED_DIR_ENV = "GRADSERVE_CREATED_MULTIPROC_DIR"
 
 def prepare_environment(settings: Settings) -> None:
     """With several workers, make sure ``PROMETHEUS_MULTIPROC_DIR`` is set (a new temporary
-    directory if the user gave none). Call it before anything imports prometheus_client."""
-    if settings.workers > 1 and not os.environ.get(MULTIPROC_ENV):
+    directory if the user gave none) and exists. Call it before anything imports
+    prometheus_client."""
+    if settings.workers <= 1:
+        return
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path:
         path = tempfile.mkdtemp(prefix="gradserve-metrics-")
         os.environ[MULTIPROC_ENV] = path
         os.environ[_CREATED_DIR_ENV] = path
+    os.makedirs(path, exist_ok=True)
 
 
 def _multiprocess_ready() -> str | None:
@@ -115,6 +120,7 @@ def serve_workers(settings: Settings) -> int:
     if problem is not None:
         print(f"gradserve serve: error: --workers: {problem}", file=sys.stderr, flush=True)
         return 1
+    os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
     from gradserve import metrics
 
     created = os.environ.pop(_CREATED_DIR_ENV, None)
