@@ -21,7 +21,7 @@ import pytest
 NODE_DIR = Path(__file__).resolve().parent / "node"
 CLIENT = NODE_DIR / "client.mjs"
 MIN_NODE_MAJOR = 18
-#: client.mjs exits 3 when everything selected passed but Train answered UNIMPLEMENTED.
+#: client.mjs exits 3 when all selected checks passed except Train, answered UNIMPLEMENTED.
 EXIT_TRAIN_UNIMPLEMENTED = 3
 
 
@@ -86,15 +86,8 @@ def test_node_client_train(node: str, gradserve_process) -> None:
     done = run_client(node, gradserve_process.address, "train")
     print(done.stdout)
     if done.returncode == EXIT_TRAIN_UNIMPLEMENTED:
-        from gradserve.rpc import training
-
-        if not getattr(training, "AVAILABLE", True):
-            pytest.xfail(
-                "Train answered UNIMPLEMENTED: service/gradserve/rpc/training.py is still the "
-                "placeholder (AVAILABLE = False); the Node.js Train check runs once it lands"
-            )
         pytest.fail(
-            "Train answered UNIMPLEMENTED although gradserve.rpc.training.AVAILABLE is true\n"
+            "the server answered Train with UNIMPLEMENTED (service/gradserve/rpc/training.py)\n"
             + report(done),
             pytrace=False,
         )
