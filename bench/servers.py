@@ -13,7 +13,8 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 
 MIB = 1 << 20
 MAX_MESSAGE = 256 * MIB
@@ -25,9 +26,40 @@ class ServerUnavailable(RuntimeError):
     """The server could not be started (not written yet, or a flag it lacks)."""
 
 
+@dataclass
+class Started:
+    """A running server: where it listens, its process, and what it printed so far."""
+
+    target: str
+    proc: subprocess.Popen
+    lines: list[str]
+
+    def descendants(self) -> list[int]:
+        """The pids of the server's child processes, recursively (Linux /proc)."""
+        found: list[int] = []
+        todo = [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                kids = []
+            found += kids
+            todo += kids
+        return found
+
+
 @contextmanager
 def process_server(cmd: Sequence[str], timeout: float = 60.0) -> Iterator[str]:
     """Start `cmd`, wait for its 'listening on HOST:PORT' line, yield 'HOST:PORT', stop it."""
+    with started_server(cmd, timeout) as started:
+        yield started.target
+
+
+@contextmanager
+def started_server(cmd: Sequence[str], timeout: float = 60.0) -> Iterator[Started]:
+    """As `process_server`, yielding the `Started` server."""
     proc = subprocess.Popen(
         list(cmd),
         stdout=subprocess.PIPE,
@@ -57,7 +89,7 @@ def process_server(cmd: Sequence[str], timeout: float = 60.0) -> Iterator[str]:
         if not found:
             tail = " | ".join(lines[-3:]) or f"exit code {proc.poll()}"
             raise ServerUnavailable(f"{' '.join(cmd[1:4])}: did not start: {tail}"[:300])
-        yield found[0]
+        yield Started(found[0], proc, lines)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -68,14 +100,17 @@ def process_server(cmd: Sequence[str], timeout: float = 60.0) -> Iterator[str]:
                 proc.wait()
 
 
-def gradserve_server(*extra: str) -> contextmanager:
-    """The gradserve server on an ephemeral loopback port, metrics off."""
+def gradserve_command(*extra: str) -> list[str]:
     cmd = [sys.executable, "-m", "gradserve", "serve", "--host", "127.0.0.1", "--port", "0"]
-    cmd += ["--metrics-port", "0", *extra]
-    return process_server(cmd)
+    return [*cmd, "--metrics-port", "0", *extra]
 
 
-def echo_server() -> contextmanager:
+def gradserve_server(*extra: str) -> AbstractContextManager[str]:
+    """The gradserve server on an ephemeral loopback port, metrics off."""
+    return process_server(gradserve_command(*extra))
+
+
+def echo_server() -> AbstractContextManager[str]:
     return process_server([sys.executable, "-m", "bench.echo_server"])
 
 
