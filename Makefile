@@ -35,6 +35,7 @@ protos: $(DEV_STAMP)
 
 docs: $(DEV_STAMP)
 	$(BIN)/python scripts/gen_operators_doc.py
+	$(BIN)/python scripts/gen_settings_doc.py
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench

@@ -82,7 +82,8 @@ class Settings(BaseSettings):
         description="File of bearer tokens, one per line: every RPC but health needs one.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
-        "INFO", description="Logging level."
+        "INFO",
+        description="Log level; failed RPCs are logged at WARNING, every RPC at DEBUG (logfmt).",
     )
 
     @model_validator(mode="before")
