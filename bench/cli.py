@@ -128,7 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         f"numpy {env.get('numpy')}, BLAS {env.get('blas')}, threads per library: "
         f"{args.threads or 'library defaults'}"
     )
+    env["load_average_start"] = os.getloadavg()
     rows = run(names, settings)
+    env["load_average_end"] = os.getloadavg()
+    print(
+        f"\nload average (1, 5, 15 min): start {env['load_average_start']}, "
+        f"end {env['load_average_end']} on {env['cores']} cores"
+    )
     print()
     print(summary_table(rows))
     if not args.no_detail:

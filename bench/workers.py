@@ -1,10 +1,10 @@
 """WK: a server with `--workers 1` against `--workers 2`, under concurrent Jacobian requests.
 
 Several client processes (each its own `gs.Client`, so each its own connection, which
-SO_REUSEPORT spreads over the server processes) send Jacobian requests of relu(W x + b) with W
-a 256x512 constant of the graph (the graph travels once, then its graph_id; each request carries
-x and returns the 256x512 Jacobian). Figure: requests per second over all clients; the row
-reports the speed-up of 2 workers over 1. Rounds alternate 1 and 2 workers.
+SO_REUSEPORT spreads over the server processes) send Jacobian requests of a two-layer tanh net
+whose weights are constants of the graph (the graph travels once, then its graph_id; each
+request carries x and returns the 256x256 Jacobian). Figure: requests per second over all
+clients; the row reports the speed-up of 2 workers over 1. Rounds alternate 1 and 2 workers.
 
 Note: on this 2-core machine the clients share the cores with the server processes, and numpy's
 BLAS may use 2 threads per process, so the speed-up is bounded well below 2.
@@ -13,6 +13,7 @@ BLAS may use 2 threads per process, so the speed-up is bounded well below 2.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -24,18 +25,20 @@ import numpy as np
 from bench.harness import Row, Settings
 from bench.servers import ServerUnavailable, gradserve_command, started_server
 
-M, N = 256, 512
+N, HIDDEN = 256, 1024
 
 
 def graph() -> Any:
+    """y = tanh(W2 tanh(W1 x)): a 256x256 Jacobian (512 KiB) that costs the server far more
+    than its transport (256 cotangents through two 1024x256 layers)."""
     import gradserve_client as gs
 
     rng = np.random.default_rng(7)
     g = gs.Graph()
     x = g.input("x", shape=(N,))
-    W = g.constant(rng.standard_normal((M, N)))
-    b = g.constant(rng.standard_normal(M))
-    g.output("y", gs.relu(W @ x + b))
+    W1 = g.constant(rng.standard_normal((HIDDEN, N)) / np.sqrt(N))
+    W2 = g.constant(rng.standard_normal((N, HIDDEN)) / np.sqrt(HIDDEN))
+    g.output("y", gs.tanh(W2 @ gs.tanh(W1 @ x)))
     return g
 
 
@@ -91,6 +94,16 @@ def measure(target: str, clients: int, calls: int) -> float:
                 p.wait()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _forked(server: Any, wait: float = 3.0) -> bool:
     """True once the server has child processes (the extra workers)."""
     deadline = time.monotonic() + wait
@@ -117,6 +130,7 @@ def run(settings: Settings) -> Row:
     calls = 3 if settings.quick else 25
     rounds = 1 if settings.quick else 3
     samples: dict[int, list[float]] = {1: [], 2: []}
+    cpu: dict[int, list[list[float]]] = {1: [], 2: []}
     try:
         for _ in range(rounds):
             for workers in (1, 2):
@@ -127,13 +141,25 @@ def run(settings: Settings) -> Row:
                             f"--workers not implemented yet: the server stays one process. {said}"
                         )[:300]
                         return row
+                    pids = [server.proc.pid, *server.descendants()]
+                    before = {pid: _cpu_seconds(pid) for pid in pids}
                     samples[workers].append(measure(server.target, clients, calls))
+                    cpu[workers].append(sorted(round(_cpu_seconds(p) - before[p], 2) for p in pids))
     except ServerUnavailable as exc:
         row.notes["gradserve --workers 2"] = f"--workers not available: {exc}"[:200]
         return row
     for workers, values in samples.items():
         row.figures[f"gradserve --workers {workers}"] = statistics.median(values)
-    row.extra = {"samples": samples, "clients": clients, "calls_per_client": calls}
+    row.extra = {
+        "samples": samples,
+        "server_cpu_seconds_per_process": cpu,
+        "clients": clients,
+        "calls_per_client": calls,
+    }
+    for workers in (1, 2):
+        row.notes[f"gradserve --workers {workers}"] = (
+            f"server CPU s per process, per round: {cpu[workers]}"
+        )
     return row
 
 
