@@ -4,6 +4,8 @@
     gradserve grad "ln(sin(x**3)**2)" --at x=0.7
     gradserve jacobian "[ln(x**2), sin(3*x)]" --at x=0.7 --json
     gradserve ops | gradserve health | gradserve serve --port 50051
+    gradserve train --graph model.gsg --data data.npz --params init.npz --loss loss \
+        --optimizer sgd --lr 0.1 --batch-size 64 --epochs 5 --out trained.npz --plot loss.png
 
 Every command except ``serve`` talks to a server (``--server``, default ``$GRADSERVE_TARGET``
 or 127.0.0.1:50051) and prints readably, or JSON with ``--json``. Errors are one line on
@@ -135,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.set_defaults(run=run)
         if name == "jacobian":
             cmd.add_argument("--mode", choices=("auto", "forward", "reverse"), default="auto")
+    _train_parser(commands, common)
     commands.add_parser("ops", parents=[common], help="list the operators").set_defaults(run=_ops)
     commands.add_parser("health", parents=[common], help="check the server").set_defaults(
         run=_health
@@ -271,6 +274,125 @@ def _health(args: argparse.Namespace) -> int:
     else:
         print(f"{args.server}: {status}")
     return 0 if status == "SERVING" else EXIT_ERROR
+
+
+def _train_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    cmd = commands.add_parser(
+        "train",
+        parents=[common],
+        help="train a saved graph's parameters on npz data",
+        description="Train the parameters of a graph saved with Graph.save on the arrays of an"
+        " npz file, with a progress bar; writes the final parameters as npz.",
+    )
+    cmd.add_argument("--graph", required=True, metavar="MODEL.gsg", help="a Graph.save file")
+    cmd.add_argument("--data", required=True, metavar="DATA.npz", help="the data, by input name")
+    cmd.add_argument(
+        "--params", required=True, metavar="INIT.npz", help="initial parameters, by input name"
+    )
+    cmd.add_argument("--loss", default=None, help="the scalar output (default: the only one)")
+    cmd.add_argument("--out", required=True, metavar="TRAINED.npz", help="final parameters")
+    cmd.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    cmd.add_argument("--lr", type=float, default=None, help="learning rate (adam: 1e-3)")
+    cmd.add_argument("--momentum", type=float, default=0.0, help="sgd momentum")
+    cmd.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
+    cmd.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty")
+    cmd.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), help="adam betas")
+    cmd.add_argument("--eps", type=float, default=1e-8, help="adam eps")
+    cmd.add_argument("--batch-size", type=int, default=128)
+    cmd.add_argument("--epochs", type=int, default=None, help="passes over the data (default 1)")
+    cmd.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    cmd.add_argument("--seed", type=int, default=0, help="shuffle seed")
+    cmd.add_argument("--no-shuffle", action="store_true", help="take batches in order")
+    cmd.add_argument("--plot", metavar="LOSS.png", help="write a loss curve (needs matplotlib)")
+    cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    cmd.set_defaults(run=_train)
+
+
+def _load_npz(path: str, flag: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise CliError(f"{flag} {path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise CliError(f"{flag} {path}: not a readable npz file ({_first_line(exc)})") from None
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CliError(
+            "--plot needs matplotlib: pip install 'gradserve[plot]' (or matplotlib)"
+        ) from None
+    return plt
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .graph import Graph
+    from .training import SGD, Adam
+
+    plt = _pyplot() if args.plot else None
+    try:
+        graph = Graph.load(args.graph)
+    except FileNotFoundError:
+        raise CliError(f"--graph {args.graph}: no such file") from None
+    except Exception as exc:
+        raise CliError(f"--graph {args.graph}: not a saved graph ({_first_line(exc)})") from None
+    data = _load_npz(args.data, "--data")
+    params = _load_npz(args.params, "--params")
+    if args.optimizer == "sgd":
+        if args.lr is None:
+            raise CliError("--optimizer sgd needs --lr, e.g. --lr 0.1")
+        optimizer: Any = SGD(
+            lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+            weight_decay=args.weight_decay,
+        )  # fmt: skip
+    else:
+        optimizer = Adam(
+            lr=1e-3 if args.lr is None else args.lr, betas=tuple(args.betas), eps=args.eps,
+            weight_decay=args.weight_decay,
+        )  # fmt: skip
+    with _client(args) as client:
+        run = client.train(
+            graph, loss=args.loss, params=params, data=data, optimizer=optimizer,
+            batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
+            seed=args.seed, shuffle=not args.no_shuffle, checkpoint_every=None,
+            progress=not (args.quiet or args.json),
+        )  # fmt: skip
+        for _ in run:
+            pass
+        final = run.params
+    np.savez(args.out, **final)
+    if plt is not None:
+        steps = [s.step for s in run.history]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(steps, [s.loss for s in run.history])
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title("training loss")
+        fig.tight_layout()
+        fig.savefig(args.plot)
+        plt.close(fig)
+    result = run.result
+    summary = {
+        "steps": result.steps if result else 0,
+        "final_loss": result.final_loss if result else None,
+        "seconds": result.elapsed if result else None,
+        "out": args.out,
+    }
+    if args.plot:
+        summary["plot"] = args.plot
+    if args.json:
+        _print_json(summary)
+    else:
+        line = f"trained {summary['steps']} steps, final loss {summary['final_loss']:.6g};"
+        line += f" parameters written to {args.out}"
+        print(line + (f", loss curve to {args.plot}" if args.plot else ""))
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ class GradientServicer:
     def __init__(self, settings: Settings, graph_cache: GraphCache | None = None) -> None:
         self.settings = settings
         self.graph_cache = graph_cache or GraphCache(settings.graph_cache_size)
-        self.datasets = DatasetCache(settings.dataset_cache_bytes)  # PutDataset uploads
+        self.dataset_cache = DatasetCache(settings.dataset_cache_bytes)  # PutDataset uploads
         self.version = _version()
 
     # ---- shared steps -------------------------------------------------------------------------

@@ -14,6 +14,8 @@ Wire notes:
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,12 +31,7 @@ from gradserve import training as tr
 from gradserve.autodiff import GraphError
 from gradserve.rpc.codec import decode_tensors, encode_tensors
 from gradserve.rpc.datasets import assemble
-from gradserve.rpc.errors import (
-    InvalidArgument,
-    NotFound,
-    RpcError,
-    from_graph_error,
-)
+from gradserve.rpc.errors import InvalidArgument, RpcError, from_graph_error
 from gradserve.rpc.graph_cache import CachedGraph
 
 #: Whether this server implements Train and PutDataset (GetServerInfo lists "train" if so).
@@ -45,6 +42,8 @@ NON_FINITE_LOSS = "NON_FINITE_LOSS"
 
 # The core checks its cancel callback between nodes; ask the RPC context at most this often.
 _CANCEL_INTERVAL = 0.005
+# Events the loop may run ahead of the stream (it still checks for cancellation every step).
+_AHEAD = 4
 
 
 class FailedPrecondition(RpcError):
@@ -293,6 +292,53 @@ def run_events(events: Iterator[tr.Event], input_names: tuple[str, ...]) -> Iter
         raise from_graph_error(exc, input_names, running=True) from None
 
 
+def pumped(
+    events: Iterator[tr.Event], cancel: Callable[[], bool], ahead: int = _AHEAD
+) -> Iterator[tr.Event]:
+    """``events``, computed by a thread of their own up to ``ahead`` events in advance, so that
+    the next step runs while gRPC sends the last event. The thread ends with the iterator
+    (closing it, or the call being cancelled, stops it within one step) and is joined."""
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(ahead)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                if cancel():
+                    return False
+        return False
+
+    def produce() -> None:
+        try:
+            for ev in events:
+                if not put(("event", ev)):
+                    return
+        except BaseException as exc:  # handed to the stream, which raises it
+            put(("error", exc))
+        else:
+            put(("end", None))
+        finally:
+            events.close()  # type: ignore[attr-defined]
+
+    thread = threading.Thread(target=produce, name="gradserve-train", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "event":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        thread.join()
+
+
 # ----------------------------------------------------------------------------------------------
 # The RPCs
 
@@ -302,13 +348,7 @@ def _request_data(servicer: Any, request: tpb.TrainRequest) -> dict[str, np.ndar
     if source == "inline_data":
         return servicer._decode(request.inline_data.tensors, "data")
     if source == "dataset_id" and request.dataset_id:
-        try:
-            arrays = servicer.datasets.get(request.dataset_id)
-        except NotFound:
-            metrics.DATASET_CACHE_MISSES.inc()
-            raise
-        metrics.DATASET_CACHE_HITS.inc()
-        return arrays
+        return servicer.dataset_cache.get(request.dataset_id)  # hooks count hits and misses
     raise InvalidArgument("data", "set inline_data or dataset_id (from PutDataset)")
 
 
@@ -332,6 +372,7 @@ def train(servicer: Any, request: tpb.TrainRequest, context: Any) -> Iterator[tp
     entry = servicer._resolve(request)
     data = _request_data(servicer, request)
     params = servicer._decode(request.params, "params")
+    cancel = cancel_callback(context)
     run = prepare(
         entry,
         request,
@@ -339,31 +380,28 @@ def train(servicer: Any, request: tpb.TrainRequest, context: Any) -> Iterator[tp
         data,
         max_nodes=s.max_graph_nodes,
         max_elements=s.max_tensor_elements,
-        cancel=cancel_callback(context),
+        cancel=cancel,
     )
+    # gradserve_train_active_streams is counted by the metrics interceptor; steps are here.
     gid, done = run.graph_id, 0
-    metrics.TRAIN_ACTIVE_STREAMS.inc()
-    try:
-        for ev in run.events:
-            if isinstance(ev, tr.StepEvent):
-                metrics.TRAIN_STEPS.inc(ev.step - done)
-                done = ev.step
-                yield tpb.TrainEvent(step=step_proto(ev), graph_id=gid)
-            elif isinstance(ev, tr.CheckpointEvent):
-                ckpt = checkpoint_to_proto(ev.checkpoint, gid, run.batch_size)
-                yield tpb.TrainEvent(checkpoint=ckpt, graph_id=gid)
-            else:
-                if ev.steps > done:
-                    metrics.TRAIN_STEPS.inc(ev.steps - done)
-                result = tpb.TrainResult(
-                    params=encode_tensors(ev.params),
-                    steps=ev.steps,
-                    final_loss=ev.final_loss,
-                    elapsed_seconds=ev.elapsed_seconds,
-                )
-                yield tpb.TrainEvent(result=result, graph_id=gid)
-    finally:
-        metrics.TRAIN_ACTIVE_STREAMS.dec()
+    for ev in pumped(run.events, cancel):
+        if isinstance(ev, tr.StepEvent):
+            metrics.TRAIN_STEPS.inc(ev.step - done)
+            done = ev.step
+            yield tpb.TrainEvent(step=step_proto(ev), graph_id=gid)
+        elif isinstance(ev, tr.CheckpointEvent):
+            ckpt = checkpoint_to_proto(ev.checkpoint, gid, run.batch_size)
+            yield tpb.TrainEvent(checkpoint=ckpt, graph_id=gid)
+        else:
+            if ev.steps > done:
+                metrics.TRAIN_STEPS.inc(ev.steps - done)
+            result = tpb.TrainResult(
+                params=encode_tensors(ev.params),
+                steps=ev.steps,
+                final_loss=ev.final_loss,
+                elapsed_seconds=ev.elapsed_seconds,
+            )
+            yield tpb.TrainEvent(result=result, graph_id=gid)
 
 
 def put_dataset(servicer: Any, request_iterator: Iterator[Any], context: Any) -> Any:
@@ -372,7 +410,7 @@ def put_dataset(servicer: Any, request_iterator: Iterator[Any], context: Any) ->
     key, arrays = assemble(
         request_iterator, max_elements=s.max_tensor_elements, max_bytes=s.dataset_cache_bytes
     )
-    stored = servicer.datasets.put(key, arrays)
+    stored = servicer.dataset_cache.put(key, arrays)
     return tpb.DatasetInfo(
         dataset_id=key,
         num_examples=tr.num_samples(stored),
