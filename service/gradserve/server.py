@@ -6,12 +6,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent import futures
 
 import grpc
@@ -163,6 +164,22 @@ def serve(settings: Settings) -> int:
     return serve_one(settings)
 
 
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Block SIGTERM and SIGINT in this thread while threads are started, so that those threads
+    (grpc's, the pool's, the metrics server's) inherit the mask and the kernel delivers the
+    signals to the main thread: Python runs signal handlers only there, and a signal delivered
+    to another thread would not wake a main thread blocked in a wait."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _fail(message: str, ready: int | None) -> int:
     if ready is not None:
         os.write(ready, message.encode() + b"\n")
@@ -178,22 +195,23 @@ def serve_one(settings: Settings, *, worker: bool = False, ready: int | None = N
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    try:
-        server, port, health_servicer = create_server(settings)
-    except (OSError, RuntimeError, ValueError) as exc:
-        return _fail(f"gradserve serve: error: {exc}", ready)
-    try:
-        metrics = "" if worker else _start_metrics(settings)
-    except OSError as exc:
-        server.stop(None)
-        return _fail(f"gradserve serve: error: metrics port: {exc}", ready)
+    with stop_signals_blocked():
+        try:
+            server, port, health_servicer = create_server(settings)
+        except (OSError, RuntimeError, ValueError) as exc:
+            return _fail(f"gradserve serve: error: {exc}", ready)
+        try:
+            metrics = "" if worker else _start_metrics(settings)
+        except OSError as exc:
+            server.stop(None)
+            return _fail(f"gradserve serve: error: metrics port: {exc}", ready)
     if ready is not None:
         os.write(ready, b"ok\n")
         os.close(ready)
     if not worker:
         print(f"gradserve listening on {settings.host}:{port} ({metrics})", flush=True)
     log.info("serving on %s:%s", settings.host, port)
-    while not stop.wait(3600):
+    while not stop.wait(1.0):  # short waits: a belt to stop_signals_blocked's braces
         pass
     log.info("shutting down: draining for up to %ss", settings.shutdown_grace)
     health_servicer.enter_graceful_shutdown()

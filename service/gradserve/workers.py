@@ -212,9 +212,11 @@ def serve_workers(settings: Settings) -> int:
 
 def _start_metrics(settings: Settings) -> str:
     from gradserve.server import _start_metrics as start
+    from gradserve.server import stop_signals_blocked
 
     try:
-        return start(settings)
+        with stop_signals_blocked():  # signals reach the main thread, waiting in waitpid
+            return start(settings)
     except OSError as exc:
         return f"gradserve serve: error: metrics port: {exc}"
 
