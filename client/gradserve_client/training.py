@@ -370,15 +370,15 @@ class _Progress:
     """A tqdm bar showing the loss (or nothing)."""
 
     def __init__(self, enabled: bool, total: int | None, start: int) -> None:
-        self.bar = None
-        self.last = start
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=start, unit="step", desc="train")
+        self.bar: Any = None
+        self.enabled, self.total, self.last = enabled, total, start
 
     def step(self, s: TrainStep) -> None:
-        if self.bar is not None:
+        if self.enabled:
+            if self.bar is None:  # at the first step: a refused run shows no bar
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=self.total, initial=self.last, unit="step", desc="train")
             self.bar.set_postfix(loss=f"{s.loss:.4g}", refresh=False)
             self.bar.update(s.step - self.last)
             self.last = s.step
