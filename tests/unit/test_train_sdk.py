@@ -1,0 +1,135 @@
+"""The SDK's training pieces and the server's dataset cache, without a server."""
+
+from __future__ import annotations
+
+import pickle
+
+import gradserve_client as gs
+import numpy as np
+import pytest
+from gradserve.rpc.datasets import DatasetCache, assemble
+from gradserve.rpc.errors import LimitExceeded, NotFound
+from gradserve.rpc.training import request_field
+from gradserve_client.proto import training_pb2 as tpb
+from gradserve_client.training import (
+    Run,
+    TrainResult,
+    TrainStep,
+    dataset_chunks,
+    dataset_id,
+    total_steps,
+)
+
+
+def test_dataset_id_is_the_servers_and_chunking_round_trips():
+    rng = np.random.default_rng(0)
+    data = {"X": rng.normal(size=(50, 7)).astype(np.float32), "y": np.arange(50),
+            "m": rng.random(50) > 0.5}  # fmt: skip
+    chunks = list(dataset_chunks(data, chunk_bytes=100))
+    assert len(chunks) > 10
+    key, arrays = assemble(iter(chunks), max_elements=10**6, max_bytes=10**7)
+    assert key == dataset_id(data) == dataset_id({k: data[k] for k in reversed(data)})
+    for name, a in data.items():
+        assert np.array_equal(arrays[name], a) and arrays[name].dtype == a.dtype
+    assert dataset_id({**data, "y": data["y"] + 1}) != key
+    assert dataset_id({"X": data["X"].reshape(25, 14)}) != dataset_id({"X": data["X"]})
+    big_endian = data["X"].astype(">f4")
+    assert dataset_id({**data, "X": big_endian}) == key
+
+
+def test_dataset_cache_is_a_bytes_bounded_lru():
+    cache = DatasetCache(capacity_bytes=1000)
+    hits, misses = [], []
+    cache.on_hit.append(lambda: hits.append(1))
+    cache.on_miss.append(lambda: misses.append(1))
+    a, b, c = (np.zeros(50) for _ in range(3))  # 400 bytes each
+    cache.put("a", {"x": a})
+    cache.put("b", {"x": b})
+    cache.get("a")  # a is now the most recent
+    cache.put("c", {"x": c})  # evicts b
+    assert "a" in cache and "c" in cache and "b" not in cache
+    assert cache.nbytes == 800
+    with pytest.raises(NotFound) as info:
+        cache.get("b")
+    assert info.value.reason == "DATASET_NOT_FOUND"
+    assert (len(hits), len(misses)) == (1, 1)
+    with pytest.raises(LimitExceeded):
+        cache.put("huge", {"x": np.zeros(200)})
+
+
+def test_optimizers_and_schedules_to_proto():
+    sgd = gs.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4).to_proto()
+    assert sgd.WhichOneof("kind") == "sgd" and sgd.sgd.nesterov and sgd.sgd.momentum == 0.9
+    adam = gs.Adam().to_proto().adam
+    assert (adam.lr, adam.beta1, adam.beta2, adam.eps) == (1e-3, 0.9, 0.999, 1e-8)
+    assert gs.StepLR(step_size=10, gamma=0.5).to_proto().step.step_size == 10
+    assert gs.CosineLR(t_max=100).to_proto().cosine.t_max == 100
+    assert "momentum=0.9" in repr(gs.SGD(lr=0.1, momentum=0.9))
+
+
+def test_request_fields():
+    assert request_field("params.W1") == 'params["W1"]'
+    assert request_field("inputs.y") == 'data["y"]'
+    assert request_field("resume.optimizer_state.step") == "resume_from.optimizer_state.step"
+    assert request_field("optimizer.adam.betas.1") == "optimizer.adam.beta2"
+    assert request_field("batch_size") == "batch_size"
+
+
+def test_total_steps():
+    assert total_steps(100, 32, 2, None) == 8
+    assert total_steps(100, 32, None, None) == 4
+    assert total_steps(100, 32, None, 5) == 5
+    assert total_steps(100, 32, 3, 5) == 5
+    assert total_steps(100, 0, 3, None) == 3
+
+
+def test_checkpoint_is_opaque_and_serialisable(tmp_path):
+    proto = tpb.Checkpoint(graph_id="g", step=5, epoch=1, cursor=32, fingerprint=b"f")
+    proto.params["w"].CopyFrom(gs.proto.tensor_codec.to_tensor(np.arange(3.0)))
+    ckpt = gs.Checkpoint(proto)
+    assert gs.Checkpoint.from_bytes(ckpt.to_bytes()) == ckpt
+    assert pickle.loads(pickle.dumps(ckpt)) == ckpt
+    ckpt.save(tmp_path / "c.ckpt")
+    assert gs.Checkpoint.load(tmp_path / "c.ckpt") == ckpt
+    assert (ckpt.step, ckpt.epoch) == (5, 1)
+    np.testing.assert_array_equal(ckpt.params["w"], np.arange(3.0))
+
+
+def _fake_run(n_steps: int, fail_at: int | None = None):
+    cancelled = []
+
+    def events():
+        for i in range(1, n_steps + 1):
+            yield "step", TrainStep(i, 0, 1.0 / i, 1.0, 0.1, 0.0)
+            if i == fail_at:
+                raise gs.FailedPrecondition("boom")
+            if i % 2 == 0:
+                yield "checkpoint", f"ckpt{i}"
+        yield "result", ({"w": np.ones(2)}, TrainResult(n_steps, 1.0 / n_steps, 0.0))
+
+    return Run(
+        events, lambda: cancelled.append(1), total=n_steps, start=0, progress=False
+    ), cancelled
+
+
+def test_run_semantics():
+    run, cancelled = _fake_run(5)
+    assert run.params["w"].tolist() == [1, 1]  # reading params runs it to the end
+    assert [s.step for s in run.history] == [1, 2, 3, 4, 5] and run.done
+    assert run.checkpoint == "ckpt4" and not cancelled
+    assert list(run) == []  # iterated once
+
+    run, cancelled = _fake_run(5)
+    for step in run:
+        if step.step == 3:
+            break
+    assert cancelled == [1] and run.checkpoint == "ckpt2"
+    with pytest.raises(RuntimeError, match="stopped after step 3"):
+        _ = run.params
+
+    run, _ = _fake_run(5, fail_at=3)
+    with pytest.raises(gs.FailedPrecondition):
+        list(run)
+    with pytest.raises(RuntimeError, match="failed"):
+        _ = run.params
+    assert run.checkpoint == "ckpt2"
