@@ -105,3 +105,15 @@ def test_train_one_line_errors(server, files, tmp_path):
                        server=server.address, extra_env={"PYTHONPATH": str(fake)})  # fmt: skip
     assert "pip install 'gradserve[plot]'" in one_line_error(result)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_training_example_runs_against_a_server(server):
+    example = Path(__file__).resolve().parents[2] / "examples" / "train.py"
+    result = subprocess.run(
+        [sys.executable, str(example), "--target", server.address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "checkpoint at step 50" in result.stdout and "training accuracy" in result.stdout
