@@ -130,10 +130,10 @@ def test_restart_forgets_graph_ids(server_process):
 
 
 def test_sigterm_drains_in_flight_calls_and_exits_0(server_process):
-    # a request that takes about a second
-    n = 200
+    # a request that takes a second or more, even on a fast machine
+    n = 300
     nodes, prev = [], "x"
-    for i in range(120):
+    for i in range(300):
         nodes += [(f"m{i}", "matmul", [prev, "W"], {}), (f"h{i}", "tanh", [f"m{i}"], {})]
         prev = f"h{i}"
     slow = G([("x", "float64", [n, n]), ("W", "float64", [n, n])], nodes, [prev])
