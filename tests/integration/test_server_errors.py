@@ -252,6 +252,7 @@ def test_64_concurrent_bad_requests_then_serving(channel):
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_train_is_unimplemented_for_now(stub):
+def test_train_without_data_is_invalid(stub):
+    # Train is implemented (tests/integration/test_train.py): a request without data is refused
     err = call_error(stub.Train, training_pb2.TrainRequest(graph=G1.proto(), loss="y"))
-    assert err.code == grpc.StatusCode.UNIMPLEMENTED
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
