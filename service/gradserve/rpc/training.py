@@ -327,7 +327,12 @@ def pumped(
     thread.start()
     try:
         while True:
-            kind, value = q.get()
+            try:
+                kind, value = q.get(timeout=0.1)
+            except queue.Empty:
+                if thread.is_alive() or not q.empty():
+                    continue
+                raise _Cancelled from None  # the producer gave up: the call was cancelled
             if kind == "event":
                 yield value
             elif kind == "error":
