@@ -41,8 +41,8 @@ __all__ = [
     "dataset_id",
 ]
 
-#: Bytes of one PutDataset chunk.
-CHUNK_BYTES = 4 << 20
+#: Bytes of one PutDataset chunk (1 MiB streams faster over gRPC than larger messages).
+CHUNK_BYTES = 1 << 20
 
 
 class _BadArgument(InvalidArgument, TypeError):
@@ -321,13 +321,23 @@ def _le_bytes(array: np.ndarray) -> memoryview:
 def dataset_id(arrays: Mapping[str, np.ndarray]) -> str:
     """The content id of a dataset: sha256 over its arrays sorted by name (name, dtype, shape,
     little-endian row-major bytes). The server computes the same id from the uploaded chunks."""
-    h = hashlib.sha256(b"gradserve-dataset-v1\0")
+    h = dataset_hasher()
     for name in sorted(arrays):
         a = arrays[name]
         dtype = tensor_codec.dtype_name(tensor_codec.dtype_from_numpy(a.dtype))
-        h.update(json.dumps([name, dtype, list(a.shape)]).encode() + b"\0")
+        h.update(dataset_array_header(name, dtype, a.shape))
         h.update(_le_bytes(a))
     return "ds-" + h.hexdigest()
+
+
+def dataset_hasher() -> Any:
+    """The hash object `dataset_id` starts from (the server hashes chunks as they arrive)."""
+    return hashlib.sha256(b"gradserve-dataset-v1\0")
+
+
+def dataset_array_header(name: str, dtype: str, shape: Any) -> bytes:
+    """What `dataset_id` hashes before an array's bytes."""
+    return json.dumps([name, dtype, [int(d) for d in shape]]).encode() + b"\0"
 
 
 def dataset_chunks(

@@ -29,6 +29,12 @@ def test_dataset_id_is_the_servers_and_chunking_round_trips():
     assert len(chunks) > 10
     key, arrays = assemble(iter(chunks), max_elements=10**6, max_bytes=10**7)
     assert key == dataset_id(data) == dataset_id({k: data[k] for k in reversed(data)})
+    # arrays uploaded out of name order are hashed after assembly: the same id
+    by_name: dict[str, list] = {}
+    for c in chunks:
+        by_name.setdefault(c.name or next(reversed(by_name)), []).append(c)
+    shuffled = [c for name in ("y", "X", "m") for c in by_name[name]]
+    assert assemble(iter(shuffled), max_elements=10**6, max_bytes=10**7)[0] == key
     for name, a in data.items():
         assert np.array_equal(arrays[name], a) and arrays[name].dtype == a.dtype
     assert dataset_id({**data, "y": data["y"] + 1}) != key

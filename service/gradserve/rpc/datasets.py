@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 from gradserve_client.proto import tensor_codec
-from gradserve_client.training import dataset_id
+from gradserve_client.training import dataset_array_header, dataset_hasher, dataset_id
 
 from gradserve.rpc.errors import DATASET_NOT_FOUND, InvalidArgument, LimitExceeded, NotFound
 
@@ -69,6 +69,8 @@ def assemble(chunks: Iterable, *, max_elements: int, max_bytes: int) -> tuple[st
     done: dict[str, np.ndarray] = {}
     current: _Array | None = None
     total = 0
+    # Arrays sent in name order (as the SDK does) are hashed as they arrive.
+    hasher, in_order = dataset_hasher(), True
     for chunk in chunks:
         name = chunk.name
         if current is None or name != current.name:
@@ -106,7 +108,14 @@ def assemble(chunks: Iterable, *, max_elements: int, max_bytes: int) -> tuple[st
                     limit="dataset_cache_bytes",
                 )
             current = _Array(name, dtype, shape)
+            in_order = in_order and all(name > other for other in done)
+            if in_order:
+                hasher.update(
+                    dataset_array_header(name, tensor_codec.dtype_name(chunk.dtype), shape)
+                )
         current.add(chunk.data)
+        if in_order:
+            hasher.update(chunk.data)
     if current is None:
         raise InvalidArgument("chunks", "the upload has no chunks")
     done[current.name] = current.array()
@@ -119,7 +128,7 @@ def assemble(chunks: Iterable, *, max_elements: int, max_bytes: int) -> tuple[st
             f"leading dimension {sizes[other]} differs from {first}'s {n}: every array of a"
             " dataset has one row per example",
         )
-    return dataset_id(done), done
+    return ("ds-" + hasher.hexdigest()) if in_order else dataset_id(done), done
 
 
 class DatasetCache:
