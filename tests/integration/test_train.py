@@ -571,3 +571,25 @@ def test_raw_stream_events(stub):
     assert events[5].checkpoint.epoch == 1 and events[5].checkpoint.cursor == 0
     assert all(e.graph_id == events[0].graph_id != "" for e in events)
     assert events[-1].result.steps == 4
+
+
+def test_async_break_cancels_the_stream(make_server):
+    srv = make_server()
+    params, data = slow_problem()
+    before = metrics.TRAIN_STEPS._value.get()
+
+    async def go():
+        async with gs.AsyncClient(srv.address) as ac:
+            run = ac.train(slow_graph(), params=params, data=data, optimizer=gs.SGD(lr=0.01),
+                           batch_size=200, epochs=50)  # fmt: skip
+            async for step in run:
+                if step.step == 3:
+                    break
+            await asyncio.sleep(0.2)  # the async generator's aclose runs on the loop
+            return run
+
+    run = asyncio.run(go())
+    assert _wait(lambda: metrics.TRAIN_ACTIVE_STREAMS._value.get() == 0)
+    assert metrics.TRAIN_STEPS._value.get() - before <= 3 + 2
+    with pytest.raises(RuntimeError, match="stopped"):
+        _ = run.params
