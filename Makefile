@@ -9,11 +9,11 @@ BENCH_STAMP := $(VENV)/.bench-installed
 
 $(DEV_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,plot]'
 	touch $@
 
 $(BENCH_STAMP): $(DEV_STAMP)
-	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/pip install -q -e '.[dev,plot,bench]'
 	touch $@
 
 run: $(DEV_STAMP)
