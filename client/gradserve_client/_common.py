@@ -16,24 +16,36 @@ import os
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 import numpy as np
 import numpy.typing as npt
+from grpc_health.v1 import health_pb2_grpc
 
 from .errors import DataLoss, GradserveError, InvalidArgument, NotFound, ResourceExhausted
 from .graph import Graph
 from .proto import gradient_service_pb2 as pb
+from .proto import gradient_service_pb2_grpc as pb_grpc
 from .proto import graph_pb2, tensor_codec
 from .proto import training_pb2 as tpb
-from .training import Checkpoint, dataset_id, optimizer_proto, schedule_proto
+from .training import (
+    Checkpoint,
+    Event,
+    dataset_id,
+    decode_event,
+    num_examples,
+    optimizer_proto,
+    schedule_proto,
+    total_steps,
+)
 
 #: A graph as the clients accept it: a `Graph`, or its wire message.
 GraphLike: TypeAlias = "Graph | graph_pb2.Graph"
 #: Names of outputs or inputs: one name, a list of names, or None for the default set.
 Names: TypeAlias = "str | Sequence[str] | None"
 Array: TypeAlias = "np.ndarray[Any, np.dtype[Any]]"
+R = TypeVar("R")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -220,13 +232,6 @@ def arrays(
     return {n: as_array(n, v, dtypes.get(n), field) for n, v in values.items()}
 
 
-def tensors(
-    values: Mapping[str, npt.ArrayLike], dtypes: Mapping[str, np.dtype[Any]], field: str
-) -> dict[str, Any]:
-    """`arrays`, encoded as Tensor messages."""
-    return {n: tensor_codec.to_tensor(a) for n, a in arrays(values, dtypes, field).items()}
-
-
 def scalar_output(meta: GraphMeta, of: str) -> np.dtype[Any]:
     """The dtype of output ``of``, checked to be a scalar where the shape is known."""
     shape = meta.output_shapes.get(of)
@@ -261,28 +266,123 @@ def mode_enum(mode: str) -> int:
 # Requests and responses
 
 
-def evaluate_request(
-    meta: GraphMeta, inputs: Mapping[str, npt.ArrayLike], outputs: Sequence[str]
-) -> pb.EvaluateRequest:
-    """An EvaluateRequest without its graph source (see `GraphIds.attach`)."""
-    return pb.EvaluateRequest(
-        inputs=tensors(inputs, meta.input_dtypes, "inputs"), outputs=list(outputs)
-    )
+class Call:
+    """One call's arguments, resolved once for every client (no I/O): the graph, the inputs and
+    the seeds (cotangents or tangents) as arrays, the names asked for, and how the result is
+    shaped (an array when the names were given as a str, else a dict ordered as asked)."""
+
+    __slots__ = ("feeds", "meta", "mode", "of", "seeds", "single", "wrt")
+
+    def __init__(
+        self,
+        meta: GraphMeta,
+        feeds: dict[str, Array],
+        seeds: dict[str, Array],
+        of: tuple[str, ...],
+        wrt: tuple[str, ...],
+        single: bool,
+        mode: str = "auto",
+    ) -> None:
+        self.meta, self.feeds, self.seeds = meta, feeds, seeds
+        self.of, self.wrt, self.single, self.mode = of, wrt, single, mode
+
+    def by_of(self, values: dict[str, Array]) -> Any:
+        """Values by output name (jvp), shaped as asked."""
+        return one_or_dict(values, self.of, self.single)
+
+    def by_wrt(self, values: dict[str, Array]) -> Any:
+        """Values by input name (grad, vjp), shaped as asked."""
+        return one_or_dict(values, self.wrt, self.single)
+
+    def jacobians(self, result: dict[str, dict[str, Array]]) -> Any:
+        """J[of][wrt], shaped as asked."""
+        return select(result, self.of, self.wrt, self.single)
 
 
-def jacobian_request(
+def evaluate_call(graph: GraphLike, inputs: Mapping[str, npt.ArrayLike], outputs: Names) -> Call:
+    """The arguments of ``evaluate``; ``of`` holds the outputs asked for (() for all)."""
+    meta = graph_meta(graph)
+    wanted, _ = names(outputs, (), "outputs")
+    return Call(meta, arrays(inputs, meta.input_dtypes, "inputs"), {}, wanted, (), False)
+
+
+def jacobian_call(
+    graph: GraphLike, inputs: Mapping[str, npt.ArrayLike], of: Names, wrt: Names, mode: str
+) -> Call:
+    """The arguments of ``jacobian`` (``mode`` checked)."""
+    meta = graph_meta(graph)
+    of_names, one_of = names(of, meta.outputs, "of")
+    wrt_names, one_wrt = names(wrt, meta.float_inputs, "wrt")
+    feeds = arrays(inputs, meta.input_dtypes, "inputs")
+    mode_enum(mode)
+    return Call(meta, feeds, {}, of_names, wrt_names, one_of and one_wrt, mode)
+
+
+def grad_call(
+    graph: GraphLike, inputs: Mapping[str, npt.ArrayLike], of: str | None, wrt: Names
+) -> Call:
+    """The arguments of ``grad``: a vjp of the scalar output ``of`` seeded with 1."""
+    meta = graph_meta(graph)
+    of = the_output(meta, of)
+    seed = np.ones((), scalar_output(meta, of))
+    return _vjp_call(meta, inputs, {of: seed}, wrt)
+
+
+def vjp_call(
+    graph: GraphLike,
+    inputs: Mapping[str, npt.ArrayLike],
+    cotangents: Mapping[str, npt.ArrayLike],
+    wrt: Names,
+) -> Call:
+    """The arguments of ``vjp``: the cotangents are the seeds."""
+    return _vjp_call(graph_meta(graph), inputs, cotangents, wrt)
+
+
+def _vjp_call(
     meta: GraphMeta,
     inputs: Mapping[str, npt.ArrayLike],
-    of: Sequence[str],
-    wrt: Sequence[str],
-    mode: str,
-) -> pb.JacobianRequest:
+    cotangents: Mapping[str, npt.ArrayLike],
+    wrt: Names,
+) -> Call:
+    wrt_names, single = names(wrt, meta.float_inputs, "wrt")
+    feeds = arrays(inputs, meta.input_dtypes, "inputs")
+    seeds = arrays(cotangents, meta.output_dtypes, "cotangents")
+    return Call(meta, feeds, seeds, (), wrt_names, single)
+
+
+def jvp_call(
+    graph: GraphLike,
+    inputs: Mapping[str, npt.ArrayLike],
+    tangents: Mapping[str, npt.ArrayLike],
+    of: Names,
+) -> Call:
+    """The arguments of ``jvp``: the tangents are the seeds."""
+    meta = graph_meta(graph)
+    of_names, single = names(of, meta.outputs, "of")
+    feeds = arrays(inputs, meta.input_dtypes, "inputs")
+    seeds = arrays(tangents, meta.input_dtypes, "tangents")
+    return Call(meta, feeds, seeds, of_names, (), single)
+
+
+def encode(values: Mapping[str, Array]) -> dict[str, Any]:
+    """Arrays as Tensor messages."""
+    return {n: tensor_codec.to_tensor(a) for n, a in values.items()}
+
+
+def evaluate_request(call: Call) -> pb.EvaluateRequest:
+    """An EvaluateRequest without its graph source (see `GraphIds.attach`)."""
+    return pb.EvaluateRequest(inputs=encode(call.feeds), outputs=call.of)
+
+
+def decode_outputs(call: Call, response: pb.EvaluateResponse) -> dict[str, Array]:
+    """The outputs of an EvaluateResponse, in the order asked (or the graph's)."""
+    return decode(response.outputs, call.of or call.meta.outputs)
+
+
+def jacobian_request(call: Call) -> pb.JacobianRequest:
     """A JacobianRequest without its graph source."""
     return pb.JacobianRequest(
-        inputs=tensors(inputs, meta.input_dtypes, "inputs"),
-        of=list(of),
-        wrt=list(wrt),
-        mode=mode_enum(mode),  # type: ignore[arg-type]
+        inputs=encode(call.feeds), of=call.of, wrt=call.wrt, mode=MODES[call.mode]
     )
 
 
@@ -298,39 +398,42 @@ def stream_jacobian_request(request: pb.JacobianRequest) -> pb.StreamJacobianReq
     return stream
 
 
-def vjp_request(
-    meta: GraphMeta,
-    inputs: Mapping[str, npt.ArrayLike],
-    cotangents: Mapping[str, npt.ArrayLike],
-    wrt: Sequence[str],
-) -> pb.VjpRequest:
-    """A VjpRequest without its graph source."""
-    return pb.VjpRequest(
-        inputs=tensors(inputs, meta.input_dtypes, "inputs"),
-        cotangents=tensors(cotangents, meta.output_dtypes, "cotangents"),
-        wrt=list(wrt),
-    )
+def vjp_request(call: Call) -> pb.VjpRequest:
+    """A VjpRequest (of grad or vjp) without its graph source."""
+    return pb.VjpRequest(inputs=encode(call.feeds), cotangents=encode(call.seeds), wrt=call.wrt)
 
 
-def jvp_request(
-    meta: GraphMeta,
-    inputs: Mapping[str, npt.ArrayLike],
-    tangents: Mapping[str, npt.ArrayLike],
-    of: Sequence[str],
-) -> pb.JvpRequest:
+def jvp_request(call: Call) -> pb.JvpRequest:
     """A JvpRequest without its graph source."""
-    return pb.JvpRequest(
-        inputs=tensors(inputs, meta.input_dtypes, "inputs"),
-        tangents=tensors(tangents, meta.input_dtypes, "tangents"),
-        of=list(of),
-    )
+    return pb.JvpRequest(inputs=encode(call.feeds), tangents=encode(call.seeds), of=call.of)
 
 
-def train_request(
-    meta: GraphMeta,
+class TrainCall:
+    """A train call's arguments resolved (no I/O): the TrainRequest without its graph source
+    and data, the parameters (none when resuming) and data as arrays, and the step count and
+    first step for the progress bar."""
+
+    __slots__ = ("arrays", "feeds", "meta", "request", "start", "total")
+
+    def __init__(
+        self,
+        meta: GraphMeta,
+        feeds: dict[str, Array],
+        arrays: dict[str, Array],
+        request: tpb.TrainRequest,
+        total: int | None,
+        start: int,
+    ) -> None:
+        self.meta, self.feeds, self.arrays = meta, feeds, arrays
+        self.request, self.total, self.start = request, total, start
+
+
+def train_call(
+    graph: GraphLike,
     *,
-    loss: str,
-    params: Mapping[str, Array],
+    loss: str | None,
+    params: Mapping[str, npt.ArrayLike],
+    data: Mapping[str, npt.ArrayLike],
     optimizer: Any,
     schedule: Any,
     batch_size: int | None,
@@ -341,16 +444,21 @@ def train_request(
     report_every: int,
     checkpoint_every: int | None,
     resume: Checkpoint | None,
-) -> tpb.TrainRequest:
-    """A TrainRequest without its graph source and data (see `GraphIds.attach`, `TrainData`).
-    With ``resume``, the checkpoint's parameters are used and ``params`` is not sent."""
+) -> TrainCall:
+    """The arguments of ``train``. With ``resume``, the checkpoint's parameters are used and
+    ``params`` is not sent."""
+    meta = graph_meta(graph)
+    loss = the_output(meta, loss)
+    feeds = arrays(params, meta.input_dtypes, "params")
+    data_arrays = arrays(data, meta.input_dtypes, "data")
     if resume is not None and not isinstance(resume, Checkpoint):
         reason = f"expected a gs.Checkpoint (run.checkpoint), got {type(resume).__name__}"
         raise InvalidInput(f"resume_from: {reason}", field_violations=[("resume_from", reason)])
-    sent = {} if resume is not None else params
+    if resume is not None:
+        feeds = {}
     request = tpb.TrainRequest(
         loss=loss,
-        params={n: tensor_codec.to_tensor(a) for n, a in sent.items()},
+        params=encode(feeds),
         batch_size=batch_size or 0,
         epochs=epochs or 0,
         max_steps=max_steps or 0,
@@ -365,7 +473,9 @@ def train_request(
         request.schedule.CopyFrom(sched)
     if resume is not None:
         request.resume_from.CopyFrom(resume.to_proto())
-    return request
+    total = total_steps(num_examples(data_arrays), batch_size or 0, epochs, max_steps)
+    start = resume.step if resume is not None else 0
+    return TrainCall(meta, feeds, data_arrays, request, total, start)
 
 
 #: Data up to this many bytes is sent inline with the TrainRequest; more is uploaded once with
@@ -395,6 +505,67 @@ class TrainData:
 def is_dataset_not_found(err: Exception) -> bool:
     """NOT_FOUND for an unknown dataset_id."""
     return isinstance(err, NotFound) and err.reason == "DATASET_NOT_FOUND"
+
+
+#: Attempts of a Train stream: the first, then one after NOT_FOUND of the graph_id and one
+#: after NOT_FOUND of the dataset_id.
+TRAIN_ATTEMPTS = 3
+#: What `RemoteTrain.retry` answers: send the request again, or upload the data first.
+RETRY, UPLOAD = "retry", "upload"
+
+
+class RemoteTrain:
+    """The plumbing of a Train stream for `Client` and `AsyncClient`, without the I/O: the
+    request of each attempt (graph by id when known, data inline or by dataset id), what to do
+    when an attempt fails before its first event, and cancelling the latest call."""
+
+    __slots__ = ("_calls", "_ids", "_sent_id", "call", "data")
+
+    def __init__(self, call: TrainCall, graph_ids: GraphIds) -> None:
+        self.call = call
+        self.data = TrainData(call.arrays)
+        self._ids = graph_ids
+        self._sent_id: str | None = None
+        self._calls: list[Any] = []
+
+    def request(self) -> tpb.TrainRequest:
+        """The request of the next attempt, its graph source and data attached."""
+        request = self.call.request
+        if not self._calls:
+            self.data.attach(request)
+        self._sent_id = self._ids.attach(request, self.call.meta)
+        return request
+
+    def started(self, call: R) -> R:
+        """Record the call of an attempt (for `cancel`); returns it."""
+        self._calls.append(call)
+        return call
+
+    def retry(self, attempt: int, err: Exception) -> str:
+        """After attempt ``attempt`` (0-based) failed before its first event with ``err``:
+        `RETRY` (the full graph is now attached), `UPLOAD` (upload ``data.arrays`` with
+        PutDataset, give its id to `uploaded`, retry), or "" (raise ``err``)."""
+        if attempt + 1 >= TRAIN_ATTEMPTS:
+            return ""
+        if self._ids.resend(self.call.request, self.call.meta, self._sent_id, err):
+            return RETRY
+        if not self.data.inline and is_dataset_not_found(err):
+            return UPLOAD
+        return ""
+
+    def uploaded(self, dataset_id: str) -> None:
+        """Refer to the dataset just uploaded."""
+        self.call.request.dataset_id = dataset_id
+
+    def first(self, event: tpb.TrainEvent) -> Event:
+        """The first event of the stream (remembering the graph_id), decoded."""
+        self._ids.remember(self.call.meta, event.graph_id)
+        return decode_event(event)
+
+    def cancel(self) -> None:
+        """Cancel the latest call, if any."""
+        if self._calls:
+            self._calls[-1].cancel()
 
 
 def decode(tensors_map: Mapping[str, Any], order: Sequence[str] = ()) -> dict[str, Array]:
@@ -617,3 +788,45 @@ def channel_options(
 def call_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     """The per-call metadata: the bearer token, if any."""
     return (("authorization", f"Bearer {token}"),) if token else None
+
+
+class GrpcClientBase:
+    """What `Client` and `AsyncClient` share: the constructor (channel options, metadata, stubs,
+    graph-id cache). Each opens its own kind of channel (`_open_channel`)."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        token: str | None = None,
+        tls: TLS | None = None,
+        timeout: float | None = None,
+        retries: int = 4,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        load_balancing: str | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        interceptors: Sequence[Any] = (),
+    ) -> None:
+        opts = channel_options(
+            retries=retries,
+            max_message_bytes=max_message_bytes,
+            load_balancing=load_balancing,
+            tls=tls,
+            extra=options,
+        )
+        self._channel = self._open_channel(target, tls, opts, interceptors)
+        self.target = target
+        self.timeout = timeout
+        self._metadata = call_metadata(token)
+        self._stub = pb_grpc.GradientStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._graph_ids = GraphIds()
+
+    def _open_channel(
+        self,
+        target: str,
+        tls: TLS | None,
+        options: list[tuple[str, Any]],
+        interceptors: Sequence[Any],
+    ) -> Any:
+        raise NotImplementedError

@@ -7,26 +7,25 @@ with gs.Client("127.0.0.1:50051") as c:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 import numpy.typing as npt
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from . import _common as cm
 from .errors import from_rpc_error
 from .proto import gradient_service_pb2 as pb
-from .proto import gradient_service_pb2_grpc as pb_grpc
-from .training import Checkpoint, Run, dataset_chunks, decode_event, num_examples, total_steps
+from .training import Checkpoint, Event, Run, dataset_chunks, decode_event
 
 __all__ = ["Client"]
 
 R = TypeVar("R")
 
 
-class Client:
+class Client(cm.GrpcClientBase):
     """A connection to a gradserve server (``grpc.Channel`` underneath), safe to share between
     threads. Use it as a context manager, or call `close`.
 
@@ -47,37 +46,18 @@ class Client:
     know the id (restarted, or another replica) gets the full graph again, transparently.
     """
 
-    def __init__(
+    def _open_channel(
         self,
-        target: str = cm.DEFAULT_TARGET,
-        *,
-        token: str | None = None,
-        tls: cm.TLS | None = None,
-        timeout: float | None = None,
-        retries: int = 4,
-        max_message_bytes: int = cm.DEFAULT_MAX_MESSAGE_BYTES,
-        load_balancing: str | None = None,
-        options: Sequence[tuple[str, Any]] = (),
-        interceptors: Sequence[Any] = (),
-    ) -> None:
-        opts = cm.channel_options(
-            retries=retries,
-            max_message_bytes=max_message_bytes,
-            load_balancing=load_balancing,
-            tls=tls,
-            extra=options,
-        )
+        target: str,
+        tls: cm.TLS | None,
+        options: list[tuple[str, Any]],
+        interceptors: Sequence[Any],
+    ) -> grpc.Channel:
         if tls is None:
-            channel = grpc.insecure_channel(target, options=opts)
+            channel = grpc.insecure_channel(target, options=options)
         else:
-            channel = grpc.secure_channel(target, tls.credentials(), options=opts)
-        self._channel = grpc.intercept_channel(channel, *interceptors) if interceptors else channel
-        self.target = target
-        self.timeout = timeout
-        self._metadata = cm.call_metadata(token)
-        self._stub = pb_grpc.GradientStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._graph_ids = cm.GraphIds()
+            channel = grpc.secure_channel(target, tls.credentials(), options=options)
+        return grpc.intercept_channel(channel, *interceptors) if interceptors else channel
 
     # -- lifecycle
 
@@ -96,45 +76,36 @@ class Client:
 
     # -- calls
 
-    def _call(self, method: Callable[..., R], request: Any) -> R:
+    def _call(self, method: Callable[..., R], request: Any, timeout: float | None) -> R:
         try:
-            return method(request, timeout=self.timeout, metadata=self._metadata)
+            return method(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
     def _graph_call(self, method: Callable[..., R], request: Any, meta: cm.GraphMeta) -> R:
-        """A unary call carrying a graph: by id when known, resent in full on NOT_FOUND."""
+        """A call carrying a graph: by id when known, resent in full on NOT_FOUND."""
         sent_id = self._graph_ids.attach(request, meta)
         try:
-            response = self._call(method, request)
+            response = self._call(method, request, self.timeout)
         except Exception as exc:
             if not self._graph_ids.resend(request, meta, sent_id, exc):
                 raise
-            response = self._call(method, request)
+            response = self._call(method, request, self.timeout)
         self._graph_ids.remember(meta, response.graph_id)  # type: ignore[attr-defined]
         return response
 
     def _stream_jacobian(
-        self, request: pb.JacobianRequest, meta: cm.GraphMeta
-    ) -> dict[str, dict[str, cm.Array]]:
-        """The Jacobians of ``request`` through StreamJacobian, assembled into dense arrays."""
-        stream = cm.stream_jacobian_request(request)
-        for attempt in (0, 1):
-            sent_id = stream.graph_id or None
-            assembler = cm.JacobianAssembler()
-            try:
-                for block in self._stub.StreamJacobian(
-                    stream, timeout=self.timeout, metadata=self._metadata
-                ):
-                    assembler.add(block)
-            except grpc.RpcError as rpc_error:
-                exc = from_rpc_error(rpc_error)
-                if attempt or not self._graph_ids.resend(stream, meta, sent_id, exc):
-                    raise exc from None
-                continue
-            self._graph_ids.remember(meta, assembler.graph_id)
-            return assembler.result(request.of, request.wrt)
-        raise AssertionError("unreachable")
+        self, request: pb.StreamJacobianRequest, timeout: float | None, metadata: Any
+    ) -> cm.JacobianAssembler:
+        """StreamJacobian, its row blocks assembled (a method for `_graph_call`)."""
+        assembler = cm.JacobianAssembler()
+        for block in self._stub.StreamJacobian(request, timeout=timeout, metadata=metadata):
+            assembler.add(block)
+        return assembler
+
+    def _vjp(self, call: cm.Call) -> Any:
+        response = self._graph_call(self._stub.Vjp, cm.vjp_request(call), call.meta)
+        return call.by_wrt(cm.decode(response.gradients))
 
     # -- the API
 
@@ -150,11 +121,9 @@ class Client:
         latter two take the input's declared dtype. The arrays returned are read-only views of
         the response.
         """
-        meta = cm.graph_meta(graph)
-        wanted, _ = cm.names(outputs, (), "outputs")
-        request = cm.evaluate_request(meta, inputs, wanted)
-        response = self._graph_call(self._stub.Evaluate, request, meta)
-        return cm.decode(response.outputs, wanted or meta.outputs)
+        call = cm.evaluate_call(graph, inputs, outputs)
+        response = self._graph_call(self._stub.Evaluate, cm.evaluate_request(call), call.meta)
+        return cm.decode_outputs(call, response)
 
     def jacobian(
         self,
@@ -172,18 +141,17 @@ class Client:
         on it. A Jacobian larger than the server's unary limit is fetched with StreamJacobian
         and assembled here, transparently.
         """
-        meta = cm.graph_meta(graph)
-        of_names, one_of = cm.names(of, meta.outputs, "of")
-        wrt_names, one_wrt = cm.names(wrt, meta.float_inputs, "wrt")
-        request = cm.jacobian_request(meta, inputs, of_names, wrt_names, mode)
+        call = cm.jacobian_call(graph, inputs, of, wrt, mode)
+        request = cm.jacobian_request(call)
         try:
-            response = self._graph_call(self._stub.Jacobian, request, meta)
-            result = cm.decode_jacobian(response)
+            result = cm.decode_jacobian(self._graph_call(self._stub.Jacobian, request, call.meta))
         except Exception as exc:
             if not cm.is_jacobian_too_large(exc):
                 raise
-            result = self._stream_jacobian(request, meta)
-        return cm.select(result, of_names, wrt_names, one_of and one_wrt)
+            stream = cm.stream_jacobian_request(request)
+            assembler = self._graph_call(self._stream_jacobian, stream, call.meta)
+            result = assembler.result(call.of, call.wrt)
+        return call.jacobians(result)
 
     def grad(
         self,
@@ -197,13 +165,7 @@ class Client:
         ``wrt`` as a str gives one ndarray (the input's shape); a list, or None for every float
         input, gives a dict by input name.
         """
-        meta = cm.graph_meta(graph)
-        of = cm.the_output(meta, of)
-        seed = np.ones((), cm.scalar_output(meta, of))
-        wrt_names, single = cm.names(wrt, meta.float_inputs, "wrt")
-        request = cm.vjp_request(meta, inputs, {of: seed}, wrt_names)
-        response = self._graph_call(self._stub.Vjp, request, meta)
-        return cm.one_or_dict(cm.decode(response.gradients), wrt_names, single)
+        return self._vjp(cm.grad_call(graph, inputs, of, wrt))
 
     def vjp(
         self,
@@ -218,11 +180,7 @@ class Client:
         ``wrt`` as a str gives one ndarray; a list, or None for every float input, a dict by
         input name of arrays with the inputs' shapes.
         """
-        meta = cm.graph_meta(graph)
-        wrt_names, single = cm.names(wrt, meta.float_inputs, "wrt")
-        request = cm.vjp_request(meta, inputs, cotangents, wrt_names)
-        response = self._graph_call(self._stub.Vjp, request, meta)
-        return cm.one_or_dict(cm.decode(response.gradients), wrt_names, single)
+        return self._vjp(cm.vjp_call(graph, inputs, cotangents, wrt))
 
     def jvp(
         self,
@@ -238,11 +196,9 @@ class Client:
         ``of`` as a str gives one ndarray; a list, or None for every output, a dict by output
         name of arrays with the outputs' shapes.
         """
-        meta = cm.graph_meta(graph)
-        of_names, single = cm.names(of, meta.outputs, "of")
-        request = cm.jvp_request(meta, inputs, tangents, of_names)
-        response = self._graph_call(self._stub.Jvp, request, meta)
-        return cm.one_or_dict(cm.decode(response.tangents), of_names, single)
+        call = cm.jvp_call(graph, inputs, tangents, of)
+        response = self._graph_call(self._stub.Jvp, cm.jvp_request(call), call.meta)
+        return call.by_of(cm.decode(response.tangents))
 
     def train(
         self,
@@ -284,80 +240,62 @@ class Client:
         client's ``timeout`` does not apply to training streams). ``progress`` shows a tqdm
         bar with the loss.
         """
-        meta = cm.graph_meta(graph)
-        loss = cm.the_output(meta, loss)
-        feeds = cm.arrays(params, meta.input_dtypes, "params")
-        arrays = cm.arrays(data, meta.input_dtypes, "data")
-        request = cm.train_request(
-            meta, loss=loss, params=feeds, optimizer=optimizer, schedule=schedule,
+        train = cm.RemoteTrain(cm.train_call(
+            graph, loss=loss, params=params, data=data, optimizer=optimizer, schedule=schedule,
             batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed,
             shuffle=shuffle, report_every=report_every, checkpoint_every=checkpoint_every,
             resume=resume,
-        )  # fmt: skip
-        train_data = cm.TrainData(arrays)
-        calls: list[Any] = []
+        ), self._graph_ids)  # fmt: skip
 
-        def events() -> Any:
-            train_data.attach(request)
-            for attempt in range(3):
-                sent_id = self._graph_ids.attach(request, meta)
-                call = self._stub.Train(request, timeout=timeout, metadata=self._metadata)
-                calls.append(call)
+        def events() -> Iterator[Event]:
+            for attempt in range(cm.TRAIN_ATTEMPTS):
+                call = train.started(
+                    self._stub.Train(train.request(), timeout=timeout, metadata=self._metadata)
+                )
                 try:
                     first = next(call)
                 except StopIteration:
                     return
                 except grpc.RpcError as rpc_error:
                     exc = from_rpc_error(rpc_error)
-                    if attempt < 2 and self._graph_ids.resend(request, meta, sent_id, exc):
-                        continue
-                    if attempt < 2 and not train_data.inline and cm.is_dataset_not_found(exc):
-                        request.dataset_id = self.put_dataset(train_data.arrays, timeout=timeout)
-                        continue
-                    raise exc from None
-                break
-            self._graph_ids.remember(meta, first.graph_id)
-            yield decode_event(first)
-            try:
-                for event in call:
-                    yield decode_event(event)
-            except grpc.RpcError as rpc_error:
-                raise from_rpc_error(rpc_error) from None
+                    retry = train.retry(attempt, exc)
+                    if retry == cm.UPLOAD:
+                        train.uploaded(self.put_dataset(train.data.arrays, timeout=timeout))
+                    elif not retry:
+                        raise exc from None
+                    continue
+                yield train.first(first)
+                try:
+                    for event in call:
+                        yield decode_event(event)
+                except grpc.RpcError as rpc_error:
+                    raise from_rpc_error(rpc_error) from None
+                return
 
-        def cancel() -> None:
-            if calls:
-                calls[-1].cancel()
-
-        total = total_steps(num_examples(arrays), batch_size or 0, epochs, max_steps)
-        start = resume.step if resume is not None else 0
-        return Run(events, cancel, total=total, start=start, progress=progress)
+        run = train.call
+        return Run(events, train.cancel, total=run.total, start=run.start, progress=progress)
 
     def put_dataset(
         self, data: Mapping[str, npt.ArrayLike], *, timeout: float | None = None
     ) -> str:
         """Upload arrays (sharing their leading dimension) once, in chunks; returns the
         dataset id (a content hash) that `train` uses. `train` calls this by itself."""
-        arrays = cm.arrays(data, {}, "data")
-        try:
-            info = self._stub.PutDataset(
-                dataset_chunks(arrays), timeout=timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-        return info.dataset_id
+        chunks = dataset_chunks(cm.arrays(data, {}, "data"))
+        return self._call(self._stub.PutDataset, chunks, timeout).dataset_id
 
     def operators(self) -> list[cm.OperatorInfo]:
         """The server's operators: name, arity, attributes, differentiability and doc line."""
-        return cm.decode_operators(self._call(self._stub.ListOperators, pb.ListOperatorsRequest()))
+        request = pb.ListOperatorsRequest()
+        return cm.decode_operators(self._call(self._stub.ListOperators, request, self.timeout))
 
     def server_info(self) -> cm.ServerInfo:
         """The server's version, opset, limits and features."""
-        return cm.decode_server_info(
-            self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest())
-        )
+        request = pb.GetServerInfoRequest()
+        return cm.decode_server_info(self._call(self._stub.GetServerInfo, request, self.timeout))
 
     def health(self, service: str = "") -> str:
         """The standard gRPC health status: "SERVING", "NOT_SERVING", ... (``service`` "" is
         the whole server)."""
-        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = self._call(self._health.Check, request, self.timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from . import _common as cm
 from .errors import GradserveError, error_class
-from .training import Checkpoint, Run, TrainResult, TrainStep, num_examples, total_steps
+from .training import Checkpoint, Run, TrainResult, TrainStep
 
 __all__ = ["LocalClient"]
 
@@ -77,21 +77,32 @@ class LocalClient:
             self._graphs[meta.key] = entry
         return entry
 
-    def _program(self, meta: cm.GraphMeta, feeds: Mapping[str, np.ndarray]) -> Any:
-        """The Program of a graph version (for the fed shapes, if it has -1 dimensions),
+    def _program(self, call: cm.Call) -> Any:
+        """The Program of a call's graph version (for the fed shapes, if it has -1 dimensions),
         converted and validated on first use exactly as the server does (its graph cache)."""
-        entry = self._entry(meta)
-        if entry.program is not None:
-            return entry.program
-        return entry.program_for({n: np.shape(v) for n, v in feeds.items()}, sys.maxsize)
+        try:
+            entry = self._entry(call.meta)
+            if entry.program is not None:
+                return entry.program
+            shapes = {n: np.shape(v) for n, v in call.feeds.items()}
+            return entry.program_for(shapes, sys.maxsize)
+        except (self._core.GraphError, self._rpc_errors.RpcError) as exc:
+            raise _converted(exc, self._rpc_errors, call.meta, False) from None
 
     def _run(self, fn: Any, meta: cm.GraphMeta, *args: Any) -> Any:
-        """``fn(*args)``, with the core's and the server code's errors raised as the server
-        would report them (the same exception classes, field violations and reasons)."""
+        """``fn(*args)`` (running a graph), with the core's and the server code's errors raised
+        as the server would report them (the same exception classes, field violations and
+        reasons)."""
         try:
             return fn(*args)
         except (self._core.GraphError, self._rpc_errors.RpcError) as exc:
-            raise _converted(exc, self._rpc_errors, meta, fn != self._program) from None
+            raise _converted(exc, self._rpc_errors, meta, True) from None
+
+    def _vjp(self, call: cm.Call) -> Any:
+        program = self._program(call)
+        vjp_values = self._core.vjp_values
+        _, grads = self._run(vjp_values, call.meta, program, call.feeds, call.seeds, call.wrt)
+        return call.by_wrt(grads)
 
     # -- the API
 
@@ -102,11 +113,9 @@ class LocalClient:
         outputs: cm.Names = None,
     ) -> dict[str, np.ndarray]:
         """As `Client.evaluate`: the values of the outputs, by output name."""
-        meta = cm.graph_meta(graph)
-        wanted, _ = cm.names(outputs, (), "outputs")
-        feeds = cm.arrays(inputs, meta.input_dtypes, "inputs")
-        program = self._run(self._program, meta, meta, feeds)
-        return self._run(self._core.evaluate, meta, program, feeds, wanted)
+        call = cm.evaluate_call(graph, inputs, outputs)
+        program = self._program(call)
+        return self._run(self._core.evaluate, call.meta, program, call.feeds, call.of)
 
     def jacobian(
         self,
@@ -117,14 +126,11 @@ class LocalClient:
         mode: str = "auto",
     ) -> Any:
         """As `Client.jacobian`: an ndarray for single names, else ``J[of][wrt]``."""
-        meta = cm.graph_meta(graph)
-        of_names, one_of = cm.names(of, meta.outputs, "of")
-        wrt_names, one_wrt = cm.names(wrt, meta.float_inputs, "wrt")
-        cm.mode_enum(mode)
-        feeds = cm.arrays(inputs, meta.input_dtypes, "inputs")
-        program = self._run(self._program, meta, meta, feeds)
-        _, result = self._run(self._core.jacobian, meta, program, feeds, of_names, wrt_names, mode)
-        return cm.select(result, of_names, wrt_names, one_of and one_wrt)
+        call = cm.jacobian_call(graph, inputs, of, wrt, mode)
+        program = self._program(call)
+        jacobian = self._core.jacobian
+        _, result = self._run(jacobian, call.meta, program, call.feeds, call.of, call.wrt, mode)
+        return call.jacobians(result)
 
     def grad(
         self,
@@ -134,10 +140,7 @@ class LocalClient:
         wrt: cm.Names = None,
     ) -> Any:
         """As `Client.grad`: the gradient of a scalar output."""
-        meta = cm.graph_meta(graph)
-        of = cm.the_output(meta, of)
-        seed = np.ones((), cm.scalar_output(meta, of))
-        return self.vjp(graph, inputs, {of: seed}, wrt)
+        return self._vjp(cm.grad_call(graph, inputs, of, wrt))
 
     def vjp(
         self,
@@ -147,13 +150,7 @@ class LocalClient:
         wrt: cm.Names = None,
     ) -> Any:
         """As `Client.vjp`: the gradients of ``sum(cotangent * output)``."""
-        meta = cm.graph_meta(graph)
-        wrt_names, single = cm.names(wrt, meta.float_inputs, "wrt")
-        feeds = cm.arrays(inputs, meta.input_dtypes, "inputs")
-        seeds = cm.arrays(cotangents, meta.output_dtypes, "cotangents")
-        program = self._run(self._program, meta, meta, feeds)
-        _, grads = self._run(self._core.vjp_values, meta, program, feeds, seeds, wrt_names)
-        return cm.one_or_dict(grads, wrt_names, single)
+        return self._vjp(cm.vjp_call(graph, inputs, cotangents, wrt))
 
     def jvp(
         self,
@@ -163,13 +160,11 @@ class LocalClient:
         of: cm.Names = None,
     ) -> Any:
         """As `Client.jvp`: the directional derivatives of the outputs ``of``."""
-        meta = cm.graph_meta(graph)
-        of_names, single = cm.names(of, meta.outputs, "of")
-        feeds = cm.arrays(inputs, meta.input_dtypes, "inputs")
-        seeds = cm.arrays(tangents, meta.input_dtypes, "tangents")
-        program = self._run(self._program, meta, meta, feeds)
-        _, out = self._run(self._core.jvp_values, meta, program, feeds, seeds, of_names)
-        return cm.one_or_dict(out, of_names, single)
+        call = cm.jvp_call(graph, inputs, tangents, of)
+        program = self._program(call)
+        jvp_values = self._core.jvp_values
+        _, out = self._run(jvp_values, call.meta, program, call.feeds, call.seeds, call.of)
+        return call.by_of(out)
 
     def train(
         self,
@@ -195,18 +190,13 @@ class LocalClient:
         resume on a server too) and errors. ``timeout`` is the run's deadline in seconds."""
         from gradserve.rpc import training as rpc_training
 
-        meta = cm.graph_meta(graph)
-        loss = cm.the_output(meta, loss)
-        feeds = cm.arrays(params, meta.input_dtypes, "params")
-        arrays = cm.arrays(data, meta.input_dtypes, "data")
-        request = cm.train_request(
-            meta, loss=loss, params=feeds, optimizer=optimizer, schedule=schedule,
+        run = cm.train_call(
+            graph, loss=loss, params=params, data=data, optimizer=optimizer, schedule=schedule,
             batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed,
             shuffle=shuffle, report_every=report_every, checkpoint_every=checkpoint_every,
             resume=resume,
         )  # fmt: skip
-        if resume is not None:
-            feeds = {}
+        meta = run.meta
         stop: list[Any] = []
         deadline = None if timeout is None else time.monotonic() + timeout
 
@@ -222,7 +212,7 @@ class LocalClient:
                     max_elements=sys.maxsize,
                     cancel=cancelled if timeout is not None else None,
                 ),
-                meta, entry, request, feeds, arrays,
+                meta, entry, run.request, run.feeds, run.arrays,
             )  # fmt: skip
             it, gid, batch = prepared.events, prepared.graph_id, prepared.batch_size
             step_event = rpc_training.tr.StepEvent
@@ -251,9 +241,7 @@ class LocalClient:
         def cancel() -> None:
             stop.append(None)
 
-        total = total_steps(num_examples(arrays), batch_size or 0, epochs, max_steps)
-        start = resume.step if resume is not None else 0
-        return Run(events, cancel, total=total, start=start, progress=progress)
+        return Run(events, cancel, total=run.total, start=run.start, progress=progress)
 
     def operators(self) -> list[cm.OperatorInfo]:
         """The core's operators, as `Client.operators` lists them."""
