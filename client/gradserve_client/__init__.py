@@ -11,23 +11,13 @@ __all__ = [*_graph.__all__]
 
 # The clients, their exceptions and result types (appended by the SDK's client module owners).
 from . import errors as _errors
+from . import training as _training
 from ._common import TLS, AttrInfo, OperatorInfo, ServerInfo
 from .aio import AsyncClient
 from .client import Client
 from .errors import *  # noqa: F403 - GradserveError and one subclass per status code
 from .local import LocalClient
-from .training import (
-    SGD,
-    Adam,
-    AsyncRun,
-    Checkpoint,
-    ConstantLR,
-    CosineLR,
-    Run,
-    StepLR,
-    TrainResult,
-    TrainStep,
-)
+from .training import *  # noqa: F403 - the optimisers, schedules, runs and their results
 
 __all__ += [
     *_errors.__all__,
@@ -38,15 +28,5 @@ __all__ += [
     "LocalClient",
     "OperatorInfo",
     "ServerInfo",
-    # training
-    "SGD",
-    "Adam",
-    "AsyncRun",
-    "Checkpoint",
-    "ConstantLR",
-    "CosineLR",
-    "Run",
-    "StepLR",
-    "TrainResult",
-    "TrainStep",
+    *_training.__all__,
 ]

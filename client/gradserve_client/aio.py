@@ -122,12 +122,7 @@ class AsyncClient(cm.GrpcClientBase):
         inputs: Mapping[str, npt.ArrayLike],
         outputs: cm.Names = None,
     ) -> dict[str, np.ndarray]:
-        """The values of the graph's outputs (all of them, or ``outputs``), by output name.
-
-        ``inputs`` maps input names to numpy arrays, Python scalars or (nested) lists; the
-        latter two take the input's declared dtype. The arrays returned are read-only views of
-        the response.
-        """
+        """As `Client.evaluate`: the values of the outputs (all, or ``outputs``), by output name."""
         call = cm.evaluate_call(graph, inputs, outputs)
         request = cm.evaluate_request(call)
         response = await self._graph_call(self._stub.Evaluate, request, call.meta)
@@ -141,14 +136,8 @@ class AsyncClient(cm.GrpcClientBase):
         wrt: cm.Names = None,
         mode: str = "auto",
     ) -> Any:
-        """The Jacobians d(of)/d(wrt), each of shape ``of.shape + wrt.shape`` (numerator layout).
-
-        With ``of`` and ``wrt`` both single names, an ndarray; otherwise a nested dict
-        ``J[of][wrt]``. ``of`` defaults to every output, ``wrt`` to every float input. ``mode``
-        is "auto" (the cheaper of the two), "forward" or "reverse"; the result does not depend
-        on it. A Jacobian larger than the server's unary limit is fetched with StreamJacobian
-        and assembled here, transparently.
-        """
+        """As `Client.jacobian`: an ndarray for single names, else ``J[of][wrt]``; a Jacobian
+        over the unary limit is fetched with StreamJacobian."""
         call = cm.jacobian_call(graph, inputs, of, wrt, mode)
         request = cm.jacobian_request(call)
         try:
@@ -169,11 +158,7 @@ class AsyncClient(cm.GrpcClientBase):
         of: str | None = None,
         wrt: cm.Names = None,
     ) -> Any:
-        """The gradient of the scalar output ``of`` (default: the graph's only output).
-
-        ``wrt`` as a str gives one ndarray (the input's shape); a list, or None for every float
-        input, gives a dict by input name.
-        """
+        """As `Client.grad`: the gradient of the scalar output ``of``."""
         return await self._vjp(cm.grad_call(graph, inputs, of, wrt))
 
     async def vjp(
@@ -183,12 +168,7 @@ class AsyncClient(cm.GrpcClientBase):
         cotangents: Mapping[str, npt.ArrayLike],
         wrt: cm.Names = None,
     ) -> Any:
-        """The vector-Jacobian products: the gradients of ``sum(cotangent * output)`` summed
-        over the outputs in ``cotangents`` (each cotangent has its output's shape).
-
-        ``wrt`` as a str gives one ndarray; a list, or None for every float input, a dict by
-        input name of arrays with the inputs' shapes.
-        """
+        """As `Client.vjp`: the gradients of ``sum(cotangent * output)``."""
         return await self._vjp(cm.vjp_call(graph, inputs, cotangents, wrt))
 
     async def jvp(
@@ -198,13 +178,7 @@ class AsyncClient(cm.GrpcClientBase):
         tangents: Mapping[str, npt.ArrayLike],
         of: cm.Names = None,
     ) -> Any:
-        """The Jacobian-vector products: the directional derivatives of the outputs ``of``
-        along ``tangents`` (by input name, each of its input's shape; inputs without one are
-        held constant).
-
-        ``of`` as a str gives one ndarray; a list, or None for every output, a dict by output
-        name of arrays with the outputs' shapes.
-        """
+        """As `Client.jvp`: the directional derivatives of the outputs ``of`` along ``tangents``."""
         call = cm.jvp_call(graph, inputs, tangents, of)
         response = await self._graph_call(self._stub.Jvp, cm.jvp_request(call), call.meta)
         return call.by_of(cm.decode(response.tangents))

@@ -38,7 +38,6 @@ __all__ = [
     "StepLR",
     "TrainResult",
     "TrainStep",
-    "dataset_id",
 ]
 
 #: Bytes of one PutDataset chunk (1 MiB streams faster over gRPC than larger messages).
@@ -438,17 +437,13 @@ class _State:
         raise RuntimeError("the run has not ended yet: iterate over it first")
 
 
-class Run:
-    """A training run: iterate over it for its `TrainStep`s (each reported step); then
-    `params` holds the final parameters. Breaking out of the loop (or `cancel`) stops the run
-    on the server within one step; `checkpoint` keeps the latest checkpoint received.
-
-    A run is iterated once. Reading `params` before iterating runs it to the end.
-    """
+class _RunBase:
+    """What `Run` and `AsyncRun` share: the state received so far, the start and end of the
+    iteration (progress bar, cancelling a run left early), `cancel` and the read-outs."""
 
     def __init__(
         self,
-        events: Callable[[], Iterator[Event]],
+        events: Callable[[], Iterator[Event]] | Callable[[], AsyncIterator[Event]],
         cancel: Callable[[], None],
         *,
         total: int | None,
@@ -460,26 +455,23 @@ class Run:
         self._total, self._start, self._progress = total, start, progress
         self._state = _State()
 
-    def __iter__(self) -> Iterator[TrainStep]:
-        state = self._state
-        if state.started:
-            return
-        state.started = True
-        progress = _Progress(self._progress, self._total, self._start)
-        try:
-            for event in self._events():
-                step = state.take(event, progress)
-                if step is not None:
-                    yield step
-        except BaseException as exc:
-            if not isinstance(exc, GeneratorExit):
-                state.error = exc
-            raise
-        finally:
-            progress.close()
-            if state.result is None:
-                state.stopped = state.error is None
-                self._cancel()
+    def _begin(self) -> _Progress | None:
+        """Start iterating: the progress bar, or None if the run was iterated before."""
+        if self._state.started:
+            return None
+        self._state.started = True
+        return _Progress(self._progress, self._total, self._start)
+
+    def _failed(self, exc: BaseException) -> None:
+        if not isinstance(exc, GeneratorExit):
+            self._state.error = exc
+
+    def _end(self, progress: _Progress) -> None:
+        """Stop iterating: close the bar; a run left before its end is stopped."""
+        progress.close()
+        if self._state.result is None:
+            self._state.stopped = self._state.error is None
+            self._cancel()
 
     def cancel(self) -> None:
         """Stop the run (the server stops within one step)."""
@@ -487,20 +479,6 @@ class Run:
             self._state.stopped = self._state.error is None
             self._state.started = True
             self._cancel()
-
-    def __enter__(self) -> Run:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cancel()
-
-    @property
-    def params(self) -> dict[str, np.ndarray]:
-        """The final parameters (the run is iterated to its end first if it was not)."""
-        if not self._state.started:
-            for _ in self:
-                pass
-        return self._state.final_params()
 
     @property
     def checkpoint(self) -> Checkpoint | None:
@@ -519,7 +497,48 @@ class Run:
 
     @property
     def done(self) -> bool:
+        """Whether the run has ended."""
         return self._state.result is not None
+
+
+class Run(_RunBase):
+    """A training run: iterate over it for its `TrainStep`s (each reported step); then
+    `params` holds the final parameters. Breaking out of the loop (or `cancel`) stops the run
+    on the server within one step; `checkpoint` keeps the latest checkpoint received.
+
+    A run is iterated once. Reading `params` before iterating runs it to the end.
+    """
+
+    _events: Callable[[], Iterator[Event]]
+
+    def __iter__(self) -> Iterator[TrainStep]:
+        progress = self._begin()
+        if progress is None:
+            return
+        try:
+            for event in self._events():
+                step = self._state.take(event, progress)
+                if step is not None:
+                    yield step
+        except BaseException as exc:
+            self._failed(exc)
+            raise
+        finally:
+            self._end(progress)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The final parameters (the run is iterated to its end first if it was not)."""
+        if not self._state.started:
+            for _ in self:
+                pass
+        return self._state.final_params()
 
     def __repr__(self) -> str:
         s = self._state
@@ -527,44 +546,26 @@ class Run:
         return f"Run({'done' if s.result else where})"
 
 
-class AsyncRun:
+class AsyncRun(_RunBase):
     """The asyncio twin of `Run`: ``async for step in run``; then `params`. Breaking out of
     the loop (or ``await run.cancel()``) stops the run."""
 
-    def __init__(
-        self,
-        events: Callable[[], AsyncIterator[Event]],
-        cancel: Callable[[], None],
-        *,
-        total: int | None,
-        start: int,
-        progress: bool,
-    ) -> None:
-        self._events = events
-        self._cancel = cancel
-        self._total, self._start, self._progress = total, start, progress
-        self._state = _State()
+    _events: Callable[[], AsyncIterator[Event]]
 
     async def __aiter__(self) -> AsyncIterator[TrainStep]:
-        state = self._state
-        if state.started:
+        progress = self._begin()
+        if progress is None:
             return
-        state.started = True
-        progress = _Progress(self._progress, self._total, self._start)
         try:
             async for event in self._events():
-                step = state.take(event, progress)
+                step = self._state.take(event, progress)
                 if step is not None:
                     yield step
         except BaseException as exc:
-            if not isinstance(exc, GeneratorExit):
-                state.error = exc
+            self._failed(exc)
             raise
         finally:
-            progress.close()
-            if state.result is None:
-                state.stopped = state.error is None
-                self._cancel()
+            self._end(progress)
 
     async def wait(self) -> dict[str, np.ndarray]:
         """Run to the end; the final parameters."""
@@ -573,30 +574,7 @@ class AsyncRun:
                 pass
         return self._state.final_params()
 
-    def cancel(self) -> None:
-        """Stop the run."""
-        if self._state.result is None:
-            self._state.stopped = self._state.error is None
-            self._state.started = True
-            self._cancel()
-
     @property
     def params(self) -> dict[str, np.ndarray]:
         """The final parameters, once the run has ended (``await run.wait()`` runs it)."""
         return self._state.final_params()
-
-    @property
-    def checkpoint(self) -> Checkpoint | None:
-        return self._state.checkpoint
-
-    @property
-    def history(self) -> list[TrainStep]:
-        return self._state.history
-
-    @property
-    def result(self) -> TrainResult | None:
-        return self._state.result
-
-    @property
-    def done(self) -> bool:
-        return self._state.result is not None
