@@ -202,7 +202,7 @@ class FreshServer:
 def run(settings: Settings) -> list[Row]:
     steps = 20 if settings.quick else 300
     samples = 1024 if settings.quick else SAMPLES
-    rounds = 1 if settings.quick else 3
+    rounds = 1 if settings.quick else 5
     data, params = make_data(samples)
     reference = numpy_train(data, params, steps)
     runners: dict[str, Callable[[int], Any]] = {}
