@@ -181,3 +181,36 @@ def test_attributes_are_rejected():
     with pytest.raises(GraphError) as info:
         program({"a": (2,), "b": (2,)}, [("y", "dot", ["a", "b"], {"axis": 0})], ["y"])
     assert info.value.field == "attrs.axis"
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ((4, 2, 3), (3, 5)),
+        ((4, 2, 3), (3,)),
+        ((2, 4, 1, 3), (3, 2)),
+        ((5, 3), (4, 3, 2)),
+        ((3,), (4, 3, 2)),
+        ((5, 3), (4, 3, 1)),
+        ((5, 3), (2, 4, 3, 2)),
+        ((0, 2, 3), (3, 2)),
+        ((5, 3), (0, 3, 2)),
+        ((4, 2, 0), (0, 2)),
+    ],
+)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_matmul_folds_a_stack_times_a_matrix_exactly_like_numpy(a, b, layout):
+    """The forward folds a stack times one plain matrix into one GEMM when the stack's memory
+    allows it (else it falls back to np.matmul): same shape, same values, any layout."""
+    from gradserve.autodiff.ops.linalg import _matmul
+
+    def make(shape):
+        x = RNG.standard_normal(shape[::-1] if layout == "transposed" else shape)
+        return x.T if layout == "transposed" else x  # a non-contiguous view when transposed
+
+    x, y = make(a), make(b)
+    got, expected = _matmul(x, y), np.matmul(x, y)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    xi, yi = (np.arange(np.prod(s), dtype=np.int64).reshape(s) for s in (a, b))
+    np.testing.assert_array_equal(_matmul(xi, yi), np.matmul(xi, yi))

@@ -74,7 +74,25 @@ def _matmul_type(types: list[TensorType]) -> TensorType:
     return TensorType(stack + rows + cols, dtype)
 
 
+def _rows(x: np.ndarray) -> np.ndarray | None:
+    """A stack of matrices (..., n, k) as one (N * n, k) matrix, if that needs no copy."""
+    try:
+        return np.reshape(x, (math.prod(x.shape[:-1]), x.shape[-1]), copy=False)
+    except ValueError:
+        return None
+
+
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # numpy calls BLAS once per matrix of a stack (a matrix-vector product when the matrices
+    # are vectors); a stack times one plain matrix is a single GEMM once the stack is folded
+    # into the rows: (..., n, k) @ (k, m) directly, (p, n) @ (..., n, m) transposed.
+    if b.ndim <= 2 < a.ndim and (flat := _rows(a)) is not None:
+        return (flat @ b).reshape(a.shape[:-1] + b.shape[1:])
+    if a.ndim <= 2 < b.ndim and (flat := _rows(np.swapaxes(b, -1, -2))) is not None:
+        out = flat @ a.T  # (N * m, p), or (N * m,) for a vector a
+        if a.ndim == 1:
+            return out.reshape(b.shape[:-2] + b.shape[-1:])
+        return np.swapaxes(out.reshape((*b.shape[:-2], b.shape[-1], a.shape[0])), -1, -2)
     return np.asarray(np.matmul(a, b))
 
 
