@@ -4,6 +4,12 @@ Running a plan does no validation, no op lookups and no dict work per step: each
 numpy callable, the slots it reads, the slot it writes, and the slots that die after it (freed
 at once, so peak memory follows the live values, not the whole program). Between steps it asks
 the optional `cancel` callback whether to stop.
+
+Buffer reuse: an element-wise ufunc step writes into the buffer of an operand that dies at that
+step (`out=`), instead of allocating, when that buffer is a whole array of the result's shape
+and dtype made by an earlier step of this run, and no other live value aliases it. Aliases are
+tracked at compile time: the result of any op other than a ufunc or matmul (reshape, transpose,
+broadcast_to, slice, ... and any op that might return its operand) is taken to alias its operands.
 """
 
 from __future__ import annotations
@@ -21,7 +27,98 @@ class Cancelled(Exception):
     """The caller's `cancel` callback asked the computation to stop."""
 
 
-Step = tuple[Callable[..., np.ndarray], tuple[int, ...], int, tuple[int, ...]]
+# (bound numpy callable, argument slots, result slot, slots freed after it, slot whose buffer
+# the result is written into or -1)
+Step = tuple[Callable[..., np.ndarray], tuple[int, ...], int, tuple[int, ...], int]
+
+
+def _fresh(op: str) -> bool:
+    """The op's forward always returns a new array of the result's type, aliasing nothing."""
+    return op == "matmul" or _ufunc(op)
+
+
+def _ufunc(op: str) -> bool:
+    return isinstance(OPS[op].forward, np.ufunc)
+
+
+class _Aliases:
+    """Union-find over slots: slots in one set may share memory. `live` counts each set's
+    values not yet freed; a set holding an input or a constant is never reused."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+        self.live: dict[int, int] = {}
+        self.pinned: set[int] = set()
+
+    def find(self, s: int) -> int:
+        root = s
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[s] != root:
+            self.parent[s], s = root, self.parent[s]
+        return root
+
+    def add(self, s: int, like: int | None = None, pinned: bool = False) -> None:
+        self.parent[s] = s
+        self.live[s] = 1
+        if pinned:
+            self.pinned.add(s)
+        if like is not None:
+            self.union(s, like)
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+            self.live[ra] += self.live.pop(rb)
+            if rb in self.pinned:
+                self.pinned.add(ra)
+
+
+def _plan_reuse(
+    program: Program,
+    names: list[str],
+    calls: list[tuple[Callable[..., np.ndarray], tuple[int, ...], int]],
+    dies: list[list[int]],
+    fixed: set[int],
+) -> list[int]:
+    """For each step, the dying operand whose buffer its result can be written into, or -1."""
+    types = [program.types[n] for n in names]
+    ops = {node.name: node.op for node in program.nodes}
+    sets = _Aliases()
+    for s in fixed:  # inputs and folded constants: never ours to overwrite
+        sets.add(s, pinned=True)
+    whole: set[int] = set()  # slots holding an entire buffer made by a step (not a view)
+    donors = []
+    for (_, args, out), dead in zip(calls, dies, strict=True):
+        op = ops[names[out]]
+        donor = -1
+        if _ufunc(op) and types[out].shape:
+            for a in args:
+                root = sets.find(a)
+                if (
+                    a in whole
+                    and a in dead
+                    and root not in sets.pinned
+                    and types[a] == types[out]
+                    and sets.live[root] == sum(sets.find(d) == root for d in dead)
+                ):
+                    donor = a
+                    break
+        if donor >= 0:
+            sets.add(out, like=donor)
+            whole.add(out)
+        elif _fresh(op):
+            sets.add(out)
+            whole.add(out)
+        else:
+            sets.add(out)
+            for a in args:
+                sets.union(out, a)
+        for d in dead:
+            sets.live[sets.find(d)] -= 1
+        donors.append(donor)
+    return donors
 
 
 class Executable:
@@ -55,8 +152,10 @@ class Executable:
         for s, i in last_use.items():
             if s not in outputs:
                 dies[i].append(s)
+        fixed = set(known) | {slot[spec.name] for spec in program.inputs}
+        donors = _plan_reuse(program, list(slot), calls, dies, fixed)
         self._steps: tuple[Step, ...] = tuple(
-            (fn, args, out, tuple(dies[i])) for i, (fn, args, out) in enumerate(calls)
+            (fn, args, out, tuple(dies[i]), donors[i]) for i, (fn, args, out) in enumerate(calls)
         )
         self._constants = tuple((s, v) for s, v in known.items() if s in used)
         self._input_slots = tuple(slot[spec.name] for spec in program.inputs)
@@ -75,18 +174,15 @@ class Executable:
             slots[s] = value
         # Singular points are expected (log(0) in an untaken where-branch): no warnings.
         with np.errstate(all="ignore"):
-            if cancel is None:
-                for fn, args, out, dead in self._steps:
+            for fn, args, out, dead, donor in self._steps:
+                if cancel is not None and cancel():
+                    raise Cancelled
+                if donor < 0:
                     slots[out] = fn(*[slots[a] for a in args])
-                    for d in dead:
-                        slots[d] = None
-            else:
-                for fn, args, out, dead in self._steps:
-                    if cancel():
-                        raise Cancelled
-                    slots[out] = fn(*[slots[a] for a in args])
-                    for d in dead:
-                        slots[d] = None
+                else:
+                    slots[out] = fn(*[slots[a] for a in args], out=slots[donor])
+                for d in dead:
+                    slots[d] = None
         return [
             np.array(slots[s]) if shared else np.asarray(slots[s])
             for s, shared in self._output_slots
