@@ -39,6 +39,9 @@ _JACOBIAN = "/gradserve.v1.Gradient/Jacobian"
 _STREAM_JACOBIAN = "/gradserve.v1.Gradient/StreamJacobian"
 _TRAIN = "/gradserve.v1.Gradient/Train"
 
+# Bound on the per-interceptor caches of wrapped handlers (a handful of methods in practice).
+_MAX_CACHED_HANDLERS = 1024
+
 _BEHAVIOR = {
     (False, False): "unary_unary",
     (False, True): "unary_stream",
@@ -86,13 +89,36 @@ def _elements(shape: Any) -> int:
     return math.prod(int(d) for d in shape)
 
 
+class _MethodMetrics:
+    """The metric children of one method, looked up once (``labels()`` takes a lock and builds
+    a key on every call)."""
+
+    __slots__ = ("duration", "method", "request_bytes", "requests", "response_bytes")
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.duration = metrics.REQUEST_DURATION.labels(method)
+        self.request_bytes = metrics.REQUEST_MESSAGE_BYTES.labels(method)
+        self.response_bytes = metrics.RESPONSE_MESSAGE_BYTES.labels(method)
+        self.requests: dict[str, Any] = {}  # status code name -> counter child
+
+    def count(self, code: str) -> None:
+        child = self.requests.get(code)
+        if child is None:
+            child = self.requests[code] = metrics.REQUESTS.labels(self.method, code)
+        child.inc()
+
+
 class _Call:
     """One RPC being measured: finished exactly once (by the handler, or on termination)."""
 
-    __slots__ = ("_done", "_lock", "context", "jacobian", "method", "start")
+    __slots__ = ("_done", "_lock", "context", "jacobian", "method", "metrics", "start")
 
-    def __init__(self, method: str, context: grpc.ServicerContext) -> None:
+    def __init__(
+        self, method: str, context: grpc.ServicerContext, children: _MethodMetrics | None = None
+    ) -> None:
         self.method = method
+        self.metrics = children or _MethodMetrics(method)
         self.context = context
         self.start = time.perf_counter()
         self.jacobian: dict[tuple[str, str], int] = {}  # StreamJacobian: (of, wrt) -> elements
@@ -126,8 +152,8 @@ class _Call:
             metrics.TRAIN_ACTIVE_STREAMS.dec()
         code = self._code(error)
         name = code.name
-        metrics.REQUESTS.labels(self.method, name).inc()
-        metrics.REQUEST_DURATION.labels(self.method).observe(duration)
+        self.metrics.count(name)
+        self.metrics.duration.observe(duration)
         if code is grpc.StatusCode.OK:
             if self.method == _JACOBIAN and response is not None:
                 metrics.JACOBIAN_ELEMENTS.observe(sum(_elements(b.shape) for b in response.blocks))
@@ -175,13 +201,30 @@ class _Call:
 class MetricsInterceptor(grpc.ServerInterceptor):
     """Counts, times and sizes every RPC, and writes its access-log line."""
 
+    def __init__(self) -> None:
+        # (method, id(handler)) -> (handler, measured handler): grpc asks the interceptors for
+        # every call, and the handlers behind them are the same objects every time.
+        self._wrapped: dict[tuple[str, int], tuple[grpc.RpcMethodHandler, Any]] = {}
+
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED, not counted
             return None
         method = handler_call_details.method
-        request_bytes = metrics.REQUEST_MESSAGE_BYTES.labels(method)
-        response_bytes = metrics.RESPONSE_MESSAGE_BYTES.labels(method)
+        key = (method, id(handler))
+        cached = self._wrapped.get(key)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._measured(method, handler)
+        if len(self._wrapped) >= _MAX_CACHED_HANDLERS:
+            self._wrapped.clear()
+        self._wrapped[key] = (handler, wrapped)
+        return wrapped
+
+    def _measured(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        children = _MethodMetrics(method)
+        request_bytes = children.request_bytes
+        response_bytes = children.response_bytes
         deserialize = handler.request_deserializer
         serialize = handler.response_serializer
 
@@ -205,7 +248,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             if handler.response_streaming:
 
                 def measured_stream(request: Any, context: grpc.ServicerContext) -> Any:
-                    call = _Call(method, context)
+                    call = _Call(method, context, children)
                     context.add_callback(call.on_termination)
                     try:
                         if request_streaming:
@@ -221,7 +264,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 return measured_stream
 
             def measured(request: Any, context: grpc.ServicerContext) -> Any:
-                call = _Call(method, context)
+                call = _Call(method, context, children)
                 try:
                     if request_streaming:
                         request = _checked_stream(request, context)
@@ -257,6 +300,7 @@ class ConcurrencyLimitInterceptor(grpc.ServerInterceptor):
         self.limit = limit
         self._active = 0
         self._lock = threading.Lock()
+        self._wrapped: dict[tuple[str, int], tuple[grpc.RpcMethodHandler, Any]] = {}
         self._refusal = LimitExceeded(
             f"too many concurrent RPCs: this server process handles at most {limit} "
             "(--max-concurrent-rpcs); retry with backoff",
@@ -286,7 +330,17 @@ class ConcurrencyLimitInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(OPEN_METHODS):
             return handler
+        key = (method, id(handler))
+        cached = self._wrapped.get(key)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._limited(method, handler)
+        if len(self._wrapped) >= _MAX_CACHED_HANDLERS:
+            self._wrapped.clear()
+        self._wrapped[key] = (handler, wrapped)
+        return wrapped
 
+    def _limited(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         def wrap(behavior: Callable[..., Any]) -> Callable[..., Any]:
             if handler.response_streaming:
 
