@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -189,6 +190,8 @@ def status_of(exc: BaseException, context: grpc.ServicerContext, method: str) ->
 
 def _checked(request: Any) -> Any:
     """The request, or INVALID_ARGUMENT if its payload did not parse (see handlers.py)."""
+    if isinstance(request, Message):  # the common case, first: hasattr on a upb message ~1 µs
+        return request
     if isinstance(request, BadPayload):
         raise InvalidArgument("request", request.describe())
     if hasattr(request, "__next__"):  # a client stream: check each message as it arrives
