@@ -214,3 +214,16 @@ def test_matmul_folds_a_stack_times_a_matrix_exactly_like_numpy(a, b, layout):
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
     xi, yi = (np.arange(np.prod(s), dtype=np.int64).reshape(s) for s in (a, b))
     np.testing.assert_array_equal(_matmul(xi, yi), np.matmul(xi, yi))
+
+
+@pytest.mark.parametrize(
+    ("a", "b"), [((5, 1), (1, 4)), ((2, 5, 1), (1, 4)), ((3, 1, 5, 1), (2, 1, 4))]
+)
+def test_matmul_with_an_inner_dimension_of_one_is_the_broadcast_product(a, b):
+    from gradserve.autodiff.ops.linalg import _matmul
+
+    x, y = RNG.standard_normal(a), RNG.standard_normal(b)
+    got = _matmul(x, y)
+    assert got.shape == np.matmul(x, y).shape
+    np.testing.assert_array_equal(got, x * y)
+    np.testing.assert_allclose(got, np.matmul(x, y), rtol=1e-15)

@@ -85,7 +85,11 @@ def _rows(x: np.ndarray) -> np.ndarray | None:
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     # numpy calls BLAS once per matrix of a stack (a matrix-vector product when the matrices
     # are vectors); a stack times one plain matrix is a single GEMM once the stack is folded
-    # into the rows: (..., n, k) @ (k, m) directly, (p, n) @ (..., n, m) transposed.
+    # into the rows: (..., n, k) @ (k, m) directly, (p, n) @ (..., n, m) transposed. With an
+    # inner dimension of 1 (an outer product, as in the VJP of a 1-column layer) BLAS is slower
+    # than the broadcast product, which is exact: each element is one product.
+    if a.ndim >= 2 and b.ndim >= 2 and a.shape[-1] == 1:
+        return np.multiply(a, b)
     if b.ndim <= 2 < a.ndim and (flat := _rows(a)) is not None:
         return (flat @ b).reshape(a.shape[:-1] + b.shape[1:])
     if a.ndim <= 2 < b.ndim and (flat := _rows(np.swapaxes(b, -1, -2))) is not None:
