@@ -222,3 +222,182 @@ def from_tensors(
     return {
         name: from_tensor(t, max_elements=max_elements, field=name) for name, t in tensors.items()
     }
+
+
+# ---- the Tensor wire format, written and read by hand ----------------------------------------
+# Under the upb runtime a bytes field can only be set from a ``bytes`` object (a copy of the
+# array), setting it copies again, putting the Tensor in a map copies again and serializing
+# copies twice. Writing the protobuf encoding directly costs one copy of the values (the final
+# ``b"".join``); reading it directly gives arrays that view the received bytes. Both produce or
+# accept exactly what protobuf does (``tests/unit/test_tensor_codec.py`` checks both ways).
+
+_LEN = 2  # wire type of length-delimited fields
+
+
+def _varint(value: int) -> bytes:
+    """The base-128 varint of ``value`` (negative int64 values as their 10-byte two's
+    complement, as protobuf writes them)."""
+    if value < 0:
+        value += 1 << 64
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _wire_array(value: npt.ArrayLike) -> tuple[int, np.ndarray[Any, np.dtype[Any]]]:
+    """(wire dtype, C-contiguous little-endian array) of a value, as ``to_tensor`` encodes it."""
+    array = np.asarray(value)
+    code = _BY_NUMPY.get(array.dtype)
+    if code is None:
+        code = dtype_from_numpy(array.dtype)
+        array = array.astype(_TO_NUMPY[code], order="C")
+    elif not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    return code, array
+
+
+def tensor_wire_chunks(value: npt.ArrayLike) -> tuple[list[Any], int]:
+    """The serialized Tensor of ``value`` as chunks to join (the last one the array itself,
+    not copied), and their total length in bytes."""
+    code, array = _wire_array(value)
+    head = b"\x08" + _varint(code)
+    if array.ndim:
+        dims = b"".join([_varint(d) for d in array.shape])
+        head += b"\x12" + _varint(len(dims)) + dims
+    if not array.nbytes:
+        return [head], len(head)
+    head += b"\x1a" + _varint(array.nbytes)
+    return [head, array], len(head) + array.nbytes
+
+
+def tensor_map_wire_chunks(field_number: int, values: Mapping[str, npt.ArrayLike]) -> list[Any]:
+    """The serialized entries of a ``map<string, Tensor>`` field, as chunks to join: what
+    ``SerializeToString`` gives for a message with only that field set to ``to_tensors``."""
+    tag = _varint(field_number << 3 | _LEN)
+    chunks: list[Any] = []
+    for name, value in values.items():
+        key = name.encode("utf-8")
+        tensor, size = tensor_wire_chunks(value)
+        key_part = b"\x0a" + _varint(len(key)) + key
+        value_head = b"\x12" + _varint(size)
+        entry_len = len(key_part) + len(value_head) + size
+        chunks.append(tag + _varint(entry_len) + key_part + value_head)
+        chunks += tensor
+    return chunks
+
+
+class WireFormatError(ValueError):
+    """Bytes that the hand-written reader does not take (the caller falls back to protobuf)."""
+
+
+def read_varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
+    """(value, next position) of the varint at ``buf[pos]``; raises WireFormatError."""
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise WireFormatError("truncated or overlong varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def skip_field(buf: Any, wire_type: int, pos: int, end: int) -> int:
+    """The position after an unknown field's value; raises WireFormatError for groups."""
+    if wire_type == 0:
+        return read_varint(buf, pos, end)[1]
+    if wire_type == 1:
+        pos += 8
+    elif wire_type == 5:
+        pos += 4
+    elif wire_type == _LEN:
+        n, pos = read_varint(buf, pos, end)
+        pos += n
+    else:
+        raise WireFormatError(f"wire type {wire_type}")
+    if pos > end:
+        raise WireFormatError("truncated field")
+    return pos
+
+
+class RawTensor:
+    """A Tensor read from the wire: ``dtype``, ``shape`` and ``data`` (a memoryview of the
+    received bytes), which ``from_tensor`` decodes like a message, without copying ``data``."""
+
+    __slots__ = ("data", "dtype", "shape")
+
+    def __init__(self, dtype: int, shape: tuple[int, ...], data: Any) -> None:
+        self.dtype = dtype
+        self.shape = shape
+        self.data = data
+
+
+def _int64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def read_tensor(view: memoryview, pos: int, end: int) -> RawTensor:
+    """The Tensor serialized in ``view[pos:end]``; ``data`` is a slice of ``view``."""
+    dtype = 0
+    shape: list[int] = []
+    data: Any = b""
+    while pos < end:
+        tag, pos = read_varint(view, pos, end)
+        field, wire_type = tag >> 3, tag & 7
+        if field == 1 and wire_type == 0:
+            value, pos = read_varint(view, pos, end)
+            dtype = _int64(value) & 0xFFFFFFFF
+            dtype = dtype - (1 << 32) if dtype >= 1 << 31 else dtype  # an int32 enum
+        elif field == 2 and wire_type == _LEN:  # packed
+            n, pos = read_varint(view, pos, end)
+            stop = pos + n
+            if stop > end:
+                raise WireFormatError("truncated shape")
+            while pos < stop:
+                value, pos = read_varint(view, pos, stop)
+                shape.append(_int64(value))
+        elif field == 2 and wire_type == 0:  # unpacked, also valid
+            value, pos = read_varint(view, pos, end)
+            shape.append(_int64(value))
+        elif field == 3 and wire_type == _LEN:
+            n, pos = read_varint(view, pos, end)
+            if pos + n > end:
+                raise WireFormatError("truncated data")
+            data = view[pos : pos + n]
+            pos += n
+        else:
+            pos = skip_field(view, wire_type, pos, end)
+    return RawTensor(dtype, tuple(shape), data)
+
+
+def read_tensor_map_entry(view: memoryview, pos: int, end: int) -> tuple[str, RawTensor]:
+    """(key, tensor) of one serialized ``map<string, Tensor>`` entry in ``view[pos:end]``."""
+    key = ""
+    tensor = None
+    while pos < end:
+        tag, pos = read_varint(view, pos, end)
+        field, wire_type = tag >> 3, tag & 7
+        if wire_type == _LEN and field in (1, 2):
+            n, pos = read_varint(view, pos, end)
+            if pos + n > end:
+                raise WireFormatError("truncated map entry")
+            if field == 1:
+                try:
+                    key = bytes(view[pos : pos + n]).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise WireFormatError("map key is not UTF-8") from None
+            elif tensor is None:
+                tensor = read_tensor(view, pos, pos + n)
+            else:  # protobuf would merge the two values: leave that to it
+                raise WireFormatError("map entry value given twice")
+            pos += n
+        else:  # upb moves such an entry to the unknown fields: leave that to it
+            raise WireFormatError("unknown field in a map entry")
+    return key, tensor or RawTensor(0, (), b"")

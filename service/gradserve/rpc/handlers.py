@@ -16,6 +16,8 @@ import grpc
 from google.protobuf import message_factory
 from gradserve_client.proto import gradient_service_pb2
 
+from gradserve.rpc import wire
+
 SERVICE = gradient_service_pb2.DESCRIPTOR.services_by_name["Gradient"]
 SERVICE_NAME = SERVICE.full_name  # "gradserve.v1.Gradient"
 
@@ -46,22 +48,29 @@ def lenient_deserializer(cls: Any) -> Callable[[bytes], Any]:
     return deserialize
 
 
+def serialize(message: Any) -> bytes:
+    """A response's bytes: a protobuf message, or one of ``wire``'s pre-encoded responses."""
+    return message.SerializeToString()
+
+
 def method_handlers(servicer: Any) -> dict[str, grpc.RpcMethodHandler]:
     """One RpcMethodHandler per RPC of the service, bound to ``servicer``'s methods."""
     handlers = {}
     for method in SERVICE.methods:
         request_cls = message_factory.GetMessageClass(method.input_type)
-        response_cls = message_factory.GetMessageClass(method.output_type)
         kind = {
             (False, False): grpc.unary_unary_rpc_method_handler,
             (False, True): grpc.unary_stream_rpc_method_handler,
             (True, False): grpc.stream_unary_rpc_method_handler,
             (True, True): grpc.stream_stream_rpc_method_handler,
         }[(method.client_streaming, method.server_streaming)]
+        deserializer = lenient_deserializer(request_cls)
+        if method.name == "Evaluate":  # large payloads read in place (see wire.py)
+            deserializer = wire.evaluate_request_deserializer(deserializer)
         handlers[method.name] = kind(
             getattr(servicer, method.name),
-            request_deserializer=lenient_deserializer(request_cls),
-            response_serializer=response_cls.SerializeToString,
+            request_deserializer=deserializer,
+            response_serializer=serialize,
         )
     return handlers
 

@@ -31,6 +31,7 @@ from gradserve.rpc.errors import (
     rpc_method,
 )
 from gradserve.rpc.graph_cache import CachedGraph, GraphCache
+from gradserve.rpc.wire import DIRECT_ENCODE_BYTES, EncodedEvaluateResponse
 
 _MODES = {
     pb.JACOBIAN_MODE_UNSPECIFIED: "auto",
@@ -226,6 +227,8 @@ class GradientServicer:
             values = _evaluate(
                 call.program, call.inputs, tuple(request.outputs), cancel_callback(context)
             )
+        if sum(np.asarray(v).nbytes for v in values.values()) >= DIRECT_ENCODE_BYTES:
+            return EncodedEvaluateResponse(call.graph_id, values)  # one copy of the values
         return pb.EvaluateResponse(graph_id=call.graph_id, outputs=encode_tensors(values))
 
     @rpc_method

@@ -1,0 +1,130 @@
+"""Evaluate's large messages, read and written in the protobuf wire format by hand.
+
+Under the upb runtime a round trip of one tensor through protobuf messages copies its bytes
+about five times on the server: parse, reading ``Tensor.data``, ``tobytes``, building the
+response's Tensor and map, and serializing. Here a large EvaluateRequest is read in place (its
+tensors are memoryviews of the received bytes, decoded into arrays that view them) and an
+EvaluateResponse is written as chunks joined once, so the values are copied once per direction.
+
+Small messages (below ``DIRECT_PARSE_BYTES``, ``DIRECT_ENCODE_BYTES``) go through protobuf,
+which is faster for them, and so does anything the reader does not take (a field given twice
+where protobuf would merge, a group, a truncated or malformed payload): protobuf then parses
+it, or refuses it as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from gradserve_client.proto import gradient_service_pb2 as pb
+from gradserve_client.proto import graph_pb2, tensor_codec
+from gradserve_client.proto.tensor_codec import WireFormatError, read_varint, skip_field
+
+# Requests at least this large are read by hand (their tensors viewed, not copied), and
+# responses whose values are at least this large written by hand; below, protobuf is faster.
+DIRECT_PARSE_BYTES = 64 * 1024
+DIRECT_ENCODE_BYTES = 64 * 1024
+
+
+class EvaluateRequestView:
+    """An EvaluateRequest read in place: what the servicer reads of the message, with
+    ``inputs`` mapping names to ``tensor_codec.RawTensor`` (data viewing the payload)."""
+
+    __slots__ = ("_source", "graph", "graph_id", "inputs", "outputs")
+
+    def __init__(self) -> None:
+        self._source: str | None = None
+        self.graph = graph_pb2.Graph()
+        self.graph_id = ""
+        self.inputs: dict[str, tensor_codec.RawTensor] = {}
+        self.outputs: list[str] = []
+
+    def WhichOneof(self, name: str) -> str | None:
+        return self._source if name == "graph_source" else None
+
+
+def _text(view: memoryview, pos: int, end: int) -> str:
+    try:
+        return bytes(view[pos:end]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise WireFormatError("a string field is not UTF-8") from None
+
+
+def read_evaluate_request(data: bytes) -> EvaluateRequestView:
+    """The EvaluateRequest in ``data``; raises WireFormatError for what it does not take."""
+    view = memoryview(data)
+    end = len(view)
+    pos = 0
+    request = EvaluateRequestView()
+    graph_seen = False
+    while pos < end:
+        tag, pos = read_varint(view, pos, end)
+        field, wire_type = tag >> 3, tag & 7
+        if wire_type != 2 or field not in (1, 2, 3, 4):
+            pos = skip_field(view, wire_type, pos, end)
+            continue
+        n, pos = read_varint(view, pos, end)
+        stop = pos + n
+        if stop > end:
+            raise WireFormatError("truncated field")
+        if field == 1:
+            if graph_seen:  # protobuf merges repeated message fields
+                raise WireFormatError("graph given twice")
+            graph_seen = True
+            try:
+                request.graph = graph_pb2.Graph.FromString(view[pos:stop])
+            except Exception as exc:
+                raise WireFormatError(f"graph: {exc}") from None
+            request._source = "graph"
+        elif field == 2:
+            request.graph_id = _text(view, pos, stop)
+            request._source = "graph_id"
+        elif field == 3:
+            name, tensor = tensor_codec.read_tensor_map_entry(view, pos, stop)
+            request.inputs[name] = tensor
+        else:
+            request.outputs.append(_text(view, pos, stop))
+        pos = stop
+    if request._source != "graph":
+        request.graph = graph_pb2.Graph()
+    return request
+
+
+def evaluate_request_deserializer(fallback: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """A request deserializer for Evaluate: large payloads read in place, others (and what the
+    reader does not take) by ``fallback`` (protobuf's, which never raises: handlers.py)."""
+
+    def deserialize(data: bytes) -> Any:
+        if len(data) >= DIRECT_PARSE_BYTES:
+            try:
+                return read_evaluate_request(data)
+            except WireFormatError:
+                pass
+        return fallback(data)
+
+    return deserialize
+
+
+class EncodedEvaluateResponse:
+    """An EvaluateResponse whose ``SerializeToString`` writes the wire format directly: the
+    output values are copied once, into the serialized bytes."""
+
+    __slots__ = ("graph_id", "outputs")
+
+    def __init__(self, graph_id: str, outputs: Mapping[str, np.ndarray]) -> None:
+        self.graph_id = graph_id
+        self.outputs = outputs
+
+    def SerializeToString(self) -> bytes:
+        chunks: list[Any] = []
+        if self.graph_id:
+            gid = self.graph_id.encode("utf-8")
+            chunks.append(b"\x0a" + tensor_codec._varint(len(gid)) + gid)
+        chunks += tensor_codec.tensor_map_wire_chunks(2, self.outputs)
+        return b"".join(chunks)
+
+    def to_message(self) -> pb.EvaluateResponse:
+        """The same response as a protobuf message."""
+        return pb.EvaluateResponse.FromString(self.SerializeToString())

@@ -1,0 +1,105 @@
+"""The hand-written wire format of Evaluate's large messages agrees with protobuf's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gradserve.rpc import handlers, wire
+from gradserve_client.proto import gradient_service_pb2 as pb
+from gradserve_client.proto import tensor_codec
+from gradserve_client.proto.tensor_codec import WireFormatError
+
+ARRAYS = {
+    "scalar": np.asarray(1.5),
+    "empty": np.zeros((0, 3), np.float32),
+    "ints": np.arange(-6, 6, dtype=np.int64).reshape(3, 4),
+    "i32": np.arange(5, dtype=np.int32),
+    "bools": np.array([True, False, True]),
+    "strided": np.arange(20.0).reshape(4, 5)[:, ::2],
+    "big_endian": np.arange(4, dtype=">f8"),
+    "ünï": np.ones(2),
+}
+
+
+def test_encoded_response_parses_as_the_message() -> None:
+    encoded = wire.EncodedEvaluateResponse("g" * 64, ARRAYS).SerializeToString()
+    message = pb.EvaluateResponse.FromString(encoded)
+    assert message.graph_id == "g" * 64
+    assert set(message.outputs) == set(ARRAYS)
+    for name, array in ARRAYS.items():
+        back = tensor_codec.from_tensor(message.outputs[name])
+        assert back.dtype == array.dtype.newbyteorder("<") and back.shape == array.shape
+        np.testing.assert_array_equal(back, array)
+    expected = pb.EvaluateResponse(graph_id="g" * 64, outputs=tensor_codec.to_tensors(ARRAYS))
+    assert message == expected
+
+
+@pytest.mark.parametrize("source", ["graph", "graph_id", "none"])
+def test_read_request_agrees_with_protobuf(source: str) -> None:
+    request = pb.EvaluateRequest(inputs=tensor_codec.to_tensors(ARRAYS), outputs=["a", "b"])
+    if source == "graph":
+        request.graph.outputs.append("x")
+        request.graph.opset = 1
+    elif source == "graph_id":
+        request.graph_id = "abc"
+    data = request.SerializeToString()
+    view = wire.read_evaluate_request(data)
+    assert view.WhichOneof("graph_source") == request.WhichOneof("graph_source")
+    assert view.graph == request.graph and view.graph_id == request.graph_id
+    assert view.outputs == list(request.outputs)
+    assert set(view.inputs) == set(request.inputs)
+    for name, tensor in request.inputs.items():
+        got = tensor_codec.from_tensor(view.inputs[name])
+        np.testing.assert_array_equal(got, tensor_codec.from_tensor(tensor))
+        assert got.dtype == tensor_codec.from_tensor(tensor).dtype
+
+
+def test_read_request_views_the_payload() -> None:
+    big = np.arange(100_000.0)
+    data = pb.EvaluateRequest(inputs={"x": tensor_codec.to_tensor(big)}).SerializeToString()
+    array = tensor_codec.from_tensor(wire.read_evaluate_request(data).inputs["x"])
+    assert np.shares_memory(array, np.frombuffer(data, np.uint8))
+    assert not array.flags.writeable
+
+
+def test_unknown_fields_and_unpacked_shapes_are_read() -> None:
+    tensor = b"\x08\x02\x10\x02\x10\x01\x28\x07\x1a\x10" + np.ones(2).tobytes()
+    entry = b"\x0a\x01x" + b"\x12" + bytes([len(tensor)]) + tensor
+    data = b"\x1a" + bytes([len(entry)]) + entry + b"\x48\x05" + b"\x12\x02id"
+    view = wire.read_evaluate_request(data)
+    assert view.graph_id == "id"
+    np.testing.assert_array_equal(tensor_codec.from_tensor(view.inputs["x"]), np.ones((2, 1)))
+    assert pb.EvaluateRequest.FromString(data).inputs["x"].shape == [2, 1]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x1a\x05\x0a", b"\x12\x01\xff", b"\x0b", b"\x1a\x80", b"\x1a\x02\x28\x07"],
+    ids=["truncated", "not-utf8", "group", "truncated-varint", "unknown-in-map-entry"],
+)
+def test_what_the_reader_refuses_falls_back_to_protobuf(data: bytes) -> None:
+    with pytest.raises(WireFormatError):
+        wire.read_evaluate_request(data)
+    deserialize = wire.evaluate_request_deserializer(
+        handlers.lenient_deserializer(pb.EvaluateRequest)
+    )
+    result = deserialize(data)  # small: protobuf's path directly
+    assert isinstance(result, handlers.BadPayload | pb.EvaluateRequest)
+
+
+def test_large_malformed_payload_is_a_bad_payload() -> None:
+    deserialize = wire.evaluate_request_deserializer(
+        handlers.lenient_deserializer(pb.EvaluateRequest)
+    )
+    data = b"\x1a" + tensor_codec._varint(wire.DIRECT_PARSE_BYTES * 2) + b"\x00" * 100_000
+    assert isinstance(deserialize(data), handlers.BadPayload)
+
+
+def test_varints_match_protobuf() -> None:
+    for shape in [(0,), (1,), (127,), (128,), (300, 2**20), (2**40,)]:
+        tensor = pb.EvaluateRequest(
+            inputs={"x": tensor_codec.to_tensor(np.zeros(0).reshape(*shape[:-1], 0))}
+        )
+        chunks = tensor_codec.tensor_map_wire_chunks(3, {"x": np.zeros(0).reshape(*shape[:-1], 0)})
+        assert b"".join(chunks) == tensor.SerializeToString()
+    assert tensor_codec._varint(-1) == b"\xff" * 9 + b"\x01"
