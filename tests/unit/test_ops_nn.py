@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from gradcheck import check_derivatives, check_second_derivatives, op_program, program
 from gradserve.autodiff import GraphError, evaluate, jacobian, jvp_values, vjp_values
+from gradserve.autodiff.transforms import vjp
 
 NEG_INF = -np.inf
 
@@ -158,6 +159,45 @@ def test_cross_entropy_labels_get_no_gradient():
     with pytest.raises(GraphError) as info:
         vjp_values(p, {"z": np.zeros((2, 3)), "t": np.array([0, 1])}, {"y": np.ones(())}, ["t"])
     assert info.value.field == "wrt"
+
+
+def ceg_program(logits_shape, labels_dtype="int64", dtype="float64"):
+    return program(
+        {"z": (logits_shape, dtype), "t": (logits_shape[:-1], labels_dtype)},
+        [("y", "cross_entropy_grad", ["z", "t"])],
+        ["y"],
+    )
+
+
+@pytest.mark.parametrize("shape", [(4,), (3, 4), (2, 3, 5)])
+def test_cross_entropy_grad_is_softmax_minus_one_hot_with_derivatives(shape):
+    rng = np.random.default_rng(4)
+    feeds = {"z": rng.standard_normal(shape) * 2, "t": labels_for(shape[:-1], shape[-1], 1)}
+    p = ceg_program(shape)
+    expected = ref_softmax(feeds["z"]) - np.eye(shape[-1])[feeds["t"]]
+    np.testing.assert_allclose(evaluate(p, feeds)["y"], expected, rtol=1e-13, atol=1e-15)
+    check_derivatives(p, feeds)
+    check_second_derivatives(
+        ceg_program(shape, "int32"), {**feeds, "t": feeds["t"].astype(np.int32)}, wrt="z"
+    )
+
+
+@pytest.mark.filterwarnings("error")
+def test_cross_entropy_grad_conventions_float32_nan_rows_and_all_neg_inf():
+    z = np.array([[0, 0, 0, 0], [1, 2, 3, 4], [0, 0, 0, 0], [NEG_INF] * 4], np.float32)
+    t = np.array([1, 4, -1, 2])
+    y = evaluate(ceg_program((4, 4), dtype="float32"), {"z": z, "t": t})["y"]
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y[0], [0.25, -0.75, 0.25, 0.25])
+    assert np.all(np.isnan(y[1:3]))
+    np.testing.assert_array_equal(y[3], [0, 0, -1, 0])  # softmax of an all -inf slice is 0
+
+
+def test_cross_entropy_vjp_emits_no_one_hot_and_no_broadcast():
+    d = vjp(ce_program((3, 4)), ("y",), ("z",))
+    ops = {n.op for n in d.program.nodes}
+    assert "cross_entropy_grad" in ops
+    assert not ops & {"one_hot", "broadcast_to", "softmax"}
 
 
 # ---- mse ---------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from gradserve.autodiff.registry import (
     register,
     same_dtype,
 )
-from gradserve.autodiff.symbolic import Sym, broadcast_to, op, reshape, sum_to
+from gradserve.autodiff.symbolic import Sym, broadcast_to, lift, op, reshape, sum_to
 
 INT_LABELS = ("int64", "int32")
 REDUCTIONS = ("mean", "sum", "none")
@@ -42,26 +42,40 @@ def _axis_type(types: list[TensorType], axis: int = -1) -> TensorType:
     return x
 
 
+# The forwards below run under the executor's np.errstate(all="ignore") and work in place on
+# the arrays they allocate. With a finite max, the max element contributes exp(0) = 1 to the
+# sum, so the fix-ups for non-finite slices are needed only when some max is not finite.
+
+
+def _shift(x: np.ndarray, axis: int) -> tuple[np.ndarray, bool]:
+    """(x minus the max of its slice, or minus 0 where that max is not finite; all finite?)"""
+    m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
+    finite = np.isfinite(m)
+    ok = bool(finite.all())
+    if not ok:
+        m[~finite] = 0
+    return x - m, ok
+
+
 def _softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
-    with np.errstate(invalid="ignore", over="ignore"):
-        m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
-        m[~np.isfinite(m)] = 0
-        e = np.exp(x - m)
-        s = np.sum(e, axis=axis, keepdims=True)
+    e, ok = _shift(x, axis)
+    np.exp(e, out=e)
+    s = np.add.reduce(e, axis=axis, keepdims=True)
+    if not ok:
         s[s == 0] = 1  # an all -inf slice: e is all 0, and so is its softmax
-        return e / s
+    e /= s
+    return e
 
 
 def _log_softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
     # (x - max) - log(sum(exp(x - max))): subtracting the shift first keeps the last ulp that
     # x - logsumexp(x) loses when |x| is large.
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
-        m[~np.isfinite(m)] = 0
-        shifted = x - m
-        lse = np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+    shifted, ok = _shift(x, axis)
+    lse = np.log(np.add.reduce(np.exp(shifted), axis=axis, keepdims=True))
+    if not ok:
         lse[np.isneginf(lse)] = 0  # an all -inf slice: log_softmax is -inf, not -inf - -inf
-        return shifted - lse
+    shifted -= lse
+    return shifted
 
 
 def _axis(x: Sym, axis: int) -> tuple[int]:
@@ -119,18 +133,21 @@ def _reduce(loss: np.ndarray, reduction: str) -> np.ndarray:
     if reduction == "sum":
         return np.sum(loss)
     # The mean of no elements is NaN, as in torch, without numpy's warning.
-    return np.mean(loss) if loss.size else np.asarray(np.nan, loss.dtype)
+    return (
+        np.add.reduce(loss, axis=None) / loss.size if loss.size else np.asarray(np.nan, loss.dtype)
+    )
 
 
 def _mean_scale(shape: tuple[int, ...]) -> float:
     return 1.0 / max(math.prod(shape), 1)
 
 
-def _per_element(g: Sym, shape: tuple[int, ...], reduction: str) -> Sym:
-    """The cotangent of each element of the unreduced loss, of `shape`."""
+def _per_element(g: Sym, shape: tuple[int, ...], reduction: str, rank: int) -> Sym:
+    """The cotangent of each element of the unreduced loss (of `shape`), as a value of rank
+    `rank` that broadcasts against it: the reduced loss's cotangent is not broadcast out."""
     if reduction == "none":
-        return g
-    g = broadcast_to(g, shape)
+        return reshape(g, (*shape, *(1,) * (rank - len(shape))))
+    g = lift(g, rank)
     return g * _mean_scale(shape) if reduction == "mean" and math.prod(shape) != 1 else g
 
 
@@ -162,32 +179,58 @@ def _cross_entropy_type(types: list[TensorType], reduction: str = "mean") -> Ten
     return TensorType(labels.shape if reduction == "none" else (), logits.dtype)
 
 
+def _labels(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(labels flattened, with 0 for an out-of-range label; the mask of those in range, or
+    None when all are)."""
+    flat = labels.reshape(-1)
+    valid = (flat >= 0) & (flat < logits.shape[-1])
+    return (flat, None) if valid.all() else (np.where(valid, flat, 0), valid)
+
+
 def _cross_entropy(
     logits: np.ndarray, labels: np.ndarray, *, reduction: str = "mean"
 ) -> np.ndarray:
-    valid = (labels >= 0) & (labels < logits.shape[-1])
-    index = np.where(valid, labels, 0)[..., None]
-    picked = np.take_along_axis(_log_softmax(logits), index, axis=-1)[..., 0]
-    loss = np.where(valid, -picked, np.nan).astype(logits.dtype, copy=False)
-    return _reduce(loss, reduction)
+    flat, valid = _labels(logits, labels)
+    rows = _log_softmax(logits).reshape(-1, logits.shape[-1])
+    loss = rows[np.arange(flat.size), flat]  # a new array: negated in place
+    np.negative(loss, out=loss)
+    if valid is not None:
+        loss[~valid] = np.nan
+    return _reduce(loss.reshape(labels.shape), reduction)
 
 
-def _ce_weights(logits: Sym, labels: Sym) -> Sym:
-    """d loss_i / d logits_i = softmax - one_hot (NaN for an out-of-range label)."""
-    one_hot = op.one_hot(labels, depth=logits.shape[-1], dtype=logits.dtype)
-    return op.softmax(logits, axis=-1) - one_hot
+def _cross_entropy_grad(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """d loss_i / d logits_i = softmax(logits_i) minus 1 at the label; NaN for a label out of
+    range. One softmax, then in place: no one-hot."""
+    p = _softmax(logits)
+    flat, valid = _labels(logits, labels)
+    rows = p.reshape(-1, logits.shape[-1])
+    rows[np.arange(flat.size), flat] -= 1
+    if valid is not None:
+        rows[~valid] = np.nan
+    return p
+
+
+def _cross_entropy_grad_type(types: list[TensorType]) -> TensorType:
+    _cross_entropy_type(types, "none")  # the same operands as cross_entropy
+    return types[0]
 
 
 def _cross_entropy_jvp(ts, ans, logits, labels, reduction="mean"):
     if ts[0] is None:
         return None
-    per = op.sum(ts[0] * _ce_weights(logits, labels), axis=(-1,))
+    per = op.sum(ts[0] * op.cross_entropy_grad(logits, labels), axis=(-1,))
     return _reduced(per, labels.shape, reduction)
 
 
 def _cross_entropy_vjp(g, ans, logits, labels, reduction="mean"):
-    per = reshape(_per_element(g, labels.shape, reduction), (*labels.shape, 1))
-    return per * _ce_weights(logits, labels), None
+    per = _per_element(g, labels.shape, reduction, logits.ndim)
+    return per * op.cross_entropy_grad(logits, labels), None
+
+
+def _cross_entropy_grad_rule(t: Sym, logits: Sym) -> Sym:
+    # The one-hot part is constant: what is left is softmax's (symmetric) Jacobian.
+    return _softmax_rule(t, op.softmax(logits, axis=-1), logits)
 
 
 def _one_hot_type(types: list[TensorType], depth: int, dtype: str = "float64") -> TensorType:
@@ -218,6 +261,21 @@ register(
         attrs={"reduction": AttrSpec("string", "mean")},
         jvp=_cross_entropy_jvp,
         vjp=_cross_entropy_vjp,
+    )
+)
+register(
+    OpDef(
+        "cross_entropy_grad",
+        2,
+        _cross_entropy_grad_type,
+        _cross_entropy_grad,
+        "softmax(logits) minus 1 at the label (class axis last): the gradient of cross_entropy "
+        "per example; a row of NaN for a label out of range; labels get no gradient",
+        jvp=lambda ts, ans, logits, labels: (
+            None if ts[0] is None else _cross_entropy_grad_rule(ts[0], logits)
+        ),
+        vjp=lambda g, ans, logits, labels: (_cross_entropy_grad_rule(g, logits), None),
+        internal=True,
     )
 )
 register(
@@ -256,7 +314,7 @@ def _mse_jvp(ts, ans, pred, target, reduction="mean"):
 
 def _mse_vjp(g, ans, pred, target, reduction="mean"):
     shape = broadcast_shapes(pred.shape, target.shape)
-    ct = _per_element(g, shape, reduction) * ((pred - target) * 2)
+    ct = _per_element(g, shape, reduction, len(shape)) * ((pred - target) * 2)
     return sum_to(ct, pred.shape), sum_to(-ct, target.shape)
 
 
