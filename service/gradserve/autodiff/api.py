@@ -11,11 +11,15 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from gradserve.autodiff.executor import compile_program
-from gradserve.autodiff.ir import GraphError, Program, TensorType
+from gradserve.autodiff.ir import DTYPES, GraphError, Program, TensorType
 from gradserve.autodiff.transforms import jvp, select, vjp
 
 Arrays = Mapping[str, np.ndarray]
 Cancel = Callable[[], bool] | None
+
+
+# dtype objects by name: comparing them is cheap, reading `dtype.name` is not (a property).
+_NP_DTYPES = {name: np.dtype(name) for name in DTYPES}
 
 
 def check_array(
@@ -23,7 +27,7 @@ def check_array(
 ) -> np.ndarray:
     """`value` as an array of the expected type; lossless casts only (int to float, say)."""
     array = np.asarray(value)
-    if array.dtype.name != expected.dtype:
+    if array.dtype != _NP_DTYPES[expected.dtype]:
         if array.dtype.kind in "OSUVMmc" or not np.can_cast(array.dtype, expected.dtype, "safe"):
             raise GraphError(
                 name,
