@@ -78,7 +78,10 @@ def _softplus(x: np.ndarray) -> np.ndarray:
 
 
 def _safe_multiply(g: np.ndarray, d: np.ndarray) -> np.ndarray:
-    return np.where(g == 0, 0, g * d)
+    # Only an inf or NaN in the product can come from 0 * inf: fix up only then. (Where g == 0
+    # and d is finite, g * d is a zero already, of d's sign.)
+    out = np.multiply(g, d)
+    return out if np.isfinite(out).all() else np.where(g == 0, 0, out)
 
 
 # fmt: off
