@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from grpc_health.v1 import health_pb2_grpc
 
+from . import _wire
 from .errors import DataLoss, GradserveError, InvalidArgument, NotFound, ResourceExhausted
 from .graph import Graph
 from .proto import gradient_service_pb2 as pb
@@ -819,8 +820,16 @@ class GrpcClientBase:
         self.timeout = timeout
         self._metadata = call_metadata(token)
         self._stub = pb_grpc.GradientStub(self._channel)
+        self._evaluate_wire = _wire.evaluate_method(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._graph_ids = GraphIds()
+
+    def _evaluate(self, call: Call) -> tuple[Any, Any]:
+        """(method, request) of an Evaluate call: large inputs go through the wire path
+        (`_wire`: values copied once each way), others through the generated stub."""
+        if _wire.is_large(call.feeds):
+            return self._evaluate_wire, _wire.EvaluateRequest(call.feeds, call.of)
+        return self._stub.Evaluate, evaluate_request(call)
 
     def _open_channel(
         self,

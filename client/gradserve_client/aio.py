@@ -124,9 +124,8 @@ class AsyncClient(cm.GrpcClientBase):
     ) -> dict[str, np.ndarray]:
         """As `Client.evaluate`: the values of the outputs (all, or ``outputs``), by output name."""
         call = cm.evaluate_call(graph, inputs, outputs)
-        request = cm.evaluate_request(call)
-        response = await self._graph_call(self._stub.Evaluate, request, call.meta)
-        return cm.decode_outputs(call, response)
+        method, request = self._evaluate(call)
+        return cm.decode_outputs(call, await self._graph_call(method, request, call.meta))
 
     async def jacobian(
         self,

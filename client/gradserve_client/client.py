@@ -122,8 +122,8 @@ class Client(cm.GrpcClientBase):
         the response.
         """
         call = cm.evaluate_call(graph, inputs, outputs)
-        response = self._graph_call(self._stub.Evaluate, cm.evaluate_request(call), call.meta)
-        return cm.decode_outputs(call, response)
+        method, request = self._evaluate(call)
+        return cm.decode_outputs(call, self._graph_call(method, request, call.meta))
 
     def jacobian(
         self,
