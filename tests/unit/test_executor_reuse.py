@@ -131,3 +131,27 @@ def test_a_gradient_reuses_buffers_and_matches_numpy():
         np.testing.assert_allclose(g["V"], h.sum(0)[:, None])
     for k in feeds:
         np.testing.assert_array_equal(feeds[k], before[k])
+
+
+def test_whole_views_are_reused_but_broadcasts_and_slices_are_not():
+    p = program(
+        {"x": (3, 4), "y": (1, 4)},
+        [
+            ("a", "exp", ["x"]),
+            ("r", "reshape", ["a"], {"shape": [12]}),
+            ("c", "sin", ["r"]),  # r is all of a's buffer: reused
+            ("t", "transpose", ["c2"]),
+            ("c2", "reshape", ["c"], {"shape": [3, 4]}),
+            ("u", "cos", ["t"]),  # a transposed view of the whole buffer: reused
+            ("e", "exp", ["y"]),
+            ("b", "broadcast_to", ["e"], {"shape": [4, 4]}),
+            ("f", "sin", ["b"]),  # read-only broadcast: not reused
+            ("s", "slice", ["u"], {"index": "1:3"}),
+            ("g", "cos", ["s"]),  # part of a buffer: not reused
+        ],
+        ["f", "g"],
+    )
+    assert donors(p) == {"c": "r", "u": "t"}
+    out = run(p, x=X, y=X[:1])
+    np.testing.assert_allclose(out["f"], np.broadcast_to(np.sin(np.exp(X[:1])), (4, 4)))
+    np.testing.assert_allclose(out["g"], np.cos(np.cos(np.sin(np.exp(X)).T))[1:3])

@@ -6,10 +6,12 @@ at once, so peak memory follows the live values, not the whole program). Between
 the optional `cancel` callback whether to stop.
 
 Buffer reuse: an element-wise ufunc step writes into the buffer of an operand that dies at that
-step (`out=`), instead of allocating, when that buffer is a whole array of the result's shape
-and dtype made by an earlier step of this run, and no other live value aliases it. Aliases are
-tracked at compile time: the result of any op other than a ufunc or matmul (reshape, transpose,
-broadcast_to, slice, ... and any op that might return its operand) is taken to alias its operands.
+step (`out=`), instead of allocating, when that operand is a writable array of the result's
+shape and dtype over all of a buffer made by an earlier step of this run (a ufunc or matmul
+result, or a reshape, transpose, expand_dims or squeeze of one), and no other live value aliases
+it. Aliases are tracked at compile time: the result of any op other than a ufunc or matmul
+(views: reshape, transpose, broadcast_to, slice, ...; and any op that might return an operand)
+is taken to alias its operands.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ def _fresh(op: str) -> bool:
 
 def _ufunc(op: str) -> bool:
     return isinstance(OPS[op].forward, np.ufunc)
+
+
+# Their result, from a whole buffer, is a writable array over all of it (a view, or a copy).
+_WHOLE_VIEWS = frozenset({"reshape", "transpose", "expand_dims", "squeeze"})
 
 
 class _Aliases:
@@ -88,7 +94,7 @@ def _plan_reuse(
     sets = _Aliases()
     for s in fixed:  # inputs and folded constants: never ours to overwrite
         sets.add(s, pinned=True)
-    whole: set[int] = set()  # slots holding an entire buffer made by a step (not a view)
+    whole: set[int] = set()  # slots holding a writable array over all of a buffer of this run
     donors = []
     for (_, args, out), dead in zip(calls, dies, strict=True):
         op = ops[names[out]]
@@ -115,6 +121,8 @@ def _plan_reuse(
             sets.add(out)
             for a in args:
                 sets.union(out, a)
+            if op in _WHOLE_VIEWS and args[0] in whole:
+                whole.add(out)
         for d in dead:
             sets.live[sets.find(d)] -= 1
         donors.append(donor)
