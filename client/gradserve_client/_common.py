@@ -207,6 +207,8 @@ def as_array(name: str, value: npt.ArrayLike, dtype: np.dtype[Any] | None, field
         array = np.asarray(value)
     except (ValueError, OverflowError) as exc:
         raise _refuse(name, field, f"cannot convert {type(value).__name__}: {exc}") from None
+    if array.dtype is dtype:  # the common case: nothing to check or cast
+        return array
     try:
         tensor_codec.dtype_from_numpy(array.dtype)
     except TypeError as exc:
@@ -372,7 +374,9 @@ def encode(values: Mapping[str, Array]) -> dict[str, Any]:
 
 def evaluate_request(call: Call) -> pb.EvaluateRequest:
     """An EvaluateRequest without its graph source (see `GraphIds.attach`)."""
-    return pb.EvaluateRequest(inputs=encode(call.feeds), outputs=call.of)
+    request = pb.EvaluateRequest(outputs=call.of)
+    tensor_codec.fill_tensor_map(request.inputs, call.feeds)  # no Tensor built, then copied
+    return request
 
 
 def decode_outputs(call: Call, response: pb.EvaluateResponse) -> dict[str, Array]:
@@ -401,12 +405,18 @@ def stream_jacobian_request(request: pb.JacobianRequest) -> pb.StreamJacobianReq
 
 def vjp_request(call: Call) -> pb.VjpRequest:
     """A VjpRequest (of grad or vjp) without its graph source."""
-    return pb.VjpRequest(inputs=encode(call.feeds), cotangents=encode(call.seeds), wrt=call.wrt)
+    request = pb.VjpRequest(wrt=call.wrt)
+    tensor_codec.fill_tensor_map(request.inputs, call.feeds)
+    tensor_codec.fill_tensor_map(request.cotangents, call.seeds)
+    return request
 
 
 def jvp_request(call: Call) -> pb.JvpRequest:
     """A JvpRequest without its graph source."""
-    return pb.JvpRequest(inputs=encode(call.feeds), tangents=encode(call.seeds), of=call.of)
+    request = pb.JvpRequest(of=call.of)
+    tensor_codec.fill_tensor_map(request.inputs, call.feeds)
+    tensor_codec.fill_tensor_map(request.tangents, call.seeds)
+    return request
 
 
 class TrainCall:
@@ -571,9 +581,14 @@ class RemoteTrain:
 
 def decode(tensors_map: Mapping[str, Any], order: Sequence[str] = ()) -> dict[str, Array]:
     """A map of Tensors as read-only arrays, in ``order`` first (then the rest)."""
+    from_tensor = tensor_codec.from_tensor
+    if len(order) == len(tensors_map):  # the common case: exactly the names asked for
+        got = [tensors_map.get(k) for k in order]  # (indexing a message map would insert)
+        if None not in got:
+            return {k: from_tensor(t, field=k) for k, t in zip(order, got, strict=True)}
     keys = [k for k in order if k in tensors_map]
     keys += [k for k in tensors_map if k not in keys]
-    return {k: tensor_codec.from_tensor(tensors_map[k], field=k) for k in keys}
+    return {k: from_tensor(tensors_map[k], field=k) for k in keys}
 
 
 def decode_jacobian(response: pb.JacobianResponse) -> dict[str, dict[str, Array]]:

@@ -25,6 +25,8 @@ __all__ = [
     "dtype_from_numpy",
     "dtype_name",
     "dtype_to_numpy",
+    "fill_tensor",
+    "fill_tensor_map",
     "from_tensor",
     "from_tensors",
     "to_tensor",
@@ -145,6 +147,26 @@ def to_tensor(
     # tobytes is the one unavoidable copy (a protobuf bytes field needs a bytes object); it also
     # linearises a non-contiguous array in row-major order.
     return tensor_pb2.Tensor(dtype=code, shape=array.shape, data=array.tobytes(order="C"))
+
+
+def fill_tensor(tensor: tensor_pb2.Tensor, value: npt.ArrayLike) -> None:
+    """Set the fields of an empty Tensor message in place (a map entry, say) to ``value``, as
+    ``to_tensor`` encodes it: cheaper than building a Tensor and copying it into the map."""
+    array = np.asarray(value)
+    code = _BY_NUMPY.get(array.dtype)
+    if code is None:
+        code = dtype_from_numpy(array.dtype)
+        array = array.astype(_TO_NUMPY[code], order="C")
+    tensor.dtype = code
+    if array.ndim:
+        tensor.shape.extend(array.shape)
+    tensor.data = array.tobytes(order="C")
+
+
+def fill_tensor_map(tensors: Any, values: Mapping[str, npt.ArrayLike]) -> None:
+    """``fill_tensor`` of each value into a protobuf ``map<string, Tensor>`` field."""
+    for name, value in values.items():
+        fill_tensor(tensors[name], value)
 
 
 def from_tensor(
