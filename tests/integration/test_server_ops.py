@@ -29,6 +29,7 @@ SPECIAL = {
     "outer": ([_u(3), _u(2)], {}),
     "prod_others": ([_u(2, 3)], {"axis": [1]}),
     "cross_entropy": ([_u(2, 3), np.array([2, 0])], {}),
+    "cross_entropy_grad": ([_u(2, 3), np.array([2, 0])], {}),
     "one_hot": ([np.array([0, 2, 1])], {"depth": 4}),
     "mse": ([_u(2, 3), _u(2, 3)], {}),
     "reshape": ([_u(2, 3)], {"shape": [3, 2]}),
