@@ -284,3 +284,17 @@ def test_validation_errors_name_their_field(build, field):
         build()
     assert info.value.field == field
     assert info.value.node == "y"
+
+
+@pytest.mark.parametrize("shape", [(5,), (7, 3), (2, 3, 10), (0, 4), (4, 32), (3, 33), (3, 0)])
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_max_helper_is_np_max_with_keepdims(shape, axis):
+    from gradserve.autodiff.ops.nn import _max
+
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    if x.size > 4:
+        x.flat[[1, 3, 4]] = [np.nan, NEG_INF, np.inf]
+    got = _max(x, axis)
+    expected = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)

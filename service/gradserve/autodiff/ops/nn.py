@@ -47,9 +47,18 @@ def _axis_type(types: list[TensorType], axis: int = -1) -> TensorType:
 # sum, so the fix-ups for non-finite slices are needed only when some max is not finite.
 
 
+def _max(x: np.ndarray, axis: int) -> np.ndarray:
+    """np.max(x, axis, keepdims=True). Along a short last axis (classes) numpy reduces each row
+    on its own; over a transposed copy it reduces across rows, 2-4x faster up to ~32."""
+    if axis in (-1, x.ndim - 1) and 0 < x.shape[-1] <= 32:
+        cols = np.ascontiguousarray(x.reshape(-1, x.shape[-1]).T)
+        return np.maximum.reduce(cols, axis=0, initial=-np.inf).reshape(*x.shape[:-1], 1)
+    return np.max(x, axis=axis, keepdims=True, initial=-np.inf)
+
+
 def _shift(x: np.ndarray, axis: int) -> tuple[np.ndarray, bool]:
     """(x minus the max of its slice, or minus 0 where that max is not finite; all finite?)"""
-    m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
+    m = _max(x, axis)
     finite = np.isfinite(m)
     ok = bool(finite.all())
     if not ok:
