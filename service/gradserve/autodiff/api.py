@@ -12,7 +12,7 @@ import numpy as np
 
 from gradserve.autodiff.executor import compile_program
 from gradserve.autodiff.ir import DTYPES, GraphError, Program, TensorType
-from gradserve.autodiff.transforms import jvp, select, vjp
+from gradserve.autodiff.transforms import Derivative, jvp, select, vjp
 
 Arrays = Mapping[str, np.ndarray]
 Cancel = Callable[[], bool] | None
@@ -73,11 +73,7 @@ def vjp_values(
     """(values of the cotangents' outputs, gradients per `wrt`): one reverse pass."""
     of = tuple(cotangents)
     d = vjp(program, of, tuple(wrt))
-    feeds = check_inputs(program, inputs)
-    for name, seed in zip(of, d.seeds, strict=True):
-        feeds[seed] = check_array(name, cotangents[name], program.types[name], "cotangents")
-    out = compile_program(d.program).run(feeds, cancel)
-    return dict(zip(of, out, strict=False)), dict(zip(wrt, out[len(of) :], strict=True))
+    return _run_derivative(program, d, inputs, cotangents, "cotangents", wrt, cancel)
 
 
 def jvp_values(
@@ -88,13 +84,26 @@ def jvp_values(
     cancel: Cancel = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(values of `of`, tangents of `of`): one forward pass."""
-    wrt = tuple(tangents)
-    d = jvp(program, wrt, tuple(of))
+    d = jvp(program, tuple(tangents), tuple(of))
+    return _run_derivative(program, d, inputs, tangents, "tangents", of, cancel)
+
+
+def _run_derivative(
+    program: Program,
+    d: Derivative,
+    inputs: Arrays,
+    seeds: Arrays,
+    field: str,
+    results: Sequence[str],
+    cancel: Cancel,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Run a derivative program with `seeds` (by value name) fed to its seed inputs."""
     feeds = check_inputs(program, inputs)
-    for name, seed in zip(wrt, d.seeds, strict=True):
-        feeds[seed] = check_array(name, tangents[name], program.types[name], "tangents")
+    for name, seed in zip(seeds, d.seeds, strict=True):
+        feeds[seed] = check_array(name, seeds[name], program.types[name], field)
     out = compile_program(d.program).run(feeds, cancel)
-    return dict(zip(of, out, strict=False)), dict(zip(of, out[len(of) :], strict=True))
+    n = len(d.values)
+    return dict(zip(d.values, out, strict=False)), dict(zip(results, out[n:], strict=True))
 
 
 def value_and_grad(

@@ -96,6 +96,26 @@ def _distinct(em: Emitter, syms: list[Sym], taken: Iterable[str]) -> list[str]:
     return names
 
 
+def _derivative(
+    program: Program,
+    em: Emitter,
+    seeds: list[InputDef],
+    of: tuple[str, ...],
+    results: list[Sym | None],
+    like: Sequence[str],
+) -> Derivative:
+    """The Derivative whose outputs are the values of `of`, then `results` (a symbolic zero,
+    None, becomes zeros shaped like the matching value of `like`)."""
+    syms = [
+        r if r is not None else zeros(em.sym(n), program.types[n].shape)
+        for r, n in zip(results, like, strict=True)
+    ]
+    names = _distinct(em, syms, of)
+    return Derivative(
+        _finish(program, em, seeds, [*of, *names]), tuple(s.name for s in seeds), of, tuple(names)
+    )
+
+
 def _check_rule_shape(value: Sym, expected: tuple[int, ...], name: str) -> None:
     # A rule returning the wrong shape would be broadcast silently when cotangents add up.
     if value.shape != expected:
@@ -154,14 +174,7 @@ def vjp(
         for x, need, ct in zip(xs, needs, opdef.vjp(g, ans, *xs, **node.attrs), strict=True):
             if need and ct is not None:
                 accumulate(x.name, ct)
-    grads = [cotangents.get(w) or zeros(em.sym(w), program.types[w].shape) for w in wrt]
-    results = _distinct(em, grads, of)
-    return Derivative(
-        _finish(program, em, seeds, [*of, *results]),
-        tuple(s.name for s in seeds),
-        of,
-        tuple(results),
-    )
+    return _derivative(program, em, seeds, of, [cotangents.get(w) for w in wrt], wrt)
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
@@ -207,14 +220,7 @@ def jvp(
         if out is not None:
             _check_rule_shape(out, em.batch + ans.shape, node.name)
             tangents[node.name] = out
-    outs = [tangents.get(o) or zeros(em.sym(o), program.types[o].shape) for o in of]
-    results = _distinct(em, outs, of)
-    return Derivative(
-        _finish(program, em, seeds, [*of, *results]),
-        tuple(s.name for s in seeds),
-        of,
-        tuple(results),
-    )
+    return _derivative(program, em, seeds, of, [tangents.get(o) for o in of], of)
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
