@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,8 +39,6 @@ AVAILABLE = True
 #: ErrorInfo reason of a run stopped by a NaN or infinite loss or gradient.
 NON_FINITE_LOSS = "NON_FINITE_LOSS"
 
-# The core checks its cancel callback between nodes; ask the RPC context at most this often.
-_CANCEL_INTERVAL = 0.005
 # Events the loop may run ahead of the stream (it still checks for cancellation every step).
 _AHEAD = 4
 
@@ -181,22 +178,6 @@ class PreparedRun:
     batch_size: int
 
 
-def _throttled(cancel: Callable[[], bool] | None) -> Callable[[], bool] | None:
-    if cancel is None:
-        return None
-    last = time.monotonic()
-
-    def check() -> bool:
-        nonlocal last
-        now = time.monotonic()
-        if now - last < _CANCEL_INTERVAL:
-            return False
-        last = now
-        return cancel()
-
-    return check
-
-
 def prepare(
     entry: CachedGraph,
     request: tpb.TrainRequest,
@@ -261,10 +242,9 @@ def prepare(
         except GraphError as exc:
             raise from_graph_error(exc, entry.input_names, running=True) from None
     first = next(iter(data))
-    core_cancel = _throttled(cancel)
 
     def grad_fn(p: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]) -> Any:
-        return fns[batch[first].shape[0]]({**p, **batch}, core_cancel)
+        return fns[batch[first].shape[0]]({**p, **batch}, cancel)
 
     try:
         events = tr.train(grad_fn, params, data, cfg, resume=resume, cancel=cancel)
