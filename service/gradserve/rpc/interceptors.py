@@ -85,6 +85,34 @@ def _checked_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> I
         yield request
 
 
+def _checked(request: Any, context: grpc.ServicerContext, streaming: bool) -> Any:
+    """The request (or request stream), aborting with INVALID_ARGUMENT where it did not parse."""
+    if streaming:
+        return _checked_stream(request, context)
+    if isinstance(request, _Undecodable):
+        request.abort(context)
+    return request
+
+
+def _cached_wrap(
+    cache: dict[tuple[str, int], tuple[grpc.RpcMethodHandler, Any]],
+    method: str,
+    handler: grpc.RpcMethodHandler,
+    wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler],
+) -> grpc.RpcMethodHandler:
+    """``wrap(method, handler)``, built once per handler: grpc asks the interceptors for every
+    call, and the handlers behind them are the same objects every time."""
+    key = (method, id(handler))
+    cached = cache.get(key)
+    if cached is not None and cached[0] is handler:
+        return cached[1]
+    wrapped = wrap(method, handler)
+    if len(cache) >= _MAX_CACHED_HANDLERS:
+        cache.clear()
+    cache[key] = (handler, wrapped)
+    return wrapped
+
+
 def _elements(shape: Any) -> int:
     return math.prod(int(d) for d in shape)
 
@@ -159,7 +187,6 @@ class _Call:
                 metrics.JACOBIAN_ELEMENTS.observe(sum(_elements(b.shape) for b in response.blocks))
             elif self.method == _STREAM_JACOBIAN and self.jacobian:
                 metrics.JACOBIAN_ELEMENTS.observe(sum(self.jacobian.values()))
-        if code is grpc.StatusCode.OK:
             if access_log.isEnabledFor(logging.DEBUG):
                 access_log.debug("rpc", extra={"fields": self._fields(name, duration)})
         elif access_log.isEnabledFor(logging.WARNING):
@@ -202,24 +229,14 @@ class MetricsInterceptor(grpc.ServerInterceptor):
     """Counts, times and sizes every RPC, and writes its access-log line."""
 
     def __init__(self) -> None:
-        # (method, id(handler)) -> (handler, measured handler): grpc asks the interceptors for
-        # every call, and the handlers behind them are the same objects every time.
+        # (method, id(handler)) -> (handler, measured handler)
         self._wrapped: dict[tuple[str, int], tuple[grpc.RpcMethodHandler, Any]] = {}
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED, not counted
             return None
-        method = handler_call_details.method
-        key = (method, id(handler))
-        cached = self._wrapped.get(key)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._measured(method, handler)
-        if len(self._wrapped) >= _MAX_CACHED_HANDLERS:
-            self._wrapped.clear()
-        self._wrapped[key] = (handler, wrapped)
-        return wrapped
+        return _cached_wrap(self._wrapped, handler_call_details.method, handler, self._measured)
 
     def _measured(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         children = _MethodMetrics(method)
@@ -251,10 +268,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                     call = _Call(method, context, children)
                     context.add_callback(call.on_termination)
                     try:
-                        if request_streaming:
-                            request = _checked_stream(request, context)
-                        elif isinstance(request, _Undecodable):
-                            request.abort(context)
+                        request = _checked(request, context, request_streaming)
                         responses = behavior(request, context)
                     except BaseException as exc:
                         call.finish(exc)
@@ -266,11 +280,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             def measured(request: Any, context: grpc.ServicerContext) -> Any:
                 call = _Call(method, context, children)
                 try:
-                    if request_streaming:
-                        request = _checked_stream(request, context)
-                    elif isinstance(request, _Undecodable):
-                        request.abort(context)
-                    response = behavior(request, context)
+                    response = behavior(_checked(request, context, request_streaming), context)
                 except BaseException as exc:
                     call.finish(exc)
                     raise
@@ -330,15 +340,7 @@ class ConcurrencyLimitInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(OPEN_METHODS):
             return handler
-        key = (method, id(handler))
-        cached = self._wrapped.get(key)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._limited(method, handler)
-        if len(self._wrapped) >= _MAX_CACHED_HANDLERS:
-            self._wrapped.clear()
-        self._wrapped[key] = (handler, wrapped)
-        return wrapped
+        return _cached_wrap(self._wrapped, method, handler, self._limited)
 
     def _limited(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         def wrap(behavior: Callable[..., Any]) -> Callable[..., Any]:
