@@ -11,6 +11,8 @@ from pathlib import Path
 
 import grpc
 
+from gradserve.rpc.handlers import HANDLER_FACTORIES
+
 OPEN_SERVICES = ("/grpc.health.v1.Health/",)
 
 
@@ -31,12 +33,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         def deny(request, context):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
 
-        self._deny = {
-            (False, False): grpc.unary_unary_rpc_method_handler(deny),
-            (False, True): grpc.unary_stream_rpc_method_handler(deny),
-            (True, False): grpc.stream_unary_rpc_method_handler(deny),
-            (True, True): grpc.stream_stream_rpc_method_handler(deny),
-        }
+        self._deny = {kind: make(deny) for kind, make in HANDLER_FACTORIES.items()}
 
     def _valid(self, metadata) -> bool:
         for key, value in metadata or ():

@@ -21,6 +21,14 @@ from gradserve.rpc import wire
 SERVICE = gradient_service_pb2.DESCRIPTOR.services_by_name["Gradient"]
 SERVICE_NAME = SERVICE.full_name  # "gradserve.v1.Gradient"
 
+# grpc's RpcMethodHandler constructors by (request streaming, response streaming).
+HANDLER_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
 
 class BadPayload:
     """Stands in for a request message whose bytes did not parse."""
@@ -58,12 +66,7 @@ def method_handlers(servicer: Any) -> dict[str, grpc.RpcMethodHandler]:
     handlers = {}
     for method in SERVICE.methods:
         request_cls = message_factory.GetMessageClass(method.input_type)
-        kind = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }[(method.client_streaming, method.server_streaming)]
+        kind = HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
         deserializer = lenient_deserializer(request_cls)
         if method.name == "Evaluate":  # large payloads read in place (see wire.py)
             deserializer = wire.evaluate_request_deserializer(deserializer)

@@ -30,11 +30,11 @@ from typing import Any
 import grpc
 
 from gradserve import metrics
+from gradserve.rpc.auth import OPEN_SERVICES
 from gradserve.rpc.errors import LimitExceeded, status_of
 
 access_log = logging.getLogger("gradserve.access")
 
-OPEN_METHODS = ("/grpc.health.v1.Health/",)
 _JACOBIAN = "/gradserve.v1.Gradient/Jacobian"
 _STREAM_JACOBIAN = "/gradserve.v1.Gradient/StreamJacobian"
 _TRAIN = "/gradserve.v1.Gradient/Train"
@@ -338,7 +338,7 @@ class ConcurrencyLimitInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(OPEN_METHODS):
+        if handler is None or method.startswith(OPEN_SERVICES):
             return handler
         return _cached_wrap(self._wrapped, method, handler, self._limited)
 
