@@ -130,6 +130,11 @@ def _evaluate(
     return dict(zip(outputs or program.outputs, values, strict=True))
 
 
+def _float_inputs(program: Program) -> list[str]:
+    """The inputs a derivative is taken by when the request lists none."""
+    return [i.name for i in program.inputs if program.types[i.name].is_float]
+
+
 @contextmanager
 def _core_errors(program: Program):
     """Core GraphErrors raised while running, as INVALID_ARGUMENT naming the request field."""
@@ -201,8 +206,7 @@ class GradientServicer:
     def _of_wrt(self, call: _Call, request) -> tuple[tuple[str, ...], tuple[str, ...]]:
         program = call.program
         of = self._names(program, request.of, "of", program.outputs)
-        float_inputs = [i.name for i in program.inputs if program.types[i.name].is_float]
-        wrt = self._names(program, request.wrt, "wrt", float_inputs)
+        wrt = self._names(program, request.wrt, "wrt", _float_inputs(program))
         inputs = set(program.input_names)
         for name in wrt:
             if name not in inputs:
@@ -308,8 +312,7 @@ class GradientServicer:
         cotangents = self._decode(request.cotangents, "cotangents")
         program = call.program
         self._names(program, tuple(cotangents), "cotangents", ())
-        float_inputs = [i.name for i in program.inputs if program.types[i.name].is_float]
-        wrt = self._names(program, request.wrt, "wrt", float_inputs)
+        wrt = self._names(program, request.wrt, "wrt", _float_inputs(program))
         with _core_errors(program):
             values, grads = autodiff.vjp_values(
                 program, call.inputs, cotangents, wrt, cancel_callback(context)
