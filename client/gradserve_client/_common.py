@@ -163,13 +163,6 @@ class GraphIds:
         if graph_id:
             self._ids[meta.key] = graph_id
 
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def clear(self) -> None:
-        """Forget every id (the next request of each graph sends it in full)."""
-        self._ids.clear()
-
 
 def is_graph_not_found(err: Exception) -> bool:
     """NOT_FOUND for an unknown graph_id (ErrorInfo reason GRAPH_NOT_FOUND, or no reason)."""
