@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.echo_server import METHOD as ECHO_METHOD
 from bench.harness import Row, Settings, relative_iqr
 from bench.servers import MAX_MESSAGE, MIB, ServerUnavailable, echo_server, gradserve_server
 
@@ -141,7 +142,7 @@ def run(settings: Settings) -> list[Row]:
             return _skipped(rows, f"server not available yet: {exc}")
         echo_target = stack.enter_context(echo_server())
         echo_channel = stack.enter_context(_channel(echo_target))
-        echo = echo_channel.unary_unary("/bench.Echo/Echo")
+        echo = echo_channel.unary_unary(ECHO_METHOD)
         gs_channel = stack.enter_context(_channel(gs_target))
         stub = pbg.GradientStub(gs_channel)
         client = None

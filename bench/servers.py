@@ -112,11 +112,3 @@ def gradserve_server(*extra: str) -> AbstractContextManager[str]:
 
 def echo_server() -> AbstractContextManager[str]:
     return process_server([sys.executable, "-m", "bench.echo_server"])
-
-
-def wait_ready(target: str, timeout: float = 30.0) -> None:
-    """Block until the channel to `target` connects."""
-    import grpc
-
-    with grpc.insecure_channel(target) as channel:
-        grpc.channel_ready_future(channel).result(timeout=timeout)
