@@ -81,6 +81,7 @@ class SGD:
             object.__setattr__(self, key, value)
 
     def to_proto(self) -> tpb.Optimizer:
+        """The wire message of this optimizer."""
         return tpb.Optimizer(
             sgd=tpb.Sgd(
                 lr=float(self.lr),
@@ -114,6 +115,7 @@ class Adam:
             object.__setattr__(self, key, value)
 
     def to_proto(self) -> tpb.Optimizer:
+        """The wire message of this optimizer."""
         return tpb.Optimizer(
             adam=tpb.Adam(
                 lr=float(self.lr),
@@ -134,6 +136,7 @@ class ConstantLR:
     __slots__ = ()
 
     def to_proto(self) -> tpb.Schedule:
+        """The wire message of this schedule."""
         return tpb.Schedule(constant=tpb.ConstantSchedule())
 
     def __repr__(self) -> str:
@@ -153,6 +156,7 @@ class StepLR:
             raise _bad("schedule.step.step_size", reason)
 
     def to_proto(self) -> tpb.Schedule:
+        """The wire message of this schedule."""
         return tpb.Schedule(
             step=tpb.StepSchedule(step_size=int(self.step_size), gamma=float(self.gamma))
         )
@@ -175,6 +179,7 @@ class CosineLR:
             raise _bad("schedule.cosine.t_max", reason)
 
     def to_proto(self) -> tpb.Schedule:
+        """The wire message of this schedule."""
         return tpb.Schedule(
             cosine=tpb.CosineSchedule(t_max=int(self.t_max), eta_min=float(self.eta_min))
         )
@@ -253,21 +258,26 @@ class Checkpoint:
         return {k: tensor_codec.from_tensor(v, field=k) for k, v in self._proto.params.items()}
 
     def to_proto(self) -> tpb.Checkpoint:
+        """The wire message (``training_pb2.Checkpoint``)."""
         return self._proto
 
     def to_bytes(self) -> bytes:
+        """The checkpoint serialised (deterministic protobuf bytes)."""
         return self._proto.SerializeToString(deterministic=True)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Checkpoint:
+        """The checkpoint of bytes written by `to_bytes`."""
         return cls(tpb.Checkpoint.FromString(data))
 
     def save(self, path: str | os.PathLike[str]) -> None:
+        """Write `to_bytes` to a file."""
         with open(path, "wb") as f:
             f.write(self.to_bytes())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Checkpoint:
+        """Read a checkpoint written by `save`."""
         with open(path, "rb") as f:
             return cls.from_bytes(f.read())
 
@@ -548,7 +558,7 @@ class Run(_RunBase):
 
 class AsyncRun(_RunBase):
     """The asyncio twin of `Run`: ``async for step in run``; then `params`. Breaking out of
-    the loop (or ``await run.cancel()``) stops the run."""
+    the loop (or ``run.cancel()``) stops the run."""
 
     _events: Callable[[], AsyncIterator[Event]]
 
