@@ -230,7 +230,7 @@ def _jacobian(args: argparse.Namespace) -> int:
         for name, j in jac.items():
             shape = "(" + ", ".join(str(d) for d in j.shape) + ("," if j.ndim == 1 else "") + ")"
             print(f"jacobian d/d{name}, shape {shape}:")
-            print(_fmt(j, indent=0) if j.ndim else f"{_fmt(j)}")
+            print(_fmt(j))
     return 0
 
 
@@ -363,9 +363,7 @@ def _train(args: argparse.Namespace) -> int:
             seed=args.seed, shuffle=not args.no_shuffle, checkpoint_every=None,
             progress=not (args.quiet or args.json),
         )  # fmt: skip
-        for _ in run:
-            pass
-        final = run.params
+        final = run.params  # runs it to the end
     np.savez(args.out, **final)
     if plt is not None:
         steps = [s.step for s in run.history]
