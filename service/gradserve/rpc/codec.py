@@ -13,7 +13,7 @@ import numpy as np
 from gradserve_client.proto import graph_pb2, tensor_codec, tensor_pb2
 
 from gradserve.autodiff import GraphDef, InputDef, NodeDef
-from gradserve.rpc.errors import InvalidArgument, LimitExceeded
+from gradserve.rpc.errors import INVALID_GRAPH, InvalidArgument, LimitExceeded
 
 __all__ = ["decode_tensors", "encode_tensor", "encode_tensors", "graph_from_proto"]
 
@@ -36,7 +36,7 @@ def decode_tensor(tensor: tensor_pb2.Tensor, field: str, max_elements: int) -> n
         what = "dtype" if "dtype" in exc.reason else "data"
         if "negative dimension" in exc.reason:
             what = "shape"
-        raise InvalidArgument(f"{field}.{what}", exc.reason, reason="INVALID_INPUT") from None
+        raise InvalidArgument(f"{field}.{what}", exc.reason) from None
 
 
 def decode_tensors(
@@ -72,7 +72,7 @@ def _attr(node: str, key: str, value: graph_pb2.AttrValue, max_elements: int) ->
         return value.s
     if kind == "tensor":
         return decode_tensor(value.tensor, field, max_elements)
-    raise InvalidArgument(field, "no value set", reason="INVALID_GRAPH")
+    raise InvalidArgument(field, "no value set", reason=INVALID_GRAPH)
 
 
 def graph_from_proto(pb: graph_pb2.Graph, *, max_nodes: int, max_elements: int) -> GraphDef:
@@ -89,14 +89,14 @@ def graph_from_proto(pb: graph_pb2.Graph, *, max_nodes: int, max_elements: int) 
             dtype = tensor_codec.dtype_name(spec.dtype)
         except ValueError as exc:
             raise InvalidArgument(
-                f'graph.inputs["{spec.name or i}"].dtype', str(exc), reason="INVALID_GRAPH"
+                f'graph.inputs["{spec.name or i}"].dtype', str(exc), reason=INVALID_GRAPH
             ) from None
         shape = tuple(int(d) for d in spec.shape)
         if any(d < -1 for d in shape):
             raise InvalidArgument(
                 f'graph.inputs["{spec.name or i}"].shape',
                 f"dimensions must be >= 0, or -1 for any size; got {list(shape)}",
-                reason="INVALID_GRAPH",
+                reason=INVALID_GRAPH,
             )
         inputs.append(InputDef(spec.name, dtype, shape))
     nodes = tuple(

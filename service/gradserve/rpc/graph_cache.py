@@ -21,7 +21,13 @@ from gradserve_client.proto import graph_pb2
 
 from gradserve.autodiff import OPSET, GraphDef, GraphError, Program
 from gradserve.rpc.codec import graph_from_proto
-from gradserve.rpc.errors import GRAPH_NOT_FOUND, InvalidArgument, NotFound, from_graph_error
+from gradserve.rpc.errors import (
+    GRAPH_NOT_FOUND,
+    INVALID_GRAPH,
+    InvalidArgument,
+    NotFound,
+    from_graph_error,
+)
 
 # Programs kept per dynamic-shape graph (one per distinct input-shape signature).
 PROGRAMS_PER_GRAPH = 32
@@ -57,9 +63,7 @@ class CachedGraph:
         try:
             concrete = self.graph.specialize(shapes)
         except GraphError as exc:  # a fed shape that does not fit the declared one
-            raise InvalidArgument(
-                f'inputs["{exc.node}"].shape', exc.reason, reason="INVALID_INPUT"
-            ) from None
+            raise InvalidArgument(f'inputs["{exc.node}"].shape', exc.reason) from None
         for spec in concrete.inputs:
             if -1 in spec.shape:
                 raise InvalidArgument(
@@ -139,7 +143,7 @@ class GraphCache:
             raise InvalidArgument(
                 "graph.opset",
                 f"opset {pb.opset} is not supported; this server implements opset {OPSET}",
-                reason="INVALID_GRAPH",
+                reason=INVALID_GRAPH,
             )
         graph = graph_from_proto(pb, max_nodes=max_nodes, max_elements=max_elements)
         if graph.has_dynamic_shapes:
