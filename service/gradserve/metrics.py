@@ -127,14 +127,20 @@ def _version() -> str:
 
 VERSION = _version()
 
+
+def _add_default_collectors(registry: CollectorRegistry) -> None:
+    """The process, platform and GC collectors, describing the calling process."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+
+
 # Private registry: the metric objects register here, never in prometheus_client's
 # global REGISTRY, so importing this module twice in tests or embedding gradserve in
 # another process never collides.
 REGISTRY = CollectorRegistry(auto_describe=True)
 if not is_multiprocess():
-    ProcessCollector(registry=REGISTRY)
-    PlatformCollector(registry=REGISTRY)
-    GCCollector(registry=REGISTRY)
+    _add_default_collectors(REGISTRY)
 
 _R = REGISTRY
 
@@ -241,9 +247,7 @@ def exposition_registry() -> CollectorRegistry:
         return REGISTRY
     registry = CollectorRegistry()
     _multiprocess.MultiProcessCollector(registry)
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
+    _add_default_collectors(registry)
     return registry
 
 
