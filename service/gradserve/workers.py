@@ -120,11 +120,10 @@ def serve_workers(settings: Settings) -> int:
     if problem is not None:
         print(f"gradserve serve: error: --workers: {problem}", file=sys.stderr, flush=True)
         return 1
-    os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
     from gradserve import metrics
 
     created = os.environ.pop(_CREATED_DIR_ENV, None)
-    metrics.clean_multiproc_dir()
+    metrics.clean_multiproc_dir()  # creates the directory too
     parent = os.getpid()
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
