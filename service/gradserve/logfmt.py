@@ -46,7 +46,8 @@ class LogfmtFormatter(logging.Formatter):
 
 
 def configure(level: str) -> None:
-    """Send every ``gradserve`` log record at ``level`` or above to stderr, as logfmt."""
+    """Send every log record at ``level`` or above to stderr, as logfmt (the root logger's
+    handlers are replaced)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogfmtFormatter())
     root = logging.getLogger()

@@ -100,8 +100,8 @@ def create_server(
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Build, bind and start a server; returns (server, bound port, health servicer).
 
-    ``interceptors`` defaults to ``default_interceptors(settings)``. The graph cache's hit and
-    miss hooks and ``gradserve_max_concurrent_rpcs`` are wired to the metrics.
+    ``interceptors`` defaults to ``default_interceptors(settings)``. The graph and dataset
+    caches' hit and miss hooks and ``gradserve_max_concurrent_rpcs`` are wired to the metrics.
     """
     if interceptors is None:
         interceptors = default_interceptors(settings)
