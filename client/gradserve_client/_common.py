@@ -360,11 +360,6 @@ def jvp_call(
     return Call(meta, feeds, seeds, of_names, (), single)
 
 
-def encode(values: Mapping[str, Array]) -> dict[str, Any]:
-    """Arrays as Tensor messages."""
-    return {n: tensor_codec.to_tensor(a) for n, a in values.items()}
-
-
 def evaluate_request(call: Call) -> pb.EvaluateRequest:
     """An EvaluateRequest without its graph source (see `GraphIds.attach`)."""
     request = pb.EvaluateRequest(outputs=call.of)
@@ -379,9 +374,9 @@ def decode_outputs(call: Call, response: pb.EvaluateResponse) -> dict[str, Array
 
 def jacobian_request(call: Call) -> pb.JacobianRequest:
     """A JacobianRequest without its graph source."""
-    return pb.JacobianRequest(
-        inputs=encode(call.feeds), of=call.of, wrt=call.wrt, mode=MODES[call.mode]
-    )
+    request = pb.JacobianRequest(of=call.of, wrt=call.wrt, mode=MODES[call.mode])
+    tensor_codec.fill_tensor_map(request.inputs, call.feeds)
+    return request
 
 
 def stream_jacobian_request(request: pb.JacobianRequest) -> pb.StreamJacobianRequest:
@@ -462,7 +457,6 @@ def train_call(
         feeds = {}
     request = tpb.TrainRequest(
         loss=loss,
-        params=encode(feeds),
         batch_size=batch_size or 0,
         epochs=epochs or 0,
         max_steps=max_steps or 0,
@@ -472,6 +466,7 @@ def train_call(
         report_every=report_every or 0,
         checkpoint_every=checkpoint_every or 0,
     )
+    tensor_codec.fill_tensor_map(request.params, feeds)
     sched = schedule_proto(schedule)
     if sched is not None:
         request.schedule.CopyFrom(sched)
@@ -499,9 +494,9 @@ class TrainData:
         self.id = "" if self.inline else dataset_id(self.arrays)
 
     def attach(self, request: tpb.TrainRequest) -> None:
+        """Put the data in ``request``: inline, or its dataset id."""
         if self.inline:
-            for name, a in self.arrays.items():
-                request.inline_data.tensors[name].CopyFrom(tensor_codec.to_tensor(a))
+            tensor_codec.fill_tensor_map(request.inline_data.tensors, self.arrays)
         else:
             request.dataset_id = self.id
 
