@@ -139,24 +139,28 @@ def to_tensor(
         if not np.can_cast(array.dtype, target, casting="same_kind"):
             raise TypeError(f"cannot cast {array.dtype.name} values to {target.name}")
         array = array.astype(target, copy=False)
-    code = _BY_NUMPY.get(array.dtype)
-    if code is None:
-        code = dtype_from_numpy(array.dtype)
-        # only the byte order differs: one converting copy, in C order
-        array = array.astype(_TO_NUMPY[code], order="C")
+    code, array = _little_endian(array)
     # tobytes is the one unavoidable copy (a protobuf bytes field needs a bytes object); it also
     # linearises a non-contiguous array in row-major order.
     return tensor_pb2.Tensor(dtype=code, shape=array.shape, data=array.tobytes(order="C"))
 
 
-def fill_tensor(tensor: tensor_pb2.Tensor, value: npt.ArrayLike) -> None:
-    """Set the fields of an empty Tensor message in place (a map entry, say) to ``value``, as
-    ``to_tensor`` encodes it: cheaper than building a Tensor and copying it into the map."""
-    array = np.asarray(value)
+def _little_endian(
+    array: np.ndarray[Any, np.dtype[Any]],
+) -> tuple[DType, np.ndarray[Any, np.dtype[Any]]]:
+    """(wire dtype, ``array`` in its little-endian dtype): a converting copy, in C order, only
+    when the byte order differs; ``TypeError`` for a dtype with no wire dtype."""
     code = _BY_NUMPY.get(array.dtype)
     if code is None:
         code = dtype_from_numpy(array.dtype)
         array = array.astype(_TO_NUMPY[code], order="C")
+    return code, array
+
+
+def fill_tensor(tensor: tensor_pb2.Tensor, value: npt.ArrayLike) -> None:
+    """Set the fields of an empty Tensor message in place (a map entry, say) to ``value``, as
+    ``to_tensor`` encodes it: cheaper than building a Tensor and copying it into the map."""
+    code, array = _little_endian(np.asarray(value))
     tensor.dtype = code
     if array.ndim:
         tensor.shape.extend(array.shape)
@@ -273,12 +277,8 @@ def _varint(value: int) -> bytes:
 
 def _wire_array(value: npt.ArrayLike) -> tuple[int, np.ndarray[Any, np.dtype[Any]]]:
     """(wire dtype, C-contiguous little-endian array) of a value, as ``to_tensor`` encodes it."""
-    array = np.asarray(value)
-    code = _BY_NUMPY.get(array.dtype)
-    if code is None:
-        code = dtype_from_numpy(array.dtype)
-        array = array.astype(_TO_NUMPY[code], order="C")
-    elif not array.flags.c_contiguous:
+    code, array = _little_endian(np.asarray(value))
+    if not array.flags.c_contiguous:
         array = np.ascontiguousarray(array)
     return code, array
 
