@@ -479,9 +479,7 @@ class _RunBase:
     def _end(self, progress: _Progress) -> None:
         """Stop iterating: close the bar; a run left before its end is stopped."""
         progress.close()
-        if self._state.result is None:
-            self._state.stopped = self._state.error is None
-            self._cancel()
+        self.cancel()
 
     def cancel(self) -> None:
         """Stop the run (the server stops within one step)."""
