@@ -9,7 +9,7 @@ from .graph import *  # noqa: F403 - the op functions are the public API, listed
 
 __all__ = [*_graph.__all__]
 
-# The clients, their exceptions and result types (appended by the SDK's client module owners).
+# The clients, their exceptions and result types.
 from . import errors as _errors
 from . import training as _training
 from ._common import TLS, AttrInfo, OperatorInfo, ServerInfo
