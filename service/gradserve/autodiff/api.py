@@ -6,6 +6,7 @@ at this boundary, and runs cached compiled programs.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -42,7 +43,32 @@ def check_array(
     return array
 
 
+@functools.lru_cache(maxsize=1024)
+def _signature(program: Program) -> tuple[tuple[str, np.dtype, tuple[int, ...]], ...]:
+    """(input name, numpy dtype, shape) of each input of `program`."""
+    types = program.types
+    return tuple(
+        (i.name, _NP_DTYPES[types[i.name].dtype], types[i.name].shape) for i in program.inputs
+    )
+
+
+def _exact(program: Program, inputs: Arrays) -> bool:
+    """True when `inputs` are exactly the program's inputs, as arrays of their dtypes and
+    shapes (what the server's codec decodes): then there is nothing to cast or explain."""
+    sig = _signature(program)
+    if len(inputs) != len(sig):
+        return False
+    for name, dtype, shape in sig:
+        array = inputs.get(name)
+        if type(array) is not np.ndarray or array.dtype != dtype or array.shape != shape:
+            return False
+    return True
+
+
 def check_inputs(program: Program, inputs: Arrays) -> dict[str, np.ndarray]:
+    """`inputs` as arrays of the program's input types; GraphError naming the one at fault."""
+    if _exact(program, inputs):
+        return dict(inputs)
     unknown = set(inputs) - set(program.input_names)
     if unknown:
         raise GraphError(sorted(unknown)[0], "inputs", "not an input of the graph")

@@ -7,10 +7,9 @@ raised, never set on the context: ``errors.rpc_method`` maps them to statuses.
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
@@ -90,44 +89,6 @@ def cancel_callback(
         return not context.is_active()
 
     return cancelled
-
-
-@functools.lru_cache(maxsize=1024)
-def _signature(program: Program) -> tuple[tuple[str, np.dtype, tuple[int, ...]], ...]:
-    """(input name, numpy dtype, shape) of each input: what check_inputs compares."""
-    types = program.types
-    return tuple(
-        (i.name, np.dtype(types[i.name].dtype), types[i.name].shape) for i in program.inputs
-    )
-
-
-def _exact_inputs(program: Program, inputs: Mapping[str, np.ndarray]) -> bool:
-    """True when ``inputs`` are exactly the program's inputs with their dtypes and shapes: then
-    the core's check (``check_inputs``, which would also cast or explain) has nothing to do."""
-    sig = _signature(program)
-    if len(inputs) != len(sig):
-        return False
-    for name, dtype, shape in sig:
-        array = inputs.get(name)
-        if array is None or array.dtype != dtype or array.shape != shape:
-            return False
-    return True
-
-
-def _evaluate(
-    program: Program,
-    inputs: Mapping[str, np.ndarray],
-    outputs: Sequence[str],
-    cancel: Callable[[], bool],
-) -> dict[str, np.ndarray]:
-    """``autodiff.evaluate``, without its input check when the decoded inputs already match
-    the program exactly (the codec made them arrays of the wire dtypes); otherwise the core's
-    own path, which casts or raises the GraphError naming the field."""
-    if not _exact_inputs(program, inputs):
-        return autodiff.evaluate(program, inputs, outputs, cancel)
-    target = autodiff.select(program, outputs) if outputs else program
-    values = autodiff.compile_program(target).run(inputs, cancel)
-    return dict(zip(outputs or program.outputs, values, strict=True))
 
 
 def _float_inputs(program: Program) -> list[str]:
@@ -228,7 +189,7 @@ class GradientServicer:
     def Evaluate(self, request, context):
         call = self._prepare(request)
         with _core_errors(call.program):
-            values = _evaluate(
+            values = autodiff.evaluate(
                 call.program, call.inputs, tuple(request.outputs), cancel_callback(context)
             )
         if sum(np.asarray(v).nbytes for v in values.values()) >= DIRECT_ENCODE_BYTES:
