@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from . import _common as cm
 from .errors import GradserveError, error_class
+from .proto import gradient_service_pb2 as pb
 from .training import Checkpoint, Run, TrainResult, TrainStep
 
 __all__ = ["LocalClient"]
@@ -269,12 +270,7 @@ class LocalClient:
             current = version("gradserve")
         except PackageNotFoundError:  # pragma: no cover - running from a source tree
             current = "0+unknown"
-        limits = {
-            "max_message_bytes": 0,
-            "max_graph_nodes": 0,
-            "max_tensor_elements": 0,
-            "max_jacobian_elements": 0,
-        }
+        limits = {f.name: 0 for f in pb.ServerLimits.DESCRIPTOR.fields}
         return cm.ServerInfo(current, 1, limits, ("local",))
 
     def health(self, service: str = "") -> str:
