@@ -347,17 +347,10 @@ class Graph:
         node = self._own_node(value, "output")
         if any(o.name == name for o in self._outputs):
             raise ValueError(f"graph already has an output named {name!r}")
-        if node.name == name:
-            pass
-        elif node.auto_named and node not in self._outputs:
+        if node.name != name:
             self._check_new_name(name)
-            del self._by_name[node.name]
-            node.name = name
-            node.auto_named = False
-            self._by_name[name] = node
-        else:
-            self._check_new_name(name)
-            node = self._add_node("slice", (node,), {"index": "..."}, node.shape, node.dtype)
+            if not node.auto_named or node in self._outputs:
+                node = self._add_node("slice", (node,), {"index": "..."}, node.shape, node.dtype)
             del self._by_name[node.name]
             node.name, node.auto_named = name, False
             self._by_name[name] = node
