@@ -142,11 +142,9 @@ class _Call:
 
     __slots__ = ("_done", "_lock", "context", "jacobian", "method", "metrics", "start")
 
-    def __init__(
-        self, method: str, context: grpc.ServicerContext, children: _MethodMetrics | None = None
-    ) -> None:
+    def __init__(self, method: str, context: grpc.ServicerContext, children: _MethodMetrics):
         self.method = method
-        self.metrics = children or _MethodMetrics(method)
+        self.metrics = children
         self.context = context
         self.start = time.perf_counter()
         self.jacobian: dict[tuple[str, str], int] = {}  # StreamJacobian: (of, wrt) -> elements
