@@ -60,20 +60,10 @@ def _wire_metrics(settings: Settings, servicer: GradientServicer) -> None:
     from gradserve import metrics
 
     hooks = [
-        (
-            getattr(servicer, "graph_cache", None),
-            metrics.GRAPH_CACHE_HITS,
-            metrics.GRAPH_CACHE_MISSES,
-        ),
-        (
-            getattr(servicer, "dataset_cache", None),
-            metrics.DATASET_CACHE_HITS,
-            metrics.DATASET_CACHE_MISSES,
-        ),
+        (servicer.graph_cache, metrics.GRAPH_CACHE_HITS, metrics.GRAPH_CACHE_MISSES),
+        (servicer.dataset_cache, metrics.DATASET_CACHE_HITS, metrics.DATASET_CACHE_MISSES),
     ]
     for cache, hits, misses in hooks:
-        if cache is None:
-            continue
         if hits.inc not in cache.on_hit:
             cache.on_hit.append(hits.inc)
         if misses.inc not in cache.on_miss:
@@ -193,7 +183,7 @@ def serve_one(settings: Settings, *, worker: bool = False, ready: int | None = N
     server (the parent serves them); it writes one line to the pipe ``ready`` once it serves,
     or the error that stopped it."""
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: stop.set())
     with stop_signals_blocked():
         try:
