@@ -224,9 +224,9 @@ def prepare(
     sizes = {min(cfg.batch_size, n)} | ({n % cfg.batch_size} if n % cfg.batch_size else set())
     names = tuple(params)
     fns = {}
+    param_shapes = {k: v.shape for k, v in params.items()}
     for size in sorted(sizes, reverse=True):
-        shapes = {k: v.shape for k, v in params.items()}
-        shapes |= {k: (size, *v.shape[1:]) for k, v in data.items()}
+        shapes = param_shapes | {k: (size, *v.shape[1:]) for k, v in data.items()}
         program = entry.program_for(shapes, max_nodes)
         t = program.types[loss]
         if t.shape != ():
