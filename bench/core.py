@@ -76,13 +76,10 @@ def local_client() -> tuple[Any, str]:
     """(a LocalClient, "") or (None, why not)."""
     try:
         gs = sdk()
-    except Exception as exc:  # the SDK is being written: report, don't crash
+    except Exception as exc:  # report, don't crash
         return None, f"SDK import failed: {exc}"
-    cls = getattr(gs, "LocalClient", None)
-    if cls is None:
-        return None, "gs.LocalClient not available yet"
     try:
-        return cls(), ""
+        return gs.LocalClient(), ""
     except Exception as exc:
         return None, f"LocalClient() failed: {type(exc).__name__}: {exc}"
 
@@ -105,7 +102,7 @@ def to_program(graph: Any) -> Any:
 
 
 def _guard(name: str, make: Callable[[], Callable[[], Any]]) -> Contender:
-    """A contender whose set-up may fail (the core and the SDK are moving): report why."""
+    """A contender whose set-up may fail: report why."""
     try:
         return Contender(name, make())
     except Exception as exc:

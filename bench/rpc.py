@@ -134,24 +134,22 @@ def run(settings: Settings) -> list[Row]:
         from gradserve_client.proto import tensor_codec
     except Exception as exc:
         return _skipped(rows, f"SDK import failed: {exc}")
-    client_cls = getattr(gs, "Client", None)
     with ExitStack() as stack:
         try:
             gs_target = stack.enter_context(gradserve_server())
         except ServerUnavailable as exc:
-            return _skipped(rows, f"server not available yet: {exc}")
+            return _skipped(rows, f"server not available: {exc}")
         echo_target = stack.enter_context(echo_server())
         echo_channel = stack.enter_context(_channel(echo_target))
         echo = echo_channel.unary_unary(ECHO_METHOD)
         gs_channel = stack.enter_context(_channel(gs_target))
         stub = pbg.GradientStub(gs_channel)
         client = None
-        why = "gs.Client not available yet"
-        if client_cls is not None:
-            try:
-                client = stack.enter_context(client_cls(gs_target))
-            except Exception as exc:
-                why = f"gs.Client failed: {type(exc).__name__}: {exc}"[:200]
+        why = ""
+        try:
+            client = stack.enter_context(gs.Client(gs_target))
+        except Exception as exc:
+            why = f"gs.Client failed: {type(exc).__name__}: {exc}"[:200]
         _r1(rows[0], settings, client, why, stub, pb, tensor_codec, echo)
         _r2(rows[1], settings, client, why, echo)
         _r3(rows[2], settings, client, why, echo)

@@ -235,30 +235,22 @@ def run(settings: Settings) -> list[Row]:
             gs = None
             notes[GS_STREAM] = notes[GS_LOCAL] = f"SDK import failed: {exc}"
         if gs is not None:
-            client_cls = getattr(gs, "Client", None)
-            if client_cls is None or not hasattr(client_cls, "train"):
-                notes[GS_STREAM] = "Client.train not available yet"
-            else:
-                from bench.servers import ServerUnavailable
+            from bench.servers import ServerUnavailable
 
-                try:
-                    server = FreshServer()
-                    stack.callback(server.close)
-                    server.prepare()
-                    prepare[GS_STREAM] = server.prepare
-                    check(
-                        GS_STREAM,
-                        gradserve_trainer(
-                            data, params, lambda: client_cls(server.target), first_step[GS_STREAM]
-                        ),
-                    )
-                except ServerUnavailable as exc:
-                    notes[GS_STREAM] = f"server not available: {exc}"
-            local_cls = getattr(gs, "LocalClient", None)
-            if local_cls is None or not hasattr(local_cls, "train"):
-                notes[GS_LOCAL] = "LocalClient.train not available yet"
-            else:
-                check(GS_LOCAL, gradserve_trainer(data, params, local_cls, first_step[GS_LOCAL]))
+            try:
+                server = FreshServer()
+                stack.callback(server.close)
+                server.prepare()
+                prepare[GS_STREAM] = server.prepare
+                check(
+                    GS_STREAM,
+                    gradserve_trainer(
+                        data, params, lambda: gs.Client(server.target), first_step[GS_STREAM]
+                    ),
+                )
+            except ServerUnavailable as exc:
+                notes[GS_STREAM] = f"server not available: {exc}"
+            check(GS_LOCAL, gradserve_trainer(data, params, gs.LocalClient, first_step[GS_LOCAL]))
         check(TORCH, torch_trainer(data, params))
         check(JAX, jax_trainer(data, params))
         check(NUMPY, lambda n: numpy_train(data, params, n))
