@@ -40,7 +40,6 @@ Multiprocess mode (``gradserve serve --workers N`` with N > 1)
 from __future__ import annotations
 
 import os
-from importlib import metadata
 from pathlib import Path
 
 from prometheus_client import (
@@ -54,6 +53,8 @@ from prometheus_client import multiprocess as _multiprocess
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+
+from gradserve import __version__
 
 __all__ = [
     "BUILD_INFO",
@@ -118,14 +119,7 @@ def is_multiprocess() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 
 
-def _version() -> str:
-    try:
-        return metadata.version("gradserve")
-    except metadata.PackageNotFoundError:  # running from a source tree
-        return "unknown"
-
-
-VERSION = _version()
+VERSION = __version__
 
 
 def _add_default_collectors(registry: CollectorRegistry) -> None:

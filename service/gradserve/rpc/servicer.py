@@ -7,7 +7,6 @@ raised, never set on the context: ``errors.rpc_method`` maps them to statuses.
 
 from __future__ import annotations
 
-import importlib.metadata
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ import grpc
 import numpy as np
 from gradserve_client.proto import gradient_service_pb2 as pb
 
-from gradserve import autodiff
+from gradserve import __version__, autodiff
 from gradserve.autodiff import OPSET, GraphError, Program
 from gradserve.config import Settings
 from gradserve.rpc import training
@@ -48,13 +47,6 @@ _ATTR_KINDS = {
 }
 # Bytes of a JacobianRowBlock that are not row values (names, shapes, framing).
 _ROW_BLOCK_OVERHEAD = 64 * 1024
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("gradserve")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 # How often the cancel callback asks the RPC context whether the client is still there. The
@@ -127,7 +119,7 @@ class GradientServicer:
         self.settings = settings
         self.graph_cache = graph_cache or GraphCache(settings.graph_cache_size)
         self.dataset_cache = DatasetCache(settings.dataset_cache_bytes)  # PutDataset uploads
-        self.version = _version()
+        self.version = __version__
 
     # ---- shared steps -------------------------------------------------------------------------
 
