@@ -35,20 +35,16 @@ class Derivative:
 
 def _check_targets(program: Program, of: Sequence[str], wrt: Sequence[str]) -> None:
     inputs = set(program.input_names)
-    for name in of:
-        if name not in program.types:
-            raise GraphError(name, "of", "not a value of the graph")
-        if not program.types[name].is_float:
-            raise GraphError(
-                name, "of", f"is {program.types[name].dtype}: only floats have derivatives"
-            )
-    for name in wrt:
-        if name not in inputs:
-            raise GraphError(name, "wrt", "not an input of the graph")
-        if not program.types[name].is_float:
-            raise GraphError(
-                name, "wrt", f"is {program.types[name].dtype}: only floats have derivatives"
-            )
+    for field, names, known, what in (
+        ("of", of, program.types, "a value"),
+        ("wrt", wrt, inputs, "an input"),
+    ):
+        for name in names:
+            if name not in known:
+                raise GraphError(name, field, f"not {what} of the graph")
+            if not program.types[name].is_float:
+                dtype = program.types[name].dtype
+                raise GraphError(name, field, f"is {dtype}: only floats have derivatives")
 
 
 def _depends_on(program: Program, sources: Iterable[str]) -> set[str]:
