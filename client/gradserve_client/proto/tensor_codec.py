@@ -174,31 +174,18 @@ def fill_tensor_map(tensors: Any, values: Mapping[str, npt.ArrayLike]) -> None:
 
 
 def from_tensor(
-    tensor: tensor_pb2.Tensor, *, max_elements: int | None = None, field: str = ""
+    tensor: tensor_pb2.Tensor | RawTensor, *, max_elements: int | None = None, field: str = ""
 ) -> np.ndarray[Any, np.dtype[Any]]:
     """Decode a Tensor into a read-only numpy array that views the message's bytes (no copy).
 
     Raises ``TensorDecodeError`` when the dtype is unspecified or unknown, a dimension is
     negative, or the byte count is not product(shape) * itemsize, and ``TensorTooLargeError``
     when the tensor has more than ``max_elements`` elements. ``field`` names the tensor in the
-    error messages.
+    error messages. ``tensor`` may also be a `RawTensor`, whose ``data`` (a memoryview of a
+    received message) the array then views without a copy.
     """
     # Each field is read once: under the upb runtime every read of ``data`` copies it.
-    return array_from_parts(
-        tensor.dtype, tuple(tensor.shape), tensor.data, max_elements=max_elements, field=field
-    )
-
-
-def array_from_parts(
-    code: int,
-    shape: tuple[int, ...],
-    data: Any,
-    *,
-    max_elements: int | None = None,
-    field: str = "",
-) -> np.ndarray[Any, np.dtype[Any]]:
-    """``from_tensor`` on a Tensor's fields: wire dtype, shape and data (any buffer: bytes, or
-    a memoryview of a received message, which the array then views without a copy)."""
+    code, shape, data = tensor.dtype, tuple(tensor.shape), tensor.data
     np_dtype = _TO_NUMPY.get(code)  # type: ignore[call-overload]
     if np_dtype is None:
         what = "unspecified" if code == tensor_pb2.DTYPE_UNSPECIFIED else code
