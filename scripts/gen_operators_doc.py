@@ -21,7 +21,8 @@ HEADER = """\
 Generated from the op registry by `make docs` (`scripts/gen_operators_doc.py`); do not edit by
 hand. `gradserve ops` and the `ListOperators` RPC list the same table from a running server.
 
-Conventions, from `derivative-facts.md`:
+Conventions (the article "The Matrix Calculus You Need For Deep Learning", and our choices at
+kinks; `tests/unit/test_derivative_facts.py` checks each one):
 - numerator layout: `jacobian(of=y, wrt=x).shape == y.shape + x.shape`;
 - float64 by default, float32 end to end; operands of one op share a dtype (no silent promotion);
 - at kinks: relu'(0) = 0, abs'(0) = 0, sign' = 0; `maximum`/`minimum` and the `max`/`min`
