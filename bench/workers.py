@@ -138,7 +138,7 @@ def run(settings: Settings) -> Row:
                     if workers > 1 and not _forked(server):
                         said = " | ".join(ln for ln in server.lines if "worker" in ln.lower())
                         row.notes["gradserve --workers 2"] = (
-                            f"--workers not implemented yet: the server stays one process. {said}"
+                            f"--workers 2 did not fork: the server stayed one process. {said}"
                         )[:300]
                         return row
                     pids = [server.proc.pid, *server.descendants()]
