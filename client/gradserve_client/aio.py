@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2
 from . import _common as cm
 from .errors import from_rpc_error
 from .proto import gradient_service_pb2 as pb
-from .training import AsyncRun, Checkpoint, Event, dataset_chunks, decode_event
+from .training import AsyncRun, Checkpoint, Event, Optimizer, Schedule, dataset_chunks, decode_event
 
 __all__ = ["AsyncClient"]
 
@@ -189,8 +189,8 @@ class AsyncClient(cm.GrpcClientBase):
         loss: str | None = None,
         params: Mapping[str, npt.ArrayLike],
         data: Mapping[str, npt.ArrayLike],
-        optimizer: Any,
-        schedule: Any = None,
+        optimizer: Optimizer,
+        schedule: Schedule | None = None,
         batch_size: int | None = 128,
         epochs: int | None = None,
         max_steps: int | None = None,

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2
 from . import _common as cm
 from .errors import from_rpc_error
 from .proto import gradient_service_pb2 as pb
-from .training import Checkpoint, Event, Run, dataset_chunks, decode_event
+from .training import Checkpoint, Event, Optimizer, Run, Schedule, dataset_chunks, decode_event
 
 __all__ = ["Client"]
 
@@ -207,8 +207,8 @@ class Client(cm.GrpcClientBase):
         loss: str | None = None,
         params: Mapping[str, npt.ArrayLike],
         data: Mapping[str, npt.ArrayLike],
-        optimizer: Any,
-        schedule: Any = None,
+        optimizer: Optimizer,
+        schedule: Schedule | None = None,
         batch_size: int | None = 128,
         epochs: int | None = None,
         max_steps: int | None = None,

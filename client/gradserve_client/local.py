@@ -19,7 +19,7 @@ import numpy.typing as npt
 from . import _common as cm
 from .errors import GradserveError, error_class
 from .proto import gradient_service_pb2 as pb
-from .training import Checkpoint, Run, TrainResult, TrainStep
+from .training import Checkpoint, Optimizer, Run, Schedule, TrainResult, TrainStep
 
 __all__ = ["LocalClient"]
 
@@ -174,8 +174,8 @@ class LocalClient:
         loss: str | None = None,
         params: Mapping[str, npt.ArrayLike],
         data: Mapping[str, npt.ArrayLike],
-        optimizer: Any,
-        schedule: Any = None,
+        optimizer: Optimizer,
+        schedule: Schedule | None = None,
         batch_size: int | None = 128,
         epochs: int | None = None,
         max_steps: int | None = None,

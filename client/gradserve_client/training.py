@@ -188,14 +188,21 @@ class CosineLR:
         return f"CosineLR(t_max={self.t_max!r}, eta_min={self.eta_min!r})"
 
 
-def optimizer_proto(optimizer: Any) -> tpb.Optimizer:
+Optimizer = SGD | Adam
+"""What `train(optimizer=...)` takes."""
+
+Schedule = ConstantLR | StepLR | CosineLR
+"""What `train(schedule=...)` takes (None: a constant learning rate)."""
+
+
+def optimizer_proto(optimizer: object) -> tpb.Optimizer:
     if not isinstance(optimizer, SGD | Adam):
         reason = f"expected gs.SGD(...) or gs.Adam(...), got {optimizer!r}"
         raise _bad("optimizer", reason)
     return optimizer.to_proto()
 
 
-def schedule_proto(schedule: Any) -> tpb.Schedule | None:
+def schedule_proto(schedule: object) -> tpb.Schedule | None:
     if schedule is None:
         return None
     if not isinstance(schedule, ConstantLR | StepLR | CosineLR):
