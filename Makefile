@@ -34,6 +34,7 @@ protos: $(DEV_STAMP)
 	$(BIN)/python scripts/gen_protos.py
 
 docs: $(DEV_STAMP)
+	$(BIN)/python scripts/gen_sdk_ops.py
 	$(BIN)/python scripts/gen_operators_doc.py
 	$(BIN)/python scripts/gen_settings_doc.py
 

@@ -18,6 +18,8 @@ import numpy.typing as npt
 
 from . import _common as cm
 from .errors import GradserveError, error_class
+from .opset import OPSET
+from .opset.listing import operators_response
 from .proto import gradient_service_pb2 as pb
 from .training import Checkpoint, Optimizer, Run, Schedule, TrainResult, TrainStep
 
@@ -245,22 +247,8 @@ class LocalClient:
         return Run(events, cancel, total=run.total, start=run.start, progress=progress)
 
     def operators(self) -> list[cm.OperatorInfo]:
-        """The core's operators, as `Client.operators` lists them."""
-        ops = []
-        for name in sorted(self._core.OPS):
-            op = self._core.OPS[name]
-            attrs = tuple(
-                cm.AttrInfo(
-                    key,
-                    spec.kind,
-                    spec.required,
-                    "" if spec.required or spec.default is None else str(spec.default),
-                )
-                for key, spec in op.attrs.items()
-            )
-            arity = -1 if op.arity is None else op.arity
-            ops.append(cm.OperatorInfo(name, arity, attrs, op.differentiable, op.doc))
-        return ops
+        """The opset's operators, as `Client.operators` lists them."""
+        return cm.decode_operators(operators_response())
 
     def server_info(self) -> cm.ServerInfo:
         """This process as a server: the package version, no limits, feature "local"."""
@@ -271,7 +259,7 @@ class LocalClient:
         except PackageNotFoundError:  # pragma: no cover - running from a source tree
             current = "0+unknown"
         limits = {f.name: 0 for f in pb.ServerLimits.DESCRIPTOR.fields}
-        return cm.ServerInfo(current, 1, limits, ("local",))
+        return cm.ServerInfo(current, OPSET, limits, ("local",))
 
     def health(self, service: str = "") -> str:
         """Always "SERVING": the core is this process."""
