@@ -37,6 +37,7 @@ sdk: $(DEV_STAMP)
 	$(BIN)/python scripts/gen_sync_client.py
 
 docs: $(DEV_STAMP)
+	$(BIN)/python scripts/gen_sdk_ops.py
 	$(BIN)/python scripts/gen_operators_doc.py
 	$(BIN)/python scripts/gen_settings_doc.py
 
