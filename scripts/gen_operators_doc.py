@@ -31,7 +31,11 @@ kinks; `tests/unit/test_derivative_facts.py` checks each one):
 - `where(c, a, b)`: the branch not taken contributes exactly 0, even where its own derivative
   is inf or NaN; every rule with a singular derivative keeps a zero cotangent exactly zero;
 - softmax, log_softmax and logsumexp are computed stably; an all -inf row has finite gradients;
-- integer and bool values (labels, masks, comparison results) flow through and have no gradient.
+- integer and bool values (labels, masks, comparison results) flow through and have no gradient;
+- `max_pool`: tied maxima of a window share its (co)tangent evenly, padding never wins;
+  `avg_pool` with `ceil_mode` counts as torch does (`tests/unit/test_ops_conv.py`);
+- `take`, `take_along_axis`: an index out of range gives NaN in a float result (and no gradient)
+  and is an error for an integer or bool table (`tests/unit/test_ops_indexing.py`).
 
 Attributes are typed: `int`, `float`, `ints` (a list of ints), `string`, `tensor`. Axes may be
 negative. Operands in brackets are optional; `xs...` means one or more operands.

@@ -14,7 +14,8 @@ unknown: it checks what is known, with the helpers of `core` (`broadcast_shapes`
 
 How to add an op
 1. Definition: in the module of its family here (`elementwise.py`, `reductions.py`,
-   `structure.py`, `linalg.py`, `nn.py`, `internal.py`), call
+   `structure.py`, `linalg.py`, `nn.py`, `conv.py`, `einsum.py`, `indexing.py`, `norm.py`,
+   `internal.py`), call
    `define(name, "x1 x2", infer, "one doc line", attrs={"axis": AttrSpec("int", 0)})`, or
    `unary(name, doc)` / `binary(name, doc)` for an element-wise op. Operands are named in a
    string: `"condition:bool x1 x2"` (what a literal becomes in the SDK), `"xs ..."`
@@ -29,7 +30,7 @@ How to add an op
    central differences, as `tests/unit/test_elementwise.py` does).
 """
 
-from . import elementwise, internal, linalg, nn, reductions, structure  # noqa: F401 (define ops)
+from . import conv, einsum, elementwise, indexing, internal, linalg, nn, norm, reductions, structure  # noqa: F401 (define ops)  # noqa: F401 (define ops)
 from .core import (
     ALIASES,
     DTYPES,
