@@ -327,22 +327,18 @@ define(
     "the gradient evenly",
     attrs=MAX_POOL_ATTRS,
 )
-define(
-    "max_pool_pick",
-    "x top t",
-    lambda types, **attrs: _selection_type(types, "pick", **attrs),
-    "max_pool's JVP: the tangent t at each window's maxima of x (top = max_pool(x)), averaged",
-    attrs=MAX_POOL_ATTRS,
-    internal=True,
-)
-define(
-    "max_pool_grad",
-    "x top g",
-    lambda types, **attrs: _selection_type(types, "grad", **attrs),
-    "max_pool's VJP: each window's cotangent g shared among its maxima of x (top = max_pool(x))",
-    attrs=MAX_POOL_ATTRS,
-    internal=True,
-)
+for _name, _operands, _what, _doc in (
+    ("max_pool_pick", "x top t", "pick", "the tangent t at each window's maxima of x, averaged"),
+    ("max_pool_grad", "x top g", "grad", "each window's cotangent g shared among its maxima of x"),
+):
+    define(
+        _name,
+        _operands,
+        functools.partial(_selection_type, what=_what),
+        f"max_pool's {'JVP' if _what == 'pick' else 'VJP'}: {_doc} (top = max_pool(x))",
+        attrs=MAX_POOL_ATTRS,
+        internal=True,
+    )
 define(
     "avg_pool",
     "x",

@@ -19,7 +19,6 @@ from .core import (
     define,
     normalize_axes,
     same_size,
-    show,
     size,
 )
 
@@ -35,19 +34,30 @@ def _axis(axis: int, ndim: int) -> int:
     return axis + ndim
 
 
-def _take_type(types: Sequence[TensorType], axis: int = 0) -> TensorType:
+def _gather_operands(
+    types: Sequence[TensorType], axis: int, what: str
+) -> tuple[Shape, Shape, int] | None:
+    """(a's shape, the indices' shape, axis as a non-negative number), or None if a rank is
+    unknown."""
     a, indices = types
     _check_indices(indices)
     if a.shape is None:
-        return TensorType(None, a.dtype)
+        return None
     if not a.shape:
-        raise RuleError("inputs[0]", "take needs an operand with at least one axis")
+        raise RuleError("inputs[0]", f"{what} needs an operand with at least one axis")
     axis = _axis(axis, len(a.shape))
-    if indices.shape is None:
-        return TensorType(None, a.dtype)
-    if a.shape[axis] == 0 and size(indices.shape) > 0:
+    return None if indices.shape is None else (a.shape, indices.shape, axis)
+
+
+def _take_type(types: Sequence[TensorType], axis: int = 0) -> TensorType:
+    dtype = types[0].dtype
+    known = _gather_operands(types, axis, "take")
+    if known is None:
+        return TensorType(None, dtype)
+    a, indices, axis = known
+    if a[axis] == 0 and size(indices) > 0:
         raise RuleError("inputs[1]", f"cannot take from the empty axis {axis}")
-    return TensorType(a.shape[:axis] + indices.shape + a.shape[axis + 1 :], a.dtype)
+    return TensorType(a[:axis] + indices + a[axis + 1 :], dtype)
 
 
 def _take_grad_type(types: Sequence[TensorType], axis: int, size: int) -> TensorType:
@@ -102,21 +112,16 @@ def along_shape(a: Shape, indices: Shape, axis: int) -> Shape:
 
 
 def _take_along_axis_type(types: Sequence[TensorType], axis: int) -> TensorType:
-    a, indices = types
-    _check_indices(indices)
-    if a.shape is None:
-        return TensorType(None, a.dtype)
-    if not a.shape:
-        raise RuleError("inputs[0]", "take_along_axis needs an operand with at least one axis")
-    axis = _axis(axis, len(a.shape))
-    if indices.shape is None:
-        return TensorType(None, a.dtype)
-    if len(indices.shape) != len(a.shape):
+    dtype = types[0].dtype
+    known = _gather_operands(types, axis, "take_along_axis")
+    if known is None:
+        return TensorType(None, dtype)
+    a, indices, axis = known
+    if len(indices) != len(a):
         raise RuleError(
-            "inputs[1]",
-            f"indices need the operand's rank {len(a.shape)}, got {show(indices.shape)}",
+            "inputs[1]", f"indices need the operand's rank {len(a)}, got {list(indices)}"
         )
-    return TensorType(along_shape(a.shape, indices.shape, axis), a.dtype)
+    return TensorType(along_shape(a, indices, axis), dtype)
 
 
 def _take_along_axis_grad_type(types: Sequence[TensorType], axis: int, shape: Shape) -> TensorType:
