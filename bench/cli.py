@@ -51,17 +51,29 @@ def registry() -> dict[str, Runner]:
         "RPC": lazy("rpc", "run"),
         "W5": lazy("train", "run"),
         "WORKERS": lazy("workers", "run"),
+        "CONV": lazy("conv", "run"),
     }
 
 
-ALIASES = {"R1": "RPC", "R2": "RPC", "R3": "RPC", "W5B": "W5", "W4B": "W4", "WK": "WORKERS"}
+ALIASES = {
+    "K1": "CONV",
+    "K2": "CONV",
+    "K3": "CONV",
+    "R1": "RPC",
+    "R2": "RPC",
+    "R3": "RPC",
+    "W5B": "W5",
+    "W4B": "W4",
+    "WK": "WORKERS",
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument(
         "--only",
-        help="comma-separated workloads: W1,W2,W3,W4,M1,RPC (or R1,R2,R3),W5,WORKERS (or WK)",
+        help="comma-separated workloads: W1,W2,W3,W4,M1,RPC (or R1,R2,R3),W5,WORKERS (or WK),"
+        " CONV (or K1,K2,K3)",
     )
     p.add_argument("--quick", action="store_true", help="few repetitions (the smoke test)")
     p.add_argument("--json", type=Path, help="also write the results here")

@@ -39,6 +39,10 @@ kinks; `tests/unit/test_derivative_facts.py` checks each one):
 - `pad` in modes reflect and edge: a padded element's cotangent is added to the element it
   copies; `astype` passes derivatives through float-to-float casts only (a cast to an integer
   has derivative 0); `argmax`/`argmin` return the first index among ties and have no gradient.
+- `max_pool`: tied maxima of a window share its (co)tangent evenly, padding never wins;
+  `avg_pool` with `ceil_mode` counts as torch does (`tests/unit/test_ops_conv.py`);
+- `take`, `take_along_axis`: an index out of range gives NaN in a float result (and no gradient)
+  and is an error for an integer or bool table (`tests/unit/test_ops_indexing.py`).
 
 Attributes are typed: `int`, `float`, `ints` (a list of ints), `string`, `tensor`. Axes may be
 negative. Operands in brackets are optional; `xs...` means one or more operands.

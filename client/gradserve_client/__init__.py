@@ -4,12 +4,14 @@ Build an expression graph with `Graph` and the numpy-named op functions, then se
 server. The generated wire code and the tensor codec live in `gradserve_client.proto`.
 """
 
+from . import composites as _composites
 from . import graph as _graph
 from . import ops as _ops
+from .composites import *  # noqa: F403 - functions composed of ops (global_avg_pool)
 from .graph import *  # noqa: F403 - Graph, Var, Operand, constant, OPSET
 from .ops import *  # noqa: F403 - the op functions (generated from the opset) are the public API
 
-__all__ = [*_graph.__all__, *_ops.__all__]
+__all__ = [*_graph.__all__, *_ops.__all__, *_composites.__all__]
 
 # The clients, their exceptions and result types.
 from . import errors as _errors

@@ -26,15 +26,19 @@ __all__ = [
     "argmax",
     "argmin",
     "astype",
+    "avg_pool",
+    "batch_norm",
     "broadcast_to",
     "clip",
     "concatenate",
+    "conv",
     "cos",
     "cosh",
     "cross_entropy",
     "cumsum",
     "divide",
     "dot",
+    "einsum",
     "elu",
     "equal",
     "erf",
@@ -49,6 +53,7 @@ __all__ = [
     "greater_equal",
     "hardsigmoid",
     "hypot",
+    "layer_norm",
     "leaky_relu",
     "less",
     "less_equal",
@@ -62,6 +67,7 @@ __all__ = [
     "logsumexp",
     "matmul",
     "max",
+    "max_pool",
     "maximum",
     "mean",
     "min",
@@ -95,6 +101,8 @@ __all__ = [
     "std",
     "subtract",
     "sum",
+    "take",
+    "take_along_axis",
     "tan",
     "tanh",
     "tile",
@@ -183,6 +191,52 @@ def astype(x: Var, dtype: npt.DTypeLike) -> Var:
     return emit("astype", (x,), {"dtype": dtype})
 
 
+def avg_pool(
+    x: Var,
+    kernel_shape: int | Sequence[int],
+    strides: int | Sequence[int] | None = None,
+    pads: int | Sequence[int] | None = None,
+    auto_pad: str = "NOTSET",
+    ceil_mode: bool = False,
+    count_include_pad: bool = False,
+) -> Var:
+    """Mean over windows of x (N, C, *S) (ONNX AveragePool); padding counts only with
+    count_include_pad (op ``avg_pool``).
+
+    Args:
+        kernel_shape: the window's size per spatial axis.
+        strides: the step per spatial axis (default 1s).
+        pads: ONNX order: begins, then ends (default 0s).
+        auto_pad: SAME_UPPER/SAME_LOWER/VALID.
+        ceil_mode: round the output size up, as torch.
+        count_include_pad: divide by the window's size, padding included.
+    """
+    return emit(
+        "avg_pool",
+        (x,),
+        {
+            "kernel_shape": kernel_shape,
+            "strides": strides,
+            "pads": pads,
+            "auto_pad": auto_pad,
+            "ceil_mode": ceil_mode,
+            "count_include_pad": count_include_pad,
+        },
+    )
+
+
+def batch_norm(
+    x: Operand, scale: Operand, bias: Operand, mean: Operand, var: Operand, epsilon: float = 1e-05
+) -> Var:
+    """Batch normalisation in inference form: (x - mean) / sqrt(var + epsilon) * scale + bias,
+    per channel (axis 1) of x (N, C, ...) (op ``batch_norm``).
+
+    Args:
+        epsilon: added to the variance.
+    """
+    return emit("batch_norm", (x, scale, bias, mean, var), {"epsilon": epsilon})
+
+
 def broadcast_to(x: Var, shape: int | Sequence[int]) -> Var:
     """numpy broadcast_to (op ``broadcast_to``).
 
@@ -208,6 +262,39 @@ def concatenate(xs: Sequence[Operand], axis: int = 0) -> Var:
         axis: the axis to join along.
     """
     return emit("concatenate", operand_list(xs, "concatenate"), {"axis": axis})
+
+
+def conv(
+    x: Operand,
+    w: Operand,
+    b: Operand | None = None,
+    strides: int | Sequence[int] | None = None,
+    pads: int | Sequence[int] | None = None,
+    auto_pad: str = "NOTSET",
+    dilations: int | Sequence[int] | None = None,
+    groups: int = 1,
+) -> Var:
+    """N-D convolution (cross-correlation, as ONNX Conv and torch): x (N, C, *S), w (O,
+    C/groups, *K), optional bias b (O,) (op ``conv``).
+
+    Args:
+        strides: the step per spatial axis (default 1s).
+        pads: ONNX order: begins, then ends (default 0s).
+        auto_pad: SAME_UPPER/SAME_LOWER/VALID.
+        dilations: the spacing of the kernel's taps (default 1s).
+        groups: channel groups (C and O divisible by it).
+    """
+    return emit(
+        "conv",
+        (x, w, b),
+        {
+            "strides": strides,
+            "pads": pads,
+            "auto_pad": auto_pad,
+            "dilations": dilations,
+            "groups": groups,
+        },
+    )
 
 
 def cos(x: Var) -> Var:
@@ -252,6 +339,16 @@ def dot(x1: Operand, x2: Operand) -> Var:
     ``dot``).
     """
     return emit("dot", (x1, x2))
+
+
+def einsum(operands: Sequence[Operand], subscripts: str) -> Var:
+    """numpy einsum over one or more operands (explicit, implicit or '...' subscripts); no
+    letter repeated within an operand (op ``einsum``).
+
+    Args:
+        subscripts: numpy's, e.g. 'ij,jk->ik'.
+    """
+    return emit("einsum", operand_list(operands, "einsum"), {"subscripts": subscripts})
 
 
 def elu(x: Var, alpha: float = 1.0) -> Var:
@@ -353,6 +450,23 @@ def hypot(x1: Operand, x2: Operand) -> Var:
     return emit("hypot", (x1, x2))
 
 
+def layer_norm(
+    x: Operand,
+    scale: Operand | None = None,
+    bias: Operand | None = None,
+    axis: int = -1,
+    epsilon: float = 1e-05,
+) -> Var:
+    """(x - mean) / sqrt(var + epsilon) over the axes axis..-1, times scale, plus bias (both
+    optional, broadcast to those axes), as ONNX LayerNormalization (op ``layer_norm``).
+
+    Args:
+        axis: the first normalised axis.
+        epsilon: added to the variance.
+    """
+    return emit("layer_norm", (x, scale, bias), {"axis": axis, "epsilon": epsilon})
+
+
 def leaky_relu(x: Var, alpha: float = 0.01) -> Var:
     """Element-wise x where x > 0, else alpha * x; the slope at 0 is alpha (relu'(0) = 0
     extended) (op ``leaky_relu``).
@@ -434,6 +548,40 @@ def max(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False)
         keepdims: keep the reduced axes as size 1.
     """
     return emit("max", (x,), {"axis": axis, "keepdims": keepdims})
+
+
+def max_pool(
+    x: Var,
+    kernel_shape: int | Sequence[int],
+    strides: int | Sequence[int] | None = None,
+    pads: int | Sequence[int] | None = None,
+    auto_pad: str = "NOTSET",
+    ceil_mode: bool = False,
+    dilations: int | Sequence[int] | None = None,
+) -> Var:
+    """Max over windows of x (N, C, *S) (ONNX MaxPool); padding never wins; tied maxima share
+    the gradient evenly (op ``max_pool``).
+
+    Args:
+        kernel_shape: the window's size per spatial axis.
+        strides: the step per spatial axis (default 1s).
+        pads: ONNX order: begins, then ends (default 0s).
+        auto_pad: SAME_UPPER/SAME_LOWER/VALID.
+        ceil_mode: round the output size up, as torch.
+        dilations: the spacing of the window's taps (default 1s).
+    """
+    return emit(
+        "max_pool",
+        (x,),
+        {
+            "kernel_shape": kernel_shape,
+            "strides": strides,
+            "pads": pads,
+            "auto_pad": auto_pad,
+            "ceil_mode": ceil_mode,
+            "dilations": dilations,
+        },
+    )
 
 
 def maximum(x1: Operand, x2: Operand) -> Var:
@@ -681,6 +829,27 @@ def sum(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False)
         keepdims: keep the reduced axes as size 1.
     """
     return emit("sum", (x,), {"axis": axis, "keepdims": keepdims})
+
+
+def take(a: Operand, indices: Operand, axis: int = 0) -> Var:
+    """numpy take(a, indices, axis): integer indices of any shape, negative from the end; out
+    of range gives NaN (float) or an error; indices get no gradient (op ``take``).
+
+    Args:
+        axis: the axis to take along.
+    """
+    return emit("take", (a, indices), {"axis": axis})
+
+
+def take_along_axis(a: Operand, indices: Operand, axis: int) -> Var:
+    """numpy take_along_axis(a, indices, axis): indices of a's rank, broadcast on the other
+    axes; negative from the end; out of range gives NaN (float) or an error (op
+    ``take_along_axis``).
+
+    Args:
+        axis: the axis to take along.
+    """
+    return emit("take_along_axis", (a, indices), {"axis": axis})
 
 
 def tan(x: Var) -> Var:

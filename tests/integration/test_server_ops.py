@@ -17,6 +17,11 @@ def _u(*shape, lo=0.2, hi=0.8):
     return RNG.uniform(lo, hi, size=shape)
 
 
+WINDOW = {"kernel_shape": [2], "strides": [1], "pads": [1, 0], "dilations": [1]}
+POOL = {"kernel_shape": [2], "strides": [2]}
+POOLED = RNG.permutation(8).reshape(1, 2, 4) / 8  # distinct values: no ties
+POOLED_MAX = POOLED.reshape(1, 2, 2, 2).max(-1)  # max_pool(POOLED, POOL)
+
 # op -> (operands, attrs); operands are arrays fed as graph inputs a0, a1, ...
 SPECIAL = {
     "arccosh": ([_u(2, 3, lo=1.5, hi=3.0)], {}),
@@ -54,6 +59,23 @@ SPECIAL = {
     "argmin": ([_u(2, 3)], {"axis": 0, "keepdims": 1}),
     "gelu": ([_u(2, 3, lo=-2, hi=2)], {"approximate": "tanh"}),
     "leaky_relu": ([_u(2, 3, lo=-1, hi=1)], {"alpha": 0.2}),
+    "conv": ([_u(1, 2, 4), _u(3, 2, 2), _u(3)], {"pads": [1, 0]}),
+    "conv_patches": (
+        [_u(1, 2, 4)],
+        WINDOW,
+    ),
+    "conv_patches_grad": ([_u(1, 2, 4, 2)], {**WINDOW, "shape": [4]}),
+    "max_pool": ([_u(1, 2, 4)], POOL),
+    "max_pool_pick": ([POOLED, POOLED_MAX, _u(1, 2, 4)], POOL),
+    "max_pool_grad": ([POOLED, POOLED_MAX, _u(1, 2, 2)], POOL),
+    "avg_pool": ([_u(1, 2, 5)], {"kernel_shape": [2], "ceil_mode": 1, "strides": [2]}),
+    "take": ([_u(4, 2), np.array([3, 0, -1])], {}),
+    "take_grad": ([_u(3, 2), np.array([3, 0, 3])], {"axis": -2, "size": 4}),
+    "take_along_axis": ([_u(2, 3), np.array([[2, 0], [1, 1]])], {"axis": 1}),
+    "take_along_axis_grad": ([_u(2, 2), np.array([[2, 0], [1, 1]])], {"axis": -1, "shape": [2, 3]}),
+    "einsum": ([_u(2, 3), _u(3, 2)], {"subscripts": "ij,jk->ki"}),
+    "layer_norm": ([_u(2, 3), _u(3), _u(3)], {}),
+    "batch_norm": ([_u(2, 3), _u(3), _u(3), _u(3), _u(3)], {}),
 }
 REDUCTIONS = {"sum", "mean", "max", "min", "prod", "std", "logsumexp"}
 

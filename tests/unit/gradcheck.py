@@ -6,8 +6,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pytest
 from gradserve.autodiff import (
     GraphDef,
+    GraphError,
     InputDef,
     NodeDef,
     Program,
@@ -50,6 +52,19 @@ def op_program(
         [("y", op, names, attrs or {})],
         ["y"],
     )
+
+
+def check_graph_error(
+    op: str,
+    shapes: Sequence[Sequence[int]],
+    attrs: dict[str, Any],
+    field: str,
+    dtype: str = "float64",
+) -> None:
+    """Building op_program(op, shapes, attrs) fails with a GraphError naming node y and field."""
+    with pytest.raises(GraphError) as info:
+        op_program(op, shapes, attrs, dtype)
+    assert info.value.node == "y" and info.value.field == field, info.value
 
 
 def numerical_jacobian(

@@ -310,6 +310,109 @@ for (_s1, _s2), (_d1, _d2), _red in itertools.product(
         (_s1, _s2, _d1, _d2, _red),
     )
 
+# ---- windows, indexing, einsum, normalisation ---------------------------------------------------
+
+for _x, _w, _attrs in [
+    ((2, 3, 7), (4, 3, 3), {}),
+    ((1, 4, 6, 5), (6, 2, 3, 2), {"groups": 2, "strides": [2, 1], "pads": [1, 0, 1, 1]}),
+    ((1, 2, 5, 5), (2, 2, 3, 3), {"auto_pad": "SAME_LOWER", "dilations": [2, 1]}),
+    ((1, 2, 3, 3, 3), (1, 2, 2, 2, 2), {"auto_pad": "VALID"}),
+    ((1, 3, 5, 5), (2, 2, 3, 3), {}),  # channel mismatch
+    ((1, 4, 5, 5), (3, 2, 3, 3), {"groups": 2}),  # groups do not divide O
+    ((1, 3, 2, 2), (2, 3, 3, 3), {}),  # the kernel is larger than the input
+    ((1, 3, 5, 5), (2, 3, 3, 3), {"strides": [1]}),
+    ((3, 5), (2, 3, 3), {}),  # no spatial axis
+]:
+    case(
+        "conv", [(_x, F64), (_w, F64)], lambda x, w, a=_attrs: gs.conv(x, w, **a), (_x, _w, _attrs)
+    )
+case("conv", [((1, 2, 5), F32), ((3, 2, 2), F32), ((3,), F32)], gs.conv, "bias")
+case("conv", [((1, 2, 5), F32), ((3, 2, 2), F32), ((2,), F32)], gs.conv, "bad bias")
+case("conv", [((1, 2, 5), F32), ((3, 2, 2), F64)], gs.conv, "dtype mismatch")
+case("conv", [((1, 2, 5), I64), ((3, 2, 2), I64)], gs.conv, "integers")
+
+for _op in ("max_pool", "avg_pool"):
+    for _x, _attrs in [
+        ((1, 2, 6, 5), {"kernel_shape": [2, 2]}),
+        ((1, 2, 6, 5), {"kernel_shape": [3, 2], "strides": [2, 2], "ceil_mode": True}),
+        ((1, 2, 6, 5), {"kernel_shape": [3, 3], "auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+        ((1, 2, 5), {"kernel_shape": [2], "pads": [1, 1]}),
+        ((1, 2, 5), {"kernel_shape": [2, 2]}),  # one value per spatial axis
+        ((1, 2, 5), {"kernel_shape": [7]}),
+        ((2, 5), {"kernel_shape": [2]}),
+    ]:
+        fn = getattr(gs, _op)
+        case(_op, [(_x, F32)], lambda x, a=_attrs, f=fn: f(x, **a), (_x, _attrs))
+
+for (_a, _ad), (_i, _id), _axis in [
+    (((5, 3), F64), ((2, 4), I64), 0),
+    (((5, 3), I64), ((4,), I32), -1),
+    (((5, 3), F32), ((), I64), 1),
+    (((5, 3), F64), ((2,), I64), 2),  # axis out of range
+    (((5, 3), F64), ((2,), F64), 0),  # float indices
+    (((), F64), ((2,), I64), 0),
+]:
+    case(
+        "take",
+        [(_a, _ad), (_i, _id)],
+        lambda a, i, ax=_axis: gs.take(a, i, axis=ax),
+        (_a, _ad, _i, _id, _axis),
+    )
+for _a, _i, _axis in [
+    ((3, 4), (3, 2), 1),
+    ((3, 4), (1, 4), 0),
+    ((3, 1), (3, 5), -1),
+    ((3, 4), (3,), 0),  # rank
+    ((3, 4), (2, 2), 1),  # does not broadcast
+    ((3, 4), (3, 2), -3),
+]:
+    case(
+        "take_along_axis",
+        [(_a, F64), (_i, I64)],
+        lambda a, i, ax=_axis: gs.take_along_axis(a, i, axis=ax),
+        (_a, _i, _axis),
+    )
+
+for _subs, _shapes, _dtype in [
+    ("ij,jk->ik", [(2, 3), (3, 4)], F64),
+    ("ij,jk", [(2, 3), (3, 4)], I64),
+    ("...ij,jk->...ik", [(5, 2, 3), (3, 4)], F32),
+    ("bij,bjk,bkl->bil", [(2, 2, 3), (2, 3, 1), (2, 1, 2)], F64),
+    ("i->", [(3,)], F64),
+    ("ij,jk->ik", [(2, 3), (4, 4)], F64),  # sizes disagree
+    ("ii->i", [(3, 3)], F64),  # diagonals are not supported
+    ("ij->k", [(2, 3)], F64),
+]:
+    case(
+        "einsum",
+        [(_s, _dtype) for _s in _shapes],
+        lambda *xs, e=_subs: gs.einsum(list(xs), subscripts=e),
+        (_subs, _shapes, _dtype),
+    )
+
+for _shapes, _axis in [
+    ([(3, 4)], -1),
+    ([(3, 4), (4,)], -1),
+    ([(2, 3, 4), (3, 4), (4,)], 1),
+    ([(2, 3, 4), (1, 4), (3, 1)], -2),
+    ([(3, 4), (3,)], -1),  # scale does not broadcast
+    ([(3, 4)], 2),
+    ([()], -1),
+]:
+    case(
+        "layer_norm",
+        [(_s, F32) for _s in _shapes],
+        lambda *xs, a=_axis: gs.layer_norm(*xs, axis=a),
+        (_shapes, _axis),
+    )
+for _x, _c in [((4, 3), 3), ((2, 3, 5, 5), 3), ((2, 3, 5), 2), ((3,), 3)]:
+    case(
+        "batch_norm",
+        [(_x, F64)] + [((_c,), F64)] * 4,
+        gs.batch_norm,
+        (_x, _c),
+    )
+
 
 # ---- the ops of issue 8 --------------------------------------------------------------------------
 

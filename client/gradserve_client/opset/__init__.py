@@ -14,7 +14,8 @@ unknown: it checks what is known, with the helpers of `core` (`broadcast_shapes`
 
 How to add an op
 1. Definition (here, shared by SDK and server): in the module of its family
-   (`elementwise.py`, `reductions.py`, `structure.py`, `linalg.py`, `nn.py`, `internal.py`),
+   (`elementwise.py`, `reductions.py`, `structure.py`, `linalg.py`, `nn.py`, `conv.py`,
+   `einsum.py`, `indexing.py`, `norm.py`, `internal.py`),
    `define(name, "x1 x2", infer, "one doc line", attrs={"axis": AttrSpec("int", 0)})`, or
    `unary(name, doc)` / `binary(name, doc)` for an element-wise op (its rule is
    `elementwise_type`). Operands are named in a string: `"condition:bool x1 x2"` (what a
@@ -39,7 +40,18 @@ How to add an op
    `tests/integration/test_server_ops.py`'s SPECIAL if its operands are not one or two floats.
 """
 
-from . import elementwise, internal, linalg, nn, reductions, structure  # noqa: F401 (define ops)
+from . import (  # noqa: F401 (define ops)
+    conv,
+    einsum,
+    elementwise,
+    indexing,
+    internal,
+    linalg,
+    nn,
+    norm,
+    reductions,
+    structure,
+)
 from .core import (
     ALIASES,
     DTYPES,

@@ -1,5 +1,29 @@
 """The op table. Importing this package registers every op in `registry.OPS`."""
 
-from gradserve.autodiff.ops import elementwise, internal, linalg, nn, reductions, structure
+from gradserve.autodiff.ops import (
+    conv,
+    einsum,
+    elementwise,
+    indexing,
+    internal,
+    linalg,
+    nn,
+    norm,
+    pooling,
+    reductions,
+    structure,
+)
 
-__all__ = ["elementwise", "internal", "linalg", "nn", "reductions", "structure"]
+__all__ = [
+    "conv",
+    "einsum",
+    "elementwise",
+    "indexing",
+    "internal",
+    "linalg",
+    "nn",
+    "norm",
+    "pooling",
+    "reductions",
+    "structure",
+]
