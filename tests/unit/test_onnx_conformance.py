@@ -32,6 +32,8 @@ CLAIMED = (
     "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape",
     "Shape", "Sigmoid", "Sign", "Sin", "Sinh", "Size", "Slice", "Softmax", "Softplus", "Split",
     "Sqrt", "Squeeze", "Sub", "Sum", "Tan", "Tanh", "Transpose", "Unsqueeze", "Where",
+    "ArgMax", "ArgMin", "Cast", "CastLike", "Clip", "CumSum", "Elu", "Erf", "Gelu",
+    "HardSigmoid", "LeakyRelu", "Mod", "Pad", "Selu", "Softsign", "Tile",
 )  # fmt: skip
 
 DTYPES = {"float32", "float64", "int64", "int32", "bool"}

@@ -240,7 +240,6 @@ class Node:
         op: str,
         operands: Sequence[Value],
         output: int | None = None,
-        dtype: str | None = None,
         **attrs: Any,
     ) -> Value:
         """A gradserve node ``op(operands, **attrs)``: named as ONNX output ``output``, or a
@@ -249,8 +248,9 @@ class Node:
         name = f"{self.outputs[0]}/{op}" if output is None else self.outputs[output]
         ref = self.graph.add_node(name, op, args, attrs)
         shape = self.out_shapes[output] if output is not None else None
-        if dtype is None:
-            dtype = self.out_dtypes[output] if output is not None else None
+        dtype = self.out_dtypes[output] if output is not None else None
+        if op == "astype":
+            dtype = attrs["dtype"]
         return Value(dtype or operands[0].dtype, shape, ref=ref)
 
     def constant(self, array: Any, dtype: str) -> Value:

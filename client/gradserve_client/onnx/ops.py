@@ -397,16 +397,20 @@ def _reduce(n: Node) -> Value:
 
 @handler("ArgMax", "ArgMin")
 def _arg(n: Node) -> Value:
+    """argmax/argmin; select_last_index picks the last of ties: the first of the flipped axis,
+    counted from the end."""
     n.check_attrs(("axis", "keepdims", "select_last_index"))
-    if n.attr("select_last_index", 0):
-        raise n.fail(
-            "select_last_index=1 is not supported (ties pick the first)",
-            "attribute 'select_last_index'",
-        )
+    x = n.input(0)
+    axis, keepdims = int(n.attr("axis", 0)), int(n.attr("keepdims", 1))
     gs_op = n.op_type.lower()
-    return n.emit(
-        gs_op, [n.input(0)], 0, axis=int(n.attr("axis", 0)), keepdims=int(n.attr("keepdims", 1))
-    )
+    if not n.attr("select_last_index", 0):
+        return n.emit(gs_op, [x], 0, axis=axis, keepdims=keepdims)
+    size = x.shape[_axis(n, axis, n.rank(x))] if x.shape else None
+    if not isinstance(size, int):
+        raise n.fail("select_last_index needs a static size of the axis", "attribute 'axis'")
+    flipped = n.emit("flip", [x], axis=[axis])
+    first = n.emit(gs_op, [flipped], axis=axis, keepdims=keepdims)
+    return n.emit("subtract", [n.constant(size - 1, "int64"), first], 0)
 
 
 @handler("CumSum", static=(1,))
