@@ -21,7 +21,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,9 @@ from .opset import (
 )
 from .opset import Operand as OperandSpec
 from .proto import graph_pb2, tensor_codec
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = ["OPSET", "Graph", "Operand", "Var", "constant"]
 
@@ -224,22 +227,31 @@ class Graph:
         self._counter = 0
         self._constants: dict[tuple[str, Shape, bytes], _Node] = {}
         self._proto: graph_pb2.Graph | None = None
+        self._defaults: dict[str, np.ndarray] = {}
 
     # -- building
 
     def input(
-        self, name: str, shape: Sequence[int] = (), dtype: str | npt.DTypeLike = "float64"
+        self,
+        name: str,
+        shape: Sequence[int] = (),
+        dtype: str | npt.DTypeLike = "float64",
+        default: npt.ArrayLike | None = None,
     ) -> Var:
         """Declare an input and return it as a Var.
 
         ``shape`` dimensions are sizes >= 0, or -1 for "any size" (e.g. a batch dimension);
         ``dtype`` is one of "float32", "float64" (the default), "int64", "int32", "bool".
+        An input with a ``default`` (e.g. a weight) may be left out of every request; it is
+        sent with the graph (see `defaults`).
         """
         self._check_new_name(name)
         dims = _ints(shape, "shape")
         if any(d < -1 for d in dims):
             raise ValueError(f"input {name!r}: shape {dims} has a dimension below -1")
         node = _Node(name, "input", (), {}, dims, _dtype_name(dtype), graph=self)
+        if default is not None:
+            self._defaults[name] = _default_value(name, default, node)
         self._inputs.append(node)
         self._by_name[name] = node
         self._changed()
@@ -305,6 +317,12 @@ class Graph:
         """The outputs by name."""
         return {n.name: Var(n) for n in self._outputs}
 
+    @property
+    def defaults(self) -> dict[str, np.ndarray]:
+        """The default values of the inputs that have one, by name (read-only arrays): e.g. the
+        weights of an imported ONNX model, to pass as ``wrt=list(g.defaults)`` or ``params``."""
+        return dict(self._defaults)
+
     def var(self, name: str) -> Var:
         """The input or node called ``name`` (e.g. of a loaded graph)."""
         try:
@@ -338,9 +356,11 @@ class Graph:
         if self._proto is None:
             proto = graph_pb2.Graph(opset=OPSET)
             for n in self._inputs:
-                proto.inputs.add(
+                spec = proto.inputs.add(
                     name=n.name, dtype=tensor_codec.dtype_from_name(n.dtype), shape=n.shape
                 )
+                if n.name in self._defaults:
+                    spec.default.CopyFrom(tensor_codec.to_tensor(self._defaults[n.name]))
             for n in self._nodes:
                 msg = proto.nodes.add(name=n.name, op=n.op, inputs=[i.name for i in n.inputs])
                 for key, value in n.attrs.items():
@@ -354,7 +374,10 @@ class Graph:
         """Rebuild a Graph from its wire message (nodes may come in any order)."""
         g = cls()
         for spec in proto.inputs:
-            g.input(spec.name, tuple(spec.shape), tensor_codec.dtype_name(spec.dtype))
+            default = None
+            if spec.HasField("default"):
+                default = tensor_codec.from_tensor(spec.default, field=f"{spec.name}.default")
+            g.input(spec.name, tuple(spec.shape), tensor_codec.dtype_name(spec.dtype), default)
         pending = {n.name: n for n in proto.nodes}
         if len(pending) != len(proto.nodes):
             raise ValueError("graph has duplicate node names")
@@ -386,6 +409,23 @@ class Graph:
             g._outputs.append(g._by_name[name])
         g._counter = len(g._nodes)
         return g
+
+    @classmethod
+    def from_onnx(
+        cls,
+        source: onnx.ModelProto | bytes | str | os.PathLike[str],
+        *,
+        static_inputs: Mapping[str, npt.ArrayLike] | None = None,
+    ) -> Graph:
+        """Import an ONNX model (a path, bytes or an ``onnx.ModelProto``): its graph inputs
+        become inputs, its initializers inputs with `defaults`, its outputs keep their names,
+        and ``g.var(name)`` reaches any of its values. ``static_inputs`` folds graph inputs
+        that are shapes or axes at import, with the values given. Raises
+        ``gradserve_client.onnx.OnnxImportError`` (a ValueError) naming the ONNX node, its op
+        type and the attribute it cannot convert. See docs/onnx.md."""
+        from .onnx import to_graph
+
+        return cls.from_proto(to_graph(source, static_inputs=static_inputs))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the graph as binary protobuf (deterministic bytes; suggested suffix .gsg)."""
@@ -451,6 +491,20 @@ class Graph:
 
 # ----------------------------------------------------------------------------------------------
 # Attributes and indexing
+
+
+def _default_value(name: str, value: npt.ArrayLike, node: _Node) -> np.ndarray:
+    """``value`` as the read-only default of input ``node``: its dtype, a shape that fits."""
+    array = np.array(value, dtype=np.dtype(node.dtype))
+    assert node.shape is not None
+    if array.ndim != len(node.shape) or any(
+        d >= 0 and d != a for d, a in zip(node.shape, array.shape, strict=True)
+    ):
+        raise ValueError(
+            f"input {name!r}: the default has shape {array.shape}, the input {node.shape}"
+        )
+    array.flags.writeable = False
+    return array
 
 
 def _ints(value: int | Iterable[int], what: str) -> tuple[int, ...]:

@@ -93,3 +93,10 @@ def test_node_client_train(node: str, gradserve_process) -> None:
         )
     assert done.returncode == 0, report(done)
     assert "1/1 passed" in done.stdout, report(done)
+
+
+def test_node_client_sends_an_onnx_file_as_the_graph_source(node: str, gradserve_process) -> None:
+    done = run_client(node, gradserve_process.address, "onnx")
+    print(done.stdout)
+    assert done.returncode == 0, report(done)
+    assert "1/1 passed" in done.stdout, report(done)

@@ -59,15 +59,17 @@ def test_the_floor_never_imports_the_server_package() -> None:
         "from gradserve_client.proto import graph_pb2, tensor_pb2, training_pb2, tensor_codec\n"
         "from gradserve_client import opset\n"
         "from gradserve_client.opset import listing\n"
+        "import gradserve_client.onnx\n"
         "assert not any(m == 'gradserve' or m.startswith('gradserve.') for m in sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-# The server stands on the floor of gradserve_client only: the wire code and the opset. The rpc
+# The server stands on the floor of gradserve_client only: the wire code, the opset and the ONNX
+# converter. The rpc
 # layer's dataset store also uses the SDK's dataset ids (gradserve_client.training), so that
 # both sides hash a dataset alike; that module should move to the floor.
-FLOOR = ("gradserve_client.proto", "gradserve_client.opset")
+FLOOR = ("gradserve_client.proto", "gradserve_client.opset", "gradserve_client.onnx")
 KNOWN_EXCEPTIONS = {("rpc/datasets.py", "gradserve_client.training")}
 
 
@@ -96,6 +98,27 @@ def test_the_server_imports_only_the_floor_of_the_client() -> None:
     core = service / "autodiff"
     for path in core.rglob("*.py"):  # the core knows nothing of protobuf
         assert all(m.startswith("gradserve_client.opset") for m in _client_imports(path)), path
+
+
+def test_the_onnx_converter_stands_on_the_wire_code_alone() -> None:
+    """gradserve_client.onnx imports the generated code and the tensor codec of the floor, and
+    nothing else of gradserve_client or gradserve."""
+    package = ROOT / "client" / "gradserve_client" / "onnx"
+    for path in package.glob("*.py"):
+        for module in _client_imports(path):
+            assert module.startswith("gradserve_client.proto"), (path.name, module)
+        relative = _relative_imports(path)
+        assert all(level == 1 or (level, module) == (2, "proto") for level, module in relative)
+
+
+def _relative_imports(path: Path) -> set[tuple[int, str | None]]:
+    import ast
+
+    return {
+        (node.level, node.module)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.level
+    }
 
 
 def test_message_classes_live_in_the_client_package() -> None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import tensor_pb2 as gradserve_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gradserve/v1/graph.proto\x12\x0cgradserve.v1\x1a\x19gradserve/v1/tensor.proto\"\x16\n\x04Ints\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x18\n\x06\x46loats\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\xaf\x01\n\tAttrValue\x12\x0b\n\x01i\x18\x01 \x01(\x03H\x00\x12\x0b\n\x01\x66\x18\x02 \x01(\x01H\x00\x12\"\n\x04ints\x18\x03 \x01(\x0b\x32\x12.gradserve.v1.IntsH\x00\x12&\n\x06\x66loats\x18\x04 \x01(\x0b\x32\x14.gradserve.v1.FloatsH\x00\x12\x0b\n\x01s\x18\x05 \x01(\tH\x00\x12&\n\x06tensor\x18\x06 \x01(\x0b\x32\x14.gradserve.v1.TensorH\x00\x42\x07\n\x05value\"L\n\tInputSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x05\x64type\x18\x02 \x01(\x0e\x32\x13.gradserve.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xa5\x01\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\t\x12,\n\x05\x61ttrs\x18\x04 \x03(\x0b\x32\x1d.gradserve.v1.Node.AttrsEntry\x1a\x45\n\nAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.gradserve.v1.AttrValue:\x02\x38\x01\"s\n\x05Graph\x12\'\n\x06inputs\x18\x01 \x03(\x0b\x32\x17.gradserve.v1.InputSpec\x12!\n\x05nodes\x18\x02 \x03(\x0b\x32\x12.gradserve.v1.Node\x12\x0f\n\x07outputs\x18\x03 \x03(\t\x12\r\n\x05opset\x18\x04 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gradserve/v1/graph.proto\x12\x0cgradserve.v1\x1a\x19gradserve/v1/tensor.proto\"\x16\n\x04Ints\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x18\n\x06\x46loats\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\xaf\x01\n\tAttrValue\x12\x0b\n\x01i\x18\x01 \x01(\x03H\x00\x12\x0b\n\x01\x66\x18\x02 \x01(\x01H\x00\x12\"\n\x04ints\x18\x03 \x01(\x0b\x32\x12.gradserve.v1.IntsH\x00\x12&\n\x06\x66loats\x18\x04 \x01(\x0b\x32\x14.gradserve.v1.FloatsH\x00\x12\x0b\n\x01s\x18\x05 \x01(\tH\x00\x12&\n\x06tensor\x18\x06 \x01(\x0b\x32\x14.gradserve.v1.TensorH\x00\x42\x07\n\x05value\"s\n\tInputSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x05\x64type\x18\x02 \x01(\x0e\x32\x13.gradserve.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12%\n\x07\x64\x65\x66\x61ult\x18\x04 \x01(\x0b\x32\x14.gradserve.v1.Tensor\"\xa5\x01\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\t\x12,\n\x05\x61ttrs\x18\x04 \x03(\x0b\x32\x1d.gradserve.v1.Node.AttrsEntry\x1a\x45\n\nAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.gradserve.v1.AttrValue:\x02\x38\x01\"s\n\x05Graph\x12\'\n\x06inputs\x18\x01 \x03(\x0b\x32\x17.gradserve.v1.InputSpec\x12!\n\x05nodes\x18\x02 \x03(\x0b\x32\x12.gradserve.v1.Node\x12\x0f\n\x07outputs\x18\x03 \x03(\t\x12\r\n\x05opset\x18\x04 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,11 +41,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTRVALUE']._serialized_start=120
   _globals['_ATTRVALUE']._serialized_end=295
   _globals['_INPUTSPEC']._serialized_start=297
-  _globals['_INPUTSPEC']._serialized_end=373
-  _globals['_NODE']._serialized_start=376
-  _globals['_NODE']._serialized_end=541
-  _globals['_NODE_ATTRSENTRY']._serialized_start=472
-  _globals['_NODE_ATTRSENTRY']._serialized_end=541
-  _globals['_GRAPH']._serialized_start=543
-  _globals['_GRAPH']._serialized_end=658
+  _globals['_INPUTSPEC']._serialized_end=412
+  _globals['_NODE']._serialized_start=415
+  _globals['_NODE']._serialized_end=580
+  _globals['_NODE_ATTRSENTRY']._serialized_start=511
+  _globals['_NODE_ATTRSENTRY']._serialized_end=580
+  _globals['_GRAPH']._serialized_start=582
+  _globals['_GRAPH']._serialized_end=697
 # @@protoc_insertion_point(module_scope)

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TrainRequest(_message.Message):
-    __slots__ = ("graph", "graph_id", "loss", "params", "inline_data", "dataset_id", "batch_size", "epochs", "max_steps", "shuffle", "seed", "optimizer", "schedule", "report_every", "checkpoint_every", "resume_from")
+    __slots__ = ("graph", "graph_id", "onnx_model", "loss", "params", "inline_data", "dataset_id", "batch_size", "epochs", "max_steps", "shuffle", "seed", "optimizer", "schedule", "report_every", "checkpoint_every", "resume_from")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class TrainRequest(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
+    ONNX_MODEL_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     INLINE_DATA_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +36,7 @@ class TrainRequest(_message.Message):
     RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
     graph: _graph_pb2.Graph
     graph_id: str
+    onnx_model: bytes
     loss: str
     params: _containers.MessageMap[str, _tensor_pb2.Tensor]
     inline_data: DataTensors
@@ -49,7 +51,7 @@ class TrainRequest(_message.Message):
     report_every: int
     checkpoint_every: int
     resume_from: Checkpoint
-    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., loss: _Optional[str] = ..., params: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., inline_data: _Optional[_Union[DataTensors, _Mapping]] = ..., dataset_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, _Mapping]] = ..., schedule: _Optional[_Union[Schedule, _Mapping]] = ..., report_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., resume_from: _Optional[_Union[Checkpoint, _Mapping]] = ...) -> None: ...
+    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., onnx_model: _Optional[bytes] = ..., loss: _Optional[str] = ..., params: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., inline_data: _Optional[_Union[DataTensors, _Mapping]] = ..., dataset_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, _Mapping]] = ..., schedule: _Optional[_Union[Schedule, _Mapping]] = ..., report_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., resume_from: _Optional[_Union[Checkpoint, _Mapping]] = ...) -> None: ...
 
 class DataTensors(_message.Message):
     __slots__ = ("tensors",)

@@ -74,9 +74,13 @@ def check_inputs(program: Program, inputs: Arrays) -> dict[str, np.ndarray]:
         raise GraphError(sorted(unknown)[0], "inputs", "not an input of the graph")
     checked = {}
     for spec in program.inputs:
-        if spec.name not in inputs:
+        if spec.name in inputs:
+            value = check_array(spec.name, inputs[spec.name], program.types[spec.name])
+        elif spec.default is not None:
+            value = spec.default
+        else:
             raise GraphError(spec.name, "inputs", "missing a value for this input")
-        checked[spec.name] = check_array(spec.name, inputs[spec.name], program.types[spec.name])
+        checked[spec.name] = value
     return checked
 
 

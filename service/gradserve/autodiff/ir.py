@@ -28,11 +28,13 @@ class GraphError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class InputDef:
-    """A graph input. A dimension of -1 means any size (a batch dimension)."""
+    """A graph input. A dimension of -1 means any size (a batch dimension). An input with a
+    `default` (e.g. a model's weights) may be left unfed: the default is used."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
+    default: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,8 @@ class GraphDef:
         inputs = []
         for spec in self.inputs:
             actual = shapes.get(spec.name)
+            if actual is None and spec.default is not None:
+                actual = spec.default.shape
             if actual is not None and any(d < 0 for d in spec.shape):
                 if len(actual) != len(spec.shape) or any(
                     d >= 0 and d != a for d, a in zip(spec.shape, actual, strict=True)
@@ -74,7 +78,10 @@ class GraphDef:
                     raise GraphError(
                         spec.name, "shape", f"got {list(actual)}, declared {list(spec.shape)}"
                     )
-                spec = InputDef(spec.name, spec.dtype, tuple(actual))
+                default = spec.default
+                if default is not None and default.shape != tuple(actual):
+                    default = None  # fed with another shape: this specialization has none
+                spec = InputDef(spec.name, spec.dtype, tuple(actual), default)
             inputs.append(spec)
         return GraphDef(tuple(inputs), self.nodes, self.outputs)
 
@@ -120,6 +127,8 @@ class Program:
                     spec.name, "shape", "has a -1 dimension: bind a concrete size first"
                 )
             types[spec.name] = TensorType(tuple(spec.shape), spec.dtype)
+            if spec.default is not None:
+                _check_default(spec)
         by_name: dict[str, NodeDef] = {}
         for node in graph.nodes:
             _check_name(node.name, "node")
@@ -181,6 +190,19 @@ def _short(value: AttrValue) -> str:
     return repr(value)
 
 
+def _check_default(spec: InputDef) -> None:
+    default = spec.default
+    if not isinstance(default, np.ndarray) or default.dtype.name != spec.dtype:
+        got = default.dtype.name if isinstance(default, np.ndarray) else type(default).__name__
+        raise GraphError(spec.name, "default.dtype", f"got {got}, the input is {spec.dtype}")
+    if default.shape != tuple(spec.shape):
+        raise GraphError(
+            spec.name,
+            "default.shape",
+            f"got {list(default.shape)}, the input is declared {list(spec.shape)}",
+        )
+
+
 def _check_name(name: str, what: str) -> None:
     if not isinstance(name, str) or not name:
         raise GraphError(str(name), "name", f"{what} names must be non-empty strings")
@@ -219,6 +241,11 @@ def _digest(inputs: Iterable[InputDef], nodes: Iterable[NodeDef], outputs: Itera
     h = hashlib.sha256()
     for spec in inputs:
         h.update(repr(("in", spec.name, spec.dtype, tuple(spec.shape))).encode())
+        if spec.default is not None:
+            data = np.ascontiguousarray(spec.default).tobytes()
+            h.update(repr(("default", spec.default.dtype.str, spec.default.shape)).encode())
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
     for node in sorted(nodes, key=lambda n: n.name):
         arrays = []
         attrs = []

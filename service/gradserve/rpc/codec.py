@@ -10,12 +10,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from gradserve_client.onnx import OnnxImportError, to_graph
 from gradserve_client.proto import graph_pb2, tensor_codec, tensor_pb2
 
 from gradserve.autodiff import GraphDef, InputDef, NodeDef
 from gradserve.rpc.errors import INVALID_GRAPH, InvalidArgument, LimitExceeded
 
-__all__ = ["decode_tensors", "encode_tensor", "encode_tensors", "graph_from_proto"]
+__all__ = [
+    "decode_tensors",
+    "encode_tensor",
+    "encode_tensors",
+    "graph_from_onnx",
+    "graph_from_proto",
+]
 
 
 def _input_field(prefix: str, name: str) -> str:
@@ -98,7 +105,11 @@ def graph_from_proto(pb: graph_pb2.Graph, *, max_nodes: int, max_elements: int) 
                 f"dimensions must be >= 0, or -1 for any size; got {list(shape)}",
                 reason=INVALID_GRAPH,
             )
-        inputs.append(InputDef(spec.name, dtype, shape))
+        default = None
+        if spec.HasField("default"):
+            field = f'graph.inputs["{spec.name or i}"].default'
+            default = decode_tensor(spec.default, field, max_elements)
+        inputs.append(InputDef(spec.name, dtype, shape, default))
     nodes = tuple(
         NodeDef(
             n.name,
@@ -109,3 +120,12 @@ def graph_from_proto(pb: graph_pb2.Graph, *, max_nodes: int, max_elements: int) 
         for n in pb.nodes
     )
     return GraphDef(tuple(inputs), nodes, tuple(pb.outputs))
+
+
+def graph_from_onnx(model: bytes) -> graph_pb2.Graph:
+    """The Graph message of a serialized ONNX model (the onnx_model graph source), by the
+    converter the SDK uses; what it cannot convert is INVALID_ARGUMENT naming the ONNX node."""
+    try:
+        return to_graph(model)
+    except OnnxImportError as exc:
+        raise InvalidArgument(exc.field, str(exc), reason=INVALID_GRAPH) from None

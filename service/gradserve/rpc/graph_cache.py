@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from gradserve_client.proto import graph_pb2
 
 from gradserve.autodiff import OPSET, GraphDef, GraphError, Program
-from gradserve.rpc.codec import graph_from_proto
+from gradserve.rpc.codec import graph_from_onnx, graph_from_proto
 from gradserve.rpc.errors import (
     GRAPH_NOT_FOUND,
     INVALID_GRAPH,
@@ -156,6 +156,25 @@ class GraphCache:
                 raise from_graph_error(exc, (i.name for i in graph.inputs)) from None
             graph_id = program.digest
         return self._insert(CachedGraph(graph_id, graph, program, wire_key))
+
+    def put_onnx(self, model: bytes, *, max_nodes: int, max_elements: int) -> CachedGraph:
+        """The cached graph of a serialized ONNX model: converted and added on a miss, so a
+        client that sends the same model again pays for hashing it, not for converting it."""
+        onnx_key = "onnx:" + hashlib.sha256(model).hexdigest()
+        with self._lock:
+            graph_id = self._by_wire.get(onnx_key)
+            entry = self._by_id.get(graph_id) if graph_id else None
+            if entry is not None:
+                self._by_id.move_to_end(entry.graph_id)
+        if entry is not None:
+            self._hit()
+            return entry
+        pb = graph_from_onnx(model)
+        entry = self.put_proto(pb, max_nodes=max_nodes, max_elements=max_elements)
+        with self._lock:
+            if entry.graph_id in self._by_id:
+                self._by_wire[onnx_key] = entry.graph_id
+        return entry
 
     def _insert(self, entry: CachedGraph) -> CachedGraph:
         with self._lock:

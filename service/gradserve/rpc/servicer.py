@@ -126,7 +126,13 @@ class GradientServicer:
             )
         if source == "graph_id" and request.graph_id:
             return self.graph_cache.get(request.graph_id)
-        raise InvalidArgument("graph", "set graph (the full graph) or graph_id")
+        if source == "onnx_model":
+            return self.graph_cache.put_onnx(
+                request.onnx_model,
+                max_nodes=self.settings.max_graph_nodes,
+                max_elements=self.settings.max_tensor_elements,
+            )
+        raise InvalidArgument("graph", "set graph (the full graph), graph_id or onnx_model")
 
     def _decode(self, tensors, prefix: str) -> dict[str, np.ndarray]:
         return decode_tensors(tensors, prefix, self.settings.max_tensor_elements)

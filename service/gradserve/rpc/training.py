@@ -212,13 +212,20 @@ def prepare(
             )
             if not params:
                 params = resume.params
+        # Inputs with defaults that are neither trained nor fed keep their default values.
+        fixed = {
+            i.name: i.default
+            for i in graph.inputs
+            if i.default is not None and i.name not in params and i.name not in data
+        }
         for name in params:
             if name in declared and np.dtype(declared[name][1]).kind != "f":
                 raise tr.TrainingConfigError(
                     f"params.{name}",
                     f"is declared {declared[name][1]}; a trained parameter must be a float",
                 )
-        tr.check_inputs(declared, params=params, data=data, batch_size=cfg.batch_size)
+        bound = {k: v for k, v in declared.items() if k not in fixed}
+        tr.check_inputs(bound, params=params, data=data, batch_size=cfg.batch_size)
     except tr.TrainingConfigError as exc:
         raise invalid(exc) from None
     sizes = {min(cfg.batch_size, n)} | ({n % cfg.batch_size} if n % cfg.batch_size else set())
@@ -244,7 +251,7 @@ def prepare(
     first = next(iter(data))
 
     def grad_fn(p: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]) -> Any:
-        return fns[batch[first].shape[0]]({**p, **batch}, cancel)
+        return fns[batch[first].shape[0]]({**fixed, **p, **batch}, cancel)
 
     try:
         events = tr.train(grad_fn, params, data, cfg, resume=resume, cancel=cancel)

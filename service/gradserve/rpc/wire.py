@@ -62,6 +62,8 @@ def read_evaluate_request(data: bytes) -> EvaluateRequestView:
     while pos < end:
         tag, pos = read_varint(view, pos, end)
         field, wire_type = tag >> 3, tag & 7
+        if field == 8:  # onnx_model: a graph source protobuf parses (handlers.py)
+            raise WireFormatError("onnx_model is read by protobuf")
         if wire_type != 2 or field not in (1, 2, 3, 4):
             pos = skip_field(view, wire_type, pos, end)
             continue

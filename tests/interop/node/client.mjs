@@ -1,14 +1,15 @@
 #!/usr/bin/env node
 // A Node.js client for gradserve: @grpc/grpc-js plus @grpc/proto-loader, loading the repository's
 // protos/ at run time (no generated code). It calls health, Evaluate, Jacobian, StreamJacobian
-// and Train against a live server and checks every number against a closed form.
+// and Train against a live server and checks every number against a closed form; "onnx" sends
+// an .onnx file exported from PyTorch (tests/data/onnx) as the graph source.
 //
 //   node tests/interop/node/client.mjs --target 127.0.0.1:50051 [--only evaluate,train]
 //
 // Exit codes: 0 all checks passed; 1 a check failed or an RPC errored; 2 bad usage;
 // 3 every selected check passed except Train, which the server answered UNIMPLEMENTED.
 
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -20,7 +21,8 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const GRPC_JS_VERSION = createRequire(import.meta.url)("@grpc/grpc-js/package.json").version;
 const REPO_PROTOS = resolve(HERE, "..", "..", "..", "protos");
 const VENDORED_PROTOS = join(HERE, "protos"); // grpc/health/v1/health.proto, verbatim upstream
-const ALL_CHECKS = ["health", "evaluate", "jacobian", "stream_jacobian", "train"];
+const ALL_CHECKS = ["health", "evaluate", "jacobian", "stream_jacobian", "train", "onnx"];
+const ONNX_MLP = resolve(HERE, "..", "..", "data", "onnx", "mlp_torchscript_opset18.onnx");
 const EXIT_FAIL = 1;
 const EXIT_USAGE = 2;
 const EXIT_TRAIN_UNIMPLEMENTED = 3;
@@ -99,6 +101,14 @@ function f64(shape, values) {
   const data = Buffer.alloc(flat.length * 8);
   flat.forEach((v, i) => data.writeDoubleLE(v, i * 8));
   return { dtype: "DTYPE_FLOAT64", shape: shape.map(String), data };
+}
+
+/** A float32 Tensor message of the given shape, from numbers in row-major order. */
+function f32(shape, values) {
+  if (values.length !== product(shape)) throw new Error(`f32: ${values.length} values for [${shape}]`);
+  const data = Buffer.alloc(values.length * 4);
+  values.forEach((v, i) => data.writeFloatLE(v, i * 4));
+  return { dtype: "DTYPE_FLOAT32", shape: shape.map(String), data };
 }
 
 /** A Tensor message as {shape: number[], values: Float64Array}; floats only. */
@@ -481,12 +491,48 @@ async function checkTrain(rpc) {
   );
 }
 
+async function checkOnnx(rpc) {
+  // The MLP exported by torch.onnx (logits = fc2(relu(fc1(input))), input (batch, 4)), sent as
+  // the graph source. Its weights are initializers, so inputs with defaults: only the data is
+  // sent. d sum(logits) / d fc2.bias is the batch size for each of the 3 classes, exactly.
+  const model = readFileSync(ONNX_MLP);
+  const n = 5;
+  const xs = Array.from({ length: n * 4 }, (_, i) => Math.sin(i + 1));
+  const request = {
+    onnx_model: model,
+    inputs: { input: f32([n, 4], xs) },
+    cotangents: { logits: f32([n, 3], new Array(n * 3).fill(1)) },
+    wrt: ["fc2.bias", "fc1.weight"],
+  };
+  const response = await rpc.unary(rpc.gradient, "Vjp", request);
+  if (!response.graph_id) fail("Vjp(onnx_model): empty graph_id");
+  assertShape("Vjp(onnx_model) logits", decode("logits", response.outputs.logits).shape, [n, 3]);
+  const bias = decode("Vjp(onnx_model) d/d fc2.bias", response.gradients["fc2.bias"]);
+  assertShape("Vjp(onnx_model) d/d fc2.bias", bias.shape, [3]);
+  assertAllClose("Vjp(onnx_model) d sum(logits)/d fc2.bias", bias.values, [n, n, n], { rtol: 0, atol: 0 });
+  const weight = decode("Vjp(onnx_model) d/d fc1.weight", response.gradients["fc1.weight"]);
+  assertShape("Vjp(onnx_model) d/d fc1.weight", weight.shape, [16, 4]);
+
+  // The same model by graph_id, with other data: the same bias gradient for another batch.
+  const again = await rpc.unary(rpc.gradient, "Vjp", {
+    ...request,
+    onnx_model: undefined,
+    graph_id: response.graph_id,
+    inputs: { input: f32([2, 4], xs.slice(0, 8)) },
+    cotangents: { logits: f32([2, 3], [1, 1, 1, 1, 1, 1]) },
+  });
+  const bias2 = decode("Vjp(graph_id) d/d fc2.bias", again.gradients["fc2.bias"]);
+  assertAllClose("Vjp(graph_id) d sum(logits)/d fc2.bias", bias2.values, [2, 2, 2], { rtol: 0, atol: 0 });
+  return `Vjp of an .onnx file (${model.length} bytes) as the graph source: d sum(logits)/d fc2.bias = ${n}, then by graph_id`;
+}
+
 const CHECKS = {
   health: checkHealth,
   evaluate: checkEvaluate,
   jacobian: checkJacobian,
   stream_jacobian: checkStreamJacobian,
   train: checkTrain,
+  onnx: checkOnnx,
 };
 
 // ---------------------------------------------------------------------------------------------
