@@ -52,6 +52,7 @@ def registry() -> dict[str, Runner]:
         "W5": lazy("train", "run"),
         "WORKERS": lazy("workers", "run"),
         "CONV": lazy("conv", "run"),
+        "MODELS": lazy("models", "run"),
     }
 
 
@@ -59,6 +60,10 @@ ALIASES = {
     "K1": "CONV",
     "K2": "CONV",
     "K3": "CONV",
+    "C1": "MODELS",
+    "C2": "MODELS",
+    "T1": "MODELS",
+    "W6": "MODELS",
     "R1": "RPC",
     "R2": "RPC",
     "R3": "RPC",
@@ -73,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         help="comma-separated workloads: W1,W2,W3,W4,M1,RPC (or R1,R2,R3),W5,WORKERS (or WK),"
-        " CONV (or K1,K2,K3)",
+        " CONV (or K1,K2,K3), MODELS (or C1,C2,T1,W6)",
     )
     p.add_argument("--quick", action="store_true", help="few repetitions (the smoke test)")
     p.add_argument("--json", type=Path, help="also write the results here")

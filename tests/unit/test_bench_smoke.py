@@ -61,3 +61,14 @@ def test_quick_core_run_prints_a_table_with_ratios(
     # The detail table gives gradserve's ratio to every anchor that ran, numpy's included.
     numpy_line = next(line for line in printed.splitlines() if "| numpy (hand)" in line)
     assert re.search(r"\| \d+\.\d\dx", numpy_line), numpy_line
+
+
+@pytest.mark.parametrize("workload", ["c1", "c2", "t1"])
+def test_model_workloads_agree_with_torch(workload: str) -> None:
+    # The bench times a contender only after its gradients matched torch's: a figure for
+    # gradserve means the CNN and transformer graphs differentiate as torch autograd does.
+    from bench import models  # torch is in the dev extra: the anchor is always there
+
+    row = getattr(models, workload)(Settings(quick=True, rounds=1, min_sample=0.0, warmup=0))
+    for name in (models.GS, models.GS_CORE, models.TORCH):
+        assert row.figures[name] is not None, row.notes.get(name)
