@@ -2,21 +2,29 @@
 
 Reverse mode pushes a batch of one-hot cotangents (rows of J), forward mode a batch of one-hot
 tangents (columns of J). `mode="auto"` pushes whichever batch is smaller. Chunks bound the work
-memory: peak memory stays near the result plus one chunk. When every op between `wrt` and `of`
-is element-wise on unbroadcast values, J is diagonal and one unbatched JVP gives it.
+memory: peak memory stays near the result plus one chunk.
+
+Structure first: each block's sparsity pattern is detected from the graph (`sparsity.py`) and
+coloured (`colouring.py`); when the colours are at most half the dense passes (a diagonal J
+takes one pass, a tridiagonal one three), one pass per colour computes a compressed J, which
+is decompressed into CSR. Pattern and colouring are cached with the program.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from gradserve.autodiff.api import Arrays, Cancel, check_inputs
+from gradserve.autodiff.colouring import colour_columns, colour_rows
 from gradserve.autodiff.executor import compile_program
-from gradserve.autodiff.ir import GraphError, Program
-from gradserve.autodiff.registry import OPS
-from gradserve.autodiff.transforms import active_values, jvp, select, vjp
+from gradserve.autodiff.ir import GraphError, InputDef, Program
+from gradserve.autodiff.sparsity import _detect
+from gradserve.autodiff.transforms import _check_targets, active_values, jvp, select, vjp
 
 MODES = ("auto", "forward", "reverse")
 # Work per chunk, in elements of the widest value times the batch; see `chunk_rows`.
@@ -45,28 +53,129 @@ def chunk_rows(
     return max(1, min(batch, budget // max(widest, 1)))
 
 
-def is_diagonal(program: Program, of: str, wrt: str) -> bool:
-    """True when d of / d wrt is diagonal: only element-wise ops on wrt-shaped values between."""
-    shape = program.types[wrt].shape
-    if program.types[of].shape != shape or program.types[wrt].size < 2:
-        return False
-    active = {wrt}
-    for node in program.nodes:
-        if not any(s in active for s in node.inputs):
-            continue
-        opdef = OPS[node.op]
-        if not opdef.differentiable:
-            continue
-        if opdef.partials is None or program.types[node.name].shape != shape:
-            return False
-        active.add(node.name)
-    return of in active
-
-
 def _one_hot(start: int, rows: int, width: int, dtype: str) -> np.ndarray:
     seeds = np.zeros((rows, width), dtype)
     seeds[np.arange(rows), np.arange(start, start + rows)] = 1
     return seeds
+
+
+@dataclass(frozen=True, slots=True)
+class ColourPlan:
+    """How to compute one block by colouring: its pattern, the direction (forward: colours of
+    columns, one tangent each; reverse: colours of rows, one cotangent each) and the colours."""
+
+    pattern: sp.csr_array
+    forward: bool
+    colours: np.ndarray
+    count: int
+
+
+@functools.lru_cache(maxsize=256)
+def colour_plan(program: Program, of: str, wrt: str, mode: str = "auto") -> ColourPlan:
+    """The pattern of d of / d wrt and its colouring in `mode`'s direction (in auto, the one
+    with fewer colours), cached with the program: a second call pays only the passes."""
+    pattern = _detect(program, of, wrt)
+    plans = []
+    if mode != "reverse":
+        plans.append(ColourPlan(pattern, True, colour_columns(pattern), 0))
+    if mode != "forward":
+        plans.append(ColourPlan(pattern, False, colour_rows(pattern), 0))
+    best = min(plans, key=lambda p: p.colours.max(initial=-1))
+    count = 0 if pattern.nnz == 0 else int(best.colours.max()) + 1
+    return ColourPlan(pattern, best.forward, best.colours, count)
+
+
+@dataclass(frozen=True, slots=True)
+class LinearHead:
+    """`wrt` feeds only `value = matrix @ wrt` (or `wrt @ matrix`), a 1-D wrt and a matrix
+    that does not depend on it: then J[of][wrt] = J[of][value] @ J[value][wrt], and the second
+    factor is the matrix itself (transposed on the left), never computed. `program` is the
+    original with `value` made an input, for J[of][value]."""
+
+    value: str
+    matrix: str
+    transposed: bool
+    program: Program
+
+
+@functools.lru_cache(maxsize=256)
+def linear_head(program: Program, wrt: str) -> LinearHead | None:
+    users = [node for node in program.nodes if wrt in node.inputs]
+    if len(users) != 1 or users[0].op != "matmul" or program.types[wrt].ndim != 1:
+        return None
+    node = users[0]
+    a, b = node.inputs
+    matrix, transposed = (a, False) if b == wrt else (b, True)
+    if matrix == wrt or program.types[matrix].ndim != 2:
+        return None
+    value = InputDef(node.name, program.types[node.name].dtype, program.types[node.name].shape)
+    nodes = tuple(n for n in program.nodes if n is not node)
+    cut = Program((*program.inputs, value), nodes, program.outputs, program.types)
+    return LinearHead(node.name, matrix, transposed, cut)
+
+
+def _through_linear_head(
+    program: Program,
+    feeds: Arrays,
+    of: str,
+    head: LinearHead,
+    plan: ColourPlan,
+    chunk_size: int | None,
+    cancel: Cancel,
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """(value of `of`, J[of][wrt] as an (of.size, wrt.size) array) by the chain rule at the
+    head: J[of][value] by colouring, times the matrix (a structured seed: no identity is ever
+    pushed through the matmul)."""
+    matrix, y = compile_program(select(program, (head.matrix, head.value))).run(feeds, cancel)
+    value, inner = _coloured_block(
+        head.program, {**feeds, head.value: y}, of, head.value, plan, chunk_size, cancel
+    )
+    return value, np.asarray(inner @ (matrix.T if head.transposed else matrix))
+
+
+def _coloured_block(
+    program: Program,
+    feeds: Arrays,
+    of: str,
+    wrt: str,
+    plan: ColourPlan,
+    chunk_size: int | None,
+    cancel: Cancel,
+) -> tuple[np.ndarray | None, sp.csr_array]:
+    """(value of `of`, or None when nothing ran; J[of][wrt] as CSR (of.size, wrt.size)): one
+    batched pass per chunk of colours, each (co)tangent the sum of its colour's unit vectors."""
+    types = program.types
+    pattern = plan.pattern
+    m, n = pattern.shape
+    index = np.int32 if max(m, n) < 2**31 else np.intp
+    rows = np.repeat(np.arange(m, dtype=index), np.diff(pattern.indptr))
+    own, other = (pattern.indices, rows) if plan.forward else (rows, pattern.indices)
+    entry_colour = plan.colours[own]
+    data = np.empty(pattern.nnz, types[of].dtype)
+    width = n if plan.forward else m
+    step = chunk_size or chunk_rows(program, (of,), (wrt,), plan.count, pattern.nnz)
+    value = None
+    for start in range(0, plan.count, step):
+        batch = min(step, plan.count - start)
+        in_chunk = (plan.colours >= start) & (plan.colours < start + batch)
+        seeds = np.zeros((batch, width), types[wrt if plan.forward else of].dtype)
+        seeds[plan.colours[in_chunk] - start, np.flatnonzero(in_chunk)] = 1
+        # One (co)tangent needs no batch axis: the plain transform is the one other calls cache.
+        axis = (batch,) if batch > 1 else ()
+        if plan.forward:
+            d = jvp(program, (wrt,), (of,), batch if axis else None)
+            seeds = seeds.reshape(axis + types[wrt].shape)
+        else:
+            d = vjp(program, (of,), (wrt,), batch if axis else None)
+            seeds = seeds.reshape(axis + types[of].shape)
+        value, compressed = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
+        compressed = compressed.reshape(batch, -1)
+        if batch == plan.count:
+            data[:] = compressed[entry_colour, other]
+        else:
+            here = (entry_colour >= start) & (entry_colour < start + batch)
+            data[here] = compressed[entry_colour[here] - start, other[here]]
+    return value, sp.csr_array((data, pattern.indices, pattern.indptr), shape=(m, n))
 
 
 def jacobian(
@@ -77,8 +186,13 @@ def jacobian(
     mode: str = "auto",
     chunk_size: int | None = None,
     cancel: Cancel = None,
-) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
-    """(values of `of`, J[of][wrt] with shape of.shape + wrt.shape)."""
+    sparse: bool = False,
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray | sp.csr_array]]]:
+    """(values of `of`, J[of][wrt] with shape of.shape + wrt.shape), or with `sparse` as CSR
+    arrays of shape (of.size, wrt.size). A block whose pattern needs at most half the passes
+    of the dense computation is computed by colouring (and densified unless `sparse`)."""
+    _check_targets(program, of, wrt)
+    requested = mode
     mode = choose_mode(program, of, wrt, mode)
     if chunk_size is not None and (
         not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1
@@ -87,19 +201,33 @@ def jacobian(
     feeds = check_inputs(program, inputs)
     types = program.types
     values: dict[str, np.ndarray] = {}
-    result: dict[str, dict[str, np.ndarray]] = {o: {} for o in of}
+    result: dict[str, dict[str, np.ndarray | sp.csr_array]] = {o: {} for o in of}
     dense: list[tuple[str, str]] = []
     for o in of:
         for w in wrt:
             shape = types[o].shape + types[w].shape
-            if is_diagonal(program, o, w):
-                d = jvp(program, (w,), (o,))
-                ones = np.ones(types[w].shape, types[w].dtype)
-                values[o], tangent = compile_program(d.program).run(
-                    {**feeds, d.seeds[0]: ones}, cancel
+            plan = colour_plan(program, o, w, requested)
+            passes = types[w].size if mode == "forward" else types[o].size
+            head = linear_head(program, w)
+            inner = head and colour_plan(head.program, o, head.value, requested)
+            if inner and 2 * inner.count <= min(passes, plan.count):
+                value, flat = _through_linear_head(
+                    program, feeds, o, head, inner, chunk_size, cancel
                 )
-                result[o][w] = np.zeros(shape, types[o].dtype)
-                np.fill_diagonal(result[o][w].reshape(tangent.size, -1), tangent.ravel())
+                if value is not None:
+                    values[o] = value
+                if sparse:  # on the detected pattern, numerically zero entries included
+                    rows = np.repeat(np.arange(flat.shape[0]), np.diff(plan.pattern.indptr))
+                    data = flat[rows, plan.pattern.indices]
+                    flat = sp.csr_array(
+                        (data, plan.pattern.indices, plan.pattern.indptr), flat.shape
+                    )
+                result[o][w] = flat if sparse else flat.reshape(shape)
+            elif sparse or 2 * plan.count <= passes:
+                value, block = _coloured_block(program, feeds, o, w, plan, chunk_size, cancel)
+                if value is not None:
+                    values[o] = value
+                result[o][w] = block if sparse else block.toarray().reshape(shape)
             else:
                 result[o][w] = np.empty(shape, types[o].dtype)
                 dense.append((o, w))

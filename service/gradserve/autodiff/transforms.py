@@ -229,3 +229,48 @@ def select(program: Program, outputs: tuple[str, ...]) -> Program:
         return program
     em = Emitter(dict(program.types))
     return _finish(program, em, [], _distinct(em, [em.sym(o) for o in outputs], ()))
+
+
+def gradient(program: Program, of: str, wrt: Sequence[str]) -> Derivative:
+    """The VJP of the scalar `of`: its one seed is fed 1 for the gradient."""
+    _check_targets(program, (of,), tuple(wrt))
+    if program.types[of].shape != ():
+        raise GraphError(of, "of", f"must be a scalar, got {program.types[of]}")
+    return vjp(program, (of,), tuple(wrt))
+
+
+def hvp_transform(program: Program, of: str, wrt: Sequence[str]) -> Derivative:
+    """Forward over reverse: the JVP of `gradient(program, of, wrt)`, whose seeds are the
+    vectors v (one per `wrt`; the gradient's seed stays an input) and whose results are the
+    tangents of `of` (the directional derivative) and of the gradients (H v)."""
+    d = gradient(program, of, wrt)
+    return jvp(d.program, tuple(wrt), (*d.values, *d.results))
+
+
+KINDS = ("vjp", "jvp", "hvp")
+
+
+def derivative_program(
+    program: Program, of: str | Sequence[str], wrt: str | Sequence[str], kind: str
+) -> Program:
+    """The derivative as a Program of its own, to inspect or to run.
+
+    - "vjp": the original inputs plus one cotangent per `of`; outputs the values of `of`, then
+      the gradients per `wrt`;
+    - "jvp": the original inputs plus one tangent per `wrt`; outputs the values of `of`, then
+      their tangents;
+    - "hvp" (a scalar `of`): the original inputs plus the gradient's seed (feed 1) and one
+      vector v per `wrt`; outputs the value of `of` and its gradients, then the tangents of
+      both: the directional derivative and H v per `wrt` (forward over reverse).
+    """
+    of = (of,) if isinstance(of, str) else tuple(of)
+    wrt = (wrt,) if isinstance(wrt, str) else tuple(wrt)
+    if kind == "vjp":
+        return vjp(program, of, wrt).program
+    if kind == "jvp":
+        return jvp(program, wrt, of).program
+    if kind == "hvp":
+        if len(of) != 1:
+            raise GraphError(",".join(of), "of", "an HVP needs one scalar output")
+        return hvp_transform(program, of[0], wrt).program
+    raise GraphError("", "kind", f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
