@@ -347,3 +347,49 @@ def test_dense_requests_use_colouring_when_the_pattern_is_sparse(monkeypatch):
     _, jac = jacobian(p, {"x": x}, ["y"], ["x"], mode="forward")
     assert batches == [3]  # three colours, one batched pass; not 50 one-hot tangents
     np.testing.assert_allclose(jac["y"]["x"], tridiagonal_reference(x).toarray(), rtol=1e-15)
+
+
+# ---- structured seeds: a wrt that feeds only a matmul ----------------------------------------
+
+
+@pytest.mark.parametrize("left", [False, True])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_jacobian_through_a_linear_head_is_the_matrix_scaled_not_an_identity_product(
+    monkeypatch, left, sparse
+):
+    jac_module = sys.modules["gradserve.autodiff.jacobian"]
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal((6, 5) if left else (5, 6))
+    x, b = rng.standard_normal(6), rng.standard_normal(5)
+    h = ("h", "matmul", ("x", "W") if left else ("W", "x"))
+    p = build(
+        {"W": W.shape, "b": (5,), "x": (6,)},
+        [h, ("z", "add", ("h", "b")), ("y", "relu", ("z",))],
+        "y",
+    )
+    batches = []
+    real = jac_module.jvp
+
+    def spy(program, wrt, of, batch=None):
+        batches.append(batch)
+        return real(program, wrt, of, batch)
+
+    monkeypatch.setattr(jac_module, "jvp", spy)
+    values, jac = jacobian(p, {"W": W, "b": b, "x": x}, ["y"], ["x"], sparse=sparse)
+    z = (x @ W if left else W @ x) + b
+    np.testing.assert_allclose(values["y"], np.maximum(z, 0))
+    expected = (z > 0)[:, None] * (W.T if left else W)
+    block = jac["y"]["x"]
+    np.testing.assert_array_equal(block.toarray() if sparse else block, expected)
+    if sparse:
+        assert block.nnz == 30  # the detected pattern, zeros of inactive units included
+    assert batches == [None]  # one unbatched JVP of relu(h + b) in h: a diagonal
+
+
+def test_no_linear_head_when_wrt_is_used_twice_or_is_the_output():
+    p = build({"W": (3, 4), "x": (4,)}, [("h", "matmul", ("W", "x")), ("s", "sin", ("x",))], "h")
+    assert sys.modules["gradserve.autodiff.jacobian"].linear_head(p, "x") is None
+    q = build({"W": (3, 4), "x": (4,)}, [("h", "matmul", ("W", "x"))], "h")
+    _, jac = jacobian(q, {"W": np.ones((3, 4)), "x": np.ones(4)}, ["x", "h"], ["x"])
+    np.testing.assert_array_equal(jac["x"]["x"], np.eye(4))
+    np.testing.assert_array_equal(jac["h"]["x"], np.ones((3, 4)))

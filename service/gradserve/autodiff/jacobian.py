@@ -62,12 +62,20 @@ def _one_hot(start: int, rows: int, width: int, dtype: str) -> np.ndarray:
 @dataclass(frozen=True, slots=True)
 class ColourPlan:
     """How to compute one block by colouring: its pattern, the direction (forward: colours of
-    columns, one tangent each; reverse: colours of rows, one cotangent each) and the colours."""
+    columns, one tangent each; reverse: colours of rows, one cotangent each) and the colours.
+
+    For decompression, each stored entry's colour, the index it has in its (co)tangent's
+    result (its row in forward mode, its column in reverse), and the entries sorted by colour
+    (`order`, with `bounds[k]` where colour k starts): a chunk of colours is a slice of it."""
 
     pattern: sp.csr_array
     forward: bool
     colours: np.ndarray
     count: int
+    entry_colour: np.ndarray
+    target: np.ndarray
+    order: np.ndarray
+    bounds: np.ndarray
 
 
 @functools.lru_cache(maxsize=256)
@@ -75,14 +83,21 @@ def colour_plan(program: Program, of: str, wrt: str, mode: str = "auto") -> Colo
     """The pattern of d of / d wrt and its colouring in `mode`'s direction (in auto, the one
     with fewer colours), cached with the program: a second call pays only the passes."""
     pattern = _detect(program, of, wrt)
-    plans = []
+    candidates = []
     if mode != "reverse":
-        plans.append(ColourPlan(pattern, True, colour_columns(pattern), 0))
+        candidates.append((True, colour_columns(pattern)))
     if mode != "forward":
-        plans.append(ColourPlan(pattern, False, colour_rows(pattern), 0))
-    best = min(plans, key=lambda p: p.colours.max(initial=-1))
-    count = 0 if pattern.nnz == 0 else int(best.colours.max()) + 1
-    return ColourPlan(pattern, best.forward, best.colours, count)
+        candidates.append((False, colour_rows(pattern)))
+    forward, colours = min(candidates, key=lambda c: c[1].max(initial=-1))
+    count = 0 if pattern.nnz == 0 else int(colours.max()) + 1
+    m, n = pattern.shape
+    index = np.int32 if max(m, n, pattern.nnz) < 2**31 else np.intp
+    rows = np.repeat(np.arange(m, dtype=index), np.diff(pattern.indptr))
+    own, target = (pattern.indices, rows) if forward else (rows, pattern.indices)
+    entry_colour = colours.astype(np.min_scalar_type(max(count, 1)))[own]
+    order = np.argsort(entry_colour, kind="stable").astype(index)
+    bounds = np.searchsorted(entry_colour[order], np.arange(count + 1))
+    return ColourPlan(pattern, forward, colours, count, entry_colour, target, order, bounds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +162,6 @@ def _coloured_block(
     types = program.types
     pattern = plan.pattern
     m, n = pattern.shape
-    index = np.int32 if max(m, n) < 2**31 else np.intp
-    rows = np.repeat(np.arange(m, dtype=index), np.diff(pattern.indptr))
-    own, other = (pattern.indices, rows) if plan.forward else (rows, pattern.indices)
-    entry_colour = plan.colours[own]
     data = np.empty(pattern.nnz, types[of].dtype)
     width = n if plan.forward else m
     step = chunk_size or chunk_rows(program, (of,), (wrt,), plan.count, pattern.nnz)
@@ -169,12 +180,13 @@ def _coloured_block(
             d = vjp(program, (of,), (wrt,), batch if axis else None)
             seeds = seeds.reshape(axis + types[of].shape)
         value, compressed = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
+        del seeds
         compressed = compressed.reshape(batch, -1)
-        if batch == plan.count:
-            data[:] = compressed[entry_colour, other]
+        entries = plan.order[plan.bounds[start] : plan.bounds[start + batch]]
+        if batch == 1:
+            data[entries] = compressed[0, plan.target[entries]]
         else:
-            here = (entry_colour >= start) & (entry_colour < start + batch)
-            data[here] = compressed[entry_colour[here] - start, other[here]]
+            data[entries] = compressed[plan.entry_colour[entries] - start, plan.target[entries]]
     return value, sp.csr_array((data, pattern.indices, pattern.indptr), shape=(m, n))
 
 
@@ -208,7 +220,7 @@ def jacobian(
             shape = types[o].shape + types[w].shape
             plan = colour_plan(program, o, w, requested)
             passes = types[w].size if mode == "forward" else types[o].size
-            head = linear_head(program, w)
+            head = linear_head(program, w) if o != w else None
             inner = head and colour_plan(head.program, o, head.value, requested)
             if inner and 2 * inner.count <= min(passes, plan.count):
                 value, flat = _through_linear_head(
