@@ -30,6 +30,9 @@ MODES = ("auto", "forward", "reverse")
 # Work per chunk, in elements of the widest value times the batch; see `chunk_rows`.
 MAX_CHUNK_ELEMENTS = 1 << 22
 MIN_CHUNK_ELEMENTS = 1 << 16
+# A dense request with fewer passes than this is not worth a pattern detection (a walk of the
+# graph with sparse-matrix work per node) to save some of them.
+MIN_PASSES_TO_COLOUR = 16
 
 
 def choose_mode(program: Program, of: Sequence[str], wrt: Sequence[str], mode: str) -> str:
@@ -48,9 +51,15 @@ def chunk_rows(
     """How many (co)tangents to push at once. Each carries one copy of every value between
     `wrt` and `of`; that work stays within a quarter of the result (so peak memory is near
     result + one chunk), or MIN_CHUNK_ELEMENTS for small results, and MAX_CHUNK_ELEMENTS."""
-    widest = max((program.types[v].size for v in active_values(program, of, wrt)), default=1)
+    widest = _widest(program, tuple(of), tuple(wrt))
     budget = min(MAX_CHUNK_ELEMENTS, max(MIN_CHUNK_ELEMENTS, result_elements // 4))
     return max(1, min(batch, budget // max(widest, 1)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _widest(program: Program, of: tuple[str, ...], wrt: tuple[str, ...]) -> int:
+    """The size of the widest value between `wrt` and `of` (a walk of the program: cached)."""
+    return max((program.types[v].size for v in active_values(program, of, wrt)), default=1)
 
 
 def _one_hot(start: int, rows: int, width: int, dtype: str) -> np.ndarray:
@@ -190,6 +199,37 @@ def _coloured_block(
     return value, sp.csr_array((data, pattern.indices, pattern.indptr), shape=(m, n))
 
 
+def _structured(
+    program: Program,
+    feeds: Arrays,
+    of: str,
+    wrt: str,
+    mode: str,
+    passes: int,
+    sparse: bool,
+    chunk_size: int | None,
+    cancel: Cancel,
+) -> tuple[np.ndarray | None, np.ndarray | sp.csr_array] | None:
+    """(value of `of` or None, the block) through a linear head or by colouring, or None
+    when neither saves half of the dense computation's `passes` and `sparse` is not asked."""
+    plan = colour_plan(program, of, wrt, mode)
+    shape = program.types[of].shape + program.types[wrt].shape
+    head = linear_head(program, wrt) if of != wrt else None
+    inner = head and colour_plan(head.program, of, head.value, mode)
+    if inner and 2 * inner.count <= min(passes, plan.count):
+        value, flat = _through_linear_head(program, feeds, of, head, inner, chunk_size, cancel)
+        if not sparse:
+            return value, flat.reshape(shape)
+        # On the detected pattern, numerically zero entries included.
+        pattern = plan.pattern
+        data = flat[np.repeat(np.arange(flat.shape[0]), np.diff(pattern.indptr)), pattern.indices]
+        return value, sp.csr_array((data, pattern.indices, pattern.indptr), flat.shape)
+    if sparse or 2 * plan.count <= passes:
+        value, block = _coloured_block(program, feeds, of, wrt, plan, chunk_size, cancel)
+        return value, block if sparse else block.toarray().reshape(shape)
+    return None
+
+
 def jacobian(
     program: Program,
     inputs: Arrays,
@@ -202,7 +242,8 @@ def jacobian(
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray | sp.csr_array]]]:
     """(values of `of`, J[of][wrt] with shape of.shape + wrt.shape), or with `sparse` as CSR
     arrays of shape (of.size, wrt.size). A block whose pattern needs at most half the passes
-    of the dense computation is computed by colouring (and densified unless `sparse`)."""
+    of the dense computation (of MIN_PASSES_TO_COLOUR or more) is computed by colouring, and
+    densified unless `sparse`."""
     _check_targets(program, of, wrt)
     requested = mode
     mode = choose_mode(program, of, wrt, mode)
@@ -217,32 +258,19 @@ def jacobian(
     dense: list[tuple[str, str]] = []
     for o in of:
         for w in wrt:
-            shape = types[o].shape + types[w].shape
-            plan = colour_plan(program, o, w, requested)
             passes = types[w].size if mode == "forward" else types[o].size
-            head = linear_head(program, w) if o != w else None
-            inner = head and colour_plan(head.program, o, head.value, requested)
-            if inner and 2 * inner.count <= min(passes, plan.count):
-                value, flat = _through_linear_head(
-                    program, feeds, o, head, inner, chunk_size, cancel
+            found = None
+            if sparse or passes >= MIN_PASSES_TO_COLOUR:
+                found = _structured(
+                    program, feeds, o, w, requested, passes, sparse, chunk_size, cancel
                 )
-                if value is not None:
-                    values[o] = value
-                if sparse:  # on the detected pattern, numerically zero entries included
-                    rows = np.repeat(np.arange(flat.shape[0]), np.diff(plan.pattern.indptr))
-                    data = flat[rows, plan.pattern.indices]
-                    flat = sp.csr_array(
-                        (data, plan.pattern.indices, plan.pattern.indptr), flat.shape
-                    )
-                result[o][w] = flat if sparse else flat.reshape(shape)
-            elif sparse or 2 * plan.count <= passes:
-                value, block = _coloured_block(program, feeds, o, w, plan, chunk_size, cancel)
-                if value is not None:
-                    values[o] = value
-                result[o][w] = block if sparse else block.toarray().reshape(shape)
-            else:
-                result[o][w] = np.empty(shape, types[o].dtype)
+            if found is None:
+                result[o][w] = np.empty(types[o].shape + types[w].shape, types[o].dtype)
                 dense.append((o, w))
+                continue
+            value, result[o][w] = found
+            if value is not None:
+                values[o] = value
     if mode == "reverse":
         for o in dict.fromkeys(o for o, _ in dense):
             ws = [w for o2, w in dense if o2 == o]
