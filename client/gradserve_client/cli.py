@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from ._common import DEFAULT_TARGET
+from ._channel import DEFAULT_TARGET
 from .client import Client
 from .errors import GradserveError, Unavailable
 from .expr import ExprError, parse_expression, parse_value
@@ -243,6 +243,7 @@ def _ops(args: argparse.Namespace) -> int:
                 {
                     "name": op.name,
                     "arity": op.arity,
+                    "min_arity": op.min_arity,
                     "differentiable": op.differentiable,
                     "attrs": [
                         {"name": a.name, "kind": a.kind, "required": a.required}
@@ -258,6 +259,8 @@ def _ops(args: argparse.Namespace) -> int:
     width = max((len(op.name) for op in ops), default=4)
     for op in ops:
         arity = "n" if op.arity < 0 else str(op.arity)
+        if 0 <= op.min_arity < op.arity:
+            arity = f"{op.min_arity}-{arity}"
         attrs = ", ".join(a.name for a in op.attrs)
         flag = " " if op.differentiable else "*"
         line = f"{op.name:<{width}}  {arity}{flag} {op.doc}"
