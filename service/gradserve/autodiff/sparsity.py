@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from gradserve_client.opset.reductions import axes_of
 
 from gradserve.autodiff.ir import Program, TensorType
-from gradserve.autodiff.registry import OPS, normalize_axes
+from gradserve.autodiff.registry import OPS
 from gradserve.autodiff.transforms import _check_targets, _needed_by
 
 Pattern = sp.csr_array
@@ -93,12 +94,10 @@ def _all_axes(ndim: int) -> tuple[int, ...]:
     return tuple(range(ndim))
 
 
-def _axes(attrs: dict[str, Any], ndim: int, key: str = "axis") -> tuple[int, ...]:
-    axis = attrs.get(key)
-    if axis is None:
-        return _all_axes(ndim)
-    axis = (axis,) if isinstance(axis, int) else axis
-    return tuple(a + ndim for a in normalize_axes(axis, ndim))
+def _axes(attrs: dict[str, Any], ndim: int) -> tuple[int, ...]:
+    """The op's `axis` (one or several; absent: all) as non-negative axes."""
+    axis = attrs.get("axis")
+    return tuple(a + ndim for a in axes_of((axis,) if isinstance(axis, int) else axis, ndim))
 
 
 def _reduction(ps, types, out, attrs):
