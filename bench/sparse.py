@@ -200,13 +200,13 @@ def _clear_caches() -> None:
     import sys
 
     from gradserve.autodiff import compile_program, jvp, vjp
-    from gradserve.autodiff.sparsity import _detect
+    from gradserve.autodiff.sparsity import structural_pattern
 
-    for cached in (jvp, vjp, compile_program, _detect):
+    for cached in (jvp, vjp, compile_program, structural_pattern):
         cached.cache_clear()
     jac = sys.modules["gradserve.autodiff.jacobian"]
-    jac.colour_plan.cache_clear()
-    jac.linear_head.cache_clear()
+    for cached in (jac.colour_plan, jac.linear_head, jac.is_diagonal):
+        cached.cache_clear()
 
 
 def _plan_seconds(make: Callable[[], Any], of: str, wrt: str) -> tuple[float, int]:
@@ -278,15 +278,6 @@ def s1(settings: Settings, n: int = 32) -> list[Row]:
             )
     else:
         contenders += [missing(dense_anchor), missing(sparse_anchor)]
-    contenders.append(
-        _checked(
-            "numpy (hand, forward)",
-            lambda: brusselator_numpy(x0),
-            lambda r: r,
-            brusselator_numpy(x0),
-            0,
-        )
-    )
     workload = f"Brusselator {n}×{n} periodic, sparse J ({expected.shape[0]}², warm)"
     row = _row(
         "S1", workload, contenders, settings, dense_anchor, "≤ 0.1× jax.jit(jax.jacfwd)", 0.1

@@ -23,15 +23,16 @@ from gradserve.autodiff.api import Arrays, Cancel, check_inputs
 from gradserve.autodiff.colouring import colour_columns, colour_rows
 from gradserve.autodiff.executor import compile_program
 from gradserve.autodiff.ir import GraphError, InputDef, Program
-from gradserve.autodiff.sparsity import _detect
-from gradserve.autodiff.transforms import _check_targets, active_values, jvp, select, vjp
+from gradserve.autodiff.registry import OPS
+from gradserve.autodiff.sparsity import structural_pattern
+from gradserve.autodiff.transforms import active_values, check_targets, jvp, select, vjp
 
 MODES = ("auto", "forward", "reverse")
 # Work per chunk, in elements of the widest value times the batch; see `chunk_rows`.
 MAX_CHUNK_ELEMENTS = 1 << 22
 MIN_CHUNK_ELEMENTS = 1 << 16
 # A dense request with fewer passes than this is not worth a pattern detection (a walk of the
-# graph with sparse-matrix work per node) to save some of them.
+# graph with sparse-matrix work per node) to save some of them, unless it is diagonal.
 MIN_PASSES_TO_COLOUR = 16
 
 
@@ -60,6 +61,26 @@ def chunk_rows(
 def _widest(program: Program, of: tuple[str, ...], wrt: tuple[str, ...]) -> int:
     """The size of the widest value between `wrt` and `of` (a walk of the program: cached)."""
     return max((program.types[v].size for v in active_values(program, of, wrt)), default=1)
+
+
+@functools.lru_cache(maxsize=1024)
+def is_diagonal(program: Program, of: str, wrt: str) -> bool:
+    """True when d of / d wrt is diagonal: only element-wise ops on wrt-shaped values between.
+    A walk of the nodes, no sparse work: the pattern of the commonest structure, for free."""
+    shape = program.types[wrt].shape
+    if program.types[of].shape != shape or program.types[wrt].size < 2:
+        return False
+    active = {wrt}
+    for node in program.nodes:
+        if not any(s in active for s in node.inputs):
+            continue
+        opdef = OPS[node.op]
+        if not opdef.differentiable:
+            continue
+        if opdef.partials is None or program.types[node.name].shape != shape:
+            return False
+        active.add(node.name)
+    return of in active
 
 
 def _one_hot(start: int, rows: int, width: int, dtype: str) -> np.ndarray:
@@ -91,7 +112,10 @@ class ColourPlan:
 def colour_plan(program: Program, of: str, wrt: str, mode: str = "auto") -> ColourPlan:
     """The pattern of d of / d wrt and its colouring in `mode`'s direction (in auto, the one
     with fewer colours), cached with the program: a second call pays only the passes."""
-    pattern = _detect(program, of, wrt)
+    if is_diagonal(program, of, wrt):
+        pattern = sp.csr_array(sp.eye_array(program.types[wrt].size, dtype=bool, format="csr"))
+    else:
+        pattern = structural_pattern(program, of, wrt)
     candidates = []
     if mode != "reverse":
         candidates.append((True, colour_columns(pattern)))
@@ -244,7 +268,7 @@ def jacobian(
     arrays of shape (of.size, wrt.size). A block whose pattern needs at most half the passes
     of the dense computation (of MIN_PASSES_TO_COLOUR or more) is computed by colouring, and
     densified unless `sparse`."""
-    _check_targets(program, of, wrt)
+    check_targets(program, of, wrt)
     requested = mode
     mode = choose_mode(program, of, wrt, mode)
     if chunk_size is not None and (
@@ -260,7 +284,7 @@ def jacobian(
         for w in wrt:
             passes = types[w].size if mode == "forward" else types[o].size
             found = None
-            if sparse or passes >= MIN_PASSES_TO_COLOUR:
+            if sparse or passes >= MIN_PASSES_TO_COLOUR or is_diagonal(program, o, w):
                 found = _structured(
                     program, feeds, o, w, requested, passes, sparse, chunk_size, cancel
                 )

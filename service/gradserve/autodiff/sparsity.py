@@ -28,7 +28,7 @@ from gradserve_client.opset.reductions import axes_of
 
 from gradserve.autodiff.ir import Program, TensorType
 from gradserve.autodiff.registry import OPS
-from gradserve.autodiff.transforms import _check_targets, _needed_by
+from gradserve.autodiff.transforms import check_targets, needed_by
 
 Pattern = sp.csr_array
 # rule(patterns of the operands (None: depends on nothing), operand types, result type, attrs)
@@ -251,12 +251,13 @@ def node_pattern(
 
 
 @functools.lru_cache(maxsize=256)
-def _detect(program: Program, of: str, wrt: str) -> Pattern:
-    _check_targets(program, (of,), (wrt,))
+def structural_pattern(program: Program, of: str, wrt: str) -> Pattern:
+    """`jacobian_sparsity`, cached and shared: callers must not modify it."""
+    check_targets(program, (of,), (wrt,))
     types = program.types
     n = types[wrt].size
     patterns: dict[str, Pattern] = {wrt: sp.csr_array(sp.eye_array(n, dtype=bool, format="csr"))}
-    needed = _needed_by(program.nodes, (of,))
+    needed = needed_by(program.nodes, (of,))
     nodes = [node for node in program.nodes if node.name in needed]
     last_use = {s: i for i, node in enumerate(nodes) for s in node.inputs}
     for i, node in enumerate(nodes):
@@ -280,4 +281,4 @@ def _detect(program: Program, of: str, wrt: str) -> Pattern:
 def jacobian_sparsity(program: Program, of: str, wrt: str) -> sp.csr_array:
     """The structural pattern of d of / d wrt: a boolean CSR array of shape (of.size, wrt.size),
     both flattened in C order. True wherever the derivative can be non-zero at some point."""
-    return _detect(program, of, wrt).copy()
+    return structural_pattern(program, of, wrt).copy()

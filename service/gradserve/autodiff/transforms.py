@@ -33,7 +33,7 @@ class Derivative:
     results: tuple[str, ...]
 
 
-def _check_targets(program: Program, of: Sequence[str], wrt: Sequence[str]) -> None:
+def check_targets(program: Program, of: Sequence[str], wrt: Sequence[str]) -> None:
     inputs = set(program.input_names)
     for field, names, known, what in (
         ("of", of, program.types, "a value"),
@@ -58,10 +58,10 @@ def _depends_on(program: Program, sources: Iterable[str]) -> set[str]:
 
 def active_values(program: Program, of: Iterable[str], wrt: Iterable[str]) -> set[str]:
     """The values on a path from `wrt` to `of`: those that carry (co)tangents."""
-    return _depends_on(program, wrt) & _needed_by(program.nodes, of)
+    return _depends_on(program, wrt) & needed_by(program.nodes, of)
 
 
-def _needed_by(nodes: Sequence[NodeDef], targets: Iterable[str]) -> set[str]:
+def needed_by(nodes: Sequence[NodeDef], targets: Iterable[str]) -> set[str]:
     """The values that `targets` are computed from (themselves included)."""
     needed = set(targets)
     for node in reversed(nodes):
@@ -73,7 +73,7 @@ def _needed_by(nodes: Sequence[NodeDef], targets: Iterable[str]) -> set[str]:
 def _finish(program: Program, em: Emitter, seeds: list[InputDef], outputs: list[str]) -> Program:
     """Assemble primal + emitted nodes, drop what the outputs do not need."""
     nodes = [*program.nodes, *em.nodes]
-    needed = _needed_by(nodes, outputs)
+    needed = needed_by(nodes, outputs)
     kept = tuple(n for n in nodes if n.name in needed)
     names = {n.name for n in kept} | {i.name for i in program.inputs} | {s.name for s in seeds}
     types = {k: v for k, v in em.types.items() if k in names}
@@ -133,7 +133,7 @@ def vjp(
     With `batch`, every cotangent and gradient has a leading axis of that size (one row of a
     Jacobian per entry).
     """
-    _check_targets(program, of, wrt)
+    check_targets(program, of, wrt)
     em = Emitter(dict(program.types), (batch,) if batch else ())
     active = active_values(program, of, wrt)
     seeds = [
@@ -178,9 +178,9 @@ def jvp(
     program: Program, wrt: tuple[str, ...], of: tuple[str, ...], batch: int | None = None
 ) -> Derivative:
     """Forward mode: tangents for `wrt` in, tangents of `of` out (with an optional batch axis)."""
-    _check_targets(program, of, wrt)
+    check_targets(program, of, wrt)
     em = Emitter(dict(program.types), (batch,) if batch else ())
-    needed = _needed_by(program.nodes, of)
+    needed = needed_by(program.nodes, of)
     seeds = [
         InputDef(em.fresh(f"tan_{w}_"), program.types[w].dtype, em.batch + program.types[w].shape)
         for w in wrt
@@ -233,7 +233,7 @@ def select(program: Program, outputs: tuple[str, ...]) -> Program:
 
 def gradient(program: Program, of: str, wrt: Sequence[str]) -> Derivative:
     """The VJP of the scalar `of`: its one seed is fed 1 for the gradient."""
-    _check_targets(program, (of,), tuple(wrt))
+    check_targets(program, (of,), tuple(wrt))
     if program.types[of].shape != ():
         raise GraphError(of, "of", f"must be a scalar, got {program.types[of]}")
     return vjp(program, (of,), tuple(wrt))
