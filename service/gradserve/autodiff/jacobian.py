@@ -204,13 +204,14 @@ def _coloured_block(
         in_chunk = (plan.colours >= start) & (plan.colours < start + batch)
         seeds = np.zeros((batch, width), types[wrt if plan.forward else of].dtype)
         seeds[plan.colours[in_chunk] - start, np.flatnonzero(in_chunk)] = 1
-        # One (co)tangent needs no batch axis: the plain transform is the one other calls cache.
+        # One (co)tangent needs no batch axis, and the transform without a batch argument is
+        # the one other calls have cached (lru_cache keys f(a) and f(a, None) apart).
         axis = (batch,) if batch > 1 else ()
         if plan.forward:
-            d = jvp(program, (wrt,), (of,), batch if axis else None)
+            d = jvp(program, (wrt,), (of,), *axis)
             seeds = seeds.reshape(axis + types[wrt].shape)
         else:
-            d = vjp(program, (of,), (wrt,), batch if axis else None)
+            d = vjp(program, (of,), (wrt,), *axis)
             seeds = seeds.reshape(axis + types[of].shape)
         value, compressed = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
         del seeds
