@@ -48,6 +48,11 @@ def registry() -> dict[str, Runner]:
         "W3": core("W3"),
         "W4": core("W4"),
         "M1": core("M1"),
+        "S1": lazy("sparse", "s1"),
+        "S2": lazy("sparse", "s2"),
+        "S3": lazy("sparse", "s3"),
+        "H1": lazy("sparse", "h1"),
+        "H2": lazy("sparse", "h2"),
         "RPC": lazy("rpc", "run"),
         "W5": lazy("train", "run"),
         "WORKERS": lazy("workers", "run"),
@@ -64,6 +69,8 @@ ALIASES = {
     "C2": "MODELS",
     "T1": "MODELS",
     "W6": "MODELS",
+    "S1B": "S1",
+    "H2B": "H2",
     "R1": "RPC",
     "R2": "RPC",
     "R3": "RPC",
@@ -77,8 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument(
         "--only",
-        help="comma-separated workloads: W1,W2,W3,W4,M1,RPC (or R1,R2,R3),W5,WORKERS (or WK),"
-        " CONV (or K1,K2,K3), MODELS (or C1,C2,T1,W6)",
+        help="comma-separated workloads: W1,W2,W3,W4,M1,S1,S2,S3,H1,H2,RPC (or R1,R2,R3),W5,"
+        "WORKERS (or WK), CONV (or K1,K2,K3), MODELS (or C1,C2,T1,W6)",
     )
     p.add_argument("--quick", action="store_true", help="few repetitions (the smoke test)")
     p.add_argument("--json", type=Path, help="also write the results here")

@@ -72,3 +72,18 @@ def test_model_workloads_agree_with_torch(workload: str) -> None:
     row = getattr(models, workload)(Settings(quick=True, rounds=1, min_sample=0.0, warmup=0))
     for name in (models.GS, models.GS_CORE, models.TORCH):
         assert row.figures[name] is not None, row.notes.get(name)
+
+
+@pytest.mark.parametrize("workload", ["s1", "s3", "h1"])
+def test_quick_structured_workloads_time_gradserve_checked_against_numpy(monkeypatch, workload):
+    from bench import sparse
+
+    monkeypatch.setattr(sparse, "_torch", lambda: None)
+    monkeypatch.setattr(sparse, "_jax", lambda: None)
+    settings = Settings(quick=True, rounds=2, min_sample=0.001, warmup=1)
+    out = getattr(sparse, workload)(settings)
+    rows = out if isinstance(out, list) else [out]
+    for row in rows:
+        assert row.figures[row.gradserve] is not None, (row.id, row.notes)
+    if workload == "s3":  # numpy by hand passed its check against the closed form: timed
+        assert rows[0].figures["numpy (hand)"] is not None
