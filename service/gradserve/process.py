@@ -1,10 +1,10 @@
-"""What every server process shares, whether it serves alone or is the parent of workers: the
-stop signals and the metrics HTTP server. Nothing here imports grpc, so the parent of
-``--workers`` can use it and still fork workers that have never seen grpc."""
+"""What every server process shares, whether it serves alone or is the parent of workers:
+the stop signals, the metrics HTTP server, the malloc setting. Nothing here imports grpc."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import signal
 from collections.abc import Iterator
 
@@ -36,3 +36,21 @@ def start_metrics(settings: Settings) -> str:
     with stop_signals_blocked():
         start_metrics_server(settings.metrics_port, settings.host)
     return f"metrics on :{settings.metrics_port}"
+
+
+# glibc's mallopt parameter (malloc.h), and the arenas a server process needs: Python runs one
+# thread at a time, so more arenas buy no speed.
+_M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas() -> bool:
+    """Limit glibc's malloc to MALLOC_ARENAS arenas. By default each thread of the pool can get
+    an arena of its own (up to 8 per core), and the tensor buffers freed in each stay there:
+    a server answering 40 MiB requests one after another grew from 90 to 250 MiB of resident
+    memory in 30 calls, and with 2 arenas stays at about 130 MiB (tests/load/test_faults.py).
+    Call it before threads start (the workers inherit it). False where malloc is not glibc's."""
+    try:
+        return bool(ctypes.CDLL(None).mallopt(_M_ARENA_MAX, MALLOC_ARENAS))
+    except (OSError, AttributeError):
+        return False
