@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEV_STAMP := $(VENV)/.dev-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test lint format protos sdk docs bench clean
+.PHONY: run test lint format protos sdk docs bench clean soak
 .PHONY: image image-test mutate
 
 $(DEV_STAMP): pyproject.toml
@@ -41,6 +41,12 @@ docs: $(DEV_STAMP)
 	$(BIN)/python scripts/gen_sdk_ops.py
 	$(BIN)/python scripts/gen_operators_doc.py
 	$(BIN)/python scripts/gen_settings_doc.py
+
+# The load and fault tests of tests/load for SOAK_SECONDS each (make test runs them for seconds).
+SOAK_SECONDS ?= 600
+soak: $(DEV_STAMP)
+	LOAD_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest -q -s -p no:cacheprovider \
+		-o timeout=$$(( $(SOAK_SECONDS) * 3 + 300 )) tests/load
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench

@@ -10,11 +10,17 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] != "serve":
         print("usage: python -m gradserve serve [flags]  (see: serve --help)", file=sys.stderr)
         return 2
+    from gradserve import logfmt
     from gradserve.config import load_settings
-    from gradserve.workers import prepare_environment
+    from gradserve.process import limit_malloc_arenas
+    from gradserve.workers import prepare_environment, serve_workers
 
     settings = load_settings(argv[1:], prog="gradserve serve")
-    prepare_environment(settings)  # before anything imports prometheus_client
+    logfmt.configure(settings.log_level)
+    limit_malloc_arenas()  # before any thread starts; the workers inherit it
+    if settings.workers > 1:
+        prepare_environment(settings)  # before anything imports prometheus_client
+        return serve_workers(settings)
     from gradserve.server import serve
 
     return serve(settings)

@@ -46,6 +46,16 @@ class Settings(BaseSettings):
     workers: int = Field(
         1, ge=1, description="Server processes sharing the port with SO_REUSEPORT."
     )
+    max_worker_restarts: int = Field(
+        5,
+        ge=0,
+        description="With --workers > 1: worker processes that die are restarted, at most"
+        " this many times within --worker-restart-window; one more death stops the server"
+        " (exit 1).",
+    )
+    worker_restart_window: float = Field(
+        60.0, gt=0, description="Seconds over which --max-worker-restarts is counted."
+    )
     max_concurrent_rpcs: int = Field(
         64,
         ge=0,

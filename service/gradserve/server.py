@@ -1,26 +1,26 @@
 """The server process: a grpc.Server with gradserve.v1.Gradient, health and reflection.
 
 ``create_server(settings)`` builds and starts one (tests use it in-process);
-``serve(settings)`` runs it until SIGTERM/SIGINT, then drains it gracefully.
+``serve(settings)`` runs it until SIGTERM/SIGINT, then drains it gracefully. ``--workers``
+> 1 is ``gradserve.workers``, whose worker processes each run ``serve``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gradserve import logfmt
 from gradserve.config import Settings
+from gradserve.process import STOP_SIGNALS, start_metrics, stop_signals_blocked
 from gradserve.rpc import SERVICE_NAME, GradientServicer, add_to_server
 from gradserve.rpc.auth import TokenAuthInterceptor, read_tokens
 
@@ -131,45 +131,6 @@ def create_server(
     return server, port, health_servicer
 
 
-def _start_metrics(settings: Settings) -> str:
-    if settings.metrics_port == 0:
-        return "metrics off"
-    from gradserve.metrics import start_metrics_server
-
-    start_metrics_server(settings.metrics_port, settings.host)
-    return f"metrics on :{settings.metrics_port}"
-
-
-def serve(settings: Settings) -> int:
-    """Run until SIGTERM or SIGINT; then NOT_SERVING, drain for shutdown_grace, return 0.
-
-    With ``--workers`` > 1, fork that many server processes sharing the port (see
-    ``gradserve.workers``).
-    """
-    logfmt.configure(settings.log_level)
-    if settings.workers > 1:
-        from gradserve.workers import serve_workers
-
-        return serve_workers(settings)
-    return serve_one(settings)
-
-
-STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
-
-
-@contextlib.contextmanager
-def stop_signals_blocked() -> Iterator[None]:
-    """Block SIGTERM and SIGINT in this thread while threads are started, so that those threads
-    (grpc's, the pool's, the metrics server's) inherit the mask and the kernel delivers the
-    signals to the main thread: Python runs signal handlers only there, and a signal delivered
-    to another thread would not wake a main thread blocked in a wait."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def _fail(message: str, ready: int | None) -> int:
     if ready is not None:
         os.write(ready, message.encode() + b"\n")
@@ -178,10 +139,14 @@ def _fail(message: str, ready: int | None) -> int:
     return 1
 
 
-def serve_one(settings: Settings, *, worker: bool = False, ready: int | None = None) -> int:
-    """One server process. ``worker``: a child of ``serve_workers``: no banner and no metrics
-    server (the parent serves them); it writes one line to the pipe ``ready`` once it serves,
-    or the error that stopped it."""
+def serve(settings: Settings, *, worker: bool = False, ready: int | None = None) -> int:
+    """Run one server process until SIGTERM or SIGINT; then NOT_SERVING, drain for
+    shutdown_grace, return 0.
+
+    ``worker``: a child of ``gradserve.workers.serve_workers`` (which ``--workers`` > 1 runs
+    instead): no banner and no metrics server (the parent serves them); it writes one line to
+    the pipe ``ready`` once it serves, or the error that stopped it.
+    """
     stop = threading.Event()
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: stop.set())
@@ -190,11 +155,11 @@ def serve_one(settings: Settings, *, worker: bool = False, ready: int | None = N
             server, port, health_servicer = create_server(settings)
         except (OSError, RuntimeError, ValueError) as exc:
             return _fail(f"gradserve serve: error: {exc}", ready)
-        try:
-            metrics = "" if worker else _start_metrics(settings)
-        except OSError as exc:
-            server.stop(None)
-            return _fail(f"gradserve serve: error: metrics port: {exc}", ready)
+    try:
+        metrics = "" if worker else start_metrics(settings)
+    except OSError as exc:
+        server.stop(None)
+        return _fail(f"gradserve serve: error: metrics port: {exc}", ready)
     if ready is not None:
         os.write(ready, b"ok\n")
         os.close(ready)

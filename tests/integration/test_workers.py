@@ -1,5 +1,6 @@
 """``gradserve serve --workers 2``: two processes share the port, one scrape sees their sum,
-SIGTERM drains both and the parent exits 0; a worker that dies is reported."""
+SIGTERM drains both and the parent exits 0; a worker that dies is replaced while the other keeps
+serving, and a burst of deaths beyond --max-worker-restarts stops the server with exit 1."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import re
 import signal
 import subprocess
+import time
+from pathlib import Path
 
 import grpc
 from gradserve_client.proto import gradient_service_pb2 as pb
@@ -23,6 +26,52 @@ def banner_pids(banner: str) -> set[int]:
     return {int(match.group(1)), int(match.group(2))}
 
 
+def children(parent: int) -> set[int]:
+    """The live child processes of ``parent`` (from /proc; zombies left out)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def info_on_a_new_connection(address: str, timeout: float = 1.0) -> None:
+    """GetServerInfo over a connection of its own (so the kernel picks a worker for it)."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    with grpc.insecure_channel(address, options=options) as channel:
+        pb_grpc.GradientStub(channel).GetServerInfo(pb.GetServerInfoRequest(), timeout=timeout)
+
+
+def seconds_until_served(address: str, limit: float = 10.0) -> float:
+    """Seconds until 10 new connections in a row are served."""
+    start = time.monotonic()
+    streak = 0
+    while streak < 10:
+        assert time.monotonic() - start < limit, "not served again"
+        try:
+            info_on_a_new_connection(address)
+            streak += 1
+        except grpc.RpcError:
+            streak = 0
+            time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def workers_after(parent: int, killed: set[int], limit: float = 10.0) -> set[int]:
+    """The two workers of ``parent`` once none of ``killed`` is among them."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        pids = children(parent)
+        if len(pids) == 2 and not pids & killed:
+            return pids
+        time.sleep(0.02)
+    raise AssertionError(f"no replacements for {killed}: {children(parent)}")
+
+
 def test_two_workers_share_the_port_and_the_metrics(server_process, tmp_path):
     port = free_port()
     proc = server_process(
@@ -31,11 +80,10 @@ def test_two_workers_share_the_port_and_the_metrics(server_process, tmp_path):
         env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")},
     )  # fmt: skip
     pids = banner_pids(proc.banner)
+    assert children(proc.proc.pid) == pids
     # Separate connections (no shared subchannel pool), so the kernel spreads them.
     for _ in range(CHANNELS):
-        options = [("grpc.use_local_subchannel_pool", 1)]
-        with grpc.insecure_channel(proc.address, options=options) as channel:
-            pb_grpc.GradientStub(channel).GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
+        info_on_a_new_connection(proc.address, timeout=10)
     text = scrape(port)
     requests = samples(text, "gradserve_requests_total")
     assert requests[f'gradserve_requests_total{{code="OK",method="{INFO}"}}'] == CHANNELS
@@ -56,11 +104,66 @@ def test_two_workers_share_the_port_and_the_metrics(server_process, tmp_path):
     assert served_by == pids, proc.stderr  # both workers served requests
 
 
-def test_a_worker_that_dies_is_reported(server_process):
-    proc = server_process("--workers", "2", "--shutdown-grace", "5")
+def test_a_killed_worker_is_replaced_while_the_other_serves(server_process, tmp_path):
+    port = free_port()
+    proc = server_process(
+        "--workers", "2", "--shutdown-grace", "5", "--log-level", "debug",
+        "--metrics-port", str(port), "--max-concurrent-rpcs", "10",
+        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")},
+    )  # fmt: skip
+    parent = proc.proc.pid
     dead, alive = sorted(banner_pids(proc.banner))
+
+    # One worker killed: the other goes on serving new connections, without a gap.
     os.kill(dead, signal.SIGKILL)
+    one_down = seconds_until_served(proc.address)
+    assert one_down < 2.0
+    (first,) = workers_after(parent, {dead}) - {alive}
+
+    # Both killed at once: nothing listens until the replacements serve, within 2 s.
+    seconds_until_served(proc.address)
+    os.kill(alive, signal.SIGKILL)
+    os.kill(first, signal.SIGKILL)
+    killed = time.monotonic()
+    both_down = seconds_until_served(proc.address)
+    assert both_down < 2.0, both_down
+    replacements = workers_after(parent, {dead, alive, first})
+    for _ in range(CHANNELS):
+        info_on_a_new_connection(proc.address, timeout=10)
+    # the metrics forget the dead: 10 per live worker
+    assert samples(scrape(port), "gradserve_max_concurrent_rpcs") == {
+        "gradserve_max_concurrent_rpcs": 20.0
+    }
+    assert proc.proc.poll() is None
+    assert proc.stop() == 0  # SIGTERM drains the replacements, exit 0
+    err = proc.stderr
+    print(f"served again {one_down:.3f} s after one kill, {both_down:.3f} s after both "
+          f"({time.monotonic() - killed:.1f} s ago)")  # fmt: skip
+    assert f"pid {dead}) exited unexpectedly (signal SIGKILL); restarting it as pid {first}" in err
+    assert "(restart 3 of at most 5 within 60s)" in err
+    for pid in replacements:
+        assert f"(pid {pid}) stopped" in err
+    served_by = {int(m.group(1)) for m in re.finditer(r"pid=(\d+) msg=rpc method=", err)}
+    assert replacements <= served_by, err  # the replacements served requests
+
+
+def test_a_restart_storm_stops_the_server_with_exit_1(server_process):
+    proc = server_process(
+        "--workers", "2", "--max-worker-restarts", "2", "--worker-restart-window", "60",
+        "--shutdown-grace", "5",
+    )  # fmt: skip
+    parent = proc.proc.pid
+    for _ in range(2):  # two deaths: both replaced
+        victim = min(children(parent))
+        os.kill(victim, signal.SIGKILL)
+        workers_after(parent, {victim})
+        seconds_until_served(proc.address)
+    victim = min(children(parent))
+    os.kill(victim, signal.SIGKILL)  # the third within the window: the parent gives up
     assert proc.proc.wait(30) == 1
     proc.stop()
-    assert f"pid {dead}) exited unexpectedly (signal SIGKILL); stopping the others" in proc.stderr
-    assert f"(pid {alive}) stopped" in proc.stderr  # the other one drained
+    assert (
+        f"(pid {victim}) exited unexpectedly (signal SIGKILL), after 2 restarts within 60s"
+        " (--max-worker-restarts, --worker-restart-window): giving up, stopping the others"
+    ) in proc.stderr
+    assert not children(parent)

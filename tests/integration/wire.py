@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -156,6 +157,13 @@ class ServerProcess:
         assert match, line
         self.port = int(match.group(2))
         self.banner = line.strip()
+        # Drain stderr as it comes: a full pipe would block the server's logging, and so
+        # every thread that logs (a server that logs each failed call would hang).
+        self._stderr_lines: list[str] = []
+        self._drain = threading.Thread(
+            target=self._stderr_lines.extend, args=(self.proc.stderr,), daemon=True
+        )
+        self._drain.start()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.proc is not None
@@ -166,8 +174,8 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             rc = self.proc.wait()
-        if self.proc.stderr is not None and not self.proc.stderr.closed:
-            self.stderr = self.proc.stderr.read()
+        self._drain.join(timeout)
+        self.stderr = "".join(self._stderr_lines)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
