@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEV_STAMP := $(VENV)/.dev-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test lint format protos docs bench clean
+.PHONY: run test lint format protos sdk docs bench clean
 
 $(DEV_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test: lint
 
 protos: $(DEV_STAMP)
 	$(BIN)/python scripts/gen_protos.py
+
+sdk: $(DEV_STAMP)
+	$(BIN)/python scripts/gen_sync_client.py
 
 docs: $(DEV_STAMP)
 	$(BIN)/python scripts/gen_sdk_ops.py

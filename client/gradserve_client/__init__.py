@@ -14,7 +14,8 @@ __all__ = [*_graph.__all__, *_ops.__all__]
 # The clients, their exceptions and result types.
 from . import errors as _errors
 from . import training as _training
-from ._common import TLS, AttrInfo, OperatorInfo, ServerInfo
+from ._channel import TLS
+from ._info import AttrInfo, OperatorInfo, ServerInfo
 from .aio import AsyncClient
 from .client import Client
 from .errors import *  # noqa: F403 - GradserveError and one subclass per status code

@@ -1,34 +1,204 @@
-"""`AsyncClient`: the asyncio (grpc.aio) twin of `Client`, with the same methods as coroutines.
+"""`AsyncClient`: the asyncio client of a gradserve server, with every method a coroutine.
 
 async with gs.AsyncClient("127.0.0.1:50051") as c:
     await c.evaluate(g, {"x": 0.7})
     await c.grad(g, {"x": 0.7}, of="y", wrt="x")
+
+This file is the one definition of the client methods: client.py (`Client`, and the methods
+`LocalClient` shares) is generated from it by scripts/gen_sync_client.py (``make sdk``), which
+removes ``async`` and ``await``; tests/unit/test_sdk_generated.py fails when the two drift.
+What each method sends and decodes is its `Method` in `_methods`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 import numpy.typing as npt
-from grpc_health.v1 import health_pb2
 
-from . import _common as cm
-from .errors import from_rpc_error
-from .proto import gradient_service_pb2 as pb
-from .training import AsyncRun, Checkpoint, Event, Optimizer, Schedule, dataset_chunks, decode_event
+from . import _methods as m
+from ._args import Names, arrays, evaluate_call, grad_call, jacobian_call, jvp_call, vjp_call
+from ._channel import ChannelClient
+from ._graphs import GraphLike
+from ._info import OperatorInfo, ServerInfo
+from ._train_stream import RETRY, TRAIN_ATTEMPTS, UPLOAD, RemoteTrain, TrainCall, train_call
+from .errors import GradserveError, from_rpc_error
+from .training import AsyncRun, Checkpoint, Event, Optimizer, Schedule, decode_event
 
 __all__ = ["AsyncClient"]
 
-R = TypeVar("R")
+C = TypeVar("C")
+T = TypeVar("T")
 
 
-class AsyncClient(cm.GrpcClientBase):
-    """An asyncio connection to a gradserve server (``grpc.aio.Channel`` underneath). Create it
-    inside a running event loop; use it as an async context manager, or await `close`. The
-    methods and their results are those of `Client`.
+class AsyncMethods:
+    """The public methods, each one line: resolve the arguments, then `_invoke` its `Method`.
+    Subclasses say how a method is carried out (`_invoke`) and how a run trains (`_train`)."""
+
+    timeout: float | None = None
+
+    async def _invoke(self, method: m.Method[C, T], call: C, timeout: float | None) -> T:
+        raise NotImplementedError
+
+    def _train(self, call: TrainCall, progress: bool, timeout: float | None) -> AsyncRun:
+        raise NotImplementedError
+
+    async def evaluate(
+        self,
+        graph: GraphLike,
+        inputs: Mapping[str, npt.ArrayLike],
+        outputs: Names = None,
+    ) -> dict[str, np.ndarray]:
+        """The values of the graph's outputs (all of them, or ``outputs``), by output name.
+
+        ``inputs`` maps input names to numpy arrays, Python scalars or (nested) lists; the
+        latter two take the input's declared dtype. The arrays returned are read-only views of
+        the response.
+        """
+        call = evaluate_call(graph, inputs, outputs)
+        return await self._invoke(m.EVALUATE, call, self.timeout)
+
+    async def jacobian(
+        self,
+        graph: GraphLike,
+        inputs: Mapping[str, npt.ArrayLike],
+        of: Names = None,
+        wrt: Names = None,
+        mode: str = "auto",
+    ) -> Any:
+        """The Jacobians d(of)/d(wrt), each of shape ``of.shape + wrt.shape`` (numerator layout).
+
+        With ``of`` and ``wrt`` both single names, an ndarray; otherwise a nested dict
+        ``J[of][wrt]``. ``of`` defaults to every output, ``wrt`` to every float input. ``mode``
+        is "auto" (the cheaper of the two), "forward" or "reverse"; the result does not depend
+        on it. A Jacobian larger than the server's unary limit is fetched with StreamJacobian
+        and assembled here, transparently.
+        """
+        call = jacobian_call(graph, inputs, of, wrt, mode)
+        return await self._invoke(m.JACOBIAN, call, self.timeout)
+
+    async def grad(
+        self,
+        graph: GraphLike,
+        inputs: Mapping[str, npt.ArrayLike],
+        of: str | None = None,
+        wrt: Names = None,
+    ) -> Any:
+        """The gradient of the scalar output ``of`` (default: the graph's only output).
+
+        ``wrt`` as a str gives one ndarray (the input's shape); a list, or None for every float
+        input, gives a dict by input name.
+        """
+        return await self._invoke(m.VJP, grad_call(graph, inputs, of, wrt), self.timeout)
+
+    async def vjp(
+        self,
+        graph: GraphLike,
+        inputs: Mapping[str, npt.ArrayLike],
+        cotangents: Mapping[str, npt.ArrayLike],
+        wrt: Names = None,
+    ) -> Any:
+        """The vector-Jacobian products: the gradients of ``sum(cotangent * output)`` summed
+        over the outputs in ``cotangents`` (each cotangent has its output's shape).
+
+        ``wrt`` as a str gives one ndarray; a list, or None for every float input, a dict by
+        input name of arrays with the inputs' shapes.
+        """
+        call = vjp_call(graph, inputs, cotangents, wrt)
+        return await self._invoke(m.VJP, call, self.timeout)
+
+    async def jvp(
+        self,
+        graph: GraphLike,
+        inputs: Mapping[str, npt.ArrayLike],
+        tangents: Mapping[str, npt.ArrayLike],
+        of: Names = None,
+    ) -> Any:
+        """The Jacobian-vector products: the directional derivatives of the outputs ``of``
+        along ``tangents`` (by input name, each of its input's shape; inputs without one are
+        held constant).
+
+        ``of`` as a str gives one ndarray; a list, or None for every output, a dict by output
+        name of arrays with the outputs' shapes.
+        """
+        call = jvp_call(graph, inputs, tangents, of)
+        return await self._invoke(m.JVP, call, self.timeout)
+
+    def train(
+        self,
+        graph: GraphLike,
+        *,
+        loss: str | None = None,
+        params: Mapping[str, npt.ArrayLike],
+        data: Mapping[str, npt.ArrayLike],
+        optimizer: Optimizer,
+        schedule: Schedule | None = None,
+        batch_size: int | None = 128,
+        epochs: int | None = None,
+        max_steps: int | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        report_every: int = 1,
+        checkpoint_every: int | None = 100,
+        resume: Checkpoint | None = None,
+        progress: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncRun:
+        """Train ``params`` (inputs, by name, with their initial values) to minimise the scalar
+        output ``loss`` (default: the graph's only output), with the other inputs bound to
+        batches of ``data`` (arrays sharing their leading dimension). Returns the run (`AsyncRun`):
+        iterate it for the `TrainStep`s, then read ``run.params``; ``run.checkpoint`` is the
+        latest checkpoint, to pass back as ``resume=``.
+
+        ``optimizer`` is `SGD` or `Adam`; ``schedule`` `StepLR`, `CosineLR` or None (constant).
+        The run takes ``epochs`` passes (default 1) or stops after ``max_steps`` steps, in
+        total, whichever comes first. ``batch_size`` None means the whole data in one batch;
+        the last partial batch is used. With ``shuffle`` every epoch's order is a permutation
+        seeded by (``seed``, epoch). A step is reported every ``report_every`` steps (and the
+        last), a checkpoint sent every ``checkpoint_every`` steps (None: never).
+
+        Nothing is sent until the run is iterated; errors (INVALID_ARGUMENT naming the field,
+        FAILED_PRECONDITION for a NaN loss, ...) are raised by the iteration. Data over 4 MiB
+        is uploaded once with PutDataset and referenced by its content id (uploaded again if
+        the server has forgotten it). ``timeout`` is the deadline of the whole run (the
+        client's ``timeout`` does not apply to training streams). ``progress`` shows a tqdm
+        bar with the loss.
+        """
+        call = train_call(
+            graph, loss=loss, params=params, data=data, optimizer=optimizer, schedule=schedule,
+            batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed,
+            shuffle=shuffle, report_every=report_every, checkpoint_every=checkpoint_every,
+            resume=resume,
+        )  # fmt: skip
+        return self._train(call, progress, timeout)
+
+    async def put_dataset(
+        self, data: Mapping[str, npt.ArrayLike], *, timeout: float | None = None
+    ) -> str:
+        """Upload arrays (sharing their leading dimension) once, in chunks; returns the
+        dataset id (a content hash) that `train` uses. `train` calls this by itself."""
+        return await self._invoke(m.PUT_DATASET, arrays(data, {}, "data"), timeout)
+
+    async def operators(self) -> list[OperatorInfo]:
+        """The server's operators: name, arity, attributes, differentiability and doc line."""
+        return await self._invoke(m.OPERATORS, None, self.timeout)
+
+    async def server_info(self) -> ServerInfo:
+        """The server's version, opset, limits and features."""
+        return await self._invoke(m.SERVER_INFO, None, self.timeout)
+
+    async def health(self, service: str = "") -> str:
+        """The standard gRPC health status: "SERVING", "NOT_SERVING", ... (``service`` "" is
+        the whole server)."""
+        return await self._invoke(m.HEALTH, service, self.timeout)
+
+
+class AsyncClient(AsyncMethods, ChannelClient):
+    """An asyncio connection to a gradserve server (a ``grpc.aio`` channel underneath): create
+    it inside a running event loop. Use it as an async context manager, or call `close`.
 
     Args:
         target: ``"host:port"``, or any gRPC target such as ``"dns:///gradserve:50051"``.
@@ -47,20 +217,7 @@ class AsyncClient(cm.GrpcClientBase):
     know the id (restarted, or another replica) gets the full graph again, transparently.
     """
 
-    def _open_channel(
-        self,
-        target: str,
-        tls: cm.TLS | None,
-        options: list[tuple[str, Any]],
-        interceptors: Sequence[Any],
-    ) -> grpc.aio.Channel:
-        if tls is None:
-            return grpc.aio.insecure_channel(
-                target, options=options, interceptors=interceptors or None
-            )
-        return grpc.aio.secure_channel(
-            target, tls.credentials(), options=options, interceptors=interceptors or None
-        )
+    _ASYNCIO = True
 
     # -- lifecycle
 
@@ -79,144 +236,55 @@ class AsyncClient(cm.GrpcClientBase):
 
     # -- calls
 
-    async def _call(
-        self, method: Callable[..., Awaitable[R]], request: Any, timeout: float | None
-    ) -> R:
+    async def _invoke(self, method: m.Method[C, T], call: C, timeout: float | None) -> T:
+        """A method call: by another method if its `route` says so, and by its `fallback`
+        when the first answer is an error the fallback is for."""
+        method = method.route(call) or method
         try:
-            return await method(request, timeout=timeout, metadata=self._metadata)
+            return await self._send(method, call, timeout)
+        except GradserveError as exc:
+            if method.fallback is None or not method.fallback_on(exc):
+                raise
+        return await self._send(method.fallback, call, timeout)
+
+    async def _send(self, method: m.Method[C, T], call: C, timeout: float | None) -> T:
+        """One request: its graph by id when known, resent in full on NOT_FOUND."""
+        request = method.request(call)
+        if not method.graph:
+            return method.decode(call, await self._rpc(method, request, timeout))
+        meta = call.meta  # type: ignore[attr-defined]
+        sent_id = self._graph_ids.attach(request, meta)
+        try:
+            response = await self._rpc(method, request, timeout)
+        except GradserveError as exc:
+            if not self._graph_ids.resend(request, meta, sent_id, exc):
+                raise
+            response = await self._rpc(method, request, timeout)
+        self._graph_ids.remember(meta, response.graph_id)
+        return method.decode(call, response)
+
+    async def _rpc(self, method: m.Method[Any, Any], request: Any, timeout: float | None) -> Any:
+        """The RPC: its response, or a server stream's responses folded by `Method.collect`."""
+        rpc = self._multicallable(method.rpc)
+        try:
+            if method.collect is None:
+                return await rpc(request, timeout=timeout, metadata=self._metadata)
+            collected = method.collect()
+            async for response in rpc(request, timeout=timeout, metadata=self._metadata):
+                collected.add(response)
+            return collected
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
-    async def _graph_call(
-        self, method: Callable[..., Awaitable[R]], request: Any, meta: cm.GraphMeta
-    ) -> R:
-        """A call carrying a graph: by id when known, resent in full on NOT_FOUND."""
-        sent_id = self._graph_ids.attach(request, meta)
-        try:
-            response = await self._call(method, request, self.timeout)
-        except Exception as exc:
-            if not self._graph_ids.resend(request, meta, sent_id, exc):
-                raise
-            response = await self._call(method, request, self.timeout)
-        self._graph_ids.remember(meta, response.graph_id)  # type: ignore[attr-defined]
-        return response
-
-    async def _stream_jacobian(
-        self, request: pb.StreamJacobianRequest, timeout: float | None, metadata: Any
-    ) -> cm.JacobianAssembler:
-        """StreamJacobian, its row blocks assembled (a method for `_graph_call`)."""
-        assembler = cm.JacobianAssembler()
-        async for block in self._stub.StreamJacobian(request, timeout=timeout, metadata=metadata):
-            assembler.add(block)
-        return assembler
-
-    async def _vjp(self, call: cm.Call) -> Any:
-        response = await self._graph_call(self._stub.Vjp, cm.vjp_request(call), call.meta)
-        return call.by_wrt(cm.decode(response.gradients))
-
-    # -- the API
-
-    async def evaluate(
-        self,
-        graph: cm.GraphLike,
-        inputs: Mapping[str, npt.ArrayLike],
-        outputs: cm.Names = None,
-    ) -> dict[str, np.ndarray]:
-        """As `Client.evaluate`: the values of the outputs (all, or ``outputs``), by output name."""
-        call = cm.evaluate_call(graph, inputs, outputs)
-        method, request = self._evaluate(call)
-        return cm.decode_outputs(call, await self._graph_call(method, request, call.meta))
-
-    async def jacobian(
-        self,
-        graph: cm.GraphLike,
-        inputs: Mapping[str, npt.ArrayLike],
-        of: cm.Names = None,
-        wrt: cm.Names = None,
-        mode: str = "auto",
-    ) -> Any:
-        """As `Client.jacobian`: an ndarray for single names, else ``J[of][wrt]``; a Jacobian
-        over the unary limit is fetched with StreamJacobian."""
-        call = cm.jacobian_call(graph, inputs, of, wrt, mode)
-        request = cm.jacobian_request(call)
-        try:
-            response = await self._graph_call(self._stub.Jacobian, request, call.meta)
-            result = cm.decode_jacobian(response)
-        except Exception as exc:
-            if not cm.is_jacobian_too_large(exc):
-                raise
-            stream = cm.stream_jacobian_request(request)
-            assembler = await self._graph_call(self._stream_jacobian, stream, call.meta)
-            result = assembler.result(call.of, call.wrt)
-        return call.jacobians(result)
-
-    async def grad(
-        self,
-        graph: cm.GraphLike,
-        inputs: Mapping[str, npt.ArrayLike],
-        of: str | None = None,
-        wrt: cm.Names = None,
-    ) -> Any:
-        """As `Client.grad`: the gradient of the scalar output ``of``."""
-        return await self._vjp(cm.grad_call(graph, inputs, of, wrt))
-
-    async def vjp(
-        self,
-        graph: cm.GraphLike,
-        inputs: Mapping[str, npt.ArrayLike],
-        cotangents: Mapping[str, npt.ArrayLike],
-        wrt: cm.Names = None,
-    ) -> Any:
-        """As `Client.vjp`: the gradients of ``sum(cotangent * output)``."""
-        return await self._vjp(cm.vjp_call(graph, inputs, cotangents, wrt))
-
-    async def jvp(
-        self,
-        graph: cm.GraphLike,
-        inputs: Mapping[str, npt.ArrayLike],
-        tangents: Mapping[str, npt.ArrayLike],
-        of: cm.Names = None,
-    ) -> Any:
-        """As `Client.jvp`: the directional derivatives of the outputs ``of`` along ``tangents``."""
-        call = cm.jvp_call(graph, inputs, tangents, of)
-        response = await self._graph_call(self._stub.Jvp, cm.jvp_request(call), call.meta)
-        return call.by_of(cm.decode(response.tangents))
-
-    def train(
-        self,
-        graph: cm.GraphLike,
-        *,
-        loss: str | None = None,
-        params: Mapping[str, npt.ArrayLike],
-        data: Mapping[str, npt.ArrayLike],
-        optimizer: Optimizer,
-        schedule: Schedule | None = None,
-        batch_size: int | None = 128,
-        epochs: int | None = None,
-        max_steps: int | None = None,
-        seed: int = 0,
-        shuffle: bool = True,
-        report_every: int = 1,
-        checkpoint_every: int | None = 100,
-        resume: Checkpoint | None = None,
-        progress: bool = False,
-        timeout: float | None = None,
-    ) -> AsyncRun:
-        """As `Client.train`, returning an `AsyncRun`: ``async for step in run``, then
-        ``run.params`` (or ``params = await run.wait()``)."""
-        train = cm.RemoteTrain(cm.train_call(
-            graph, loss=loss, params=params, data=data, optimizer=optimizer, schedule=schedule,
-            batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed,
-            shuffle=shuffle, report_every=report_every, checkpoint_every=checkpoint_every,
-            resume=resume,
-        ), self._graph_ids)  # fmt: skip
+    def _train(self, call: TrainCall, progress: bool, timeout: float | None) -> AsyncRun:
+        train = RemoteTrain(call, self._graph_ids)
+        rpc = self._multicallable(m.TRAIN)
 
         async def events() -> AsyncIterator[Event]:
-            for attempt in range(cm.TRAIN_ATTEMPTS):
-                call = train.started(
-                    self._stub.Train(train.request(), timeout=timeout, metadata=self._metadata)
-                )
-                stream = call.__aiter__()
+            for attempt in range(TRAIN_ATTEMPTS):
+                stream = train.started(
+                    rpc(train.request(), timeout=timeout, metadata=self._metadata)
+                ).__aiter__()
                 try:
                     first = await stream.__anext__()
                 except StopAsyncIteration:
@@ -224,9 +292,9 @@ class AsyncClient(cm.GrpcClientBase):
                 except grpc.RpcError as rpc_error:
                     exc = from_rpc_error(rpc_error)
                     retry = train.retry(attempt, exc)
-                    if retry == cm.UPLOAD:
+                    if retry == UPLOAD:
                         train.uploaded(await self.put_dataset(train.data.arrays, timeout=timeout))
-                    elif not retry:
+                    elif retry != RETRY:
                         raise exc from None
                     continue
                 yield train.first(first)
@@ -237,31 +305,4 @@ class AsyncClient(cm.GrpcClientBase):
                     raise from_rpc_error(rpc_error) from None
                 return
 
-        run = train.call
-        return AsyncRun(events, train.cancel, total=run.total, start=run.start, progress=progress)
-
-    async def put_dataset(
-        self, data: Mapping[str, npt.ArrayLike], *, timeout: float | None = None
-    ) -> str:
-        """As `Client.put_dataset`: upload arrays in chunks; returns the dataset id."""
-        chunks = dataset_chunks(cm.arrays(data, {}, "data"))
-        return (await self._call(self._stub.PutDataset, chunks, timeout)).dataset_id
-
-    async def operators(self) -> list[cm.OperatorInfo]:
-        """The server's operators: name, arity, attributes, differentiability and doc line."""
-        request = pb.ListOperatorsRequest()
-        response = await self._call(self._stub.ListOperators, request, self.timeout)
-        return cm.decode_operators(response)
-
-    async def server_info(self) -> cm.ServerInfo:
-        """The server's version, opset, limits and features."""
-        request = pb.GetServerInfoRequest()
-        response = await self._call(self._stub.GetServerInfo, request, self.timeout)
-        return cm.decode_server_info(response)
-
-    async def health(self, service: str = "") -> str:
-        """The standard gRPC health status: "SERVING", "NOT_SERVING", ... (``service`` "" is
-        the whole server)."""
-        request = health_pb2.HealthCheckRequest(service=service)
-        response = await self._call(self._health.Check, request, self.timeout)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        return AsyncRun(events, train.cancel, total=call.total, start=call.start, progress=progress)

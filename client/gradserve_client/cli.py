@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from ._common import DEFAULT_TARGET
+from ._channel import DEFAULT_TARGET
 from .client import Client
 from .errors import GradserveError, Unavailable
 from .expr import ExprError, parse_expression, parse_value

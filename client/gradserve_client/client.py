@@ -3,117 +3,52 @@
 with gs.Client("127.0.0.1:50051") as c:
     c.evaluate(g, {"x": 0.7})
     c.grad(g, {"x": 0.7}, of="y", wrt="x")
+
+Generated from aio.py by scripts/gen_sync_client.py (``make sdk``): do not edit. The methods
+are defined once, in aio.py; `LocalClient` shares them (`Methods`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 import numpy.typing as npt
-from grpc_health.v1 import health_pb2
 
-from . import _common as cm
-from .errors import from_rpc_error
-from .proto import gradient_service_pb2 as pb
-from .training import Checkpoint, Event, Optimizer, Run, Schedule, dataset_chunks, decode_event
+from . import _methods as m
+from ._args import Names, arrays, evaluate_call, grad_call, jacobian_call, jvp_call, vjp_call
+from ._channel import ChannelClient
+from ._graphs import GraphLike
+from ._info import OperatorInfo, ServerInfo
+from ._train_stream import RETRY, TRAIN_ATTEMPTS, UPLOAD, RemoteTrain, TrainCall, train_call
+from .errors import GradserveError, from_rpc_error
+from .training import Checkpoint, Event, Optimizer, Run, Schedule, decode_event
 
 __all__ = ["Client"]
 
-R = TypeVar("R")
+C = TypeVar("C")
+T = TypeVar("T")
 
 
-class Client(cm.GrpcClientBase):
-    """A connection to a gradserve server (``grpc.Channel`` underneath), safe to share between
-    threads. Use it as a context manager, or call `close`.
+class Methods:
+    """The public methods, each one line: resolve the arguments, then `_invoke` its `Method`.
+    Subclasses say how a method is carried out (`_invoke`) and how a run trains (`_train`)."""
 
-    Args:
-        target: ``"host:port"``, or any gRPC target such as ``"dns:///gradserve:50051"``.
-        token: a bearer token, sent as ``authorization: Bearer <token>`` on every call.
-        tls: `TLS` settings; None for a plaintext channel.
-        timeout: the deadline of every call, in seconds (None: no deadline).
-        retries: how many times gRPC retries a call that failed with UNAVAILABLE, with
-            exponential backoff (the channel's retry policy; at most 4; 0 disables retries).
-        max_message_bytes: the largest message sent or received (default 256 MiB).
-        load_balancing: a gRPC load-balancing policy, e.g. ``"round_robin"`` to spread calls
-            over every address a ``dns:///`` target resolves to (a headless Kubernetes Service).
-        options: further ``grpc`` channel options.
-        interceptors: ``grpc`` client interceptors (tracing, logging, tests).
+    timeout: float | None = None
 
-    Graphs are sent in full once per client, then by their ``graph_id``; a server that does not
-    know the id (restarted, or another replica) gets the full graph again, transparently.
-    """
+    def _invoke(self, method: m.Method[C, T], call: C, timeout: float | None) -> T:
+        raise NotImplementedError
 
-    def _open_channel(
-        self,
-        target: str,
-        tls: cm.TLS | None,
-        options: list[tuple[str, Any]],
-        interceptors: Sequence[Any],
-    ) -> grpc.Channel:
-        if tls is None:
-            channel = grpc.insecure_channel(target, options=options)
-        else:
-            channel = grpc.secure_channel(target, tls.credentials(), options=options)
-        return grpc.intercept_channel(channel, *interceptors) if interceptors else channel
-
-    # -- lifecycle
-
-    def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"Client({self.target!r})"
-
-    # -- calls
-
-    def _call(self, method: Callable[..., R], request: Any, timeout: float | None) -> R:
-        try:
-            return method(request, timeout=timeout, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-
-    def _graph_call(self, method: Callable[..., R], request: Any, meta: cm.GraphMeta) -> R:
-        """A call carrying a graph: by id when known, resent in full on NOT_FOUND."""
-        sent_id = self._graph_ids.attach(request, meta)
-        try:
-            response = self._call(method, request, self.timeout)
-        except Exception as exc:
-            if not self._graph_ids.resend(request, meta, sent_id, exc):
-                raise
-            response = self._call(method, request, self.timeout)
-        self._graph_ids.remember(meta, response.graph_id)  # type: ignore[attr-defined]
-        return response
-
-    def _stream_jacobian(
-        self, request: pb.StreamJacobianRequest, timeout: float | None, metadata: Any
-    ) -> cm.JacobianAssembler:
-        """StreamJacobian, its row blocks assembled (a method for `_graph_call`)."""
-        assembler = cm.JacobianAssembler()
-        for block in self._stub.StreamJacobian(request, timeout=timeout, metadata=metadata):
-            assembler.add(block)
-        return assembler
-
-    def _vjp(self, call: cm.Call) -> Any:
-        response = self._graph_call(self._stub.Vjp, cm.vjp_request(call), call.meta)
-        return call.by_wrt(cm.decode(response.gradients))
-
-    # -- the API
+    def _train(self, call: TrainCall, progress: bool, timeout: float | None) -> Run:
+        raise NotImplementedError
 
     def evaluate(
         self,
-        graph: cm.GraphLike,
+        graph: GraphLike,
         inputs: Mapping[str, npt.ArrayLike],
-        outputs: cm.Names = None,
+        outputs: Names = None,
     ) -> dict[str, np.ndarray]:
         """The values of the graph's outputs (all of them, or ``outputs``), by output name.
 
@@ -121,16 +56,15 @@ class Client(cm.GrpcClientBase):
         latter two take the input's declared dtype. The arrays returned are read-only views of
         the response.
         """
-        call = cm.evaluate_call(graph, inputs, outputs)
-        method, request = self._evaluate(call)
-        return cm.decode_outputs(call, self._graph_call(method, request, call.meta))
+        call = evaluate_call(graph, inputs, outputs)
+        return self._invoke(m.EVALUATE, call, self.timeout)
 
     def jacobian(
         self,
-        graph: cm.GraphLike,
+        graph: GraphLike,
         inputs: Mapping[str, npt.ArrayLike],
-        of: cm.Names = None,
-        wrt: cm.Names = None,
+        of: Names = None,
+        wrt: Names = None,
         mode: str = "auto",
     ) -> Any:
         """The Jacobians d(of)/d(wrt), each of shape ``of.shape + wrt.shape`` (numerator layout).
@@ -141,38 +75,29 @@ class Client(cm.GrpcClientBase):
         on it. A Jacobian larger than the server's unary limit is fetched with StreamJacobian
         and assembled here, transparently.
         """
-        call = cm.jacobian_call(graph, inputs, of, wrt, mode)
-        request = cm.jacobian_request(call)
-        try:
-            result = cm.decode_jacobian(self._graph_call(self._stub.Jacobian, request, call.meta))
-        except Exception as exc:
-            if not cm.is_jacobian_too_large(exc):
-                raise
-            stream = cm.stream_jacobian_request(request)
-            assembler = self._graph_call(self._stream_jacobian, stream, call.meta)
-            result = assembler.result(call.of, call.wrt)
-        return call.jacobians(result)
+        call = jacobian_call(graph, inputs, of, wrt, mode)
+        return self._invoke(m.JACOBIAN, call, self.timeout)
 
     def grad(
         self,
-        graph: cm.GraphLike,
+        graph: GraphLike,
         inputs: Mapping[str, npt.ArrayLike],
         of: str | None = None,
-        wrt: cm.Names = None,
+        wrt: Names = None,
     ) -> Any:
         """The gradient of the scalar output ``of`` (default: the graph's only output).
 
         ``wrt`` as a str gives one ndarray (the input's shape); a list, or None for every float
         input, gives a dict by input name.
         """
-        return self._vjp(cm.grad_call(graph, inputs, of, wrt))
+        return self._invoke(m.VJP, grad_call(graph, inputs, of, wrt), self.timeout)
 
     def vjp(
         self,
-        graph: cm.GraphLike,
+        graph: GraphLike,
         inputs: Mapping[str, npt.ArrayLike],
         cotangents: Mapping[str, npt.ArrayLike],
-        wrt: cm.Names = None,
+        wrt: Names = None,
     ) -> Any:
         """The vector-Jacobian products: the gradients of ``sum(cotangent * output)`` summed
         over the outputs in ``cotangents`` (each cotangent has its output's shape).
@@ -180,14 +105,15 @@ class Client(cm.GrpcClientBase):
         ``wrt`` as a str gives one ndarray; a list, or None for every float input, a dict by
         input name of arrays with the inputs' shapes.
         """
-        return self._vjp(cm.vjp_call(graph, inputs, cotangents, wrt))
+        call = vjp_call(graph, inputs, cotangents, wrt)
+        return self._invoke(m.VJP, call, self.timeout)
 
     def jvp(
         self,
-        graph: cm.GraphLike,
+        graph: GraphLike,
         inputs: Mapping[str, npt.ArrayLike],
         tangents: Mapping[str, npt.ArrayLike],
-        of: cm.Names = None,
+        of: Names = None,
     ) -> Any:
         """The Jacobian-vector products: the directional derivatives of the outputs ``of``
         along ``tangents`` (by input name, each of its input's shape; inputs without one are
@@ -196,13 +122,12 @@ class Client(cm.GrpcClientBase):
         ``of`` as a str gives one ndarray; a list, or None for every output, a dict by output
         name of arrays with the outputs' shapes.
         """
-        call = cm.jvp_call(graph, inputs, tangents, of)
-        response = self._graph_call(self._stub.Jvp, cm.jvp_request(call), call.meta)
-        return call.by_of(cm.decode(response.tangents))
+        call = jvp_call(graph, inputs, tangents, of)
+        return self._invoke(m.JVP, call, self.timeout)
 
     def train(
         self,
-        graph: cm.GraphLike,
+        graph: GraphLike,
         *,
         loss: str | None = None,
         params: Mapping[str, npt.ArrayLike],
@@ -222,9 +147,9 @@ class Client(cm.GrpcClientBase):
     ) -> Run:
         """Train ``params`` (inputs, by name, with their initial values) to minimise the scalar
         output ``loss`` (default: the graph's only output), with the other inputs bound to
-        batches of ``data`` (arrays sharing their leading dimension). Returns a `Run`: iterate
-        it for the `TrainStep`s, then read ``run.params``; ``run.checkpoint`` is the latest
-        checkpoint, to pass back as ``resume=``.
+        batches of ``data`` (arrays sharing their leading dimension). Returns the run (`Run`):
+        iterate it for the `TrainStep`s, then read ``run.params``; ``run.checkpoint`` is the
+        latest checkpoint, to pass back as ``resume=``.
 
         ``optimizer`` is `SGD` or `Adam`; ``schedule`` `StepLR`, `CosineLR` or None (constant).
         The run takes ``epochs`` passes (default 1) or stops after ``max_steps`` steps, in
@@ -240,62 +165,142 @@ class Client(cm.GrpcClientBase):
         client's ``timeout`` does not apply to training streams). ``progress`` shows a tqdm
         bar with the loss.
         """
-        train = cm.RemoteTrain(cm.train_call(
+        call = train_call(
             graph, loss=loss, params=params, data=data, optimizer=optimizer, schedule=schedule,
             batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed,
             shuffle=shuffle, report_every=report_every, checkpoint_every=checkpoint_every,
             resume=resume,
-        ), self._graph_ids)  # fmt: skip
-
-        def events() -> Iterator[Event]:
-            for attempt in range(cm.TRAIN_ATTEMPTS):
-                call = train.started(
-                    self._stub.Train(train.request(), timeout=timeout, metadata=self._metadata)
-                )
-                try:
-                    first = next(call)
-                except StopIteration:
-                    return
-                except grpc.RpcError as rpc_error:
-                    exc = from_rpc_error(rpc_error)
-                    retry = train.retry(attempt, exc)
-                    if retry == cm.UPLOAD:
-                        train.uploaded(self.put_dataset(train.data.arrays, timeout=timeout))
-                    elif not retry:
-                        raise exc from None
-                    continue
-                yield train.first(first)
-                try:
-                    for event in call:
-                        yield decode_event(event)
-                except grpc.RpcError as rpc_error:
-                    raise from_rpc_error(rpc_error) from None
-                return
-
-        run = train.call
-        return Run(events, train.cancel, total=run.total, start=run.start, progress=progress)
+        )  # fmt: skip
+        return self._train(call, progress, timeout)
 
     def put_dataset(
         self, data: Mapping[str, npt.ArrayLike], *, timeout: float | None = None
     ) -> str:
         """Upload arrays (sharing their leading dimension) once, in chunks; returns the
         dataset id (a content hash) that `train` uses. `train` calls this by itself."""
-        chunks = dataset_chunks(cm.arrays(data, {}, "data"))
-        return self._call(self._stub.PutDataset, chunks, timeout).dataset_id
+        return self._invoke(m.PUT_DATASET, arrays(data, {}, "data"), timeout)
 
-    def operators(self) -> list[cm.OperatorInfo]:
+    def operators(self) -> list[OperatorInfo]:
         """The server's operators: name, arity, attributes, differentiability and doc line."""
-        request = pb.ListOperatorsRequest()
-        return cm.decode_operators(self._call(self._stub.ListOperators, request, self.timeout))
+        return self._invoke(m.OPERATORS, None, self.timeout)
 
-    def server_info(self) -> cm.ServerInfo:
+    def server_info(self) -> ServerInfo:
         """The server's version, opset, limits and features."""
-        request = pb.GetServerInfoRequest()
-        return cm.decode_server_info(self._call(self._stub.GetServerInfo, request, self.timeout))
+        return self._invoke(m.SERVER_INFO, None, self.timeout)
 
     def health(self, service: str = "") -> str:
         """The standard gRPC health status: "SERVING", "NOT_SERVING", ... (``service`` "" is
         the whole server)."""
-        request = health_pb2.HealthCheckRequest(service=service)
-        response = self._call(self._health.Check, request, self.timeout)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        return self._invoke(m.HEALTH, service, self.timeout)
+
+
+class Client(Methods, ChannelClient):
+    """A connection to a gradserve server (a ``grpc`` channel underneath), safe to share
+    between threads. Use it as a context manager, or call `close`.
+
+    Args:
+        target: ``"host:port"``, or any gRPC target such as ``"dns:///gradserve:50051"``.
+        token: a bearer token, sent as ``authorization: Bearer <token>`` on every call.
+        tls: `TLS` settings; None for a plaintext channel.
+        timeout: the deadline of every call, in seconds (None: no deadline).
+        retries: how many times gRPC retries a call that failed with UNAVAILABLE, with
+            exponential backoff (the channel's retry policy; at most 4; 0 disables retries).
+        max_message_bytes: the largest message sent or received (default 256 MiB).
+        load_balancing: a gRPC load-balancing policy, e.g. ``"round_robin"`` to spread calls
+            over every address a ``dns:///`` target resolves to (a headless Kubernetes Service).
+        options: further ``grpc`` channel options.
+        interceptors: ``grpc`` client interceptors (tracing, logging, tests).
+
+    Graphs are sent in full once per client, then by their ``graph_id``; a server that does not
+    know the id (restarted, or another replica) gets the full graph again, transparently.
+    """
+
+    _ASYNCIO = False
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.target!r})"
+
+    # -- calls
+
+    def _invoke(self, method: m.Method[C, T], call: C, timeout: float | None) -> T:
+        """A method call: by another method if its `route` says so, and by its `fallback`
+        when the first answer is an error the fallback is for."""
+        method = method.route(call) or method
+        try:
+            return self._send(method, call, timeout)
+        except GradserveError as exc:
+            if method.fallback is None or not method.fallback_on(exc):
+                raise
+        return self._send(method.fallback, call, timeout)
+
+    def _send(self, method: m.Method[C, T], call: C, timeout: float | None) -> T:
+        """One request: its graph by id when known, resent in full on NOT_FOUND."""
+        request = method.request(call)
+        if not method.graph:
+            return method.decode(call, self._rpc(method, request, timeout))
+        meta = call.meta  # type: ignore[attr-defined]
+        sent_id = self._graph_ids.attach(request, meta)
+        try:
+            response = self._rpc(method, request, timeout)
+        except GradserveError as exc:
+            if not self._graph_ids.resend(request, meta, sent_id, exc):
+                raise
+            response = self._rpc(method, request, timeout)
+        self._graph_ids.remember(meta, response.graph_id)
+        return method.decode(call, response)
+
+    def _rpc(self, method: m.Method[Any, Any], request: Any, timeout: float | None) -> Any:
+        """The RPC: its response, or a server stream's responses folded by `Method.collect`."""
+        rpc = self._multicallable(method.rpc)
+        try:
+            if method.collect is None:
+                return rpc(request, timeout=timeout, metadata=self._metadata)
+            collected = method.collect()
+            for response in rpc(request, timeout=timeout, metadata=self._metadata):
+                collected.add(response)
+            return collected
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    def _train(self, call: TrainCall, progress: bool, timeout: float | None) -> Run:
+        train = RemoteTrain(call, self._graph_ids)
+        rpc = self._multicallable(m.TRAIN)
+
+        def events() -> Iterator[Event]:
+            for attempt in range(TRAIN_ATTEMPTS):
+                stream = train.started(
+                    rpc(train.request(), timeout=timeout, metadata=self._metadata)
+                ).__iter__()
+                try:
+                    first = stream.__next__()
+                except StopIteration:
+                    return
+                except grpc.RpcError as rpc_error:
+                    exc = from_rpc_error(rpc_error)
+                    retry = train.retry(attempt, exc)
+                    if retry == UPLOAD:
+                        train.uploaded(self.put_dataset(train.data.arrays, timeout=timeout))
+                    elif retry != RETRY:
+                        raise exc from None
+                    continue
+                yield train.first(first)
+                try:
+                    for event in stream:
+                        yield decode_event(event)
+                except grpc.RpcError as rpc_error:
+                    raise from_rpc_error(rpc_error) from None
+                return
+
+        return Run(events, train.cancel, total=call.total, start=call.start, progress=progress)

@@ -9,29 +9,30 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-import numpy.typing as npt
 
-from . import _common as cm
+from . import _methods as m
+from ._args import Call
+from ._graphs import GraphMeta
+from ._train_stream import TrainCall
+from .client import Methods
 from .errors import GradserveError, error_class
-from .opset import OPSET
-from .opset.listing import operators_response
-from .proto import gradient_service_pb2 as pb
-from .training import Checkpoint, Optimizer, Run, Schedule, TrainResult, TrainStep
+from .training import Checkpoint, Run, TrainResult, TrainStep
 
 __all__ = ["LocalClient"]
+
+T = TypeVar("T")
 
 _MAX_GRAPHS = 256  # graph versions whose Programs a LocalClient keeps
 
 
-class LocalClient:
-    """The methods of `Client` (evaluate, jacobian, grad, vjp, jvp, operators, server_info,
-    health), computed in this process by gradserve's core, with the same results and the same
-    exceptions (`InvalidArgument` and its field violations for bad graphs and inputs).
+class LocalClient(Methods):
+    """The methods of `Client` (evaluate, jacobian, grad, vjp, jvp, train, operators,
+    server_info, health), computed in this process by gradserve's core, with the same results
+    and the same exceptions (`InvalidArgument` and its field violations for bad graphs and inputs).
 
     Each graph is converted and validated once (per version of a `Graph`) and its compiled
     programs are cached by the core, so a call costs little more than the computation itself.
@@ -69,7 +70,7 @@ class LocalClient:
 
     # -- graphs
 
-    def _entry(self, meta: cm.GraphMeta) -> Any:
+    def _entry(self, meta: GraphMeta) -> Any:
         """The server's CachedGraph of a graph version, converted and validated on first use."""
         entry = self._graphs.get(meta.key)
         if entry is None:
@@ -80,7 +81,7 @@ class LocalClient:
             self._graphs[meta.key] = entry
         return entry
 
-    def _program(self, call: cm.Call) -> Any:
+    def _program(self, call: Call) -> Any:
         """The Program of a call's graph version (for the fed shapes, if it has -1 dimensions),
         converted and validated on first use exactly as the server does (its graph cache)."""
         try:
@@ -92,7 +93,7 @@ class LocalClient:
         except (self._core.GraphError, self._rpc_errors.RpcError) as exc:
             raise _converted(exc, self._rpc_errors, call.meta, False) from None
 
-    def _run(self, fn: Any, meta: cm.GraphMeta, *args: Any) -> Any:
+    def _run(self, fn: Any, meta: GraphMeta, *args: Any) -> Any:
         """``fn(*args)`` (running a graph), with the core's and the server code's errors raised
         as the server would report them (the same exception classes, field violations and
         reasons)."""
@@ -101,104 +102,19 @@ class LocalClient:
         except (self._core.GraphError, self._rpc_errors.RpcError) as exc:
             raise _converted(exc, self._rpc_errors, meta, True) from None
 
-    def _vjp(self, call: cm.Call) -> Any:
-        program = self._program(call)
-        vjp_values = self._core.vjp_values
-        _, grads = self._run(vjp_values, call.meta, program, call.feeds, call.seeds, call.wrt)
-        return call.by_wrt(grads)
+    def _compute(self, fn: Any, call: Call, *args: Any) -> Any:
+        """``fn(program, call.feeds, *args)`` on the call's Program (see `_methods.InProcess`)."""
+        return self._run(fn, call.meta, self._program(call), call.feeds, *args)
 
-    # -- the API
+    def _invoke(self, method: m.Method[Any, T], call: Any, timeout: float | None) -> T:
+        assert method.local is not None, method.rpc.path
+        return method.local(self, call)
 
-    def evaluate(
-        self,
-        graph: cm.GraphLike,
-        inputs: Mapping[str, npt.ArrayLike],
-        outputs: cm.Names = None,
-    ) -> dict[str, np.ndarray]:
-        """As `Client.evaluate`: the values of the outputs, by output name."""
-        call = cm.evaluate_call(graph, inputs, outputs)
-        program = self._program(call)
-        return self._run(self._core.evaluate, call.meta, program, call.feeds, call.of)
-
-    def jacobian(
-        self,
-        graph: cm.GraphLike,
-        inputs: Mapping[str, npt.ArrayLike],
-        of: cm.Names = None,
-        wrt: cm.Names = None,
-        mode: str = "auto",
-    ) -> Any:
-        """As `Client.jacobian`: an ndarray for single names, else ``J[of][wrt]``."""
-        call = cm.jacobian_call(graph, inputs, of, wrt, mode)
-        program = self._program(call)
-        jacobian = self._core.jacobian
-        _, result = self._run(jacobian, call.meta, program, call.feeds, call.of, call.wrt, mode)
-        return call.jacobians(result)
-
-    def grad(
-        self,
-        graph: cm.GraphLike,
-        inputs: Mapping[str, npt.ArrayLike],
-        of: str | None = None,
-        wrt: cm.Names = None,
-    ) -> Any:
-        """As `Client.grad`: the gradient of a scalar output."""
-        return self._vjp(cm.grad_call(graph, inputs, of, wrt))
-
-    def vjp(
-        self,
-        graph: cm.GraphLike,
-        inputs: Mapping[str, npt.ArrayLike],
-        cotangents: Mapping[str, npt.ArrayLike],
-        wrt: cm.Names = None,
-    ) -> Any:
-        """As `Client.vjp`: the gradients of ``sum(cotangent * output)``."""
-        return self._vjp(cm.vjp_call(graph, inputs, cotangents, wrt))
-
-    def jvp(
-        self,
-        graph: cm.GraphLike,
-        inputs: Mapping[str, npt.ArrayLike],
-        tangents: Mapping[str, npt.ArrayLike],
-        of: cm.Names = None,
-    ) -> Any:
-        """As `Client.jvp`: the directional derivatives of the outputs ``of``."""
-        call = cm.jvp_call(graph, inputs, tangents, of)
-        program = self._program(call)
-        jvp_values = self._core.jvp_values
-        _, out = self._run(jvp_values, call.meta, program, call.feeds, call.seeds, call.of)
-        return call.by_of(out)
-
-    def train(
-        self,
-        graph: cm.GraphLike,
-        *,
-        loss: str | None = None,
-        params: Mapping[str, npt.ArrayLike],
-        data: Mapping[str, npt.ArrayLike],
-        optimizer: Optimizer,
-        schedule: Schedule | None = None,
-        batch_size: int | None = 128,
-        epochs: int | None = None,
-        max_steps: int | None = None,
-        seed: int = 0,
-        shuffle: bool = True,
-        report_every: int = 1,
-        checkpoint_every: int | None = 100,
-        resume: Checkpoint | None = None,
-        progress: bool = False,
-        timeout: float | None = None,
-    ) -> Run:
-        """As `Client.train`, in this process: the same `Run`, results, checkpoints (which
-        resume on a server too) and errors. ``timeout`` is the run's deadline in seconds."""
+    def _train(self, run: TrainCall, progress: bool, timeout: float | None) -> Run:
+        """The run in this process: the same `Run`, results, checkpoints (which resume on a
+        server too) and errors. ``timeout`` is the run's deadline in seconds."""
         from gradserve.rpc import training as rpc_training
 
-        run = cm.train_call(
-            graph, loss=loss, params=params, data=data, optimizer=optimizer, schedule=schedule,
-            batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed,
-            shuffle=shuffle, report_every=report_every, checkpoint_every=checkpoint_every,
-            resume=resume,
-        )  # fmt: skip
         meta = run.meta
         stop: list[Any] = []
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -246,29 +162,8 @@ class LocalClient:
 
         return Run(events, cancel, total=run.total, start=run.start, progress=progress)
 
-    def operators(self) -> list[cm.OperatorInfo]:
-        """The opset's operators, as `Client.operators` lists them."""
-        return cm.decode_operators(operators_response())
 
-    def server_info(self) -> cm.ServerInfo:
-        """This process as a server: the package version, no limits, feature "local"."""
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            current = version("gradserve")
-        except PackageNotFoundError:  # pragma: no cover - running from a source tree
-            current = "0+unknown"
-        limits = {f.name: 0 for f in pb.ServerLimits.DESCRIPTOR.fields}
-        return cm.ServerInfo(current, OPSET, limits, ("local",))
-
-    def health(self, service: str = "") -> str:
-        """Always "SERVING": the core is this process."""
-        return "SERVING"
-
-
-def _converted(
-    exc: Exception, rpc_errors: Any, meta: cm.GraphMeta, running: bool
-) -> GradserveError:
+def _converted(exc: Exception, rpc_errors: Any, meta: GraphMeta, running: bool) -> GradserveError:
     """A core GraphError or a server-side RpcError as the SDK exception a server would raise."""
     if not isinstance(exc, rpc_errors.RpcError):
         exc = rpc_errors.from_graph_error(exc, meta.input_dtypes, running=running)
