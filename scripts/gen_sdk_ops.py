@@ -7,7 +7,6 @@ line, so that editors and type checkers see real signatures. Run with `make docs
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -121,21 +120,7 @@ def render() -> str:
     out = [HEADER, "__all__ = [\n" + "".join(f'    "{n}",\n' for n in names) + "]\n"]
     out += [_function(s) for s in specs]
     out += [f"{alias} = {target}\n" for alias, target in sorted(ALIASES.items())]
-    return _formatted("\n\n".join(out))
-
-
-def _formatted(code: str) -> str:
-    """The code as `ruff` sorts and formats it, so that the committed file passes `make lint`."""
-    for command in (["check", "--fix-only", "--select", "I,RUF022"], ["format"]):
-        code = subprocess.run(
-            [sys.executable, "-m", "ruff", *command, "--stdin-filename", str(TARGET), "-"],
-            input=code,
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-        ).stdout
-    return code
+    return generated.ruff_formatted("\n\n".join(out), TARGET, "I,RUF022")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ tests/unit/test_sdk_generated.py fails when the committed client.py differs from
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
+
+import generated
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "client" / "gradserve_client" / "aio.py"
@@ -63,31 +64,10 @@ def generate(source: str) -> str:
     return DOCSTRING + body
 
 
-def formatted(text: str) -> str:
-    """``text`` with its imports sorted and formatted as ruff does (the renames reorder
-    imports; removing ``await`` can shorten lines)."""
-    for command in (["check", "--fix", "--select", "I", "--quiet"], ["format"]):
-        text = subprocess.run(
-            [sys.executable, "-m", "ruff", *command, "--stdin-filename", str(TARGET), "-"],
-            input=text,
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-        ).stdout
-    return text
-
-
-def main() -> int:
-    expected = formatted(generate(SOURCE.read_text()))
-    if "--check" in sys.argv[1:]:
-        if TARGET.read_text() != expected:
-            print(f"{TARGET} is out of date: run make sdk", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(expected)
-    return 0
+def render() -> str:
+    # ruff sorts the imports the renames reorder, and reformats lines that lost an ``await``.
+    return generated.ruff_formatted(generate(SOURCE.read_text()), TARGET)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(generated.main(__doc__.splitlines()[0], TARGET, render, "make sdk"))

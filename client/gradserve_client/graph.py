@@ -656,9 +656,10 @@ def emit(op: str, args: Sequence[Operand | None], attrs: Mapping[str, Any] | Non
     becomes 0/1 and a numpy dtype a dtype name. Checked and typed by the op's own rule.
     """
     spec = SPECS[op]
-    args = list(args)
-    while args and args[-1] is None and len(args) > spec.min_arity:
-        args.pop()
+    if spec.optional:
+        args = list(args)
+        while args and args[-1] is None and len(args) > spec.min_arity:
+            args.pop()
     if len(spec.operands) == 1 and not spec.variadic and not isinstance(args[0], Var):
         raise TypeError(f"{op}: expected a gs.Var, got {type(args[0]).__name__}")
     graph = _graph_of(args, op)
@@ -671,8 +672,10 @@ def emit(op: str, args: Sequence[Operand | None], attrs: Mapping[str, Any] | Non
         _operand(graph, a, like, op, operands[min(i, len(operands) - 1)])
         for i, a in enumerate(args)
     )
-    given = {k: _attr_value(spec.attrs.get(k), k, v) for k, v in (attrs or {}).items()}
-    given = {k: v for k, v in given.items() if v is not None}
+    given = {}
+    for key, value in (attrs or {}).items():
+        if value is not None:
+            given[key] = _attr_value(spec.attrs.get(key), key, value)
     shape, dtype, checked = _infer(op, ins, given)
     wire = {k: checked[k] for k in given}
     return graph._add(op, ins, wire, shape, dtype)
@@ -680,7 +683,7 @@ def emit(op: str, args: Sequence[Operand | None], attrs: Mapping[str, Any] | Non
 
 def _attr_value(spec: AttrSpec | None, key: str, value: Any) -> Any:
     """A Python value as the attribute's wire value: bools of flags as 0/1, dtypes by name."""
-    if value is None or spec is None:
+    if spec is None:
         return value
     if spec.is_flag and isinstance(value, bool | np.bool_):
         return int(value)

@@ -178,7 +178,7 @@ class OpSpec:
 
     def check_attrs(self, attrs: Mapping[str, Any]) -> dict[str, AttrValue]:
         """The attributes coerced to their kinds, with defaults filled in."""
-        unknown = set(attrs) - set(self.attrs)
+        unknown = [k for k in attrs if k not in self.attrs]
         if unknown:
             raise RuleError(f"attrs.{sorted(unknown)[0]}", f"{self.name} has no such attribute")
         out: dict[str, AttrValue] = {}
@@ -252,21 +252,30 @@ def show(shape: Shape | None) -> str:
 
 
 def broadcast_shapes(*shapes: Shape | None) -> Shape | None:
-    """numpy's broadcasting rule; an unknown size broadcasts with anything."""
-    if any(s is None for s in shapes):
+    """numpy's broadcasting rule; an unknown size broadcasts with anything. Plain loops: it runs
+    once per node that the SDK or a derivative rule emits."""
+    if None in shapes:
         return None
-    known: list[Shape] = [s for s in shapes if s is not None]
-    if all(s == known[0] for s in known):
-        return known[0]
+    first = shapes[0]
+    for s in shapes:
+        if s != first:
+            break
+    else:
+        return first
     out = []
-    for axis in range(-max(len(s) for s in known), 0):
-        dims = {s[axis] for s in known if len(s) >= -axis} - {1}
-        sized = dims - {-1}
-        if len(sized) > 1:
-            raise RuleError(
-                "inputs", f"shapes {' and '.join(str(list(s)) for s in known)} do not broadcast"
-            )
-        out.append(sized.pop() if sized else (-1 if -1 in dims else 1))
+    for axis in range(-max(map(len, shapes)), 0):
+        size, unknown = 1, False
+        for s in shapes:
+            if len(s) >= -axis:
+                d = s[axis]
+                if d < 0:
+                    unknown = True
+                elif d != 1:
+                    if size not in (1, d):
+                        listed = " and ".join(str(list(t)) for t in shapes if t is not None)
+                        raise RuleError("inputs", f"shapes {listed} do not broadcast")
+                    size = d
+        out.append(-1 if size == 1 and unknown else size)
     return tuple(out)
 
 
