@@ -57,7 +57,8 @@ def arrays(draw: Any, shape: tuple[int, ...] | None = None, dtype: int | None = 
     size = int(np.prod(shape, dtype=np.int64))
     kind = np.dtype(_NUMPY[dtype]).kind
     if kind == "f":
-        values = draw(st.lists(floats, min_size=size, max_size=size))
+        element = floats if dtype == tensor_pb2.DTYPE_FLOAT64 else st.floats(width=32)
+        values = draw(st.lists(element, min_size=size, max_size=size))
     elif kind == "b":
         values = draw(st.lists(st.booleans(), min_size=size, max_size=size))
     else:
