@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEV_STAMP := $(VENV)/.dev-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test lint format protos sdk docs bench clean soak
+.PHONY: run test lint format protos sdk docs bench clean soak fuzz
 .PHONY: image image-test mutate
 
 $(DEV_STAMP): pyproject.toml
@@ -47,6 +47,13 @@ SOAK_SECONDS ?= 600
 soak: $(DEV_STAMP)
 	LOAD_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest -q -s -p no:cacheprovider \
 		-o timeout=$$(( $(SOAK_SECONDS) * 3 + 300 )) tests/load
+
+# The fuzz tests of tests/fuzz for FUZZ_SECONDS each (two tests: 10 minutes in all; make test
+# runs them for seconds).
+FUZZ_SECONDS ?= 300
+fuzz: $(DEV_STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m pytest -q -s -p no:cacheprovider \
+		-o timeout=$$(( $(FUZZ_SECONDS) * 2 + 300 )) tests/fuzz
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench

@@ -593,3 +593,21 @@ def test_async_break_cancels_the_stream(make_server):
     assert metrics.TRAIN_STEPS._value.get() - before <= 3 + 2
     with pytest.raises(RuntimeError, match="stopped"):
         _ = run.params
+
+
+def test_a_run_that_ends_before_its_first_checkpoint_resumes_exactly(client):
+    """max_steps=38 with checkpoint_every=100: the run ends with a checkpoint of step 38, and
+    resuming it to step 100 gives the uninterrupted run's parameters, bit for bit."""
+    params, data = problem()
+    kw = dict(data=data, optimizer=gs.Adam(lr=0.01), batch_size=16, shuffle=True, seed=3,
+              checkpoint_every=100)  # fmt: skip
+    for c in (client, gs.LocalClient()):
+        short = c.train(mlp_graph(), params=params, max_steps=38, **kw)
+        list(short)
+        assert short.checkpoint is not None and short.checkpoint.step == 38
+        resumed = c.train(mlp_graph(), params=params, max_steps=100, resume=short.checkpoint, **kw)
+        steps = [s.step for s in resumed]
+        assert steps[0] == 39 and steps[-1] == 100
+        whole = c.train(mlp_graph(), params=params, max_steps=100, **kw)
+        for name, value in whole.params.items():
+            np.testing.assert_array_equal(resumed.params[name], value)

@@ -20,7 +20,7 @@ from gradserve_client.training import dataset_id
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loadtools import duration, stats
 from wire import G, arrays, rich_error, tensors
-from workload import LR, REGRESSION, _gd
+from workload import regression_run
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 TINY = G([("x", "float64", [])], [("y", "sin", ["x"], {})], ["y"])
@@ -150,18 +150,8 @@ def test_overload_is_refused_at_once_and_health_stays_serving(serve):
 
 
 def _long_train(stub, steps: int):
-    rng = np.random.default_rng(7)
-    X, t, w0 = rng.normal(size=(32, 3)), rng.normal(size=32), rng.normal(size=3)
-    request = tpb.TrainRequest(
-        graph=REGRESSION.proto(),
-        loss="loss",
-        params=tensors({"w": w0}),
-        inline_data=tpb.DataTensors(tensors=tensors({"X": X, "t": t})),
-        max_steps=steps,
-        report_every=steps // 10,
-        optimizer=tpb.Optimizer(sgd=tpb.Sgd(lr=LR)),
-    )
-    return stub.Train(request, timeout=120), _gd(w0, X, t, steps)[0]
+    request, want_w, _ = regression_run(np.random.default_rng(7), steps, steps // 10)
+    return stub.Train(request, timeout=120), want_w
 
 
 def test_sigterm_with_calls_in_flight_completes_them_refuses_new_ones_and_exits_0(serve):
@@ -188,9 +178,10 @@ def test_sigterm_with_calls_in_flight_completes_them_refuses_new_ones_and_exits_
         held.release_and_check()
         events = [first, *train]
         result = events[-1].result
-        assert [e.step.step for e in events[:-1]] == list(
-            range(steps // 10, steps + 1, steps // 10)
-        )
+        every = steps // 10
+        reported = [e.step.step for e in events if e.WhichOneof("event") == "step"]
+        assert reported == list(range(every, steps + 1, every))
+        assert events[-2].checkpoint.step == steps  # the run's final checkpoint
         assert result.steps == steps
         np.testing.assert_allclose(arrays(result.params)["w"], want_w, rtol=1e-9)
     rc = proc.proc.wait(60)

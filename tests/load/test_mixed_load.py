@@ -38,26 +38,28 @@ def test_mixed_load_from_16_clients(serve):
         names = sorted(CALLS)
         with channel(proc.address) as ch:
             stub = pb_grpc.GradientStub(ch)
-            # warm-up: every kind once, then the mix; the pool grows to its size meanwhile
-            calls, warm_until = 0, time.monotonic() + warm_up
-            while calls < len(names) or time.monotonic() < warm_until:
-                name = names[calls] if calls < len(names) else names[rng.integers(len(names))]
+
+            def one(name: str, when: str) -> None:
                 try:
                     CALLS[name](stub, rng)
                 except Exception as exc:
                     with lock:
-                        errors.append(f"warm-up {name}: {type(exc).__name__}: {exc}")
+                        errors.append(f"{when} {name}: {type(exc).__name__}: {exc}")
+
+            # warm-up: every kind once, then the mix; the pool grows to its size meanwhile
+            calls, warm_until = 0, time.monotonic() + warm_up
+            while calls < len(names) or time.monotonic() < warm_until:
+                one(
+                    names[calls] if calls < len(names) else names[rng.integers(len(names))],
+                    "warm-up",
+                )
                 calls += 1
             warm.wait(60)
             warm.wait(60)  # the timed phase starts
             calls = 0
             while time.monotonic() < phase["stop"] and calls < 1_000_000:
                 name = names[rng.integers(len(names))]
-                try:
-                    CALLS[name](stub, rng)
-                except Exception as exc:
-                    with lock:
-                        errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                one(name, "load")
                 calls += 1
                 with lock:
                     counts[name] += 1

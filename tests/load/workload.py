@@ -126,17 +126,24 @@ def _gd(w: np.ndarray, X: np.ndarray, t: np.ndarray, steps: int) -> tuple[np.nda
     return w, losses
 
 
-def train(stub, rng, cancel_after: int | None = None) -> None:
+def regression_run(rng, steps: int, report_every: int = 1):
+    """A Train request of least squares by full-batch SGD; the parameters and the losses that
+    numpy computes for it."""
     X, t, w0 = rng.normal(size=(32, 3)), rng.normal(size=32), rng.normal(size=3)
     request = tpb.TrainRequest(
         graph=REGRESSION.proto(),
         loss="loss",
         params=tensors({"w": w0}),
         inline_data=tpb.DataTensors(tensors=tensors({"X": X, "t": t})),
-        max_steps=TRAIN_STEPS,
+        max_steps=steps,
+        report_every=report_every,
         optimizer=tpb.Optimizer(sgd=tpb.Sgd(lr=LR)),
     )
-    want_w, losses = _gd(w0, X, t, TRAIN_STEPS)
+    return (request, *_gd(w0, X, t, steps))
+
+
+def train(stub, rng, cancel_after: int | None = None) -> None:
+    request, want_w, losses = regression_run(rng, TRAIN_STEPS)
     call = stub.Train(request, timeout=TIMEOUT)
     steps = 0
     for event in call:

@@ -88,7 +88,8 @@ def train(
 
     Raises TrainingConfigError here, before any step. While iterating: yields StepEvent
     every `report_every` steps and at the last step, CheckpointEvent every
-    `checkpoint_every` steps (after that step's StepEvent), and finally one ResultEvent.
+    `checkpoint_every` steps (after that step's StepEvent) and after the last step (if it
+    took any, so the run can be resumed where it ended), and finally one ResultEvent.
     Raises NonFiniteLoss after the non-finite step's event, and TrainingCancelled when
     `cancel()` is true before a step (it is checked before every step). Closing the
     iterator early also stops the run. The caller's `params` and `resume` are never mutated.
@@ -130,7 +131,7 @@ def _run(
     total: int,
     cancel: Callable[[], bool] | None,
 ) -> Iterator[Event]:
-    start = time.perf_counter()
+    start, first = time.perf_counter(), step
     optimizer, schedule, base_lr = cfg.optimizer, cfg.schedule, float(cfg.optimizer.lr)
     per_epoch = batches_per_epoch(num_samples(data), cfg.batch_size)
     while step < total:
@@ -158,22 +159,43 @@ def _run(
                 raise NonFiniteLoss(step, loss, grad_norm)
             optimizer.update(params, grads, state, lr)
             if cfg.checkpoint_every is not None and step % cfg.checkpoint_every == 0:
-                e, c = (epoch + 1, 0) if cursor == per_epoch else (epoch, cursor)
-                yield CheckpointEvent(
-                    Checkpoint(
-                        step=step,
-                        epoch=e,
-                        cursor=c,
-                        seed=cfg.seed,
-                        loss=loss,
-                        params={k: v.copy() for k, v in params.items()},
-                        optimizer_state={k: v.copy() for k, v in state.items()},
-                        fingerprint=fingerprint,
-                    )
-                )
+                yield _checkpoint(step, epoch, cursor, per_epoch, loss, params, state, cfg,
+                                  fingerprint)  # fmt: skip
         if cursor == per_epoch:
             epoch, cursor = epoch + 1, 0
+    if step > first and (cfg.checkpoint_every is None or step % cfg.checkpoint_every):
+        # A final checkpoint, so that a run which ended before its first (or next) one can be
+        # resumed where it ended, e.g. with more steps.
+        yield _checkpoint(step, epoch, cursor, per_epoch, loss, params, state, cfg, fingerprint)
     yield ResultEvent(params, step, loss, time.perf_counter() - start)
+
+
+def _checkpoint(
+    step: int,
+    epoch: int,
+    cursor: int,
+    per_epoch: int,
+    loss: float,
+    params: dict[str, np.ndarray],
+    state: dict[str, np.ndarray],
+    cfg: TrainConfig,
+    fingerprint: bytes,
+) -> CheckpointEvent:
+    """The state after ``step`` (copied); a checkpoint at the end of an epoch points at the
+    start of the next one."""
+    e, c = (epoch + 1, 0) if cursor == per_epoch else (epoch, cursor)
+    return CheckpointEvent(
+        Checkpoint(
+            step=step,
+            epoch=e,
+            cursor=c,
+            seed=cfg.seed,
+            loss=loss,
+            params={k: v.copy() for k, v in params.items()},
+            optimizer_state={k: v.copy() for k, v in state.items()},
+            fingerprint=fingerprint,
+        )
+    )
 
 
 def run_fingerprint(

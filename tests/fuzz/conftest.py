@@ -1,0 +1,6 @@
+"""The fuzz tests import their strategies (protofuzz.py) from this directory."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
