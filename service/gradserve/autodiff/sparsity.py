@@ -77,7 +77,7 @@ def _spread(
 ) -> Pattern:
     """Unite the rows of `p` (a value of `shape`) over `axes`, then broadcast the reduced value,
     seen with shape `view`, to `out`: the pattern of reduce-then-broadcast ops."""
-    keep = tuple(1 if i in axes else d for i, d in enumerate(shape))
+    keep = _kept(shape, axes)
     groups = math.prod(keep)
     if groups != math.prod(shape):
         ids = np.broadcast_to(np.arange(groups).reshape(keep), shape).ravel()
@@ -94,6 +94,17 @@ def _all_axes(ndim: int) -> tuple[int, ...]:
     return tuple(range(ndim))
 
 
+def _kept(shape: tuple[int, ...], axes: Sequence[int]) -> tuple[int, ...]:
+    """`shape` with the `axes` as size 1 (the keepdims shape)."""
+    return tuple(1 if i in axes else d for i, d in enumerate(shape))
+
+
+def _reduce(p: Pattern, shape: tuple[int, ...], axes: Sequence[int]) -> Pattern:
+    """Rows united over `axes`: one row per element of the reduced value."""
+    keep = _kept(shape, axes)
+    return _spread(p, shape, axes, keep, keep)
+
+
 def _axes(attrs: dict[str, Any], ndim: int) -> tuple[int, ...]:
     """The op's `axis` (one or several; absent: all) as non-negative axes."""
     axis = attrs.get("axis")
@@ -102,17 +113,14 @@ def _axes(attrs: dict[str, Any], ndim: int) -> tuple[int, ...]:
 
 def _reduction(ps, types, out, attrs):
     (x,) = types
-    axes = _axes(attrs, x.ndim)
-    keep = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
-    return _spread(ps[0], x.shape, axes, keep, keep)
+    return _reduce(ps[0], x.shape, _axes(attrs, x.ndim))
 
 
 def _along_axis(ps, types, out, attrs):
     """softmax-like: each element depends on its whole slice along `axis`."""
     (x,) = types[:1]
     axes = _axes(attrs, x.ndim)
-    keep = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
-    return _spread(ps[0], x.shape, axes, keep, x.shape)
+    return _spread(ps[0], x.shape, axes, _kept(x.shape, axes), x.shape)
 
 
 def _sum_to(ps, types, out, attrs):
@@ -123,8 +131,7 @@ def _sum_to(ps, types, out, attrs):
     axes = tuple(range(nb, nb + lead)) + tuple(
         nb + lead + i for i, d in enumerate(shape) if d == 1 and x.shape[nb + lead + i] != 1
     )
-    keep = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
-    return _spread(ps[0], x.shape, axes, keep, keep)
+    return _reduce(ps[0], x.shape, axes)
 
 
 def _elementwise_union(ps, types, out: tuple[int, ...], use: Sequence[bool]) -> Pattern | None:
@@ -150,7 +157,7 @@ def _matmul(ps, types, out, attrs):
     result = None
     for p, shape, axis in ((ps[0], a, len(a) - 1), (ps[1], b, len(b) - 2)):
         if p is not None:
-            keep = tuple(1 if i == axis else d for i, d in enumerate(shape))
+            keep = _kept(shape, (axis,))
             view = (1,) * (len(full) - len(keep)) + keep
             result = _union(result, _spread(p, shape, (axis,), view, full))
     return result  # full has out's size and C order
@@ -181,8 +188,7 @@ def _per_example_loss(ps, types, out, attrs):
     """cross_entropy: each example depends on its row of logits; mean/sum on all of them."""
     x = types[0]
     axes = (x.ndim - 1,) if attrs.get("reduction") == "none" else _all_axes(x.ndim)
-    keep = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
-    return _spread(ps[0], x.shape, axes, keep, keep)
+    return _reduce(ps[0], x.shape, axes)
 
 
 def _mse(ps, types, out, attrs):
@@ -190,7 +196,7 @@ def _mse(ps, types, out, attrs):
     p = _elementwise_union(ps, types, shape, (True, True))
     if attrs.get("reduction") == "none" or p is None:
         return p
-    return _spread(p, shape, _all_axes(len(shape)), (1,) * len(shape), (1,) * len(shape))
+    return _reduce(p, shape, _all_axes(len(shape)))
 
 
 RULES: dict[str, Rule] = {
@@ -224,7 +230,7 @@ def _dense_fallback(ps, out: TensorType, cols: int) -> Pattern:
     union = None
     for p in ps:
         if p is not None:
-            union = _union(union, _spread(p, (p.shape[0],), (0,), (1,), (1,)))
+            union = _union(union, _reduce(p, (p.shape[0],), (0,)))
     assert union is not None
     return _gather(union, np.zeros(out.size, np.intp))
 
