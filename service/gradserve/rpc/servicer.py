@@ -17,7 +17,8 @@ from gradserve_client.opset.listing import operators_response
 from gradserve_client.proto import gradient_service_pb2 as pb
 
 from gradserve import __version__, autodiff
-from gradserve.autodiff import OPSET, GraphError, Program
+from gradserve.autodiff import OPSET, GraphError, Program, memory
+from gradserve.autodiff.memory import MemoryLimitExceeded
 from gradserve.config import Settings
 from gradserve.rpc import training
 from gradserve.rpc.codec import decode_tensors, encode_tensor, encode_tensors
@@ -27,6 +28,7 @@ from gradserve.rpc.errors import (
     JacobianTooLarge,
     LimitExceeded,
     from_graph_error,
+    memory_limit_error,
     rpc_method,
 )
 from gradserve.rpc.graph_cache import CachedGraph, GraphCache
@@ -83,11 +85,14 @@ def _float_inputs(program: Program) -> list[str]:
 
 @contextmanager
 def _core_errors(program: Program):
-    """Core GraphErrors raised while running, as INVALID_ARGUMENT naming the request field."""
+    """Core GraphErrors raised while running, as INVALID_ARGUMENT naming the request field;
+    a plan over --max-request-bytes as RESOURCE_EXHAUSTED naming the program's node."""
     try:
         yield
     except GraphError as exc:
         raise from_graph_error(exc, program.input_names, running=True) from None
+    except MemoryLimitExceeded as exc:
+        raise memory_limit_error(exc, program) from None
 
 
 class _Call:
@@ -117,6 +122,9 @@ class GradientServicer:
     # ---- shared steps -------------------------------------------------------------------------
 
     def _resolve(self, request) -> CachedGraph:
+        # Every plan this request runs is checked against the budget first. grpc runs each RPC
+        # in a context of its own (its stream's messages too), so this holds for this one only.
+        memory.set_limit(self.settings.max_request_bytes)
         source = request.WhichOneof("graph_source")
         if source == "graph":
             return self.graph_cache.put_proto(
