@@ -83,6 +83,12 @@ class Settings(BaseSettings):
         description="Most elements of the dense Jacobians of one unary Jacobian response;"
         " larger ones need StreamJacobian. 0 picks what fits max_message_bytes in float64.",
     )
+    max_stream_jacobian_elements: int = Field(
+        1 << 31,
+        ge=1,
+        description="Most elements of the Jacobians of one StreamJacobian call (summed over its"
+        " of x wrt pairs), checked before the first block.",
+    )
     max_request_bytes: int = Field(
         0,
         ge=0,

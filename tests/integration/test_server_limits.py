@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from gradserve.autodiff import OPS
 from gradserve_client.proto import gradient_service_pb2 as pb
-from wire import G, call_error, tensors
+from wire import G, call_error, rich_error, tensors
 
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 N = 200_000
@@ -194,3 +194,32 @@ def test_jacobians_and_training_check_their_derivative_plans(server, stub):
         assert limit == "max_request_bytes"
         assert f"{N}, {N}]" in message  # the gradient of an outer product, maybe batched
         assert 'from differentiating node "outer_' in message or 'node "outer_' in message
+
+
+def test_a_stream_too_large_in_total_is_refused_before_its_first_block(make_server):
+    """max_stream_jacobian_elements bounds the sum over (of, wrt): two 30 x 30 Jacobians are
+    1800 elements; with a limit of 1000 nothing is streamed, and each alone (900) passes."""
+    running = make_server(max_stream_jacobian_elements=1000)
+    graph = G(
+        [("x", "float64", [30]), ("z", "float64", [30])],
+        [("y", "multiply", ["x", "z"], {})],
+        ["y"],
+    )
+    feeds = tensors({"x": np.ones(30), "z": np.ones(30)})
+    channel, stub = running.stub()
+    with channel:
+        info = stub.GetServerInfo(pb.GetServerInfoRequest())
+        assert info.limits.max_stream_jacobian_elements == 1000
+        assert info.limits.max_request_bytes == running.settings.max_request_bytes > 0
+        request = pb.StreamJacobianRequest(graph=graph.proto(), inputs=feeds, wrt=["x", "z"])
+        stream = stub.StreamJacobian(request)
+        with pytest.raises(grpc.RpcError) as exc:
+            next(stream)  # the error comes first: no block was sent
+        err = rich_error(exc.value)
+        assert err.code == EXHAUSTED
+        assert err.metadata["limit"] == "max_stream_jacobian_elements"
+        assert err.metadata["elements"] == "1800"
+        assert "--max-stream-jacobian-elements" in err.message
+        one = pb.StreamJacobianRequest(graph=graph.proto(), inputs=feeds, wrt=["x"])
+        rows = sum(block.row_count for block in stub.StreamJacobian(one))
+    assert rows == 30

@@ -8,6 +8,7 @@ Handlers raise the ``RpcError`` subclasses below (or let core exceptions through
 | ``InvalidArgument``, ``GraphError`` | INVALID_ARGUMENT + BadRequest | INVALID_GRAPH, _INPUT |
 | ``LimitExceeded`` | RESOURCE_EXHAUSTED | LIMIT_EXCEEDED |
 | ``JacobianTooLarge`` | RESOURCE_EXHAUSTED | JACOBIAN_TOO_LARGE |
+| ``StreamTooLarge`` | RESOURCE_EXHAUSTED | LIMIT_EXCEEDED (limit max_stream_jacobian_elements) |
 | core ``MemoryLimitExceeded`` | RESOURCE_EXHAUSTED | LIMIT_EXCEEDED (limit max_request_bytes) |
 | ``MemoryError`` | RESOURCE_EXHAUSTED, logged | OUT_OF_MEMORY |
 | ``NotFound`` | NOT_FOUND | GRAPH_NOT_FOUND / DATASET_NOT_FOUND |
@@ -119,6 +120,21 @@ class JacobianTooLarge(LimitExceeded):
         )
         self.metadata["elements"] = str(elements)
         self.metadata["max_jacobian_elements"] = str(limit)
+
+
+class StreamTooLarge(LimitExceeded):
+    """A StreamJacobian over max_stream_jacobian_elements, refused before its first block."""
+
+    def __init__(self, elements: int, limit: int) -> None:
+        super().__init__(
+            f"the Jacobians asked for have {elements} elements, more than"
+            f" max_stream_jacobian_elements={limit} for one StreamJacobian; ask for fewer `of` or"
+            " `wrt` (or smaller ones) per call, or raise the server's"
+            " --max-stream-jacobian-elements",
+            limit="max_stream_jacobian_elements",
+        )
+        self.metadata["elements"] = str(elements)
+        self.metadata["max_stream_jacobian_elements"] = str(limit)
 
 
 def _size(n: int) -> str:

@@ -27,6 +27,7 @@ from gradserve.rpc.errors import (
     InvalidArgument,
     JacobianTooLarge,
     LimitExceeded,
+    StreamTooLarge,
     from_graph_error,
     memory_limit_error,
     rpc_method,
@@ -223,6 +224,9 @@ class GradientServicer:
         budget = self.settings.max_message_bytes - _ROW_BLOCK_OVERHEAD
         cancel = cancel_callback(context)
         # Check everything before the first message, so a bad request streams nothing.
+        elements = sum(types[o].size * types[w].size for o in of for w in wrt)
+        if elements > self.settings.max_stream_jacobian_elements:
+            raise StreamTooLarge(elements, self.settings.max_stream_jacobian_elements)
         plans = []
         for o in of:
             for w in wrt:
@@ -317,6 +321,8 @@ class GradientServicer:
                 max_graph_nodes=s.max_graph_nodes,
                 max_tensor_elements=s.max_tensor_elements,
                 max_jacobian_elements=s.max_jacobian_elements,
+                max_request_bytes=s.max_request_bytes,
+                max_stream_jacobian_elements=s.max_stream_jacobian_elements,
             ),
             features=self.features(),
         )
