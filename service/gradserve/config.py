@@ -97,6 +97,18 @@ class Settings(BaseSettings):
         " 0 picks half of the machine's memory (or of the container's limit).",
     )
     graph_cache_size: int = Field(256, ge=1, description="Graphs kept in the LRU graph cache.")
+    graph_cache_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="About the most bytes the graph cache holds (constants and nodes of the"
+        " graphs and their Programs); least recently used graphs go first.",
+    )
+    program_cache_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="About the most bytes the core's cache of compiled plans and derivative"
+        " programs holds (process-wide, least recently used first).",
+    )
     dataset_cache_bytes: int = Field(
         1 << 30, ge=0, description="Bytes of uploaded datasets kept in memory (LRU)."
     )

@@ -223,3 +223,36 @@ def test_a_stream_too_large_in_total_is_refused_before_its_first_block(make_serv
         one = pb.StreamJacobianRequest(graph=graph.proto(), inputs=feeds, wrt=["x"])
         rows = sum(block.row_count for block in stub.StreamJacobian(one))
     assert rows == 30
+
+
+def test_the_graph_cache_is_bounded_in_bytes(make_server):
+    """Graphs holding 1 MiB constants, with --graph-cache-bytes of 3.5 MiB: the oldest ids are
+    forgotten (NOT_FOUND) as new graphs come, the newest stay usable."""
+    running = make_server(graph_cache_bytes=(7 << 20) // 2)
+    channel, stub = running.stub()
+    ids = []
+    with channel:
+        for i in range(5):
+            graph = G(
+                [("x", "float64", [1])],
+                [
+                    ("k", "constant", [], {"value": np.full(1 << 17, float(i))}),
+                    ("y", "add", ["k", "x"], {}),
+                ],
+                ["y"],
+            )
+            response = stub.Evaluate(
+                pb.EvaluateRequest(graph=graph.proto(), inputs=tensors({"x": [0.0]}))
+            )
+            ids.append(response.graph_id)
+        assert running.servicer.graph_cache.nbytes <= (7 << 20) // 2
+        for graph_id in ids[:2]:
+            err = call_error(
+                stub.Evaluate, pb.EvaluateRequest(graph_id=graph_id, inputs=tensors({"x": [0.0]}))
+            )
+            assert err.code == grpc.StatusCode.NOT_FOUND
+        for i, graph_id in enumerate(ids[2:], start=2):
+            response = stub.Evaluate(
+                pb.EvaluateRequest(graph_id=graph_id, inputs=tensors({"x": [1.0]}))
+            )
+            assert response.outputs["y"].data[:8] == np.float64(i + 1.0).tobytes()

@@ -21,12 +21,12 @@ compiled plan holds little beyond its program's own constants.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from gradserve.autodiff import memory
+from gradserve.autodiff.cache import cached
 from gradserve.autodiff.ir import Program
 from gradserve.autodiff.registry import OPS
 
@@ -234,7 +234,7 @@ class Executable:
         ]
 
 
-@functools.lru_cache(maxsize=1024)
+@cached
 def compile_program(program: Program) -> Executable:
     """The Executable for `program`, compiled once per distinct program."""
     return Executable(program)

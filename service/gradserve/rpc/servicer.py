@@ -18,6 +18,7 @@ from gradserve_client.proto import gradient_service_pb2 as pb
 
 from gradserve import __version__, autodiff
 from gradserve.autodiff import OPSET, GraphError, Program, memory
+from gradserve.autodiff.cache import PROGRAM_CACHE
 from gradserve.autodiff.memory import MemoryLimitExceeded
 from gradserve.config import Settings
 from gradserve.rpc import training
@@ -116,7 +117,10 @@ class GradientServicer:
 
     def __init__(self, settings: Settings, graph_cache: GraphCache | None = None) -> None:
         self.settings = settings
-        self.graph_cache = graph_cache or GraphCache(settings.graph_cache_size)
+        self.graph_cache = graph_cache or GraphCache(
+            settings.graph_cache_size, settings.graph_cache_bytes
+        )
+        PROGRAM_CACHE.set_limits(settings.program_cache_bytes)  # one per process
         self.dataset_cache = DatasetCache(settings.dataset_cache_bytes)  # PutDataset uploads
         self.version = __version__
 
