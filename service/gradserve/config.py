@@ -126,7 +126,8 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO",
-        description="Log level; failed RPCs are logged at WARNING, every RPC at DEBUG (logfmt).",
+        description="Log level; failed RPCs are logged at WARNING (NOT_FOUND and CANCELLED, normal"
+        " in SDK use, at INFO), every RPC at DEBUG (logfmt).",
     )
 
     @model_validator(mode="before")
