@@ -10,6 +10,7 @@ on the safe side. `set_limits` sets the bounds (the server: --program-cache-byte
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -51,63 +52,72 @@ def entry_bytes(value: Any) -> int:
 
 
 class ProgramCache:
-    """A thread-safe LRU of results by (function, arguments), bounded in bytes and entries."""
+    """A thread-safe LRU of results by (function, arguments), bounded in bytes and entries.
+
+    Each memoized function has its own dict, keyed by its argument (or argument tuple), whose
+    values carry a ticket: the key of the entry in the one recency order all functions share.
+    A hit is one dict lookup and one move of an int, without a lock (both atomic under the
+    GIL); adding and evicting take the lock.
+    """
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES):
         self.max_bytes = max_bytes
         self.max_entries = max_entries
         self.nbytes = 0
-        self._entries: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
+        # ticket -> (the function's dict, key, size), least recently used first
+        self._order: OrderedDict[int, tuple[dict, Any, int]] = OrderedDict()
+        self._tickets = itertools.count()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._order)
 
     def memoize(self, fn: F) -> F:
         """``fn`` (positional arguments, hashable), its results kept in this cache."""
-        missing = object()
+        store: dict[Any, tuple[Any, int]] = {}  # key -> (result, ticket)
+        order = self._order
 
         @functools.wraps(fn)
         def cached(*args: Any) -> Any:
-            key = (fn, args)
-            with self._lock:
-                hit = self._entries.get(key, missing)
-                if hit is not missing:
-                    self._entries.move_to_end(key)
-                    return hit[0]
+            key = args[0] if len(args) == 1 else args
+            hit = store.get(key)
+            if hit is not None:
+                try:  # noqa: SIM105 (contextlib.suppress costs more than the lookup)
+                    order.move_to_end(hit[1])
+                except KeyError:  # evicted by another thread just now
+                    pass
+                return hit[0]
             value = fn(*args)
-            self._put(key, value, entry_bytes(args) + entry_bytes(value))
+            self._add(store, key, value, entry_bytes(args) + entry_bytes(value))
             return value
 
         return cached  # type: ignore[return-value]
 
-    def _put(self, key: tuple, value: Any, size: int) -> None:
+    def _add(self, store: dict, key: Any, value: Any, size: int) -> None:
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self.nbytes -= old[1]
-            self._entries[key] = (value, size)
+            old = store.get(key)
+            if old is not None:  # computed twice at once: keep the first
+                return
+            ticket = next(self._tickets)
+            store[key] = (value, ticket)
+            self._order[ticket] = (store, key, size)
             self.nbytes += size
             self._evict()
 
     def _evict(self) -> None:
         # Keeps the newest entry even when it alone is over the budget: its caller uses it.
-        while len(self._entries) > 1 and (
-            self.nbytes > self.max_bytes or len(self._entries) > self.max_entries
+        while len(self._order) > 1 and (
+            self.nbytes > self.max_bytes or len(self._order) > self.max_entries
         ):
-            _, (_, evicted) = self._entries.popitem(last=False)
-            self.nbytes -= evicted
+            _, (store, key, size) = self._order.popitem(last=False)
+            del store[key]
+            self.nbytes -= size
 
     def set_limits(self, max_bytes: int, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         """New bounds, applied at once."""
         with self._lock:
             self.max_bytes, self.max_entries = max_bytes, max_entries
             self._evict()
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self.nbytes = 0
 
 
 PROGRAM_CACHE = ProgramCache()
