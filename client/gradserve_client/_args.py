@@ -91,12 +91,21 @@ def scalar_output(meta: GraphMeta, of: str) -> np.dtype[Any]:
 
 
 def the_output(meta: GraphMeta, of: str | None) -> str:
-    """``of``, or the graph's only output when None."""
+    """``of``, or the graph's only output when None; InvalidArgument naming ``of`` when it
+    names no value of the graph (not the cotangent the request carries for it)."""
     if of is not None:
+        if of not in meta.outputs and not _names_a_value(meta, of):
+            reason = f"{of!r} names no output of the graph (its outputs: {list(meta.outputs)})"
+            raise InvalidArgument(f"of: {reason}", field_violations=[("of", reason)])
         return of
     if len(meta.outputs) != 1:
         raise TypeError(f"grad: the graph has outputs {list(meta.outputs)}; say which with of=")
     return meta.outputs[0]
+
+
+def _names_a_value(meta: GraphMeta, name: str) -> bool:
+    graph = meta.proto
+    return any(n.name == name for n in graph.nodes) or any(i.name == name for i in graph.inputs)
 
 
 def mode_enum(mode: str) -> int:
