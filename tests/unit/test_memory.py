@@ -127,3 +127,26 @@ def test_compiling_folds_only_small_constant_values():
     assert ex.folded_bytes == 3 * 8 + 8  # f and t (s, y depend on e; z on x)
     assert ex.peak.nbytes >= 2 * big * 8  # k and e
     np.testing.assert_allclose(ex.run({"x": np.zeros(1)})[0], [big * np.e + 3 * np.e])
+
+
+def test_compiling_never_makes_large_zeros():
+    """An op without operands other than constant (zeros, which derivative rules emit) is not
+    folded when large: compiling allocates nothing, and the run is checked."""
+    p = program(
+        {"x": (1,)},
+        [
+            ("z", "zeros", [], {"shape": [100_000, 100_000], "dtype": "float64"}),
+            ("s", "sum", ["z"]),
+        ],
+        ["s"],
+    )
+    tracemalloc.start()
+    try:
+        ex = compile_program(p)
+        allocated = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert allocated < 1 << 20 and ex.folded_bytes == 0
+    assert ex.peak.node == "z" and ex.peak.nbytes >= 8 * 10**10
+    with pytest.raises(MemoryLimitExceeded):
+        in_context(lambda: (set_limit(1 << 30), ex.run({"x": np.zeros(1)})))

@@ -30,7 +30,8 @@ from gradserve.autodiff.cache import cached
 from gradserve.autodiff.ir import Program
 from gradserve.autodiff.registry import OPS
 
-# Larger values of constant operands are computed at every run, under the memory check.
+# Larger values computed from constants alone (zeros too) are computed at every run, under the
+# memory check.
 FOLD_MAX_ELEMENTS = 1 << 16
 
 
@@ -167,7 +168,8 @@ class Executable:
                 slot[node.name] = len(slot)
                 fn = OPS[node.op].bind(node.attrs)
                 args = tuple(slot[s] for s in node.inputs)
-                small = not args or program.types[node.name].size <= FOLD_MAX_ELEMENTS
+                # A constant's value is its attribute; other values are made by folding.
+                small = node.op == "constant" or program.types[node.name].size <= FOLD_MAX_ELEMENTS
                 if small and all(a in known for a in args):
                     value = known[slot[node.name]] = np.asarray(fn(*[known[a] for a in args]))
                     ops.append("constant")
