@@ -90,13 +90,13 @@ def scalar_output(meta: GraphMeta, of: str) -> np.dtype[Any]:
     return meta.output_dtypes.get(of, np.dtype("float64"))
 
 
-def the_output(meta: GraphMeta, of: str | None) -> str:
-    """``of``, or the graph's only output when None; InvalidArgument naming ``of`` when it
-    names no value of the graph (not the cotangent the request carries for it)."""
+def the_output(meta: GraphMeta, of: str | None, field: str = "of") -> str:
+    """``of``, or the graph's only output when None; InvalidArgument naming ``field`` (what the
+    caller wrote, not the cotangent a request carries for it) when ``of`` names no value."""
     if of is not None:
         if of not in meta.outputs and not _names_a_value(meta, of):
             reason = f"{of!r} names no output of the graph (its outputs: {list(meta.outputs)})"
-            raise InvalidArgument(f"of: {reason}", field_violations=[("of", reason)])
+            raise InvalidArgument(f"{field}: {reason}", field_violations=[(field, reason)])
         return of
     if len(meta.outputs) != 1:
         raise TypeError(f"grad: the graph has outputs {list(meta.outputs)}; say which with of=")
