@@ -22,6 +22,7 @@ END = "<!-- settings:end -->"
 _SHOWN = {
     "worker_threads": "2 × cores, at least 4",
     "max_jacobian_elements": "0 (what fits `max_message_bytes` in float64)",
+    "max_request_bytes": "0 (half of the machine's or container's memory)",
 }
 
 

@@ -90,13 +90,22 @@ def scalar_output(meta: GraphMeta, of: str) -> np.dtype[Any]:
     return meta.output_dtypes.get(of, np.dtype("float64"))
 
 
-def the_output(meta: GraphMeta, of: str | None) -> str:
-    """``of``, or the graph's only output when None."""
+def the_output(meta: GraphMeta, of: str | None, field: str = "of") -> str:
+    """``of``, or the graph's only output when None; InvalidArgument naming ``field`` (what the
+    caller wrote, not the cotangent a request carries for it) when ``of`` names no value."""
     if of is not None:
+        if of not in meta.outputs and not _names_a_value(meta, of):
+            reason = f"{of!r} names no output of the graph (its outputs: {list(meta.outputs)})"
+            raise InvalidArgument(f"{field}: {reason}", field_violations=[(field, reason)])
         return of
     if len(meta.outputs) != 1:
         raise TypeError(f"grad: the graph has outputs {list(meta.outputs)}; say which with of=")
     return meta.outputs[0]
+
+
+def _names_a_value(meta: GraphMeta, name: str) -> bool:
+    graph = meta.proto
+    return any(n.name == name for n in graph.nodes) or any(i.name == name for i in graph.inputs)
 
 
 def mode_enum(mode: str) -> int:

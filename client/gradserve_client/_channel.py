@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from ._graphs import GraphIds
+from ._result_size import DEFAULT_MAX_RESULT_BYTES, ResultBudget
 
 if TYPE_CHECKING:
     from ._methods import Rpc
@@ -140,6 +141,7 @@ class ChannelClient:
         load_balancing: str | None = None,
         options: Sequence[tuple[str, Any]] = (),
         interceptors: Sequence[Any] = (),
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
         opts = channel_options(
             retries=retries,
@@ -153,6 +155,7 @@ class ChannelClient:
         self.timeout = timeout
         self._metadata = call_metadata(token)
         self._graph_ids = GraphIds()
+        self._results = ResultBudget(max_result_bytes)
         self._multicallables: dict[Rpc, Any] = {}
 
     def _multicallable(self, rpc: Rpc) -> Any:

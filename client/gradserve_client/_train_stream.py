@@ -71,7 +71,7 @@ def train_call(
     """The arguments of ``train``. With ``resume``, the checkpoint's parameters are used and
     ``params`` is not sent."""
     meta = graph_meta(graph)
-    loss = the_output(meta, loss)
+    loss = the_output(meta, loss, "loss")
     feeds = arrays(params, meta.input_dtypes, "params")
     data_arrays = arrays(data, meta.input_dtypes, "data")
     if resume is not None and not isinstance(resume, Checkpoint):

@@ -212,6 +212,8 @@ class AsyncClient(AsyncMethods, ChannelClient):
             over every address a ``dns:///`` target resolves to (a headless Kubernetes Service).
         options: further ``grpc`` channel options.
         interceptors: ``grpc.aio`` client interceptors (tracing, logging, tests).
+        max_result_bytes: the largest dense result (a Jacobian) asked for (default 2 GiB):
+            above it the call raises `ResourceExhausted` before anything is sent.
 
     Graphs are sent in full once per client, then by their ``graph_id``; a server that does not
     know the id (restarted, or another replica) gets the full graph again, transparently.
@@ -237,15 +239,29 @@ class AsyncClient(AsyncMethods, ChannelClient):
     # -- calls
 
     async def _invoke(self, method: m.Method[C, T], call: C, timeout: float | None) -> T:
-        """A method call: by another method if its `route` says so, and by its `fallback`
-        when the first answer is an error the fallback is for."""
+        """A method call: by another method if its `route` says so, or by its `fallback` if
+        the server's limits cannot hold its dense result (whose size, over max_result_bytes, is
+        refused here), and by its `fallback` when the first answer is an error it is for."""
         method = method.route(call) or method
+        elements = self._results.elements(method, call)  # refused here over max_result_bytes
+        if elements is not None:
+            if self._results.server_limits is None:
+                self._results.server_limits = await self._server_limits()
+            method = self._results.route(method, elements)
         try:
             return await self._send(method, call, timeout)
         except GradserveError as exc:
             if method.fallback is None or not method.fallback_on(exc):
                 raise
         return await self._send(method.fallback, call, timeout)
+
+    async def _server_limits(self) -> Mapping[str, int]:
+        """The server's limits (GetServerInfo), asked once per client; none if it does not say."""
+        try:
+            info = await self.server_info()
+        except GradserveError:
+            return {}
+        return info.limits
 
     async def _send(self, method: m.Method[C, T], call: C, timeout: float | None) -> T:
         """One request: its graph by id when known, resent in full on NOT_FOUND."""

@@ -27,6 +27,24 @@ def _default_worker_threads() -> int:
     return max(4, 2 * (os.cpu_count() or 1))
 
 
+# The default --max-request-bytes: this share of the memory the process may use.
+REQUEST_MEMORY_SHARE = 0.5
+
+
+def machine_memory_bytes() -> int:
+    """The memory this process may use: physical RAM, or the cgroup's limit when lower (a
+    container's, which is what the kernel's OOM killer enforces)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
 class Settings(BaseSettings):
     """The server's configuration. Every field is also a ``gradserve serve`` flag."""
 
@@ -75,7 +93,32 @@ class Settings(BaseSettings):
         description="Most elements of the dense Jacobians of one unary Jacobian response;"
         " larger ones need StreamJacobian. 0 picks what fits max_message_bytes in float64.",
     )
+    max_stream_jacobian_elements: int = Field(
+        1 << 31,
+        ge=1,
+        description="Most elements of the Jacobians of one StreamJacobian call (summed over its"
+        " of x wrt pairs), checked before the first block.",
+    )
+    max_request_bytes: int = Field(
+        0,
+        ge=0,
+        description="Most bytes the values of one request's computation may hold at once,"
+        " checked from the shapes before anything is allocated; more is RESOURCE_EXHAUSTED."
+        " 0 picks half of the machine's memory (or of the container's limit).",
+    )
     graph_cache_size: int = Field(256, ge=1, description="Graphs kept in the LRU graph cache.")
+    graph_cache_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="About the most bytes the graph cache holds (constants and nodes of the"
+        " graphs and their Programs); least recently used graphs go first.",
+    )
+    program_cache_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="About the most bytes the core's cache of compiled plans and derivative"
+        " programs holds (process-wide, least recently used first).",
+    )
     dataset_cache_bytes: int = Field(
         1 << 30, ge=0, description="Bytes of uploaded datasets kept in memory (LRU)."
     )
@@ -93,7 +136,8 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO",
-        description="Log level; failed RPCs are logged at WARNING, every RPC at DEBUG (logfmt).",
+        description="Log level; failed RPCs are logged at WARNING (NOT_FOUND and CANCELLED, normal"
+        " in SDK use, at INFO), every RPC at DEBUG (logfmt).",
     )
 
     @model_validator(mode="before")
@@ -118,6 +162,8 @@ class Settings(BaseSettings):
         if self.max_jacobian_elements == 0:
             fit = max(1, (self.max_message_bytes - _MESSAGE_OVERHEAD) // _FLOAT64_BYTES)
             self.max_jacobian_elements = fit
+        if self.max_request_bytes == 0:
+            self.max_request_bytes = int(machine_memory_bytes() * REQUEST_MEMORY_SHARE)
         return self
 
 
@@ -145,6 +191,8 @@ def build_parser(prog: str = "gradserve serve") -> argparse.ArgumentParser:
         shown = "unset" if default is None else default
         if name == "max_jacobian_elements":
             shown = "0 (fit max_message_bytes)"
+        if name == "max_request_bytes":
+            shown = "0 (half of the machine's memory)"
         parser.add_argument(
             _flag(name),
             dest=name,

@@ -69,6 +69,7 @@ __all__ = [
     "JACOBIAN_ELEMENTS_BUCKETS",
     "MAX_CONCURRENT_RPCS",
     "MULTIPROC_ENV",
+    "REFUSALS",
     "REGISTRY",
     "REQUESTS",
     "REQUEST_DURATION",
@@ -149,6 +150,14 @@ REQUEST_DURATION = Histogram(
     "RPC latency in seconds, from the call's arrival to its last response message.",
     ["method"],
     buckets=DURATION_BUCKETS,
+    registry=_R,
+)
+REFUSALS = Counter(
+    "gradserve_refusals_total",
+    "RPCs refused with RESOURCE_EXHAUSTED, by method and by the limit that refused them: the"
+    " setting (max_concurrent_rpcs: load shedding; max_request_bytes, max_jacobian_elements, ...:"
+    " the request's size) or out_of_memory.",
+    ["method", "limit"],
     registry=_R,
 )
 INFLIGHT_REQUESTS = Gauge(

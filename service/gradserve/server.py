@@ -13,7 +13,6 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,6 +22,7 @@ from gradserve.config import Settings
 from gradserve.process import STOP_SIGNALS, start_metrics, stop_signals_blocked
 from gradserve.rpc import SERVICE_NAME, GradientServicer, add_to_server
 from gradserve.rpc.auth import TokenAuthInterceptor, read_tokens
+from gradserve.rpc.interceptors import CountingThreadPool
 
 log = logging.getLogger("gradserve.server")
 
@@ -99,7 +99,7 @@ def create_server(
     _wire_metrics(settings, servicer)
     pool = thread_pool_size(settings)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=pool, thread_name_prefix="gradserve-rpc"),
+        CountingThreadPool(max_workers=pool, thread_name_prefix="gradserve-rpc"),
         interceptors=list(interceptors),
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {
     # family name: (type, label names)
     "gradserve_requests": ("counter", ("method", "code")),
+    "gradserve_refusals": ("counter", ("method", "limit")),
     "gradserve_request_duration_seconds": ("histogram", ("method",)),
     "gradserve_inflight_requests": ("gauge", ()),
     "gradserve_max_concurrent_rpcs": ("gauge", ()),

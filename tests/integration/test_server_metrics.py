@@ -108,18 +108,23 @@ def test_unary_jacobian_elements_and_graph_cache(stub):
     assert misses >= 1 and hits >= 1
 
 
-def test_cancelled_stream_is_counted_as_cancelled(make_server):
-    running = make_server()
-    _, stub = running.stub()
+def cancel_a_stream(stub) -> None:
+    """Start a StreamJacobian of 3000 one-row messages, read one, and cancel it."""
     g = G([("x", "float64", [3000])], [("y", "tanh", ["x"], {})], ["y"])
-    delta = Delta(req("StreamJacobian", "CANCELLED"))
-    inflight = value("gradserve_inflight_requests")
     request = pb.StreamJacobianRequest(
         graph=g.proto(), inputs=tensors({"x": np.zeros(3000)}), rows_per_message=1
     )
     stream = stub.StreamJacobian(request, timeout=30)
     next(stream)
     stream.cancel()
+
+
+def test_cancelled_stream_is_counted_as_cancelled(make_server):
+    running = make_server()
+    _, stub = running.stub()
+    delta = Delta(req("StreamJacobian", "CANCELLED"))
+    inflight = value("gradserve_inflight_requests")
+    cancel_a_stream(stub)
     deadline = time.monotonic() + 5
     while delta() != [1] and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -227,3 +232,78 @@ def test_concurrent_counting_is_exact(make_server):
     for t in threads:
         t.join()
     assert delta() == [100, 100]
+
+
+def refusals(method: str, limit: str) -> tuple[str, dict[str, str]]:
+    return ("gradserve_refusals_total", {"method": SVC + method, "limit": limit})
+
+
+def test_refusals_say_which_limit_refused_them(make_server):
+    """Load shedding (max_concurrent_rpcs) and size limits are told apart by `limit`."""
+    running = make_server(max_jacobian_elements=4, max_request_bytes=1 << 20)
+    _, stub = running.stub()
+    delta = Delta(
+        refusals("Jacobian", "max_jacobian_elements"),
+        refusals("Evaluate", "max_request_bytes"),
+        refusals("Evaluate", "max_concurrent_rpcs"),
+        req("Jacobian", "RESOURCE_EXHAUSTED"),
+    )
+    err = call_error(stub.Jacobian, pb.JacobianRequest(graph=GRAPH.proto(), inputs=FEED))
+    assert err.reason == "JACOBIAN_TOO_LARGE"
+    big = G([("x", "float64", [1000])], [("y", "outer", ["x", "x"], {})], ["y"])
+    feed = tensors({"x": np.zeros(1000)})
+    err = call_error(stub.Evaluate, pb.EvaluateRequest(graph=big.proto(), inputs=feed))
+    assert err.metadata["limit"] == "max_request_bytes"
+    assert delta() == [1, 1, 0, 1]
+
+
+def test_calls_that_end_before_a_thread_runs_them_are_counted(make_server):
+    """50 calls at once with a 50 ms deadline: every one is counted, also those grpc ends
+    before any handler runs (it never calls the interceptors' handlers for a call already dead
+    when a pool thread gets to it). Before, 9 to 33 of the 50 were."""
+    running = make_server()
+    _, stub = running.stub()
+    slow = G(
+        [("x", "float64", [1])],
+        [("w", "broadcast_to", ["x"], {"shape": [500, 500]})]
+        + [(f"h{i}", "sin", [f"h{i - 1}" if i else "w"], {}) for i in range(200)],
+        ["h199"],
+    )
+    request = pb.EvaluateRequest(graph=slow.proto(), inputs=tensors({"x": [0.5]}))
+    stub.Evaluate(request, timeout=30)  # cached and compiled: the calls below only run
+    codes = ("OK", "DEADLINE_EXCEEDED", "CANCELLED")
+    delta = Delta(*(req("Evaluate", c) for c in codes))
+    futures = [stub.Evaluate.future(request, timeout=0.05) for _ in range(50)]
+    seen = dict.fromkeys(codes, 0)
+    for f in futures:
+        try:
+            f.result()
+            seen["OK"] += 1
+        except grpc.RpcError as exc:
+            seen[exc.code().name] += 1
+    assert sum(seen.values()) == 50 and seen["DEADLINE_EXCEEDED"] > 25
+    deadline = time.monotonic() + 20
+    while sum(delta()) < 50 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ok, expired, cancelled = delta()
+    assert ok + expired + cancelled == 50 and ok == seen["OK"]
+    # A client cancels its call when the deadline passes on its own clock, which can be just
+    # before the server's (counted from the call's arrival): such a call is CANCELLED there.
+    assert expired >= seen["DEADLINE_EXCEEDED"] - 3
+
+
+def test_routine_outcomes_are_logged_at_info(make_server, caplog):
+    """NOT_FOUND for a graph id (the SDK then sends the graph) and CANCELLED (a client that
+    stops reading a stream) are normal SDK use: INFO, not WARNING."""
+    running = make_server()
+    _, stub = running.stub()
+    with caplog.at_level(logging.INFO, logger="gradserve.access"):
+        call_error(stub.Evaluate, pb.EvaluateRequest(graph_id="0" * 64, inputs=FEED))
+        cancel_a_stream(stub)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            codes = {r.fields["code"]: r.levelno for r in caplog.records if hasattr(r, "fields")}
+            if "CANCELLED" in codes:
+                break
+            time.sleep(0.02)
+    assert codes == {"NOT_FOUND": logging.INFO, "CANCELLED": logging.INFO}

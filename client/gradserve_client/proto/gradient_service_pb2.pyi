@@ -338,13 +338,17 @@ class GetServerInfoResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., opset: _Optional[int] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ServerLimits(_message.Message):
-    __slots__ = ("max_message_bytes", "max_graph_nodes", "max_tensor_elements", "max_jacobian_elements")
+    __slots__ = ("max_message_bytes", "max_graph_nodes", "max_tensor_elements", "max_jacobian_elements", "max_request_bytes", "max_stream_jacobian_elements")
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_GRAPH_NODES_FIELD_NUMBER: _ClassVar[int]
     MAX_TENSOR_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
     MAX_JACOBIAN_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAM_JACOBIAN_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
     max_message_bytes: int
     max_graph_nodes: int
     max_tensor_elements: int
     max_jacobian_elements: int
-    def __init__(self, max_message_bytes: _Optional[int] = ..., max_graph_nodes: _Optional[int] = ..., max_tensor_elements: _Optional[int] = ..., max_jacobian_elements: _Optional[int] = ...) -> None: ...
+    max_request_bytes: int
+    max_stream_jacobian_elements: int
+    def __init__(self, max_message_bytes: _Optional[int] = ..., max_graph_nodes: _Optional[int] = ..., max_tensor_elements: _Optional[int] = ..., max_jacobian_elements: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_stream_jacobian_elements: _Optional[int] = ...) -> None: ...

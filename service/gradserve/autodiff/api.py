@@ -6,11 +6,11 @@ at this boundary, and runs cached compiled programs.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from gradserve.autodiff.cache import cached
 from gradserve.autodiff.executor import compile_program
 from gradserve.autodiff.ir import DTYPES, GraphError, Program, TensorType
 from gradserve.autodiff.transforms import Derivative, jvp, select, vjp
@@ -43,7 +43,7 @@ def check_array(
     return array
 
 
-@functools.lru_cache(maxsize=1024)
+@cached
 def _signature(program: Program) -> tuple[tuple[str, np.dtype, tuple[int, ...]], ...]:
     """(input name, numpy dtype, shape) of each input of `program`."""
     types = program.types

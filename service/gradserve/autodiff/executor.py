@@ -12,17 +12,27 @@ result, or a reshape, transpose, expand_dims or squeeze of one), and no other li
 it. Aliases are tracked at compile time: the result of any op other than a ufunc or matmul
 (views: reshape, transpose, broadcast_to, slice, ...; and any op that might return an operand)
 is taken to alias its operands.
+
+Memory: the plan's peak (`memory.plan_peak`) is computed at compile time and checked against
+the budget in force (`memory.set_limit`) before the first step of every run. Constant folding
+computes only small values (`FOLD_MAX_ELEMENTS`), so compiling never allocates much and a
+compiled plan holds little beyond its program's own constants.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from gradserve.autodiff import memory
+from gradserve.autodiff.cache import cached
 from gradserve.autodiff.ir import Program
 from gradserve.autodiff.registry import OPS
+
+# Larger values computed from constants alone (zeros too) are computed at every run, under the
+# memory check.
+FOLD_MAX_ELEMENTS = 1 << 16
 
 
 class Cancelled(Exception):
@@ -132,7 +142,16 @@ def _plan_reuse(
 class Executable:
     """A compiled Program. `run` maps input arrays to the program's output arrays."""
 
-    __slots__ = ("_constants", "_input_slots", "_output_slots", "_steps", "n_slots", "program")
+    __slots__ = (
+        "_constants",
+        "_input_slots",
+        "_output_slots",
+        "_steps",
+        "folded_bytes",
+        "n_slots",
+        "peak",
+        "program",
+    )
 
     def __init__(self, program: Program) -> None:
         self.program = program
@@ -140,16 +159,25 @@ class Executable:
         for spec in program.inputs:
             slot[spec.name] = len(slot)
         known: dict[int, np.ndarray] = {}  # constant folding: values fixed at compile time
+        ops = ["input"] * len(slot)
+        # Bytes of the values computed by folding (constants' own arrays belong to the program).
+        self.folded_bytes = 0
         calls: list[tuple[Callable[..., np.ndarray], tuple[int, ...], int]] = []
         with np.errstate(all="ignore"):
             for node in program.nodes:
                 slot[node.name] = len(slot)
                 fn = OPS[node.op].bind(node.attrs)
                 args = tuple(slot[s] for s in node.inputs)
-                if all(a in known for a in args):
-                    known[slot[node.name]] = np.asarray(fn(*[known[a] for a in args]))
+                # A constant's value is its attribute; other values are made by folding.
+                small = node.op == "constant" or program.types[node.name].size <= FOLD_MAX_ELEMENTS
+                if small and all(a in known for a in args):
+                    value = known[slot[node.name]] = np.asarray(fn(*[known[a] for a in args]))
+                    ops.append("constant")
+                    if args:
+                        self.folded_bytes += value.nbytes
                 else:
                     calls.append((fn, args, slot[node.name]))
+                    ops.append(node.op)
         outputs = {slot[o] for o in program.outputs}
         used = outputs | {a for _, args, _ in calls for a in args}
         last_use: dict[int, int] = {}
@@ -167,6 +195,13 @@ class Executable:
         )
         self._constants = tuple((s, v) for s, v in known.items() if s in used)
         self._input_slots = tuple(slot[spec.name] for spec in program.inputs)
+        self.peak = memory.plan_peak(
+            list(slot),
+            [program.types[n] for n in slot],
+            ops,
+            (*self._input_slots, *(s for s, _ in self._constants)),
+            [step[1:] for step in self._steps],
+        )
         # A folded constant is shared by every run: hand out copies, never the cached array.
         self._output_slots = tuple((slot[o], slot[o] in known) for o in program.outputs)
         self.n_slots = len(slot)
@@ -174,7 +209,11 @@ class Executable:
     def run(
         self, inputs: Mapping[str, np.ndarray], cancel: Callable[[], bool] | None = None
     ) -> list[np.ndarray]:
-        """The outputs, in `program.outputs` order. `inputs` must already be checked."""
+        """The outputs, in `program.outputs` order. `inputs` must already be checked.
+
+        Raises `memory.MemoryLimitExceeded`, before any step, if the plan's peak is over the
+        budget in force."""
+        memory.check(self.peak)
         slots: list = [None] * self.n_slots
         for spec, s in zip(self.program.inputs, self._input_slots, strict=True):
             slots[s] = inputs[spec.name]
@@ -197,7 +236,7 @@ class Executable:
         ]
 
 
-@functools.lru_cache(maxsize=1024)
+@cached
 def compile_program(program: Program) -> Executable:
     """The Executable for `program`, compiled once per distinct program."""
     return Executable(program)

@@ -1,21 +1,20 @@
 """Differentiation as program transformation: `vjp` and `jvp` turn a Program into a Program.
 
 The result is an ordinary Program, run by the same executor and itself differentiable, so
-second derivatives come by composition. Results are cached by (program, of, wrt, batch).
+second derivatives come by composition. Results are cached by (program, of, wrt, batch), in
+the byte-bounded program cache (`cache.py`).
 Both passes are loops over the topologically ordered node list: no recursion anywhere.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gradserve.autodiff.cache import cached
 from gradserve.autodiff.ir import GraphError, InputDef, NodeDef, Program, TensorType
 from gradserve.autodiff.registry import OPS
 from gradserve.autodiff.symbolic import Emitter, Sym, broadcast_to, lift, sum_to, zeros
-
-CACHE_SIZE = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +123,7 @@ def _missing_rule(node: NodeDef, mode: str) -> GraphError:
     )
 
 
-@functools.lru_cache(maxsize=CACHE_SIZE)
+@cached
 def vjp(
     program: Program, of: tuple[str, ...], wrt: tuple[str, ...], batch: int | None = None
 ) -> Derivative:
@@ -173,7 +172,7 @@ def vjp(
     return _derivative(program, em, seeds, of, [cotangents.get(w) for w in wrt], wrt)
 
 
-@functools.lru_cache(maxsize=CACHE_SIZE)
+@cached
 def jvp(
     program: Program, wrt: tuple[str, ...], of: tuple[str, ...], batch: int | None = None
 ) -> Derivative:
@@ -219,7 +218,7 @@ def jvp(
     return _derivative(program, em, seeds, of, [tangents.get(o) for o in of], of)
 
 
-@functools.lru_cache(maxsize=CACHE_SIZE)
+@cached
 def select(program: Program, outputs: tuple[str, ...]) -> Program:
     """The program restricted to `outputs` (any values of it), without the work they don't need."""
     for name in outputs:

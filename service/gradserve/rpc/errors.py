@@ -8,6 +8,9 @@ Handlers raise the ``RpcError`` subclasses below (or let core exceptions through
 | ``InvalidArgument``, ``GraphError`` | INVALID_ARGUMENT + BadRequest | INVALID_GRAPH, _INPUT |
 | ``LimitExceeded`` | RESOURCE_EXHAUSTED | LIMIT_EXCEEDED |
 | ``JacobianTooLarge`` | RESOURCE_EXHAUSTED | JACOBIAN_TOO_LARGE |
+| ``StreamTooLarge`` | RESOURCE_EXHAUSTED | LIMIT_EXCEEDED (limit max_stream_jacobian_elements) |
+| core ``MemoryLimitExceeded`` | RESOURCE_EXHAUSTED | LIMIT_EXCEEDED (limit max_request_bytes) |
+| ``MemoryError`` | RESOURCE_EXHAUSTED, logged | OUT_OF_MEMORY |
 | ``NotFound`` | NOT_FOUND | GRAPH_NOT_FOUND / DATASET_NOT_FOUND |
 | core ``Cancelled`` | DEADLINE_EXCEEDED if the deadline passed, else CANCELLED | |
 | anything else | INTERNAL, logged: it is a bug | |
@@ -29,7 +32,8 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from gradserve.autodiff import Cancelled, GraphError
+from gradserve.autodiff import Cancelled, GraphError, Program, TensorType
+from gradserve.autodiff.memory import MemoryLimitExceeded, nbytes
 from gradserve.rpc.handlers import BadPayload
 
 log = logging.getLogger("gradserve.rpc")
@@ -43,6 +47,7 @@ LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
 JACOBIAN_TOO_LARGE = "JACOBIAN_TOO_LARGE"
 GRAPH_NOT_FOUND = "GRAPH_NOT_FOUND"
 DATASET_NOT_FOUND = "DATASET_NOT_FOUND"
+OUT_OF_MEMORY = "OUT_OF_MEMORY"
 
 # Fields of the request messages (as opposed to the graph) that core errors can name.
 _REQUEST_FIELDS = frozenset(
@@ -117,6 +122,70 @@ class JacobianTooLarge(LimitExceeded):
         self.metadata["max_jacobian_elements"] = str(limit)
 
 
+class StreamTooLarge(LimitExceeded):
+    """A StreamJacobian over max_stream_jacobian_elements, refused before its first block."""
+
+    def __init__(self, elements: int, limit: int) -> None:
+        super().__init__(
+            f"the Jacobians asked for have {elements} elements, more than"
+            f" max_stream_jacobian_elements={limit} for one StreamJacobian; ask for fewer `of` or"
+            " `wrt` (or smaller ones) per call, or raise the server's"
+            " --max-stream-jacobian-elements",
+            limit="max_stream_jacobian_elements",
+        )
+        self.metadata["elements"] = str(elements)
+        self.metadata["max_stream_jacobian_elements"] = str(limit)
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _value(node: str, op: str) -> str:
+    """How a message names a value of a plan; derivative programs name theirs ``%op12``."""
+    if op == "input":
+        return f'input "{node}"'
+    if node.startswith("%"):
+        return f'the derivative\'s value "{node}" ({op})'
+    return f'node "{node}" ({op})'
+
+
+def _primal_of(program: Program, t: TensorType) -> str:
+    """The largest node of ``program`` whose type a derivative's value ``t`` (maybe with a
+    leading batch axis) carries: most likely the one being differentiated when it was made."""
+    best, size = "", 0
+    for node in program.nodes:
+        own = program.types[node.name]
+        if own.dtype == t.dtype and own.size > size and t.shape[t.ndim - own.ndim :] == own.shape:
+            best, size = node.name, own.size
+    return best
+
+
+def memory_limit_error(exc: MemoryLimitExceeded, program: Program | None = None) -> LimitExceeded:
+    """The refusal of a computation over --max-request-bytes, naming its largest value (and,
+    for a derivative's value, the node of the request's ``program`` with its shape)."""
+    peak = exc.peak
+    largest = ""
+    if peak.type is not None:
+        what = _value(peak.node, peak.op)
+        if peak.node.startswith("%") and program is not None:
+            origin = _primal_of(program, peak.type)
+            if origin:
+                what += f', from differentiating node "{origin}"'
+        largest = f"{what} would hold {peak.type} ({_size(nbytes(peak.type))}); "
+    err = LimitExceeded(
+        f"{largest}the computation needs {_size(peak.nbytes)} at its peak, more than"
+        f" max_request_bytes={exc.limit} ({_size(exc.limit)}) allows: make the request smaller,"
+        " or raise the server's --max-request-bytes",
+        limit="max_request_bytes",
+    )
+    err.metadata.update(node=peak.node, bytes=str(peak.nbytes), max_request_bytes=str(exc.limit))
+    return err
+
+
 class NotFound(RpcError):
     code = grpc.StatusCode.NOT_FOUND
 
@@ -178,6 +247,18 @@ def status_of(exc: BaseException, context: grpc.ServicerContext, method: str) ->
     if isinstance(exc, GraphError):
         wrapped = from_graph_error(exc)
         return _to_status(wrapped.code, wrapped.message, wrapped.details())
+    if isinstance(exc, MemoryLimitExceeded):
+        wrapped = memory_limit_error(exc)
+        return _to_status(wrapped.code, wrapped.message, wrapped.details())
+    if isinstance(exc, MemoryError):
+        log.warning("%s ran out of memory: %s", method, exc)
+        return _to_status(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"this {method} request ran out of memory ({type(exc).__name__}: {exc}): make it"
+            " smaller; the operator can lower --max-request-bytes so that such requests are"
+            " refused before they start",
+            [error_details_pb2.ErrorInfo(reason=OUT_OF_MEMORY, domain=DOMAIN)],
+        )
     if isinstance(exc, Cancelled):
         if _deadline_passed(context):
             return _to_status(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")

@@ -7,6 +7,10 @@ signature, built on first use. Derivative programs are cached by the core, keyed
 
 Full-graph requests are looked up by a hash of their serialized bytes first, so a client that
 keeps sending the same graph pays for hashing, not for decoding and validation.
+
+The cache is bounded in entries and in bytes (`CachedGraph.nbytes`: the constants' bytes and a
+rough size per node of the graph and of each Program), checked as graphs are added; the newest
+graph is kept even alone over the byte budget, since its request uses it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 from gradserve_client.proto import graph_pb2
 
 from gradserve.autodiff import OPSET, GraphDef, GraphError, Program
+from gradserve.autodiff.cache import NODE_BYTES, constant_bytes
 from gradserve.rpc.codec import graph_from_onnx, graph_from_proto
 from gradserve.rpc.errors import (
     GRAPH_NOT_FOUND,
@@ -46,9 +51,19 @@ class CachedGraph:
     _programs: OrderedDict[tuple, Program] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def __post_init__(self) -> None:
+        self._constant_bytes = constant_bytes(self.graph.nodes)
+
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(i.name for i in self.graph.inputs)
+
+    @property
+    def nbytes(self) -> int:
+        """About what this entry holds: the constants (shared by its Programs) and NODE_BYTES per
+        node of the graph and of each Program."""
+        programs = len(self._programs) + (self.program is not None)
+        return self._constant_bytes + NODE_BYTES * len(self.graph.nodes) * (1 + programs)
 
     def program_for(self, shapes: Mapping[str, tuple[int, ...]], max_nodes: int) -> Program:
         """The Program for these input shapes (the one Program of a static graph)."""
@@ -84,8 +99,9 @@ class CachedGraph:
 class GraphCache:
     """A bounded LRU of graphs, by graph_id, safe to share between worker threads."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._by_id: OrderedDict[str, CachedGraph] = OrderedDict()
         self._by_wire: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -185,8 +201,16 @@ class GraphCache:
                 return existing
             self._by_id[entry.graph_id] = entry
             self._by_wire[entry.wire_key] = entry.graph_id
-            while len(self._by_id) > self.capacity:
+            while len(self._by_id) > 1 and (len(self._by_id) > self.capacity or self._over_bytes()):
                 _, evicted = self._by_id.popitem(last=False)
                 for key in [k for k, v in self._by_wire.items() if v == evicted.graph_id]:
                     del self._by_wire[key]
         return entry
+
+    def _over_bytes(self) -> bool:
+        return self.max_bytes is not None and self.nbytes > self.max_bytes
+
+    @property
+    def nbytes(self) -> int:
+        """About the bytes the cached graphs hold (see `CachedGraph.nbytes`)."""
+        return sum(entry.nbytes for entry in list(self._by_id.values()))

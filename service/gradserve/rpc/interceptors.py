@@ -10,8 +10,14 @@ path), ``gradserve_request_duration_seconds{method}``, ``gradserve_inflight_requ
 request and response message size histograms, and ``gradserve_jacobian_elements`` for Jacobian
 and StreamJacobian, and ``gradserve_train_active_streams`` (Train streams open; the training
 code counts ``gradserve_train_steps_total``). A streaming RPC is counted when its stream ends
-(or is cancelled). It also writes one access-log line per RPC on the ``gradserve.access``
-logger: DEBUG for OK, WARNING for any other code, with the method, the code and the duration.
+(or is cancelled). Calls that grpc ends before any handler runs (their deadline passed while
+they waited for a thread) are counted by ``CountingThreadPool``, the server's pool. Calls
+refused with RESOURCE_EXHAUSTED are also counted in ``gradserve_refusals_total{method,limit}``,
+``limit`` naming the setting that refused them (from the status's ErrorInfo), so that load
+shedding (``max_concurrent_rpcs``) is told apart from requests too large. It also writes one
+access-log line per RPC on the ``gradserve.access`` logger: DEBUG for OK, INFO for the outcomes
+of normal SDK use (NOT_FOUND for a graph or dataset id, which the SDK then sends; CANCELLED),
+WARNING for any other code, with the method, the code and the duration.
 
 Requests whose bytes do not parse (only possible for services registered with grpc's strict
 deserializers, such as health: the Gradient service's deserializers never raise) are answered
@@ -25,9 +31,11 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 from gradserve import metrics
 from gradserve.rpc.auth import OPEN_SERVICES
@@ -137,16 +145,55 @@ class _MethodMetrics:
         child.inc()
 
 
+# Outcomes of normal SDK use, logged at INFO: NOT_FOUND for a graph or dataset id (the SDK then
+# sends the graph or the data), CANCELLED when a client stops reading a stream.
+_ROUTINE = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.CANCELLED})
+
+
+def _level(code: grpc.StatusCode) -> int:
+    return logging.INFO if code in _ROUTINE else logging.WARNING
+
+
+def _fields(method: str, code: str, duration: float, peer: str = "") -> dict[str, Any]:
+    fields = {"method": method, "code": code, "duration": f"{duration:.6f}"}
+    if peer:
+        fields["peer"] = peer
+    return fields
+
+
+_STATUS_DETAILS = "grpc-status-details-bin"
+
+
+def _refusing_limit(context: grpc.ServicerContext) -> str:
+    """Which limit refused a RESOURCE_EXHAUSTED call: the ``limit`` of its ErrorInfo (the
+    setting: max_concurrent_rpcs, max_request_bytes, ...), else its reason, else "other"."""
+    for key, value in context.trailing_metadata() or ():
+        if key != _STATUS_DETAILS:
+            continue
+        for detail in status_pb2.Status.FromString(value).details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                return info.metadata.get("limit") or info.reason.lower() or "other"
+    return "other"
+
+
 class _Call:
     """One RPC being measured: finished exactly once (by the handler, or on termination)."""
 
     __slots__ = ("_done", "_lock", "context", "jacobian", "method", "metrics", "start")
 
-    def __init__(self, method: str, context: grpc.ServicerContext, children: _MethodMetrics):
+    def __init__(
+        self,
+        method: str,
+        context: grpc.ServicerContext,
+        children: _MethodMetrics,
+        start: float | None = None,
+    ):
         self.method = method
         self.metrics = children
         self.context = context
-        self.start = time.perf_counter()
+        self.start = time.perf_counter() if start is None else start
         self.jacobian: dict[tuple[str, str], int] = {}  # StreamJacobian: (of, wrt) -> elements
         self._done = False
         self._lock = threading.Lock()
@@ -186,23 +233,20 @@ class _Call:
             elif self.method == _STREAM_JACOBIAN and self.jacobian:
                 metrics.JACOBIAN_ELEMENTS.observe(sum(self.jacobian.values()))
             if access_log.isEnabledFor(logging.DEBUG):
-                access_log.debug("rpc", extra={"fields": self._fields(name, duration)})
-        elif access_log.isEnabledFor(logging.WARNING):
-            fields = self._fields(name, duration)
+                fields = _fields(self.method, name, duration, self.context.peer())
+                access_log.debug("rpc", extra={"fields": fields})
+            return
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            metrics.REFUSALS.labels(self.method, _refusing_limit(self.context)).inc()
+        level = _level(code)
+        if access_log.isEnabledFor(level):
+            fields = _fields(self.method, name, duration, self.context.peer())
             details = self.context.details()
             if isinstance(details, bytes):
                 details = details.decode("utf-8", "replace")
             if details:
                 fields["details"] = details
-            access_log.warning("rpc failed", extra={"fields": fields})
-
-    def _fields(self, code: str, duration: float) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "code": code,
-            "duration": f"{duration:.6f}",
-            "peer": self.context.peer(),
-        }
+            access_log.log(level, "rpc failed", extra={"fields": fields})
 
     def on_termination(self) -> None:
         # Runs when grpc ends the call; a no-op unless the handler did not finish it (a
@@ -223,21 +267,109 @@ class _Call:
             self.finish(error)
 
 
+# Hands each call over from MetricsInterceptor.intercept_service, which grpc calls as the call
+# arrives, in its polling thread, to CountingThreadPool.submit, which grpc calls next in that
+# thread to run the call (``arrival``), and then, in the pool thread, to the measured handler
+# (``running``).
+_handover = threading.local()
+
+
+class _Arrival:
+    """A call that has arrived; ``handled`` once its measured handler has started."""
+
+    __slots__ = ("children", "handled", "start")
+
+    def __init__(self, children: _MethodMetrics) -> None:
+        self.children = children
+        self.start = time.perf_counter()
+        self.handled = False
+
+    def unhandled(self, has_deadline: bool) -> None:
+        """Count a call that ended before any handler ran (grpc found it finished when a thread
+        got to it): DEADLINE_EXCEEDED if it had a deadline (a client cancels its call once the
+        deadline has passed on its own clock, maybe before the server's), else CANCELLED."""
+        code = grpc.StatusCode.DEADLINE_EXCEEDED if has_deadline else grpc.StatusCode.CANCELLED
+        duration = time.perf_counter() - self.start
+        self.children.count(code.name)
+        self.children.duration.observe(duration)
+        level = _level(code)
+        if access_log.isEnabledFor(level):
+            fields = _fields(self.children.method, code.name, duration)
+            fields["details"] = "ended before a handler thread started it"
+            access_log.log(level, "rpc failed", extra={"fields": fields})
+
+
+def _has_deadline(args: tuple[Any, ...]) -> bool:
+    """Whether the call grpc submits with ``args`` has a deadline (its ``call_details``)."""
+    for arg in args:
+        details = getattr(arg, "call_details", None)
+        if details is not None:
+            deadline = getattr(details, "deadline", None)
+            return isinstance(deadline, float) and math.isfinite(deadline)
+    return False
+
+
+def _run_arrival(arrival: _Arrival, has_deadline: bool, fn: Callable[..., Any], *args: Any):
+    _handover.running = arrival
+    try:
+        return fn(*args)
+    finally:
+        _handover.running = None
+        if not arrival.handled:
+            arrival.unhandled(has_deadline)
+
+
+def _started() -> float | None:
+    """Mark the call this pool thread runs as handled; the time it arrived, if known."""
+    arrival = getattr(_handover, "running", None)
+    if arrival is None:
+        return None
+    arrival.handled = True
+    return arrival.start
+
+
+class CountingThreadPool(futures.ThreadPoolExecutor):
+    """The server's thread pool. grpc runs a call's handler in it only if the call is still
+    alive when a thread gets to it, and ends the others silently, before any interceptor code
+    runs; under overload those are most calls with short deadlines. This pool counts them (with
+    MetricsInterceptor, which tells it each call's method as the call arrives)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future:
+        arrival = getattr(_handover, "arrival", None)
+        _handover.arrival = None
+        if arrival is None or kwargs:
+            return super().submit(fn, *args, **kwargs)
+        return super().submit(_run_arrival, arrival, _has_deadline(args), fn, *args)
+
+
 class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts, times and sizes every RPC, and writes its access-log line."""
+    """Counts, times and sizes every RPC, and writes its access-log line. A call's time starts
+    when it arrives; with CountingThreadPool as the server's pool, calls that end before a
+    handler ran are counted too."""
 
     def __init__(self) -> None:
         # (method, id(handler)) -> (handler, measured handler)
         self._wrapped: dict[tuple[str, int], tuple[grpc.RpcMethodHandler, Any]] = {}
+        self._children: dict[str, _MethodMetrics] = {}
+
+    def _method_metrics(self, method: str) -> _MethodMetrics:
+        children = self._children.get(method)
+        if children is None:
+            if len(self._children) >= _MAX_CACHED_HANDLERS:
+                self._children.clear()
+            children = self._children[method] = _MethodMetrics(method)
+        return children
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED, not counted
             return None
-        return _cached_wrap(self._wrapped, handler_call_details.method, handler, self._measured)
+        method = handler_call_details.method
+        _handover.arrival = _Arrival(self._method_metrics(method))
+        return _cached_wrap(self._wrapped, method, handler, self._measured)
 
     def _measured(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        children = _MethodMetrics(method)
+        children = self._method_metrics(method)
         request_bytes = children.request_bytes
         response_bytes = children.response_bytes
         deserialize = handler.request_deserializer
@@ -263,7 +395,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             if handler.response_streaming:
 
                 def measured_stream(request: Any, context: grpc.ServicerContext) -> Any:
-                    call = _Call(method, context, children)
+                    call = _Call(method, context, children, _started())
                     context.add_callback(call.on_termination)
                     try:
                         request = _checked(request, context, request_streaming)
@@ -276,7 +408,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 return measured_stream
 
             def measured(request: Any, context: grpc.ServicerContext) -> Any:
-                call = _Call(method, context, children)
+                call = _Call(method, context, children, _started())
                 try:
                     response = behavior(_checked(request, context, request_streaming), context)
                 except BaseException as exc:

@@ -17,7 +17,9 @@ from gradserve_client.opset.listing import operators_response
 from gradserve_client.proto import gradient_service_pb2 as pb
 
 from gradserve import __version__, autodiff
-from gradserve.autodiff import OPSET, GraphError, Program
+from gradserve.autodiff import OPSET, GraphError, Program, memory
+from gradserve.autodiff.cache import PROGRAM_CACHE
+from gradserve.autodiff.memory import MemoryLimitExceeded
 from gradserve.config import Settings
 from gradserve.rpc import training
 from gradserve.rpc.codec import decode_tensors, encode_tensor, encode_tensors
@@ -26,7 +28,9 @@ from gradserve.rpc.errors import (
     InvalidArgument,
     JacobianTooLarge,
     LimitExceeded,
+    StreamTooLarge,
     from_graph_error,
+    memory_limit_error,
     rpc_method,
 )
 from gradserve.rpc.graph_cache import CachedGraph, GraphCache
@@ -83,11 +87,14 @@ def _float_inputs(program: Program) -> list[str]:
 
 @contextmanager
 def _core_errors(program: Program):
-    """Core GraphErrors raised while running, as INVALID_ARGUMENT naming the request field."""
+    """Core GraphErrors raised while running, as INVALID_ARGUMENT naming the request field;
+    a plan over --max-request-bytes as RESOURCE_EXHAUSTED naming the program's node."""
     try:
         yield
     except GraphError as exc:
         raise from_graph_error(exc, program.input_names, running=True) from None
+    except MemoryLimitExceeded as exc:
+        raise memory_limit_error(exc, program) from None
 
 
 class _Call:
@@ -110,13 +117,19 @@ class GradientServicer:
 
     def __init__(self, settings: Settings, graph_cache: GraphCache | None = None) -> None:
         self.settings = settings
-        self.graph_cache = graph_cache or GraphCache(settings.graph_cache_size)
+        self.graph_cache = graph_cache or GraphCache(
+            settings.graph_cache_size, settings.graph_cache_bytes
+        )
+        PROGRAM_CACHE.set_limits(settings.program_cache_bytes)  # one per process
         self.dataset_cache = DatasetCache(settings.dataset_cache_bytes)  # PutDataset uploads
         self.version = __version__
 
     # ---- shared steps -------------------------------------------------------------------------
 
     def _resolve(self, request) -> CachedGraph:
+        # Every plan this request runs is checked against the budget first. grpc runs each RPC
+        # in a context of its own (its stream's messages too), so this holds for this one only.
+        memory.set_limit(self.settings.max_request_bytes)
         source = request.WhichOneof("graph_source")
         if source == "graph":
             return self.graph_cache.put_proto(
@@ -221,6 +234,9 @@ class GradientServicer:
         budget = self.settings.max_message_bytes - _ROW_BLOCK_OVERHEAD
         cancel = cancel_callback(context)
         # Check everything before the first message, so a bad request streams nothing.
+        elements = sum(types[o].size * types[w].size for o in of for w in wrt)
+        if elements > self.settings.max_stream_jacobian_elements:
+            raise StreamTooLarge(elements, self.settings.max_stream_jacobian_elements)
         plans = []
         for o in of:
             for w in wrt:
@@ -315,6 +331,8 @@ class GradientServicer:
                 max_graph_nodes=s.max_graph_nodes,
                 max_tensor_elements=s.max_tensor_elements,
                 max_jacobian_elements=s.max_jacobian_elements,
+                max_request_bytes=s.max_request_bytes,
+                max_stream_jacobian_elements=s.max_stream_jacobian_elements,
             ),
             features=self.features(),
         )

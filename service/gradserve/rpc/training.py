@@ -13,6 +13,7 @@ Wire notes:
 
 from __future__ import annotations
 
+import contextvars
 import math
 import queue
 import threading
@@ -27,10 +28,11 @@ from gradserve_client.proto import training_pb2 as tpb
 
 from gradserve import autodiff, metrics
 from gradserve import training as tr
-from gradserve.autodiff import GraphError
+from gradserve.autodiff import GraphError, Program
+from gradserve.autodiff.memory import MemoryLimitExceeded
 from gradserve.rpc.codec import decode_tensors, encode_tensors
 from gradserve.rpc.datasets import assemble
-from gradserve.rpc.errors import InvalidArgument, RpcError, from_graph_error
+from gradserve.rpc.errors import InvalidArgument, RpcError, from_graph_error, memory_limit_error
 from gradserve.rpc.graph_cache import CachedGraph
 
 #: Whether this server implements Train and PutDataset (GetServerInfo lists "train" if so).
@@ -257,11 +259,15 @@ def prepare(
         events = tr.train(grad_fn, params, data, cfg, resume=resume, cancel=cancel)
     except tr.TrainingConfigError as exc:
         raise invalid(exc) from None
-    return PreparedRun(run_events(events, entry.input_names), entry.graph_id, cfg.batch_size)
+    events = run_events(events, entry.input_names, program=program)
+    return PreparedRun(events, entry.graph_id, cfg.batch_size)
 
 
-def run_events(events: Iterator[tr.Event], input_names: tuple[str, ...]) -> Iterator[tr.Event]:
-    """The loop's events, with its errors raised as RpcErrors (or the core's Cancelled)."""
+def run_events(
+    events: Iterator[tr.Event], input_names: tuple[str, ...], program: Program | None = None
+) -> Iterator[tr.Event]:
+    """The loop's events, with its errors raised as RpcErrors (or the core's Cancelled);
+    ``program`` (one of the run's) names the node of a step over --max-request-bytes."""
     try:
         yield from events
     except tr.NonFiniteLoss as exc:
@@ -277,6 +283,8 @@ def run_events(events: Iterator[tr.Event], input_names: tuple[str, ...]) -> Iter
         raise invalid(exc) from None
     except GraphError as exc:
         raise from_graph_error(exc, input_names, running=True) from None
+    except MemoryLimitExceeded as exc:
+        raise memory_limit_error(exc, program) from None
 
 
 def pumped(
@@ -310,7 +318,10 @@ def pumped(
         finally:
             events.close()  # type: ignore[attr-defined]
 
-    thread = threading.Thread(target=produce, name="gradserve-train", daemon=True)
+    # In a copy of this context: the steps keep the RPC thread's memory budget.
+    thread = threading.Thread(
+        target=contextvars.copy_context().run, args=(produce,), name="gradserve-train", daemon=True
+    )
     thread.start()
     try:
         while True:
