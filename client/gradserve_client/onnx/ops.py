@@ -652,7 +652,3 @@ def _shape(n: Node) -> Value:
     if all(isinstance(d, int) for d in dims):
         return Value.of(np.array(dims, dtype=np.int64))
     return Value("int64", (len(dims),), elems=tuple(dims))
-
-
-#: ONNX op type -> its handler.
-SUPPORTED = tuple(sorted(HANDLERS))
