@@ -14,7 +14,6 @@ import gradserve_client as gs
 import numpy as np
 import pytest
 import torch
-from gradserve.autodiff import OPS
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "make_onnx_models.py"
@@ -25,22 +24,8 @@ sys.modules["make_onnx_models"] = models
 _spec.loader.exec_module(models)
 
 RTOL, ATOL = 1e-4, 1e-5
-#: The gradserve ops each model needs beyond those every server has had.
-NEEDS = {
-    "mlp": (),
-    "cnn": ("conv", "max_pool", "avg_pool"),
-    "transformer": ("take", "layer_norm", "erf"),
-}
-
-
-def _marks(name: str) -> list[pytest.MarkDecorator]:
-    missing = [op for op in NEEDS[name] if op not in OPS]
-    reason = f"gradserve has no {', '.join(missing)} yet (issue 8's new operator set)"
-    return [pytest.mark.xfail(bool(missing), reason=reason, strict=True)]
-
-
 CASES = [
-    pytest.param(name, exporter, opset, id=f"{name}-{exporter}-{opset}", marks=_marks(name))
+    pytest.param(name, exporter, opset, id=f"{name}-{exporter}-{opset}")
     for name in models.MODELS
     for exporter in models.EXPORTERS
     for opset in models.OPSETS

@@ -219,3 +219,26 @@ def test_a_path_that_does_not_exist_is_an_import_error(tmp_path) -> None:
         to_graph(tmp_path / "missing.onnx")
     with pytest.raises(TypeError):
         to_graph(42)
+
+
+def test_batch_normalization_in_training_mode_matches_onnx_reference() -> None:
+    """Batch statistics normalise; the running mean and variance are updated (no batch_norm
+    op needed: it is composed of reductions and element-wise ops)."""
+    from onnx.reference import ReferenceEvaluator
+
+    node = helper.make_node(
+        "BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "rm", "rv"],
+        training_mode=1, momentum=0.8, epsilon=1e-3,
+    )  # fmt: skip
+    c = 3
+    m = model(
+        [node],
+        [tensor("x", [2, c, 4, 5]), *(tensor(k, [c]) for k in "sbmv")],
+        [tensor("y", [2, c, 4, 5]), tensor("rm", [c]), tensor("rv", [c])],
+    )
+    feeds = {"x": RNG.normal(size=(2, c, 4, 5)).astype(np.float32)}
+    feeds |= {k: RNG.uniform(0.5, 2, size=c).astype(np.float32) for k in "sbmv"}
+    expected = ReferenceEvaluator(m).run(None, feeds)
+    got = gs.LocalClient().evaluate(gs.Graph.from_onnx(m), feeds)
+    for name, want in zip(["y", "rm", "rv"], expected, strict=True):
+        np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6, err_msg=name)

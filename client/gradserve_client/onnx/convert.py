@@ -41,10 +41,8 @@ STATIC_OPERANDS = {op: h.static for op, h in HANDLERS.items() if h.static} | {
 # import); larger results would let a small model claim unbounded memory.
 MAX_FOLDED_ELEMENTS = 1 << 24
 
-Source = "onnx.ModelProto | bytes | str | os.PathLike[str]"
 
-
-def load_model(source: Any) -> onnx.ModelProto:
+def load_model(source: onnx.ModelProto | bytes | str | os.PathLike[str]) -> onnx.ModelProto:
     """The ModelProto of ``source``: a ModelProto, its serialized bytes, or a file path."""
     if isinstance(source, onnx.ModelProto):
         model = source

@@ -326,15 +326,37 @@ def _global_pool(n: Node) -> Value:
 
 
 @handler("BatchNormalization")
-def _batch_norm(n: Node) -> Value:
+def _batch_norm(n: Node) -> list[Value]:
+    """batch_norm at inference; in training mode, the batch's statistics normalise and the
+    running ones are updated (ONNX's formulas: population variance, ``momentum`` kept)."""
     n.check_attrs(("epsilon", "momentum", "training_mode"))
-    if n.attr("training_mode", 0) or any(o for o in n.outputs[1:]):
-        raise n.fail(
-            "only inference form is supported (training_mode=0, one output)",
-            "attribute 'training_mode'",
-        )
-    operands = [n.input(i) for i in range(5)]
-    return n.emit("batch_norm", operands, 0, epsilon=float(n.attr("epsilon", 1e-5)))
+    x, scale, bias, mean, var = (n.input(i) for i in range(5))
+    epsilon = float(n.attr("epsilon", 1e-5))
+    if not n.attr("training_mode", 0):
+        if any(o for o in n.outputs[1:]):
+            raise n.fail("at inference, only the output Y is defined", "output 1")
+        return [n.emit("batch_norm", [x, scale, bias, mean, var], 0, epsilon=epsilon)]
+    rank = n.rank(x)
+    axes = [0, *range(2, rank)]
+    channel = [-1] + [1] * (rank - 2)  # (C,) as (C, 1, ..., 1), to broadcast over x
+
+    def per_channel(v: Value) -> Value:
+        return n.emit("reshape", [v], shape=channel)
+
+    batch_mean = n.emit("mean", [x], axis=axes)
+    batch_var = n.emit("var", [x], axis=axes)
+    centred = n.emit("subtract", [x, per_channel(batch_mean)])
+    std = n.emit("sqrt", [n.emit("add", [batch_var, n.constant(epsilon, x.dtype)])])
+    normed = n.emit("divide", [centred, per_channel(std)])
+    y = n.emit("add", [n.emit("multiply", [normed, per_channel(scale)]), per_channel(bias)], 0)
+    momentum = float(n.attr("momentum", 0.9))
+    out = [y]
+    for k, (running, batch) in enumerate([(mean, batch_mean), (var, batch_var)], 1):
+        if k < len(n.outputs) and n.outputs[k]:
+            kept = n.emit("multiply", [running, n.constant(momentum, x.dtype)])
+            new = n.emit("multiply", [batch, n.constant(1 - momentum, x.dtype)])
+            out.append(n.emit("add", [kept, new], k))
+    return out
 
 
 @handler("LayerNormalization")
@@ -652,7 +674,3 @@ def _shape(n: Node) -> Value:
     if all(isinstance(d, int) for d in dims):
         return Value.of(np.array(dims, dtype=np.int64))
     return Value("int64", (len(dims),), elems=tuple(dims))
-
-
-#: ONNX op type -> its handler.
-SUPPORTED = tuple(sorted(HANDLERS))

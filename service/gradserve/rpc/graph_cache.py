@@ -146,13 +146,8 @@ class GraphCache:
     def put_proto(self, pb: graph_pb2.Graph, *, max_nodes: int, max_elements: int) -> CachedGraph:
         """The cached graph for a full Graph message: validated and added on a miss."""
         wire_key = hashlib.sha256(pb.SerializeToString(deterministic=True)).hexdigest()
-        with self._lock:
-            graph_id = self._by_wire.get(wire_key)
-            entry = self._by_id.get(graph_id) if graph_id else None
-            if entry is not None:
-                self._by_id.move_to_end(entry.graph_id)
+        entry = self._by_bytes(wire_key)
         if entry is not None:
-            self._hit()
             return entry
         self._miss()
         if pb.opset not in (0, OPSET):
@@ -177,19 +172,25 @@ class GraphCache:
         """The cached graph of a serialized ONNX model: converted and added on a miss, so a
         client that sends the same model again pays for hashing it, not for converting it."""
         onnx_key = "onnx:" + hashlib.sha256(model).hexdigest()
-        with self._lock:
-            graph_id = self._by_wire.get(onnx_key)
-            entry = self._by_id.get(graph_id) if graph_id else None
-            if entry is not None:
-                self._by_id.move_to_end(entry.graph_id)
+        entry = self._by_bytes(onnx_key)
         if entry is not None:
-            self._hit()
             return entry
         pb = graph_from_onnx(model)
         entry = self.put_proto(pb, max_nodes=max_nodes, max_elements=max_elements)
         with self._lock:
             if entry.graph_id in self._by_id:
                 self._by_wire[onnx_key] = entry.graph_id
+        return entry
+
+    def _by_bytes(self, key: str) -> CachedGraph | None:
+        """The graph whose message (or ONNX model) hashes to ``key``, counted as a hit."""
+        with self._lock:
+            graph_id = self._by_wire.get(key)
+            entry = self._by_id.get(graph_id) if graph_id else None
+            if entry is not None:
+                self._by_id.move_to_end(entry.graph_id)
+        if entry is not None:
+            self._hit()
         return entry
 
     def _insert(self, entry: CachedGraph) -> CachedGraph:
