@@ -73,18 +73,31 @@ def test_unknown_fields_and_unpacked_shapes_are_read() -> None:
 
 
 @pytest.mark.parametrize(
-    "data",
-    [b"\x1a\x05\x0a", b"\x12\x01\xff", b"\x0b", b"\x1a\x80", b"\x1a\x02\x28\x07"],
+    ("data", "protobuf_says"),
+    [
+        (b"\x1a\x05\x0a", "Wire format was corrupt"),
+        (b"\x12\x01\xff", "String field had bad UTF-8"),
+        (b"\x0b", "Wire format was corrupt"),
+        (b"\x1a\x80", "Wire format was corrupt"),
+        (b"\x1a\x02\x28\x07", None),  # protobuf skips the unknown field: a valid request
+    ],
     ids=["truncated", "not-utf8", "group", "truncated-varint", "unknown-in-map-entry"],
 )
-def test_what_the_reader_refuses_falls_back_to_protobuf(data: bytes) -> None:
+def test_what_the_reader_refuses_falls_back_to_protobuf(
+    data: bytes, protobuf_says: str | None
+) -> None:
     with pytest.raises(WireFormatError):
         wire.read_evaluate_request(data)
     deserialize = wire.evaluate_request_deserializer(
         handlers.lenient_deserializer(pb.EvaluateRequest)
     )
     result = deserialize(data)  # small: protobuf's path directly
-    assert isinstance(result, handlers.BadPayload | pb.EvaluateRequest)
+    if protobuf_says is None:
+        assert isinstance(result, pb.EvaluateRequest)
+        assert result == pb.EvaluateRequest.FromString(data)
+    else:
+        assert isinstance(result, handlers.BadPayload)
+        assert protobuf_says in result.describe()
 
 
 def test_large_malformed_payload_is_a_bad_payload() -> None:
