@@ -18,8 +18,10 @@ class Context:
         self.grpc_says_left = grpc_says_left  # what time_remaining answers once it has passed
         self.active = True
         self.polls = 0
+        self.deadline_reads = 0
 
     def time_remaining(self) -> float | None:
+        self.deadline_reads += 1
         if self.deadline is None:
             return None
         left = self.deadline - time.monotonic()
@@ -67,6 +69,13 @@ def test_a_passed_deadline_cancels_without_polling_the_client() -> None:
     time.sleep(0.35)
     assert cancelled() and cancelled()
     assert context.polls == 0
+
+
+def test_the_deadline_is_read_once_while_it_is_ahead() -> None:
+    context = Context(remaining=30)
+    cancelled = cancel_callback(context, interval=10)
+    assert [cancelled() for _ in range(5)] == [False] * 5
+    assert context.deadline_reads == 1  # at creation; then only the clock is compared
 
 
 def test_grpc_s_view_of_the_deadline_wins() -> None:
