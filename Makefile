@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEV_STAMP := $(VENV)/.dev-installed
 BENCH_STAMP := $(VENV)/.bench-installed
+MUTATE_STAMP := $(VENV)/.mutate-installed
 
 .PHONY: run test lint format protos sdk docs bench clean soak fuzz
 .PHONY: image image-test mutate
@@ -15,6 +16,10 @@ $(DEV_STAMP): pyproject.toml
 
 $(BENCH_STAMP): $(DEV_STAMP)
 	$(BIN)/pip install -q -e '.[dev,plot,bench]'
+	touch $@
+
+$(MUTATE_STAMP): $(DEV_STAMP)
+	$(BIN)/pip install -q -e '.[dev,plot,mutate]'
 	touch $@
 
 run: $(DEV_STAMP)
@@ -68,6 +73,11 @@ image:
 
 image-test: $(DEV_STAMP) image
 	GRADSERVE_IMAGE=$(IMAGE) $(BIN)/python -m pytest -q -m image tests/deploy/test_image.py
+
+# mutmut over the modules that guard users, each with its fast unit tests (docs/mutation.md);
+# `make mutate MODULES="gradserve/rpc/auth.py"` runs some of them. Not part of `make test`.
+mutate: $(MUTATE_STAMP)
+	bash scripts/mutate.sh $(MODULES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,7 +1,7 @@
 """The container image, run the way deploy/k8s runs it: read-only root filesystem (a tmpfs
 on /tmp), every capability dropped, uid 10001, no-new-privileges, a CPU and memory limit.
 Then gRPC health, a gradient against its closed form, /metrics, and `docker stop`
-draining a call in flight and exiting 0.
+turning health to NOT_SERVING, draining a call in flight and exiting 0.
 
 Needs dockerd and the image ``$GRADSERVE_IMAGE`` (default ``gradserve:test``), which
 ``make image`` builds (deploy/docker/build-offline.sh). The tests are marked ``image``:
@@ -24,8 +24,10 @@ from typing import Any
 
 import gradserve
 import gradserve_client as gs
+import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.image
@@ -192,10 +194,22 @@ def test_docker_stop_drains_a_call_in_flight_and_exits_0(container: Container) -
                 outcome["error"] = exc
 
         caller = threading.Thread(target=call)
-        caller.start()
-        time.sleep(0.5)
-        stopped = time.monotonic()
-        docker("stop", "--time", "60", container.name, timeout=90)
+        with grpc.insecure_channel(container.grpc) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(), timeout=60
+            )
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            caller.start()
+            time.sleep(0.5)
+            stopped = time.monotonic()
+            stopping = threading.Thread(
+                target=docker, args=("stop", "--time", "60", container.name), kwargs={"timeout": 90}
+            )
+            stopping.start()
+            # what a readiness probe sees while the call drains
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watch.cancel()
+            stopping.join(90)
         stop_took = time.monotonic() - stopped
         caller.join(30)
     state = inspect(container.name)["State"]

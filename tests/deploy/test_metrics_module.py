@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -167,11 +166,33 @@ def test_clean_multiproc_dir_keeps_only_own_files(tmp_path: Path) -> None:
     assert files and all(f.endswith(f"_{pid}.db") for f in files)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_names_follow_prometheus_conventions(name: str) -> None:
-    kind, _ = EXPECTED[name]
-    assert name.startswith("gradserve_")
-    if kind == "histogram" and "duration" in name:
-        assert name.endswith("_seconds")
-    if "bytes" in name:
-        assert name.endswith("_bytes")
+def test_names_follow_prometheus_conventions() -> None:
+    """Every family gradserve.metrics registers (not this file's table): snake_case under
+    gradserve_, base units as suffixes, `_total` on counters only, histograms with buckets."""
+    out = python(
+        "import json, gradserve.metrics as m\n"
+        "from prometheus_client.metrics import MetricWrapperBase\n"
+        "for c in vars(m).values():  # one child each, so labelled families have samples\n"
+        "    if isinstance(c, MetricWrapperBase) and c._labelnames:\n"
+        "        c.labels(*['x'] * len(c._labelnames))\n"
+        "print(json.dumps([[f.name, f.type, sorted({s.name for s in f.samples}),\n"
+        "                   sorted({k for s in f.samples for k in s.labels})]\n"
+        "                  for f in m.REGISTRY.collect()]))"
+    )
+    families = {name: (kind, samples, labels) for name, kind, samples, labels in json.loads(out)}
+    ours = {n: v for n, v in families.items() if not n.startswith(("process_", "python_"))}
+    assert set(EXPECTED) <= set(ours)
+    for name, (kind, samples, labels) in ours.items():
+        assert re.fullmatch(r"gradserve_[a-z][a-z0-9]*(_[a-z0-9]+)*", name), name
+        assert not name.endswith(("_total", "_count", "_sum", "_bucket")), name
+        if "duration" in name or "latency" in name or "seconds" in name:
+            assert name.endswith("_seconds"), name
+        if "bytes" in name:
+            assert name.endswith("_bytes"), name
+        if kind == "counter":
+            assert f"{name}_total" in samples, (name, samples)
+        elif kind == "histogram":
+            assert {f"{name}_bucket", f"{name}_count", f"{name}_sum"} <= set(samples), name
+        else:
+            assert kind == "gauge" and samples == [name], (name, kind, samples)
+        assert all(re.fullmatch(r"[a-z][a-z0-9_]*", label) for label in labels), labels

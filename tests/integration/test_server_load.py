@@ -38,14 +38,21 @@ def _tiny_roundtrip(stub) -> float:
     return time.monotonic() - start
 
 
-# One pool thread: max_concurrent_rpcs=0 sizes the pool by worker_threads alone (a limit
-# would add headroom threads), so the tiny call is served only once the long one let go.
-ONE_THREAD = {"worker_threads": 1, "max_concurrent_rpcs": 0}
+def one_thread_server(make_server):
+    """A stub of a server with one pool thread (max_concurrent_rpcs=0 sizes the pool by
+    worker_threads alone; a limit would add headroom threads), so that a tiny call is served
+    only once the long one let go, and with LONG already in its graph cache: building a
+    program is not cancellable, only running it is."""
+    running = make_server(worker_threads=1, max_concurrent_rpcs=0)
+    _, stub = running.stub()
+    with pytest.raises(grpc.RpcError):
+        stub.Evaluate(pb.EvaluateRequest(graph=LONG.proto(), inputs=LONG_FEED), timeout=0.3)
+    _tiny_roundtrip(stub)  # served once the thread is free
+    return stub
 
 
 def test_deadline_exceeded_frees_the_worker(make_server):
-    running = make_server(**ONE_THREAD)
-    _, stub = running.stub()
+    stub = one_thread_server(make_server)
     start = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:
         stub.Evaluate(pb.EvaluateRequest(graph=LONG.proto(), inputs=LONG_FEED), timeout=0.5)
@@ -56,8 +63,7 @@ def test_deadline_exceeded_frees_the_worker(make_server):
 
 
 def test_client_cancellation_frees_the_worker(make_server):
-    running = make_server(**ONE_THREAD)
-    _, stub = running.stub()
+    stub = one_thread_server(make_server)
     future = stub.Evaluate.future(pb.EvaluateRequest(graph=LONG.proto(), inputs=LONG_FEED))
     time.sleep(0.3)
     future.cancel()

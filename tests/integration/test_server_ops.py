@@ -127,6 +127,7 @@ def test_op_through_the_wire(stub, name):
             assert err.fields == [f'graph.nodes["y"].{exc.field}']
             continue
         j = stub.Jacobian(request)
+        assert [(b.of, b.wrt) for b in j.blocks] == [("y", w) for w in wrt]
         for block in j.blocks:
             np.testing.assert_allclose(
                 arrays({"d": block.dense})["d"],

@@ -140,34 +140,30 @@ def test_sigterm_drains_in_flight_calls_and_exits_0(server_process):
         prev = f"h{i}"
     slow = G([("x", "float64", [n, n]), ("W", "float64", [n, n])], nodes, [prev])
     feed = tensors({"x": np.full((n, n), 0.01), "W": np.eye(n)})
-    proc = server_process("--shutdown-grace", "30")
+    # a grace far beyond the call, which a loaded machine (CI shares its cores) slows down
+    proc = server_process("--shutdown-grace", "120")
     with grpc.insecure_channel(proc.address) as channel:
         stub = pb_grpc.GradientStub(channel)
         start = time.monotonic()
         stub.Evaluate(pb.EvaluateRequest(graph=slow.proto(), inputs=feed), timeout=60)
         duration = time.monotonic() - start
+        health = health_pb2_grpc.HealthStub(channel)
+        # A watcher sees the flip to NOT_SERVING even though new calls are refused
+        # right after it (server.stop follows at once); it is in flight, so it is drained.
+        watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=20)
+        assert next(watch).status == SERVING
         future = stub.Evaluate.future(pb.EvaluateRequest(graph=slow.proto(), inputs=feed))
         time.sleep(min(0.2, duration / 3))
         proc.proc.send_signal(signal.SIGTERM)
-        # while it drains: health is no longer SERVING, and new calls are refused
-        health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
-            except grpc.RpcError as exc:
-                assert exc.code() in REFUSED
-                break
-            assert status in (SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
-            if status != SERVING:
-                break
-            time.sleep(0.01)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+        # while it drains, new calls are refused
         assert not future.done(), "the slow request should still be running"
         err = call_error(stub.GetServerInfo, pb.GetServerInfoRequest(), timeout=5)
         assert err.code in REFUSED
-        result = future.result(timeout=60)
+        result = future.result(timeout=150)
         assert result.outputs[prev].shape == [n, n]
-        assert proc.proc.wait(60) == 0
+        assert proc.proc.wait(150) == 0
         try:
             status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
         except grpc.RpcError:

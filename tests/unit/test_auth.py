@@ -81,13 +81,14 @@ def test_every_token_is_compared_whichever_matches(monkeypatch: pytest.MonkeyPat
 
 def test_read_tokens_strips_and_skips_blank_lines(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
-    path.write_text("\n  a-token  \n\n\tb\n   \n")
-    assert auth.read_tokens(path) == [b"a-token", b"b"]
+    path.write_text("\n  a-token  \n\n\tb\n   \nmot-de-passe-\u00e9t\u00e9\n", encoding="utf-8")
+    assert auth.read_tokens(path) == [b"a-token", b"b", "mot-de-passe-\u00e9t\u00e9".encode()]
 
 
 def test_no_tokens_is_refused() -> None:
-    with pytest.raises(ValueError, match="no tokens"):
+    with pytest.raises(ValueError) as info:
         auth.TokenAuthInterceptor([])
+    assert str(info.value) == "the auth token file has no tokens"
 
 
 class Handler(SimpleNamespace):
@@ -107,8 +108,13 @@ class Context:
 def intercept(method: str, metadata: tuple[tuple[str, str], ...], known: bool = True):
     details = SimpleNamespace(method=method, invocation_metadata=metadata)
     handler = Handler() if known else None
+
+    def continuation(got: object) -> Handler | None:
+        assert got is details  # the call's own details go on to the next interceptor
+        return handler
+
     interceptor = auth.TokenAuthInterceptor(TOKENS)
-    return interceptor.intercept_service(lambda _: handler, details), handler
+    return interceptor.intercept_service(continuation, details), handler
 
 
 def test_the_interceptor_passes_valid_calls_and_health() -> None:

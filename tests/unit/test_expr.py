@@ -150,3 +150,68 @@ def test_parse_value_nan_and_refusals() -> None:
     for bad in ("__import__('os')", "'a'", "[1, [2]]", "x", "{1: 2}", "[1, 'a']"):
         with pytest.raises(ExprError):
             parse_value(bad)
+
+
+LONG = "(" + "x + " * 20 + "x).real"  # 87 characters: quoted as its first 57 and "..."
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("x.real", "not allowed in an expression: attribute access in 'x.real'"),
+        (LONG, f"not allowed in an expression: attribute access in {LONG[:57] + '...'!r}"),
+        ("sum(v, dtype=1)", "sum does not take keyword dtype; it accepts: axis, keepdims"),
+        ("sin(x, **v)", "sin does not take keyword **; it accepts: none"),
+        ("stack([x], dtype=1)", "stack does not take keyword dtype; it accepts: axis"),
+        ("stack(x)", "stack takes one bracketed list, as in stack([a, b])"),
+        ("stack([x], [x])", "stack takes one bracketed list, as in stack([a, b])"),
+        ("[]", "an empty list [] is not a value"),
+        ("sum(v, axis=x)", "sum(axis=...) must be an integer literal (or a list of them)"),
+        ("sum(v, axis=[0, x])", "sum(axis=...) must be an integer literal (or a list of them)"),
+        ("sum(v, axis=-1.0)", "sum(axis=...) must be an integer literal (or a list of them)"),
+    ],
+)
+def test_refusal_messages_in_full(text: str, message: str) -> None:
+    with pytest.raises(ExprError) as info:
+        parse_expression(text, X)
+    assert str(info.value) == message
+
+
+def test_sources_of_60_characters_are_quoted_whole() -> None:
+    text = "(" + "x + " * 13 + "x).real"  # 60 characters
+    assert len(text) == 60
+    with pytest.raises(ExprError) as info:
+        parse_expression(text, X)
+    assert str(info.value).endswith(repr(text))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[x, 1]", [x, 1.0]),  # a number among Vars becomes a constant node
+        ("stack([v, v], axis=1)", [[1.0, 1.0], [2.0, 2.0]]),
+        ("sum(stack([v, v]), axis=[0, 1])", 6.0),
+        ("sum(stack([v, v]), axis=-1)", [3.0, 3.0]),
+    ],
+)
+def test_keywords_and_constants_reach_the_graph(text: str, expected: npt.ArrayLike) -> None:
+    np.testing.assert_allclose(value(text), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("x", "not a number or a list of numbers: 'x'"),
+        ("[1, [2]]", "a ragged list is not an array: '[1, [2]]'"),
+        ("'a'", "not a number or a list of numbers: \"'a'\""),
+    ],
+)
+def test_parse_value_messages(text: str, message: str) -> None:
+    with pytest.raises(ExprError) as info:
+        parse_value(text)
+    assert str(info.value) == message
+
+
+def test_parse_value_takes_python_tuples_with_spaces() -> None:
+    # literal_eval, not JSON: a tuple (which JSON cannot read), after stripping the spaces
+    assert parse_value(" (1, 2) ").tolist() == [1.0, 2.0]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from gradserve.rpc import handlers, wire
 from gradserve_client.proto import gradient_service_pb2 as pb
-from gradserve_client.proto import tensor_codec
+from gradserve_client.proto import tensor_codec, tensor_pb2
 from gradserve_client.proto.tensor_codec import WireFormatError
 
 ARRAYS = {
@@ -73,18 +73,31 @@ def test_unknown_fields_and_unpacked_shapes_are_read() -> None:
 
 
 @pytest.mark.parametrize(
-    "data",
-    [b"\x1a\x05\x0a", b"\x12\x01\xff", b"\x0b", b"\x1a\x80", b"\x1a\x02\x28\x07"],
+    ("data", "protobuf_says"),
+    [
+        (b"\x1a\x05\x0a", "Wire format was corrupt"),
+        (b"\x12\x01\xff", "String field had bad UTF-8"),
+        (b"\x0b", "Wire format was corrupt"),
+        (b"\x1a\x80", "Wire format was corrupt"),
+        (b"\x1a\x02\x28\x07", None),  # protobuf skips the unknown field: a valid request
+    ],
     ids=["truncated", "not-utf8", "group", "truncated-varint", "unknown-in-map-entry"],
 )
-def test_what_the_reader_refuses_falls_back_to_protobuf(data: bytes) -> None:
+def test_what_the_reader_refuses_falls_back_to_protobuf(
+    data: bytes, protobuf_says: str | None
+) -> None:
     with pytest.raises(WireFormatError):
         wire.read_evaluate_request(data)
     deserialize = wire.evaluate_request_deserializer(
         handlers.lenient_deserializer(pb.EvaluateRequest)
     )
     result = deserialize(data)  # small: protobuf's path directly
-    assert isinstance(result, handlers.BadPayload | pb.EvaluateRequest)
+    if protobuf_says is None:
+        assert isinstance(result, pb.EvaluateRequest)
+        assert result == pb.EvaluateRequest.FromString(data)
+    else:
+        assert isinstance(result, handlers.BadPayload)
+        assert protobuf_says in result.describe()
 
 
 def test_large_malformed_payload_is_a_bad_payload() -> None:
@@ -95,11 +108,29 @@ def test_large_malformed_payload_is_a_bad_payload() -> None:
     assert isinstance(deserialize(data), handlers.BadPayload)
 
 
-def test_varints_match_protobuf() -> None:
-    for shape in [(0,), (1,), (127,), (128,), (300, 2**20), (2**40,)]:
-        tensor = pb.EvaluateRequest(
-            inputs={"x": tensor_codec.to_tensor(np.zeros(0).reshape(*shape[:-1], 0))}
-        )
-        chunks = tensor_codec.tensor_map_wire_chunks(3, {"x": np.zeros(0).reshape(*shape[:-1], 0)})
-        assert b"".join(chunks) == tensor.SerializeToString()
-    assert tensor_codec._varint(-1) == b"\xff" * 9 + b"\x01"
+# Every varint length from 1 to 10 bytes, at both ends of each, and negative int64s.
+VARINTS = sorted(
+    {0, 1, 127, 128, 300, 16_383, 16_384, 2**63 - 1, -1, -2, -(2**63)}
+    | {2 ** (7 * k) + d for k in range(1, 10) for d in (-1, 0, 1) if 2 ** (7 * k) + d < 2**63}
+)
+
+
+@pytest.mark.parametrize("value", VARINTS)
+def test_varints_match_protobuf(value: int) -> None:
+    # Tensor.shape is a packed repeated int64: field 2, the payload length, the varint.
+    packed = tensor_pb2.Tensor(shape=[value]).SerializeToString()
+    encoded = tensor_codec._varint(value)
+    assert packed == b"\x12" + bytes([len(encoded)]) + encoded
+    assert len(encoded) <= 10
+    unsigned, end = tensor_codec.read_varint(encoded + b"\x00", 0, len(encoded) + 1)
+    assert (tensor_codec._int64(unsigned), end) == (value, len(encoded))
+
+
+@pytest.mark.parametrize(
+    "shape", [(0,), (1,), (127,), (128,), (300, 2), (3, 2**14), (2**40, 0), (0, 2**50)]
+)
+def test_tensor_chunks_match_protobuf(shape: tuple[int, ...]) -> None:
+    value = np.zeros(shape)  # up to 393,216 bytes of data: 3-byte length varints
+    message = pb.EvaluateRequest(inputs={"x": tensor_codec.to_tensor(value)})
+    chunks = tensor_codec.tensor_map_wire_chunks(3, {"x": value})
+    assert b"".join(bytes(c) for c in chunks) == message.SerializeToString()

@@ -48,13 +48,29 @@ def assert_params_equal(a, b):
 @pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=["nesterov", "dampening", "adam"])
 def test_resume_from_any_checkpoint_is_exact(optimizer, mlp_grad, make_problem):
     params, data = make_problem()
-    cfg = config(optimizer, checkpoint_every=1, schedule=CosineSchedule(t_max=10, eta_min=0.01))
+    schedule = CosineSchedule(t_max=10, eta_min=0.01)
+    cfg = config(optimizer, checkpoint_every=1, report_every=1, schedule=schedule)
     events = list(train(mlp_grad, params, data, cfg))
     full = events[-1]
+    steps = [e for e in events if isinstance(e, StepEvent)]
     checkpoints = [e.checkpoint for e in events if isinstance(e, CheckpointEvent)]
     assert [c.step for c in checkpoints] == list(range(1, 13))  # 4 batches x 3 epochs
     for ckpt in checkpoints[:-1]:
-        resumed = final(train(mlp_grad, params, data, cfg, resume=ckpt))
+        calls: list[object] = []
+
+        def counted(p, batch, calls=calls):
+            calls.append(batch)
+            return mlp_grad(p, batch)
+
+        resumed_events = list(train(counted, params, data, cfg, resume=ckpt))
+        resumed = final(resumed_events)
+        # It goes on from the checkpoint: only the steps after it run, with the same
+        # step numbers, epochs, losses and learning rates as the uninterrupted run.
+        assert len(calls) == full.steps - ckpt.step
+        resumed_steps = [e for e in resumed_events if isinstance(e, StepEvent)]
+        assert [(e.step, e.epoch, e.loss, e.lr) for e in resumed_steps] == [
+            (e.step, e.epoch, e.loss, e.lr) for e in steps[ckpt.step :]
+        ]
         assert resumed.steps == full.steps
         assert resumed.final_loss == full.final_loss
         assert_params_equal(resumed.params, full.params)
