@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .graph import Var
 from .ops import mean
 
-__all__ = ["global_avg_pool"]
+__all__ = ["global_avg_pool", "split"]
 
 
 def global_avg_pool(x: Var) -> Var:
@@ -15,3 +17,23 @@ def global_avg_pool(x: Var) -> Var:
         shape = "[?]" if x.shape is None else list(x.shape)
         raise ValueError(f"global_avg_pool: x needs shape (N, C, *spatial), got {shape}")
     return mean(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+def split(x: Var, indices_or_sections: int | Sequence[int], axis: int = 0) -> list[Var]:
+    """numpy split: `x` cut along `axis` into that many equal parts, or at those indices; each
+    part is a slice of `x` (the ONNX converter's Split is the same slices)."""
+    if x.ndim is None or not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"split: axis {axis} is out of range for x of shape {x.shape}")
+    axis %= x.ndim
+    size = x.shape[axis]  # type: ignore[index]
+    if isinstance(indices_or_sections, int):
+        parts = indices_or_sections
+        if size < 0 or parts < 1 or size % parts:
+            raise ValueError(
+                f"split: axis {axis} of size {size} does not divide into {parts} equal parts"
+            )
+        bounds = [size // parts * i for i in range(parts + 1)]
+    else:
+        bounds = [0, *indices_or_sections, None]
+    head = (slice(None),) * axis
+    return [x[(*head, slice(a, b))] for a, b in zip(bounds, bounds[1:], strict=False)]
