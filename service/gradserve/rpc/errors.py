@@ -20,7 +20,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -153,6 +154,16 @@ def from_graph_error(
     field = graph_error_field(exc, input_names, running=running)
     reason = INVALID_GRAPH if field.startswith("graph") else INVALID_INPUT
     return InvalidArgument(field, exc.reason, reason=reason)
+
+
+@contextmanager
+def core_errors(program: Any) -> Iterator[None]:
+    """Core GraphErrors raised while running ``program``, as INVALID_ARGUMENT naming the
+    request field."""
+    try:
+        yield
+    except GraphError as exc:
+        raise from_graph_error(exc, program.input_names, running=True) from None
 
 
 def _to_status(code: grpc.StatusCode, message: str, details: Iterable[Any] = ()) -> Any:
