@@ -6,6 +6,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: run test lint format protos sdk docs bench clean
+.PHONY: image image-test mutate
 
 $(DEV_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,11 +38,23 @@ sdk: $(DEV_STAMP)
 	$(BIN)/python scripts/gen_sync_client.py
 
 docs: $(DEV_STAMP)
+	$(BIN)/python scripts/gen_sdk_ops.py
 	$(BIN)/python scripts/gen_operators_doc.py
 	$(BIN)/python scripts/gen_settings_doc.py
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
+
+# The container image, built from a debootstrap base (no registry of base images needed;
+# see docs/operations.md), and run as Kubernetes runs it. Needs root and dockerd
+# (.ci/dockerd.sh start starts one); not part of `make test`.
+IMAGE ?= gradserve:test
+
+image:
+	bash deploy/docker/build-offline.sh $(IMAGE)
+
+image-test: $(DEV_STAMP) image
+	GRADSERVE_IMAGE=$(IMAGE) $(BIN)/python -m pytest -q -m image tests/deploy/test_image.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

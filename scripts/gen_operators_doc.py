@@ -1,4 +1,4 @@
-"""Write docs/operators.md from the op registry, so the op reference cannot drift from the code.
+"""Write docs/operators.md from the opset, so the op reference cannot drift from the code.
 
 Run with `make docs` (or `python scripts/gen_operators_doc.py [--check]`); a unit test fails
 when the committed file differs from what the registry generates.
@@ -6,11 +6,11 @@ when the committed file differs from what the registry generates.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from gradserve.autodiff import OPS
+import generated
+from gradserve_client.opset import SPECS, OpSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "docs" / "operators.md"
@@ -18,8 +18,9 @@ TARGET = ROOT / "docs" / "operators.md"
 HEADER = """\
 # Operators
 
-Generated from the op registry by `make docs` (`scripts/gen_operators_doc.py`); do not edit by
-hand. `gradserve ops` and the `ListOperators` RPC list the same table from a running server.
+Generated from the opset (`gradserve_client/opset/`, where each op is defined once) by
+`make docs` (`scripts/gen_operators_doc.py`); do not edit by hand. `gradserve ops` and the
+`ListOperators` RPC list the same table from a running server.
 
 Conventions (the article "The Matrix Calculus You Need For Deep Learning", and our choices at
 kinks; `tests/unit/test_derivative_facts.py` checks each one):
@@ -33,12 +34,23 @@ kinks; `tests/unit/test_derivative_facts.py` checks each one):
 - integer and bool values (labels, masks, comparison results) flow through and have no gradient.
 
 Attributes are typed: `int`, `float`, `ints` (a list of ints), `string`, `tensor`. Axes may be
-negative. "variadic" ops take one or more operands.
+negative. Operands in brackets are optional; `xs...` means one or more operands.
 """
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _operands(spec: OpSpec) -> str:
+    names = [o.name for o in spec.operands]
+    if spec.variadic:
+        return f"{names[0]}..."
+    return ", ".join(n if i < spec.min_arity else f"[{n}]" for i, n in enumerate(names))
+
+
 def _attrs(name: str) -> str:
-    specs = OPS[name].attrs
+    specs = SPECS[name].attrs
     if not specs:
         return ""
     parts = []
@@ -46,6 +58,8 @@ def _attrs(name: str) -> str:
         default = "required" if spec.required else f"default {spec.default!r}"
         if not spec.required and spec.default is None:
             default = "optional"
+        if spec.choices:
+            default += f", one of {'/'.join(map(str, spec.choices))}"
         parts.append(f"`{key}`: {spec.kind}, {default}")
     return "; ".join(parts)
 
@@ -53,12 +67,11 @@ def _attrs(name: str) -> str:
 def render() -> str:
     rows = ["| op | operands | attributes | differentiable | what |", "|---|---|---|---|---|"]
     internal = list(rows)
-    for name in sorted(OPS):
-        opdef = OPS[name]
-        arity = "variadic" if opdef.arity is None else str(opdef.arity)
-        diff = "yes" if opdef.differentiable else "no"
-        row = f"| `{name}` | {arity} | {_attrs(name)} | {diff} | {opdef.doc} |"
-        (internal if opdef.internal else rows).append(row)
+    for name in sorted(SPECS):
+        spec = SPECS[name]
+        diff = "yes" if spec.differentiable else "no"
+        row = f"| `{name}` | {_operands(spec)} | {_attrs(name)} | {diff} | {_cell(spec.doc)} |"
+        (internal if spec.internal else rows).append(row)
     return (
         HEADER
         + "\n## Ops\n"
@@ -70,19 +83,5 @@ def render() -> str:
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if the file is out of date")
-    args = parser.parse_args()
-    text = render()
-    if args.check:
-        if TARGET.read_text() != text:
-            print(f"{TARGET} is out of date: run `make docs`", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(text)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(generated.main(__doc__.splitlines()[0], TARGET, render))

@@ -5,9 +5,11 @@ server. The generated wire code and the tensor codec live in `gradserve_client.p
 """
 
 from . import graph as _graph
-from .graph import *  # noqa: F403 - the op functions are the public API, listed in graph.__all__
+from . import ops as _ops
+from .graph import *  # noqa: F403 - Graph, Var, Operand, constant, OPSET
+from .ops import *  # noqa: F403 - the op functions (generated from the opset) are the public API
 
-__all__ = [*_graph.__all__]
+__all__ = [*_graph.__all__, *_ops.__all__]
 
 # The clients, their exceptions and result types.
 from . import errors as _errors

@@ -24,10 +24,11 @@ class OperatorInfo:
     """One operator of the registry, as `Client.operators` lists it."""
 
     name: str
-    arity: int  # -1: variadic
+    arity: int  # the most operands; -1: variadic
     attrs: tuple[AttrInfo, ...]
     differentiable: bool
     doc: str
+    min_arity: int  # the fewest operands (trailing ones may be optional)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ def decode_operators(response: pb.ListOperatorsResponse) -> list[OperatorInfo]:
             ),
             differentiable=op.differentiable,
             doc=op.doc,
+            min_arity=op.min_arity,
         )
         for op in response.operators
     ]

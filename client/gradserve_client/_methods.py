@@ -23,6 +23,7 @@ from ._channel import SERVICE
 from ._decode import JacobianAssembler, decode, decode_jacobian, is_jacobian_too_large
 from ._info import OperatorInfo, ServerInfo, decode_operators, decode_server_info
 from .graph import Graph
+from .opset.listing import operators_response
 from .proto import gradient_service_pb2 as pb
 from .proto import tensor_codec
 from .proto import training_pb2 as tpb
@@ -284,9 +285,7 @@ PUT_DATASET: Method[Mapping[str, Array], str] = Method(
 
 
 def _operators_locally(local: InProcess, call: None) -> list[OperatorInfo]:
-    from gradserve.rpc.servicer import operator_infos  # the server's own listing
-
-    return decode_operators(pb.ListOperatorsResponse(operators=operator_infos()))
+    return decode_operators(operators_response())  # the listing the server sends
 
 
 def _server_info_locally(local: InProcess, call: None) -> ServerInfo:

@@ -324,6 +324,7 @@ def _ops(args: argparse.Namespace) -> int:
                 {
                     "name": op.name,
                     "arity": op.arity,
+                    "min_arity": op.min_arity,
                     "differentiable": op.differentiable,
                     "attrs": [
                         {"name": a.name, "kind": a.kind, "required": a.required}
@@ -339,6 +340,8 @@ def _ops(args: argparse.Namespace) -> int:
     width = max((len(op.name) for op in ops), default=4)
     for op in ops:
         arity = "n" if op.arity < 0 else str(op.arity)
+        if 0 <= op.min_arity < op.arity:
+            arity = f"{op.min_arity}-{arity}"
         attrs = ", ".join(a.name for a in op.attrs)
         flag = " " if op.differentiable else "*"
         line = f"{op.name:<{width}}  {arity}{flag} {op.doc}"

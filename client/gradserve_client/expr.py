@@ -19,47 +19,53 @@ from typing import Any
 import numpy as np
 
 from . import graph as G
+from . import ops
+from .opset import ALIASES, SPECS, OpSpec
 
 __all__ = ["FUNCTIONS", "ExprError", "parse_expression", "parse_value"]
 
 MAX_LENGTH = 10_000
 
-_UNARY = (
-    "negative abs sign exp exp2 expm1 log log2 log10 log1p sqrt square reciprocal sin cos tan "
-    "arcsin arccos arctan sinh cosh tanh arcsinh arccosh arctanh sigmoid relu softplus transpose"
-).split()
-_BINARY = "add subtract multiply divide power maximum minimum arctan2 hypot logaddexp".split()
-_BINARY += "matmul dot outer mse equal not_equal less less_equal greater greater_equal".split()
-_REDUCTIONS = "sum mean max min prod var std logsumexp".split()
 
-#: The callable names and the keyword arguments each accepts (values: int literals, or bools).
-FUNCTIONS: dict[str, tuple[Callable[..., G.Var], int, frozenset[str]]] = {
-    **{n: (getattr(G, n), 1, frozenset()) for n in _UNARY},
-    **{n: (getattr(G, n), 2, frozenset()) for n in _BINARY},
-    **{n: (getattr(G, n), 1, frozenset({"axis", "keepdims"})) for n in _REDUCTIONS},
-    "softmax": (G.softmax, 1, frozenset({"axis"})),
-    "log_softmax": (G.log_softmax, 1, frozenset({"axis"})),
-    "where": (G.where, 3, frozenset()),
-    "ln": (G.log, 1, frozenset()),
+def _keywords(spec: OpSpec) -> frozenset[str]:
+    """Keyword arguments take integer literals (or lists of them, or bools): the int attributes."""
+    return frozenset(k for k, a in spec.attrs.items() if a.kind in ("int", "ints"))
+
+
+def _functions() -> dict[str, tuple[Callable[..., G.Var], tuple[int, int], frozenset[str]]]:
+    out = {}
+    for spec in SPECS.values():
+        if spec.sdk and not spec.internal and not spec.variadic:
+            keywords = _keywords(spec)
+            arity = (spec.min_arity, len(spec.operands))
+            out[spec.name] = (getattr(ops, spec.name), arity, keywords)
+    for alias, target in ALIASES.items():
+        out[alias] = out[target]
+    return out
+
+
+#: The callable names: the op functions of the opset, (min, max) operands, keyword arguments.
+FUNCTIONS = _functions()
+_LIST_FUNCTIONS = {
+    name: getattr(ops, name) for name, spec in SPECS.items() if spec.variadic and spec.sdk
 }
-_LIST_FUNCTIONS = {"stack": G.stack, "concatenate": G.concatenate}
 CONSTANTS = {"pi": math.pi, "e": math.e}
 
 _BINOPS: dict[type[ast.operator], Callable[[Any, Any], G.Var]] = {
-    ast.Add: G.add,
-    ast.Sub: G.subtract,
-    ast.Mult: G.multiply,
-    ast.Div: G.divide,
-    ast.Pow: G.power,
-    ast.MatMult: G.matmul,
+    ast.Add: ops.add,
+    ast.Sub: ops.subtract,
+    ast.Mult: ops.multiply,
+    ast.Div: ops.divide,
+    ast.Pow: ops.power,
+    ast.MatMult: ops.matmul,
 }
 _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], G.Var]] = {
-    ast.Lt: G.less,
-    ast.LtE: G.less_equal,
-    ast.Gt: G.greater,
-    ast.GtE: G.greater_equal,
-    ast.Eq: G.equal,
-    ast.NotEq: G.not_equal,
+    ast.Lt: ops.less,
+    ast.LtE: ops.less_equal,
+    ast.Gt: ops.greater,
+    ast.GtE: ops.greater_equal,
+    ast.Eq: ops.equal,
+    ast.NotEq: ops.not_equal,
 }
 _WHAT = {
     ast.Attribute: "attribute access",
@@ -190,7 +196,7 @@ class _Builder:
         if isinstance(node.op, ast.UAdd):
             return operand
         if isinstance(node.op, ast.USub):
-            return G.negative(operand) if isinstance(operand, G.Var) else -operand
+            return ops.negative(operand) if isinstance(operand, G.Var) else -operand
         raise ExprError(f"not allowed in an expression: the operator in {_source(node)}")
 
     def _Compare(self, node: ast.Compare) -> Any:
@@ -207,7 +213,7 @@ class _Builder:
             raise ExprError("an empty list [] is not a value")
         if not any(isinstance(i, G.Var) for i in items):
             return np.asarray(items, np.float64)
-        return G.stack([self._var(i) for i in items])
+        return ops.stack([self._var(i) for i in items])
 
     def _Call(self, node: ast.Call) -> Any:
         if not isinstance(node.func, ast.Name):
@@ -221,10 +227,11 @@ class _Builder:
         spec = FUNCTIONS.get(name)
         if spec is None:
             raise ExprError(f"unknown function {name!r}; see `gradserve ops` for the operators")
-        fn, arity, keywords = spec
+        fn, (lo, hi), keywords = spec
         if any(isinstance(a, ast.Starred) for a in node.args):
             raise ExprError(f"not allowed in an expression: starred arguments in {_source(node)}")
-        if len(node.args) != arity:
+        if not lo <= len(node.args) <= hi:
+            arity = lo if lo == hi else f"{lo} to {hi}"
             raise ExprError(f"{name} takes {arity} argument(s), got {len(node.args)}")
         args = self._any_var([self.visit(a) for a in node.args])
         return fn(*args, **self._keywords(name, node, keywords))
@@ -233,7 +240,7 @@ class _Builder:
         if len(node.args) != 1 or not isinstance(node.args[0], ast.List):
             raise ExprError(f"{name} takes one bracketed list, as in {name}([a, b])")
         items = [self._var(self.visit(e)) for e in node.args[0].elts]
-        return _LIST_FUNCTIONS[name](items, **self._keywords(name, node, frozenset({"axis"})))
+        return _LIST_FUNCTIONS[name](items, **self._keywords(name, node, _keywords(SPECS[name])))
 
     def _keywords(self, name: str, node: ast.Call, allowed: frozenset[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -6,118 +6,46 @@
     W = g.input("W", shape=(2, 3))
     g.output("y", gs.relu(W @ x + 1.0))
 
-Every op function emits one node of the wire `Graph` (see protos/gradserve/v1/graph.proto);
-the server validates and runs it. Shapes and dtypes are inferred here by the core's type rules
-(operands of one op share a dtype: nothing is promoted), so that a graph the server would
-reject fails at build time with a Python traceback that points at the user's line; a dimension
-of -1 is unknown (a batch dimension) and a shape of None means unknown rank, and neither is
-ever an error here.
+Every op function (`ops.py`, generated from the opset) emits one node of the wire `Graph`
+(see protos/gradserve/v1/graph.proto) through `emit`; the server validates and runs it.
+Shapes and dtypes are inferred here by the op's own type rule (`gradserve_client.opset`), the
+one the server applies (operands of one op share a dtype: nothing is promoted), so that a
+graph the server would reject fails at build time with a Python traceback that points at the
+user's line; a dimension of -1 is unknown (a batch dimension) and a shape of None means
+unknown rank, and neither is ever an error here.
 """
 
 from __future__ import annotations
 
-import builtins
-import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
+from .opset import (
+    DTYPES,
+    FLOAT_DTYPES,
+    INT_DTYPES,
+    OPSET,
+    SPECS,
+    AttrSpec,
+    RuleError,
+    TensorType,
+)
+from .opset import Operand as OperandSpec
 from .proto import graph_pb2, tensor_codec
 
-__all__ = [
-    "OPSET",
-    "Graph",
-    "Operand",
-    "Var",
-    "abs",
-    "add",
-    "arccos",
-    "arccosh",
-    "arcsin",
-    "arcsinh",
-    "arctan",
-    "arctan2",
-    "arctanh",
-    "broadcast_to",
-    "concatenate",
-    "constant",
-    "cos",
-    "cosh",
-    "cross_entropy",
-    "divide",
-    "dot",
-    "equal",
-    "exp",
-    "exp2",
-    "expand_dims",
-    "expm1",
-    "greater",
-    "greater_equal",
-    "hypot",
-    "less",
-    "less_equal",
-    "ln",
-    "log",
-    "log1p",
-    "log2",
-    "log10",
-    "log_softmax",
-    "logaddexp",
-    "logsumexp",
-    "matmul",
-    "max",
-    "maximum",
-    "mean",
-    "min",
-    "minimum",
-    "mse",
-    "multiply",
-    "negative",
-    "not_equal",
-    "outer",
-    "power",
-    "prod",
-    "reciprocal",
-    "relu",
-    "reshape",
-    "sigmoid",
-    "sign",
-    "sin",
-    "sinh",
-    "softmax",
-    "softplus",
-    "sqrt",
-    "square",
-    "squeeze",
-    "stack",
-    "std",
-    "subtract",
-    "sum",
-    "tan",
-    "tanh",
-    "transpose",
-    "var",
-    "where",
-]
-
-#: The operator-set version that graphs built here declare (Graph.opset on the wire).
-OPSET = 1
-
-# This module defines op functions named sum, max, min and abs; keep the builtins at hand.
-_sum, _max, _min = builtins.sum, builtins.max, builtins.min
+__all__ = ["OPSET", "Graph", "Operand", "Var", "constant"]
 
 Shape: TypeAlias = tuple[int, ...]
 #: What an op accepts as an operand: a Var, or a value that becomes a constant node.
 Operand: TypeAlias = "Var | npt.ArrayLike"
 # Attribute values as held in Python: int, float, tuple of ints or floats, str, ndarray.
 _Attr: TypeAlias = "int | float | str | tuple[int, ...] | tuple[float, ...] | np.ndarray"
-
-_FLOATS = ("float32", "float64")
-_DTYPES = ("float32", "float64", "int64", "int32", "bool")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,19 +117,19 @@ class Var:
     @property
     def T(self) -> Var:
         """The transpose (all axes reversed)."""
-        return transpose(self)
+        return emit("transpose", (self,))
 
     def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
         """`sum` of this value."""
-        return sum(self, axis=axis, keepdims=keepdims)
+        return emit("sum", (self,), {"axis": axis, "keepdims": keepdims})
 
     def mean(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
         """`mean` of this value."""
-        return mean(self, axis=axis, keepdims=keepdims)
+        return emit("mean", (self,), {"axis": axis, "keepdims": keepdims})
 
     def reshape(self, shape: Sequence[int]) -> Var:
         """`reshape` of this value."""
-        return reshape(self, shape)
+        return emit("reshape", (self,), {"shape": shape})
 
     def __repr__(self) -> str:
         shape = "?" if self.shape is None else self.shape
@@ -217,67 +145,64 @@ class Var:
         raise TypeError(f"Var {self.name!r} is not iterable; index it, e.g. v[0]")
 
     def __add__(self, other: Operand) -> Var:
-        return add(self, other)
+        return emit("add", (self, other))
 
     def __radd__(self, other: Operand) -> Var:
-        return add(other, self)
+        return emit("add", (other, self))
 
     def __sub__(self, other: Operand) -> Var:
-        return subtract(self, other)
+        return emit("subtract", (self, other))
 
     def __rsub__(self, other: Operand) -> Var:
-        return subtract(other, self)
+        return emit("subtract", (other, self))
 
     def __mul__(self, other: Operand) -> Var:
-        return multiply(self, other)
+        return emit("multiply", (self, other))
 
     def __rmul__(self, other: Operand) -> Var:
-        return multiply(other, self)
+        return emit("multiply", (other, self))
 
     def __truediv__(self, other: Operand) -> Var:
-        return divide(self, other)
+        return emit("divide", (self, other))
 
     def __rtruediv__(self, other: Operand) -> Var:
-        return divide(other, self)
+        return emit("divide", (other, self))
 
     def __pow__(self, other: Operand) -> Var:
-        return power(self, other)
+        return emit("power", (self, other))
 
     def __rpow__(self, other: Operand) -> Var:
-        return power(other, self)
+        return emit("power", (other, self))
 
     def __matmul__(self, other: Operand) -> Var:
-        return matmul(self, other)
+        return emit("matmul", (self, other))
 
     def __rmatmul__(self, other: Operand) -> Var:
-        return matmul(other, self)
+        return emit("matmul", (other, self))
 
     def __neg__(self) -> Var:
-        return negative(self)
+        return emit("negative", (self,))
 
     def __pos__(self) -> Var:
         return self
 
     def __abs__(self) -> Var:
-        return abs(self)
+        return emit("abs", (self,))
 
     def __lt__(self, other: Operand) -> Var:
-        return less(self, other)
+        return emit("less", (self, other))
 
     def __le__(self, other: Operand) -> Var:
-        return less_equal(self, other)
+        return emit("less_equal", (self, other))
 
     def __gt__(self, other: Operand) -> Var:
-        return greater(self, other)
+        return emit("greater", (self, other))
 
     def __ge__(self, other: Operand) -> Var:
-        return greater_equal(self, other)
+        return emit("greater_equal", (self, other))
 
     def __getitem__(self, key: Any) -> Var:
-        index = _canonical_index(key)
-        node = self._node
-        shape = None if node.shape is None else _slice_shape(node.shape, index, key)
-        return self.graph._add("slice", (node,), {"index": index}, shape, node.dtype)
+        return emit("slice", (self,), {"index": _canonical_index(key)})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -445,7 +370,7 @@ class Graph:
                 ins = tuple(g._by_name[i] for i in msg.inputs)
                 attrs = {k: _attr_from_proto(v) for k, v in msg.attrs.items()}
                 try:
-                    shape, dtype = _infer(msg.op, ins, attrs)
+                    shape, dtype, _ = _infer(msg.op, ins, attrs)
                 except (ValueError, IndexError, TypeError):
                     shape, dtype = None, ins[0].dtype if ins else "float64"
                 node = _Node(name, msg.op, ins, attrs, shape, dtype, graph=g)
@@ -540,8 +465,8 @@ def _ints(value: int | Iterable[int], what: str) -> tuple[int, ...]:
 
 def _dtype_name(dtype: str | npt.DTypeLike) -> str:
     name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
-    if name not in _DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; supported: {', '.join(_DTYPES)}")
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; supported: {', '.join(DTYPES)}")
     return name
 
 
@@ -556,7 +481,7 @@ def _attr_to_proto(value: _Attr) -> graph_pb2.AttrValue:
         return graph_pb2.AttrValue(i=value)
     if isinstance(value, float):
         return graph_pb2.AttrValue(f=value)
-    if builtins.all(isinstance(v, int) for v in value):
+    if all(isinstance(v, int) for v in value):
         return graph_pb2.AttrValue(ints=graph_pb2.Ints(values=value))  # type: ignore[arg-type]
     return graph_pb2.AttrValue(floats=graph_pb2.Floats(values=value))
 
@@ -614,340 +539,8 @@ def _canonical_index(key: Any) -> str:
     return ",".join(out)
 
 
-def _slice_shape(shape: Shape, index: str, key: Any) -> Shape:
-    parts = index.split(",") if index else []
-    consumed = _sum(1 for p in parts if p not in ("None", "..."))
-    if consumed > len(shape):
-        raise IndexError(f"too many indices for shape {shape}: {key!r}")
-    if "..." not in parts:
-        parts.append("...")
-    out: list[int] = []
-    dim = 0
-    for p in parts:
-        if p == "None":
-            out.append(1)
-        elif p == "...":
-            n = len(shape) - consumed
-            out.extend(shape[dim : dim + n])
-            dim += n
-        elif ":" in p:
-            size = shape[dim]
-            bits = [int(b) if b else None for b in p.split(":")]
-            out.append(-1 if size < 0 else len(range(*slice(*bits).indices(size))))
-            dim += 1
-        else:
-            i, size = int(p), shape[dim]
-            if size >= 0 and not -size <= i < size:
-                raise IndexError(f"index {i} is out of bounds for axis {dim} with size {size}")
-            dim += 1
-    return tuple(out)
-
-
 # ----------------------------------------------------------------------------------------------
-# Shape and dtype inference: the core's type rules (service/gradserve/autodiff/ops/*.py),
-# applied at build time. A -1 dimension or an unknown rank (shape None) is never an error here;
-# the server checks those once the sizes are bound.
-
-_NUMERIC = ("float32", "float64", "int64", "int32")
-# Element-wise ops that take integers too; every other element-wise op needs floats.
-_NUMERIC_OPS = {
-    "negative",
-    "abs",
-    "sign",
-    "square",
-    "add",
-    "subtract",
-    "multiply",
-    "maximum",
-    "minimum",
-}
-_COMPARISONS = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"}
-_REDUCTIONS = {"sum", "mean", "max", "min", "prod", "var", "std", "logsumexp"}
-
-
-def _broadcast(*shapes: Shape | None) -> Shape | None:
-    if builtins.any(s is None for s in shapes):
-        return None
-    known: list[Shape] = [s for s in shapes if s is not None]
-    ndim = _max(len(s) for s in known)
-    out = []
-    for axis in range(-ndim, 0):
-        dims = {s[axis] for s in known if len(s) >= -axis} - {1}
-        sized = dims - {-1}
-        if len(sized) > 1:
-            raise ValueError(f"shapes {', '.join(map(str, known))} cannot be broadcast together")
-        out.append(sized.pop() if sized else (-1 if -1 in dims else 1))
-    return tuple(out)
-
-
-def _unify(a: Shape, b: Shape, what: str) -> Shape:
-    """The one shape that ``a`` and ``b`` must both have (-1 matches any size)."""
-    if len(a) != len(b):
-        raise ValueError(what)
-    out = []
-    for d, e in zip(a, b, strict=True):
-        if d >= 0 and e >= 0 and d != e:
-            raise ValueError(what)
-        out.append(e if d < 0 else d)
-    return tuple(out)
-
-
-def _same_dtype(ins: Sequence[_Node], allowed: Sequence[str], first: int = 0) -> str:
-    """The dtype that the operands ``ins[first:]`` share; no promotion, as in the core."""
-    dtype = ins[first].dtype
-    for i, n in enumerate(ins[first:], first):
-        if n.dtype not in allowed:
-            raise TypeError(f"operand {i} ({n.name!r}) needs {'/'.join(allowed)}, got {n.dtype}")
-        if n.dtype != dtype:
-            raise TypeError(
-                f"operands {first} ({ins[first].name!r}) and {i} ({n.name!r}) have different "
-                f"dtypes, {dtype} and {n.dtype}; operands of one op must share a dtype (no "
-                "implicit promotion)"
-            )
-    return dtype
-
-
-def _norm_axes(axes: Iterable[int], ndim: int) -> list[int]:
-    out = []
-    for a in axes:
-        if not -ndim <= a < ndim:
-            raise ValueError(f"axis {a} is out of bounds for {ndim} dimensions")
-        out.append(a % ndim)
-    if len(set(out)) != len(out):
-        raise ValueError(f"repeated axis in {tuple(axes)}")
-    return out
-
-
-def _size(shape: Shape) -> int:
-    return -1 if builtins.any(d < 0 for d in shape) else math.prod(shape)
-
-
-def _infer(op: str, ins: tuple[_Node, ...], attrs: dict[str, Any]) -> tuple[Shape | None, str]:
-    """The (shape, dtype) of an op's result, as the core infers it.
-
-    Raises TypeError (dtypes), ValueError (shapes, attributes) or IndexError (indexing) where
-    the core would reject the node; the message starts with the op's name.
-    """
-    try:
-        return _rule(op, ins, attrs)
-    except (TypeError, ValueError, IndexError) as exc:
-        raise type(exc)(f"{op}: {exc}") from None
-
-
-def _rule(op: str, ins: tuple[_Node, ...], attrs: dict[str, Any]) -> tuple[Shape | None, str]:
-    shapes = [n.shape for n in ins]
-    if op == "constant":
-        value = attrs["value"]
-        return value.shape, value.dtype.name
-    if op in _UNARY or op in _BINARY:
-        return _broadcast(*shapes), _same_dtype(ins, _NUMERIC if op in _NUMERIC_OPS else _FLOATS)
-    if op in _COMPARISONS:
-        _same_dtype(ins, _DTYPES)
-        return _broadcast(*shapes), "bool"
-    if op == "where":
-        if ins[0].dtype != "bool":
-            raise TypeError(
-                f"the condition, operand 0 ({ins[0].name!r}), must be bool, got {ins[0].dtype}"
-            )
-        return _broadcast(*shapes), _same_dtype(ins, _DTYPES, first=1)
-    if op in _REDUCTIONS:
-        return _reduction_type(op, ins[0], attrs)
-    if op in ("softmax", "log_softmax"):
-        dtype = _same_dtype(ins, _FLOATS)
-        x = shapes[0]
-        if x is not None:
-            if not x:
-                raise ValueError(f"operand 0 ({ins[0].name!r}) is 0-d; it needs an axis")
-            _norm_axes([attrs.get("axis", -1)], len(x))
-        return x, dtype
-    if op == "cross_entropy":
-        return _cross_entropy_type(ins, attrs)
-    if op == "mse":
-        dtype = _same_dtype(ins, _FLOATS)
-        shape = _broadcast(*shapes)
-        return (shape if attrs.get("reduction", "mean") == "none" else ()), dtype
-    if op == "slice":
-        x = shapes[0]
-        return (None if x is None else _slice_shape(x, attrs["index"], attrs["index"])), ins[
-            0
-        ].dtype
-    if op in _STRUCTURE:
-        dtype = _same_dtype(ins, _DTYPES)
-        return _STRUCTURE[op](shapes, attrs), dtype
-    if op in ("matmul", "dot", "outer"):
-        dtype = _same_dtype(ins, _NUMERIC)
-        return _linalg_shape(op, shapes[0], shapes[1]), dtype
-    raise ValueError(f"unknown op {op!r}")
-
-
-def _reduction_type(op: str, x: _Node, attrs: dict[str, Any]) -> tuple[Shape | None, str]:
-    dtype = _same_dtype([x], _DTYPES if op in ("sum", "prod", "max", "min") else _FLOATS)
-    if op in ("sum", "prod") and dtype == "bool":
-        dtype = "int64"
-    ddof = attrs.get("ddof", 0)
-    if ddof < 0:
-        raise ValueError(f"ddof must be >= 0, got {ddof}")
-    if x.shape is None:
-        return None, dtype
-    ndim = len(x.shape)
-    axes = _norm_axes(attrs["axis"], ndim) if "axis" in attrs else list(range(ndim))
-    n = _size(tuple(x.shape[a] for a in axes))
-    if op in ("max", "min") and n == 0:
-        raise ValueError(f"cannot reduce {x.shape} over empty axes")
-    if op in ("var", "std") and 0 <= n <= ddof:
-        raise ValueError(f"{n} elements with ddof {ddof} leave no degrees of freedom")
-    keep = bool(attrs.get("keepdims", 0))
-    shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape) if keep or i not in axes)
-    return shape, dtype
-
-
-def _cross_entropy_type(ins: tuple[_Node, ...], attrs: dict[str, Any]) -> tuple[Shape | None, str]:
-    logits, labels = ins
-    dtype = _same_dtype([logits], _FLOATS)
-    if labels.dtype not in ("int64", "int32"):
-        raise TypeError(
-            f"labels, operand 1 ({labels.name!r}), need int64/int32, got {labels.dtype}"
-        )
-    x, y = logits.shape, labels.shape
-    if x is not None and (not x or x[-1] == 0):
-        raise ValueError(f"logits {x} need a non-empty class axis (the last)")
-    if x is not None and y is not None:
-        y = _unify(
-            y, x[:-1], f"labels of shape {y} must be the logits' shape {x} without the class axis"
-        )
-    elif y is None and x is not None:
-        y = x[:-1]
-    return (y if attrs.get("reduction", "mean") == "none" else ()), dtype
-
-
-def _reshape_shape(shapes: list[Shape | None], attrs: dict[str, Any]) -> Shape | None:
-    target, x = tuple(attrs["shape"]), shapes[0]
-    if target.count(-1) > 1 or builtins.any(d < -1 for d in target):
-        raise ValueError(f"invalid target shape {target}")
-    if x is None or _size(x) < 0:
-        return target
-    known = math.prod(d for d in target if d != -1)
-    size = _size(x)
-    if -1 in target:
-        if known == 0 or size % known:
-            raise ValueError(f"cannot reshape {x} to {target}")
-        return tuple(size // known if d == -1 else d for d in target)
-    if known != size:
-        raise ValueError(f"cannot reshape {x} ({size} elements) to {target}")
-    return target
-
-
-def _transpose_shape(shapes: list[Shape | None], attrs: dict[str, Any]) -> Shape | None:
-    x = shapes[0]
-    if x is None:
-        return None
-    axes = attrs.get("axes")
-    if axes is None:
-        return x[::-1]
-    if len(axes) != len(x):
-        raise ValueError(f"axes {tuple(axes)} are not a permutation of {len(x)} dimensions")
-    return tuple(x[a] for a in _norm_axes(axes, len(x)))
-
-
-def _broadcast_to_shape(shapes: list[Shape | None], attrs: dict[str, Any]) -> Shape | None:
-    x, target = shapes[0], tuple(attrs["shape"])
-    if builtins.any(d < 0 for d in target):
-        raise ValueError(f"target shape {target} has a negative dimension")
-    if x is not None:
-        out = _broadcast(x, target)
-        assert out is not None
-        if len(out) != len(target) or builtins.any(
-            d >= 0 and d != t for d, t in zip(out, target, strict=True)
-        ):
-            raise ValueError(f"cannot broadcast {x} to {target}")
-    return target
-
-
-def _expand_dims_shape(shapes: list[Shape | None], attrs: dict[str, Any]) -> Shape | None:
-    x = shapes[0]
-    if x is None:
-        return None
-    ndim = len(x) + len(attrs["axis"])
-    axes = set(_norm_axes(attrs["axis"], ndim))
-    rest = iter(x)
-    return tuple(1 if i in axes else next(rest) for i in range(ndim))
-
-
-def _squeeze_shape(shapes: list[Shape | None], attrs: dict[str, Any]) -> Shape | None:
-    x = shapes[0]
-    if x is None:
-        return None
-    if "axis" not in attrs:
-        return None if -1 in x else tuple(d for d in x if d != 1)
-    axes = _norm_axes(attrs["axis"], len(x))
-    for a in axes:
-        if x[a] not in (1, -1):
-            raise ValueError(f"cannot squeeze axis {a} of size {x[a]}")
-    return tuple(d for i, d in enumerate(x) if i not in axes)
-
-
-def _concatenate_shape(shapes: list[Shape | None], attrs: dict[str, Any]) -> Shape | None:
-    first = shapes[0]
-    if first is not None and not first:
-        raise ValueError("cannot concatenate 0-d values (use stack)")
-    if builtins.any(s is None for s in shapes):
-        return None
-    known: list[Shape] = [s for s in shapes if s is not None]
-    (axis,) = _norm_axes([attrs.get("axis", 0)], len(known[0]))
-    rest = [(*s[:axis], *s[axis + 1 :]) for s in known]
-    for i, s in enumerate(known[1:], 1):
-        what = f"operand {i} has shape {s}, which does not match {known[0]} except on axis {axis}"
-        if len(s) != len(known[0]):
-            raise ValueError(what)
-        rest[0] = _unify(rest[0], rest[i], what)
-    sizes = [s[axis] for s in known]
-    total = -1 if -1 in sizes else _sum(sizes)
-    return (*rest[0][:axis], total, *rest[0][axis:])
-
-
-def _stack_shape(shapes: list[Shape | None], attrs: dict[str, Any]) -> Shape | None:
-    if builtins.any(s is None for s in shapes):
-        return None
-    known: list[Shape] = [s for s in shapes if s is not None]
-    base = known[0]
-    for i, s in enumerate(known[1:], 1):
-        base = _unify(base, s, f"operand {i} has shape {s}, not {known[0]}; stack needs one shape")
-    (axis,) = _norm_axes([attrs.get("axis", 0)], len(base) + 1)
-    return (*base[:axis], len(known), *base[axis:])
-
-
-_STRUCTURE = {
-    "reshape": _reshape_shape,
-    "transpose": _transpose_shape,
-    "broadcast_to": _broadcast_to_shape,
-    "expand_dims": _expand_dims_shape,
-    "squeeze": _squeeze_shape,
-    "concatenate": _concatenate_shape,
-    "stack": _stack_shape,
-}
-
-
-def _linalg_shape(op: str, a: Shape | None, b: Shape | None) -> Shape | None:
-    if a is None or b is None:
-        return None
-    if op == "outer":
-        return (_size(a), _size(b))
-    if len(a) == 0 or len(b) == 0:
-        if op == "matmul":
-            raise ValueError(f"operands need at least one dimension, got {a} and {b}")
-        return _broadcast(a, b)  # dot with a 0-d operand multiplies
-    k = b[-2] if len(b) >= 2 else b[0]
-    if a[-1] >= 0 and k >= 0 and a[-1] != k:
-        raise ValueError(f"shapes {a} and {b} are not aligned ({a[-1]} != {k})")
-    if op == "dot":
-        return a[:-1] + (b[:-2] + b[-1:] if len(b) >= 2 else ())
-    batch = _broadcast(a[:-2], b[:-2])
-    assert batch is not None
-    return batch + a[-2:-1] + (b[-1:] if len(b) >= 2 else ())
-
-
-# ----------------------------------------------------------------------------------------------
-# Emitting nodes
+# Emitting nodes: every op function (see ops.py, generated from the opset) comes here.
 
 
 def _graph_of(args: Iterable[object], op: str) -> Graph:
@@ -965,12 +558,13 @@ def _graph_of(args: Iterable[object], op: str) -> Graph:
     return graph
 
 
-def _operand(graph: Graph, value: Operand, like: str | None, op: str) -> _Node:
+def _operand(graph: Graph, value: Operand, like: str | None, op: str, spec: OperandSpec) -> _Node:
     """The node of a Var operand, or a new constant node for a value.
 
     A value takes the dtype of the Var it is combined with (``like``) when that is a float
     (so that float32 graphs stay float32) or an integer combined with integers; otherwise the
-    codec's defaults apply (float64 for Python floats, int64 for ints).
+    codec's defaults apply (float64 for Python floats, int64 for ints). An operand declared
+    ``:bool`` (a condition) or ``:int`` (labels, indices) makes a bool or int64 constant.
     """
     if isinstance(value, Var):
         return graph._own_node(value, op)
@@ -978,9 +572,15 @@ def _operand(graph: Graph, value: Operand, like: str | None, op: str) -> _Node:
         array = np.asarray(value)
     except (ValueError, OverflowError) as exc:
         raise TypeError(f"{op}: cannot use {type(value).__name__} as a constant: {exc}") from exc
-    to_float = like in _FLOATS and array.dtype.kind in "biuf"
-    to_int = like in ("int64", "int32") and array.dtype.kind in "bi"
-    if to_float or to_int:
+    if spec.literal == "bool":
+        array = array.astype(bool)
+    elif spec.literal == "int":
+        if array.dtype.kind not in "iu":
+            raise TypeError(f"{op}: {spec.name} must be integers, got {array.dtype.name}")
+        array = array.astype(np.int64)
+    elif (like in FLOAT_DTYPES and array.dtype.kind in "biuf") or (
+        like in INT_DTYPES and array.dtype.kind in "bi"
+    ):
         array = array.astype(like)
     try:
         return graph.constant(array)._node
@@ -988,305 +588,89 @@ def _operand(graph: Graph, value: Operand, like: str | None, op: str) -> _Node:
         raise TypeError(f"{op}: {exc}") from exc
 
 
-def _emit(op: str, args: Sequence[Operand], attrs: dict[str, _Attr] | None = None) -> Var:
-    graph = _graph_of(args, op)
-    dtypes = [a.dtype for a in args if isinstance(a, Var)]
-    like = next((d for d in dtypes if d in _FLOATS), None)
-    if like is None:  # a bool Var (e.g. where's condition) sets no dtype for values
-        like = next((d for d in dtypes if d != "bool"), dtypes[0])
-    ins = tuple(_operand(graph, a, like, op) for a in args)
-    attrs = attrs or {}
-    shape, dtype = _infer(op, ins, attrs)
-    return graph._add(op, ins, attrs, shape, dtype)
-
-
-def _unary(op: str, doc: str) -> Callable[[Var], Var]:
-    def fn(x: Var) -> Var:
-        if not isinstance(x, Var):
-            raise TypeError(f"{op}: expected a gs.Var, got {type(x).__name__}")
-        return _emit(op, (x,))
-
-    fn.__name__ = fn.__qualname__ = op
-    fn.__doc__ = f"Element-wise {doc} (op ``{op}``)."
-    return fn
-
-
-def _binary(op: str, doc: str) -> Callable[[Operand, Operand], Var]:
-    def fn(x1: Operand, x2: Operand) -> Var:
-        return _emit(op, (x1, x2))
-
-    fn.__name__ = fn.__qualname__ = op
-    fn.__doc__ = f"Element-wise {doc}, with numpy broadcasting (op ``{op}``)."
-    return fn
-
-
-def _reduction(op: str, doc: str) -> _Reduction:
-    def fn(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Var:
-        attrs: dict[str, _Attr] = {"keepdims": int(bool(keepdims))}
-        if axis is not None:
-            attrs["axis"] = _ints(axis, f"{op}: axis")
-        return _emit(op, (_var(x, op),), attrs)
-
-    fn.__name__ = fn.__qualname__ = op
-    fn.__doc__ = (
-        f"The {doc} over ``axis`` (an int, a tuple, or None for all axes), keeping reduced "
-        f"axes as size 1 if ``keepdims`` (op ``{op}``; attrs ``axis`` ints, ``keepdims`` 0/1)."
-    )
-    return fn
-
-
-class _Reduction(Protocol):
-    def __call__(
-        self, x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False
-    ) -> Var: ...
-
-
-def _var(x: object, op: str) -> Var:
-    if not isinstance(x, Var):
-        raise TypeError(f"{op}: expected a gs.Var, got {type(x).__name__}")
-    return x
-
-
-_UNARY_DOCS = {
-    "negative": "negation, -x",
-    "abs": "absolute value",
-    "sign": "sign (-1, 0 or 1)",
-    "exp": "exponential",
-    "exp2": "2 ** x",
-    "expm1": "exp(x) - 1, accurate near 0",
-    "log": "natural logarithm",
-    "log2": "base-2 logarithm",
-    "log10": "base-10 logarithm",
-    "log1p": "log(1 + x), accurate near 0",
-    "sqrt": "square root",
-    "square": "square, x * x",
-    "reciprocal": "reciprocal, 1 / x",
-    "sin": "sine",
-    "cos": "cosine",
-    "tan": "tangent",
-    "arcsin": "inverse sine",
-    "arccos": "inverse cosine",
-    "arctan": "inverse tangent",
-    "sinh": "hyperbolic sine",
-    "cosh": "hyperbolic cosine",
-    "tanh": "hyperbolic tangent",
-    "arcsinh": "inverse hyperbolic sine",
-    "arccosh": "inverse hyperbolic cosine",
-    "arctanh": "inverse hyperbolic tangent",
-    "sigmoid": "logistic sigmoid, 1 / (1 + exp(-x))",
-    "relu": "rectified linear unit, max(x, 0)",
-    "softplus": "softplus, log(1 + exp(x))",
-}
-_BINARY_DOCS = {
-    "add": "sum x1 + x2",
-    "subtract": "difference x1 - x2",
-    "multiply": "product x1 * x2",
-    "divide": "true division x1 / x2",
-    "power": "power x1 ** x2",
-    "maximum": "maximum",
-    "minimum": "minimum",
-    "arctan2": "arctan(x1 / x2) by quadrant",
-    "hypot": "hypotenuse sqrt(x1**2 + x2**2)",
-    "logaddexp": "log(exp(x1) + exp(x2))",
-    "equal": "comparison x1 == x2 (bool, no gradient)",
-    "not_equal": "comparison x1 != x2 (bool, no gradient)",
-    "less": "comparison x1 < x2 (bool, no gradient)",
-    "less_equal": "comparison x1 <= x2 (bool, no gradient)",
-    "greater": "comparison x1 > x2 (bool, no gradient)",
-    "greater_equal": "comparison x1 >= x2 (bool, no gradient)",
-}
-_UNARY = set(_UNARY_DOCS)
-_BINARY = set(_BINARY_DOCS) - _COMPARISONS
-
-negative = _unary("negative", _UNARY_DOCS["negative"])
-abs = _unary("abs", _UNARY_DOCS["abs"])
-sign = _unary("sign", _UNARY_DOCS["sign"])
-exp = _unary("exp", _UNARY_DOCS["exp"])
-exp2 = _unary("exp2", _UNARY_DOCS["exp2"])
-expm1 = _unary("expm1", _UNARY_DOCS["expm1"])
-log = _unary("log", _UNARY_DOCS["log"])
-ln = log
-log2 = _unary("log2", _UNARY_DOCS["log2"])
-log10 = _unary("log10", _UNARY_DOCS["log10"])
-log1p = _unary("log1p", _UNARY_DOCS["log1p"])
-sqrt = _unary("sqrt", _UNARY_DOCS["sqrt"])
-square = _unary("square", _UNARY_DOCS["square"])
-reciprocal = _unary("reciprocal", _UNARY_DOCS["reciprocal"])
-sin = _unary("sin", _UNARY_DOCS["sin"])
-cos = _unary("cos", _UNARY_DOCS["cos"])
-tan = _unary("tan", _UNARY_DOCS["tan"])
-arcsin = _unary("arcsin", _UNARY_DOCS["arcsin"])
-arccos = _unary("arccos", _UNARY_DOCS["arccos"])
-arctan = _unary("arctan", _UNARY_DOCS["arctan"])
-sinh = _unary("sinh", _UNARY_DOCS["sinh"])
-cosh = _unary("cosh", _UNARY_DOCS["cosh"])
-tanh = _unary("tanh", _UNARY_DOCS["tanh"])
-arcsinh = _unary("arcsinh", _UNARY_DOCS["arcsinh"])
-arccosh = _unary("arccosh", _UNARY_DOCS["arccosh"])
-arctanh = _unary("arctanh", _UNARY_DOCS["arctanh"])
-sigmoid = _unary("sigmoid", _UNARY_DOCS["sigmoid"])
-relu = _unary("relu", _UNARY_DOCS["relu"])
-softplus = _unary("softplus", _UNARY_DOCS["softplus"])
-
-add = _binary("add", _BINARY_DOCS["add"])
-subtract = _binary("subtract", _BINARY_DOCS["subtract"])
-multiply = _binary("multiply", _BINARY_DOCS["multiply"])
-divide = _binary("divide", _BINARY_DOCS["divide"])
-power = _binary("power", _BINARY_DOCS["power"])
-maximum = _binary("maximum", _BINARY_DOCS["maximum"])
-minimum = _binary("minimum", _BINARY_DOCS["minimum"])
-arctan2 = _binary("arctan2", _BINARY_DOCS["arctan2"])
-hypot = _binary("hypot", _BINARY_DOCS["hypot"])
-logaddexp = _binary("logaddexp", _BINARY_DOCS["logaddexp"])
-equal = _binary("equal", _BINARY_DOCS["equal"])
-not_equal = _binary("not_equal", _BINARY_DOCS["not_equal"])
-less = _binary("less", _BINARY_DOCS["less"])
-less_equal = _binary("less_equal", _BINARY_DOCS["less_equal"])
-greater = _binary("greater", _BINARY_DOCS["greater"])
-greater_equal = _binary("greater_equal", _BINARY_DOCS["greater_equal"])
-
-sum = _reduction("sum", "sum")
-mean = _reduction("mean", "arithmetic mean")
-max = _reduction("max", "maximum")
-min = _reduction("min", "minimum")
-prod = _reduction("prod", "product")
-logsumexp = _reduction("logsumexp", "log of the sum of exponentials, computed stably")
-
-
-def var(
-    x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False, ddof: int = 0
-) -> Var:
-    """The variance over ``axis``, dividing by N - ``ddof`` (op ``var``; attrs ``axis``,
-    ``keepdims``, ``ddof``)."""
-    return _moment("var", x, axis, keepdims, ddof)
-
-
-def std(
-    x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False, ddof: int = 0
-) -> Var:
-    """The standard deviation over ``axis``, dividing by N - ``ddof`` (op ``std``; attrs
-    ``axis``, ``keepdims``, ``ddof``)."""
-    return _moment("std", x, axis, keepdims, ddof)
-
-
-def _moment(op: str, x: Var, axis: int | Sequence[int] | None, keepdims: bool, ddof: int) -> Var:
-    attrs: dict[str, _Attr] = {"keepdims": int(bool(keepdims)), "ddof": _ints(ddof, "ddof")[0]}
-    if axis is not None:
-        attrs["axis"] = _ints(axis, f"{op}: axis")
-    return _emit(op, (_var(x, op),), attrs)
-
-
-def reshape(x: Var, shape: Sequence[int]) -> Var:
-    """``x`` with a new shape of the same size; one dimension may be -1 (op ``reshape``;
-    attr ``shape`` ints)."""
-    return _emit("reshape", (_var(x, "reshape"),), {"shape": _ints(shape, "reshape: shape")})
-
-
-def transpose(x: Var, axes: Sequence[int] | None = None) -> Var:
-    """``x`` with its axes permuted by ``axes``, or reversed if None (op ``transpose``; attr
-    ``axes`` ints, omitted for reversal)."""
-    attrs: dict[str, _Attr] = {} if axes is None else {"axes": _ints(axes, "transpose: axes")}
-    return _emit("transpose", (_var(x, "transpose"),), attrs)
-
-
-def broadcast_to(x: Var, shape: Sequence[int]) -> Var:
-    """``x`` broadcast to ``shape`` (op ``broadcast_to``; attr ``shape`` ints)."""
-    return _emit("broadcast_to", (_var(x, "broadcast_to"),), {"shape": _ints(shape, "shape")})
-
-
-def expand_dims(x: Var, axis: int | Sequence[int]) -> Var:
-    """``x`` with new size-1 axes at ``axis`` (op ``expand_dims``; attr ``axis`` ints)."""
-    return _emit("expand_dims", (_var(x, "expand_dims"),), {"axis": _ints(axis, "axis")})
-
-
-def squeeze(x: Var, axis: int | Sequence[int] | None = None) -> Var:
-    """``x`` without the size-1 axes ``axis`` (all of them if None) (op ``squeeze``; attr
-    ``axis`` ints, omitted for all)."""
-    attrs: dict[str, _Attr] = {} if axis is None else {"axis": _ints(axis, "squeeze: axis")}
-    return _emit("squeeze", (_var(x, "squeeze"),), attrs)
-
-
-def concatenate(xs: Sequence[Operand], axis: int = 0) -> Var:
-    """The operands joined along an existing axis (op ``concatenate``, variadic; attr ``axis``
-    int)."""
-    return _emit("concatenate", _nonempty(xs, "concatenate"), {"axis": _ints(axis, "axis")[0]})
-
-
-def stack(xs: Sequence[Operand], axis: int = 0) -> Var:
-    """The operands (of one shape) joined along a new axis (op ``stack``, variadic; attr
-    ``axis`` int)."""
-    return _emit("stack", _nonempty(xs, "stack"), {"axis": _ints(axis, "axis")[0]})
-
-
-def _nonempty(xs: Sequence[Operand], op: str) -> tuple[Operand, ...]:
+def operand_list(xs: Sequence[Operand], op: str) -> tuple[Operand, ...]:
+    """The operands of a variadic op, given as a list."""
     if isinstance(xs, Var) or not isinstance(xs, Sequence) or not xs:
         raise TypeError(f"{op}: expected a non-empty list of operands")
     return tuple(xs)
 
 
-def matmul(x1: Operand, x2: Operand) -> Var:
-    """The matrix product, as ``x1 @ x2`` in numpy (op ``matmul``)."""
-    return _emit("matmul", (x1, x2))
+def emit(op: str, args: Sequence[Operand | None], attrs: Mapping[str, Any] | None = None) -> Var:
+    """Add the node ``op(*args, **attrs)`` to the graph of its Var operands and return it.
+
+    Trailing operands and attributes that are None are left out; a bool for a flag attribute
+    becomes 0/1 and a numpy dtype a dtype name. Checked and typed by the op's own rule.
+    """
+    spec = SPECS[op]
+    args = list(args)
+    while args and args[-1] is None and len(args) > spec.min_arity:
+        args.pop()
+    if len(spec.operands) == 1 and not spec.variadic and not isinstance(args[0], Var):
+        raise TypeError(f"{op}: expected a gs.Var, got {type(args[0]).__name__}")
+    graph = _graph_of(args, op)
+    dtypes = [a.dtype for a in args if isinstance(a, Var)]
+    like = next((d for d in dtypes if d in FLOAT_DTYPES), None)
+    if like is None:  # a bool Var (e.g. where's condition) sets no dtype for values
+        like = next((d for d in dtypes if d != "bool"), dtypes[0])
+    operands = spec.operands
+    ins = tuple(
+        _operand(graph, a, like, op, operands[min(i, len(operands) - 1)])
+        for i, a in enumerate(args)
+    )
+    given = {k: _attr_value(spec.attrs.get(k), k, v) for k, v in (attrs or {}).items()}
+    given = {k: v for k, v in given.items() if v is not None}
+    shape, dtype, checked = _infer(op, ins, given)
+    wire = {k: checked[k] for k in given}
+    return graph._add(op, ins, wire, shape, dtype)
 
 
-def dot(x1: Operand, x2: Operand) -> Var:
-    """The dot product, as ``numpy.dot`` (op ``dot``)."""
-    return _emit("dot", (x1, x2))
+def _attr_value(spec: AttrSpec | None, key: str, value: Any) -> Any:
+    """A Python value as the attribute's wire value: bools of flags as 0/1, dtypes by name."""
+    if value is None or spec is None:
+        return value
+    if spec.is_flag and isinstance(value, bool | np.bool_):
+        return int(value)
+    if key == "dtype" and not isinstance(value, str):
+        return _dtype_name(value)
+    return value
 
 
-def outer(x1: Operand, x2: Operand) -> Var:
-    """The outer product of the flattened operands, as ``numpy.outer`` (op ``outer``)."""
-    return _emit("outer", (x1, x2))
+_INPUT = re.compile(r"inputs\[(\d+)\]")
 
 
-def softmax(x: Var, axis: int = -1) -> Var:
-    """The softmax along ``axis`` (op ``softmax``; attr ``axis`` int)."""
-    return _emit("softmax", (_var(x, "softmax"),), {"axis": _ints(axis, "axis")[0]})
+def _infer(
+    op: str, ins: Sequence[_Node], attrs: Mapping[str, Any]
+) -> tuple[Shape | None, str, dict[str, Any]]:
+    """The (shape, dtype) of an op's result by the op's own type rule, and its attributes
+    checked (defaults filled in).
 
+    Raises TypeError (dtypes), ValueError (shapes, attributes) or IndexError (indexing) where
+    the server would reject the node; the message starts with the op's name and says which
+    operand or attribute is wrong.
+    """
+    spec = SPECS.get(op)
+    if spec is None:
+        raise ValueError(f"unknown op {op!r}")
+    try:
+        spec.check_arity(len(ins))
+        checked = spec.check_attrs(attrs)
+        out = spec.infer([TensorType(n.shape, n.dtype) for n in ins], **checked)
+    except RuleError as exc:
 
-def log_softmax(x: Var, axis: int = -1) -> Var:
-    """The log of the softmax along ``axis``, computed stably (op ``log_softmax``; attr
-    ``axis`` int)."""
-    return _emit("log_softmax", (_var(x, "log_softmax"),), {"axis": _ints(axis, "axis")[0]})
+        def operand(match: re.Match[str]) -> str:
+            i = int(match.group(1))
+            return f"operand {i} ({ins[i].name!r})"
 
-
-_REDUCTION_MODES = ("mean", "sum", "none")
-
-
-def _reduction_mode(reduction: str, op: str) -> str:
-    if reduction not in _REDUCTION_MODES:
-        raise ValueError(f"{op}: reduction must be one of {_REDUCTION_MODES}, not {reduction!r}")
-    return reduction
-
-
-def cross_entropy(logits: Var, labels: Operand, reduction: str = "mean") -> Var:
-    """The cross-entropy of ``logits`` (..., classes) against integer class ``labels`` (...),
-    averaged, summed, or per example (``reduction`` "mean", "sum" or "none"; op
-    ``cross_entropy``, attr ``reduction`` string)."""
-    logits = _var(logits, "cross_entropy")
-    graph = logits.graph
-    if not isinstance(labels, Var):
-        array = np.asarray(labels)
-        if array.dtype.kind not in "iu":
-            raise TypeError(f"cross_entropy: labels must be integers, got {array.dtype.name}")
-        labels = graph.constant(array.astype(np.int64))
-    attrs: dict[str, _Attr] = {"reduction": _reduction_mode(reduction, "cross_entropy")}
-    return _emit("cross_entropy", (logits, labels), attrs)
-
-
-def mse(pred: Operand, target: Operand, reduction: str = "mean") -> Var:
-    """The mean squared error of ``pred`` against ``target``: the mean, the sum, or the
-    element-wise squared differences (``reduction`` "mean", "sum" or "none"; op ``mse``, attr
-    ``reduction`` string)."""
-    return _emit("mse", (pred, target), {"reduction": _reduction_mode(reduction, "mse")})
-
-
-def where(condition: Operand, x1: Operand, x2: Operand) -> Var:
-    """``x1`` where ``condition`` is true, else ``x2``, with broadcasting (op ``where``)."""
-    graph = _graph_of((condition, x1, x2), "where")
-    if not isinstance(condition, Var):
-        condition = graph.constant(np.asarray(condition, dtype=bool))
-    return _emit("where", (condition, x1, x2))
+        message = _INPUT.sub(operand, f"{op}: {exc.field}: {exc.reason}")
+        error = (
+            TypeError
+            if isinstance(exc, TypeError)
+            else IndexError
+            if isinstance(exc, IndexError)
+            else ValueError
+        )
+        raise error(message) from None
+    return out.shape, out.dtype, checked
 
 
 def constant(

@@ -38,8 +38,13 @@ def _tiny_roundtrip(stub) -> float:
     return time.monotonic() - start
 
 
+# One pool thread: max_concurrent_rpcs=0 sizes the pool by worker_threads alone (a limit
+# would add headroom threads), so the tiny call is served only once the long one let go.
+ONE_THREAD = {"worker_threads": 1, "max_concurrent_rpcs": 0}
+
+
 def test_deadline_exceeded_frees_the_worker(make_server):
-    running = make_server(worker_threads=1)
+    running = make_server(**ONE_THREAD)
     _, stub = running.stub()
     start = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:
@@ -51,7 +56,7 @@ def test_deadline_exceeded_frees_the_worker(make_server):
 
 
 def test_client_cancellation_frees_the_worker(make_server):
-    running = make_server(worker_threads=1)
+    running = make_server(**ONE_THREAD)
     _, stub = running.stub()
     future = stub.Evaluate.future(pb.EvaluateRequest(graph=LONG.proto(), inputs=LONG_FEED))
     time.sleep(0.3)

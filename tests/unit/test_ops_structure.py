@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from gradcheck import check_derivatives, check_second_derivatives, op_program, program
 from gradserve.autodiff import GraphError, evaluate, vjp_values
-from gradserve.autodiff.ops.structure import parse_index
 from gradserve.autodiff.transforms import jvp, vjp
+from gradserve_client.opset.structure import parse_index
 
 CASES = [
     # (op, operand shapes, attrs, numpy reference)

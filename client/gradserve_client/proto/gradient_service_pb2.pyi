@@ -327,18 +327,20 @@ class AttrInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[AttrKind, str]] = ..., required: _Optional[bool] = ..., default_value: _Optional[str] = ...) -> None: ...
 
 class OperatorInfo(_message.Message):
-    __slots__ = ("name", "arity", "attrs", "differentiable", "doc")
+    __slots__ = ("name", "arity", "attrs", "differentiable", "doc", "min_arity")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARITY_FIELD_NUMBER: _ClassVar[int]
     ATTRS_FIELD_NUMBER: _ClassVar[int]
     DIFFERENTIABLE_FIELD_NUMBER: _ClassVar[int]
     DOC_FIELD_NUMBER: _ClassVar[int]
+    MIN_ARITY_FIELD_NUMBER: _ClassVar[int]
     name: str
     arity: int
     attrs: _containers.RepeatedCompositeFieldContainer[AttrInfo]
     differentiable: bool
     doc: str
-    def __init__(self, name: _Optional[str] = ..., arity: _Optional[int] = ..., attrs: _Optional[_Iterable[_Union[AttrInfo, _Mapping]]] = ..., differentiable: _Optional[bool] = ..., doc: _Optional[str] = ...) -> None: ...
+    min_arity: int
+    def __init__(self, name: _Optional[str] = ..., arity: _Optional[int] = ..., attrs: _Optional[_Iterable[_Union[AttrInfo, _Mapping]]] = ..., differentiable: _Optional[bool] = ..., doc: _Optional[str] = ..., min_arity: _Optional[int] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()

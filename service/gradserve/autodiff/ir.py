@@ -8,18 +8,12 @@ Validation never recurses, so a 100,000-node chain is as easy as a 3-node one.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TypeAlias
 
 import numpy as np
-
-DTYPES = ("float32", "float64", "int64", "int32", "bool")
-FLOAT_DTYPES = ("float32", "float64")
-
-AttrValue: TypeAlias = int | float | str | tuple[int, ...] | tuple[float, ...] | np.ndarray
+from gradserve_client.opset import DTYPES, AttrValue, TensorType
 
 
 class GraphError(ValueError):
@@ -30,29 +24,6 @@ class GraphError(ValueError):
         self.node = node
         self.field = field
         self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class TensorType:
-    """The static type of a value: a concrete shape and a dtype name."""
-
-    shape: tuple[int, ...]
-    dtype: str
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def is_float(self) -> bool:
-        return self.dtype in FLOAT_DTYPES
-
-    def __str__(self) -> str:
-        return f"{self.dtype}{list(self.shape)}"
 
 
 @dataclass(frozen=True, slots=True)

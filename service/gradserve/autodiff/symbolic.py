@@ -144,7 +144,7 @@ class _OpNamespace:
             raise AttributeError(name)
 
         def call(*args: Any, **attrs: Any) -> Sym:
-            if OPS[name].arity is None:
+            if OPS[name].spec.variadic:
                 (args,) = args
             syms = [a for a in args if isinstance(a, Sym)]
             # Literals take the dtype of a non-bool operand: where(c, g, 0) needs 0 as g's dtype.

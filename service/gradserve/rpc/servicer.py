@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 import numpy as np
+from gradserve_client.opset.listing import operators_response
 from gradserve_client.proto import gradient_service_pb2 as pb
 
 from gradserve import __version__, autodiff
@@ -35,14 +36,6 @@ _MODES = {
     pb.JACOBIAN_MODE_AUTO: "auto",
     pb.JACOBIAN_MODE_FORWARD: "forward",
     pb.JACOBIAN_MODE_REVERSE: "reverse",
-}
-_ATTR_KINDS = {
-    "int": pb.ATTR_KIND_INT,
-    "float": pb.ATTR_KIND_FLOAT,
-    "ints": pb.ATTR_KIND_INTS,
-    "floats": pb.ATTR_KIND_FLOATS,
-    "string": pb.ATTR_KIND_STRING,
-    "tensor": pb.ATTR_KIND_TENSOR,
 }
 # Bytes of a JacobianRowBlock that are not row values (names, shapes, framing).
 _ROW_BLOCK_OVERHEAD = 64 * 1024
@@ -314,7 +307,7 @@ class GradientServicer:
 
     @rpc_method
     def ListOperators(self, request, context):
-        return pb.ListOperatorsResponse(operators=operator_infos(), opset=OPSET)
+        return operators_response()
 
     @rpc_method
     def GetServerInfo(self, request, context):
@@ -345,38 +338,4 @@ class GradientServicer:
         return features
 
 
-def _default_text(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, tuple):
-        return "[" + ", ".join(str(v) for v in value) + "]"
-    return str(value)
-
-
-def operator_infos() -> list[pb.OperatorInfo]:
-    """The registry as OperatorInfo messages, sorted by name."""
-    infos = []
-    for name in sorted(autodiff.OPS):
-        op = autodiff.OPS[name]
-        doc = (op.doc or "").strip().splitlines()
-        infos.append(
-            pb.OperatorInfo(
-                name=name,
-                arity=-1 if op.arity is None else op.arity,
-                attrs=[
-                    pb.AttrInfo(
-                        name=key,
-                        kind=_ATTR_KINDS.get(spec.kind, pb.ATTR_KIND_UNSPECIFIED),
-                        required=spec.required,
-                        default_value="" if spec.required else _default_text(spec.default),
-                    )
-                    for key, spec in op.attrs.items()
-                ],
-                differentiable=op.differentiable,
-                doc=doc[0] if doc else "",
-            )
-        )
-    return infos
-
-
-__all__ = ["GradientServicer", "cancel_callback", "operator_infos"]
+__all__ = ["GradientServicer", "cancel_callback"]

@@ -1,6 +1,7 @@
-"""Linear algebra: matmul, dot, outer. All bilinear, so each rule is "differentiate one factor
-at a time" written with matmul, multiply, reshape and transpose, which are differentiable in
-turn (second derivatives come for free).
+"""Linear algebra: matmul, dot, outer. All bilinear, so the JVP is derived (f(ta, b) +
+f(a, tb), `bilinear=`) from the product with one batched factor, and the VJP is written with
+matmul, multiply, reshape and transpose, which are differentiable in turn (second derivatives
+come for free).
 
 The only care is the batch axis of a (co)tangent: numpy aligns stack dimensions from the right,
 so a batched tangent is first put in matrix form (1-D operands get a unit axis, as numpy does)
@@ -14,15 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gradserve.autodiff.ir import TensorType
-from gradserve.autodiff.registry import (
-    NUMERIC,
-    OpDef,
-    RuleError,
-    broadcast_shapes,
-    register,
-    same_dtype,
-)
+from gradserve.autodiff.registry import implement
 from gradserve.autodiff.symbolic import Sym, lift, op, reshape, sum_to, transpose
 
 
@@ -37,22 +30,6 @@ def _swap_last(x: Sym) -> Sym:
     return op.transpose(x, axes=perm)
 
 
-def _operand_ranks(types: Sequence[TensorType], what: str) -> None:
-    for i, t in enumerate(types):
-        if t.ndim == 0:
-            raise RuleError(f"inputs[{i}]", f"{what} needs at least one dimension (use multiply)")
-
-
-def _contracted(a: TensorType, b: TensorType, what: str) -> None:
-    k = b.shape[-2] if b.ndim >= 2 else b.shape[0]
-    if a.shape[-1] != k:
-        raise RuleError(
-            "inputs[1]",
-            f"{what}: shapes {list(a.shape)} and {list(b.shape)} are not aligned "
-            f"({a.shape[-1]} != {k})",
-        )
-
-
 # ---- matmul ------------------------------------------------------------------------------------
 
 
@@ -61,17 +38,6 @@ def _matrix_shape(shape: tuple[int, ...], left: bool) -> tuple[int, ...]:
     if len(shape) >= 2:
         return shape
     return (1, *shape) if left else (*shape, 1)
-
-
-def _matmul_type(types: list[TensorType]) -> TensorType:
-    dtype = same_dtype(types, NUMERIC, "matmul")
-    _operand_ranks(types, "matmul")
-    a, b = types
-    _contracted(a, b, "matmul")
-    stack = broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    rows = a.shape[-2:-1] if a.ndim >= 2 else ()
-    cols = b.shape[-1:] if b.ndim >= 2 else ()
-    return TensorType(stack + rows + cols, dtype)
 
 
 def _rows(x: np.ndarray) -> np.ndarray | None:
@@ -100,19 +66,15 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(np.matmul(a, b))
 
 
-def _matmul_jvp(ts: list[Sym | None], ans: Sym, a: Sym, b: Sym) -> Sym:
-    ta, tb = ts
+def _matmul_product(t: Sym, ans: Sym, a: Sym, b: Sym, i: int) -> Sym:
+    """a @ b with operand i replaced by its tangent t, in matrix form and given unit axes after
+    its batch axis until it outranks the other factor."""
     am = _plain_reshape(a, _matrix_shape(a.shape, True))
     bm = _plain_reshape(b, _matrix_shape(b.shape, False))
-    out = None
-    if ta is not None:
-        t = reshape(ta, am.shape)
-        out = op.matmul(lift(t, bm.ndim) if t.em.batch else t, bm)
-    if tb is not None:
-        t = reshape(tb, bm.shape)
-        term = op.matmul(am, lift(t, am.ndim) if t.em.batch else t)
-        out = term if out is None else out + term
-    assert out is not None
+    if i == 0:
+        out = op.matmul(lift(reshape(t, am.shape), bm.ndim), bm)
+    else:
+        out = op.matmul(am, lift(reshape(t, bm.shape), am.ndim))
     return reshape(out, ans.shape)
 
 
@@ -126,33 +88,13 @@ def _matmul_vjp(g: Sym, ans: Sym, a: Sym, b: Sym) -> tuple[Sym, Sym]:
     return reshape(ga, a.shape), reshape(gb, b.shape)
 
 
-register(
-    OpDef(
-        "matmul",
-        2,
-        _matmul_type,
-        _matmul,
-        "numpy matmul (a @ b): 1-D operands are promoted, stack dimensions broadcast",
-        jvp=_matmul_jvp,
-        vjp=_matmul_vjp,
-    )
-)
+implement("matmul", _matmul, bilinear=_matmul_product, vjp=_matmul_vjp)
 
 
 # ---- dot ---------------------------------------------------------------------------------------
 # numpy dot contracts a's last axis with b's second-to-last: dot(a, b)[i.., j.., m] =
 # sum_k a[i.., k] b[j.., k, m]. The rules flatten it to one 2-D matmul, (P, k) @ (k, N), with
 # b's contracted axis moved to the front; a 0-d operand makes it a plain product.
-
-
-def _dot_type(types: list[TensorType]) -> TensorType:
-    dtype = same_dtype(types, NUMERIC, "dot")
-    a, b = types
-    if a.ndim == 0 or b.ndim == 0:
-        return TensorType(broadcast_shapes(a.shape, b.shape), dtype)
-    _contracted(a, b, "dot")
-    cols = b.shape[:-2] + b.shape[-1:] if b.ndim >= 2 else ()
-    return TensorType(a.shape[:-1] + cols, dtype)
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -182,18 +124,13 @@ def _rhs(x: Sym, b_shape: tuple[int, ...], batched: bool) -> Sym:
     return reshape(x, target) if batched else _plain_reshape(x, target)
 
 
-def _dot_jvp(ts: list[Sym | None], ans: Sym, a: Sym, b: Sym) -> Sym:
-    ta, tb = ts
+def _dot_product(t: Sym, ans: Sym, a: Sym, b: Sym, i: int) -> Sym:
+    """dot(a, b) with operand i replaced by its tangent t."""
     if a.ndim == 0 or b.ndim == 0:
-        terms = [lift(t, ans.ndim) * y for t, y in ((ta, b), (tb, a)) if t is not None]
-    else:
-        terms = []
-        if ta is not None:
-            terms.append(op.matmul(_lhs(ta, a.shape, True), _rhs(b, b.shape, False)))
-        if tb is not None:
-            terms.append(op.matmul(_lhs(a, a.shape, False), _rhs(tb, b.shape, True)))
-    out = terms[0] if len(terms) == 1 else terms[0] + terms[1]
-    return reshape(out, ans.shape)
+        return reshape(lift(t, ans.ndim) * (b if i == 0 else a), ans.shape)
+    lhs = _lhs(t, a.shape, True) if i == 0 else _lhs(a, a.shape, False)
+    rhs = _rhs(t, b.shape, True) if i == 1 else _rhs(b, b.shape, False)
+    return reshape(op.matmul(lhs, rhs), ans.shape)
 
 
 def _dot_vjp(g: Sym, ans: Sym, a: Sym, b: Sym) -> tuple[Sym, Sym]:
@@ -210,39 +147,18 @@ def _dot_vjp(g: Sym, ans: Sym, a: Sym, b: Sym) -> tuple[Sym, Sym]:
     return ga, transpose(gb, tuple(np.argsort(perm).tolist()))
 
 
-register(
-    OpDef(
-        "dot",
-        2,
-        _dot_type,
-        _dot,
-        "numpy dot: sum over a's last and b's second-to-last axis; a 0-d operand multiplies",
-        jvp=_dot_jvp,
-        vjp=_dot_vjp,
-    )
-)
+implement("dot", _dot, bilinear=_dot_product, vjp=_dot_vjp)
 
 
 # ---- outer -------------------------------------------------------------------------------------
 
 
-def _outer_type(types: list[TensorType]) -> TensorType:
-    dtype = same_dtype(types, NUMERIC, "outer")
-    a, b = types
-    return TensorType((a.size, b.size), dtype)
-
-
-def _outer_jvp(ts: list[Sym | None], ans: Sym, a: Sym, b: Sym) -> Sym:
-    ta, tb = ts
+def _outer_product(t: Sym, ans: Sym, a: Sym, b: Sym, i: int) -> Sym:
+    """outer(a, b) with operand i replaced by its tangent t."""
     n, m = ans.shape
-    out = None
-    if ta is not None:
-        out = reshape(ta, (n, 1)) * _plain_reshape(b, (1, m))
-    if tb is not None:
-        term = _plain_reshape(a, (n, 1)) * reshape(tb, (1, m))
-        out = term if out is None else out + term
-    assert out is not None
-    return out
+    if i == 0:
+        return reshape(t, (n, 1)) * _plain_reshape(b, (1, m))
+    return _plain_reshape(a, (n, 1)) * reshape(t, (1, m))
 
 
 def _outer_vjp(g: Sym, ans: Sym, a: Sym, b: Sym) -> tuple[Sym, Sym]:
@@ -252,14 +168,4 @@ def _outer_vjp(g: Sym, ans: Sym, a: Sym, b: Sym) -> tuple[Sym, Sym]:
     return reshape(ga, a.shape), reshape(gb, b.shape)
 
 
-register(
-    OpDef(
-        "outer",
-        2,
-        _outer_type,
-        np.outer,
-        "numpy outer: the product of every element of a (flattened) with every element of b",
-        jvp=_outer_jvp,
-        vjp=_outer_vjp,
-    )
-)
+implement("outer", np.outer, bilinear=_outer_product, vjp=_outer_vjp)

@@ -12,34 +12,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from gradserve_client.opset.core import broadcast_shapes, normalize_axes
 
-from gradserve.autodiff.ir import FLOAT_DTYPES, TensorType
-from gradserve.autodiff.registry import (
-    AttrSpec,
-    OpDef,
-    RuleError,
-    broadcast_shapes,
-    normalize_axes,
-    register,
-    same_dtype,
-)
+from gradserve.autodiff.registry import implement
 from gradserve.autodiff.symbolic import Sym, broadcast_to, lift, op, reshape, sum_to
 
-INT_LABELS = ("int64", "int32")
-REDUCTIONS = ("mean", "sum", "none")
-
-
 # ---- softmax and log_softmax -------------------------------------------------------------------
-
-
-def _axis_type(types: list[TensorType], axis: int = -1) -> TensorType:
-    (x,) = types
-    if x.dtype not in FLOAT_DTYPES:
-        raise RuleError("inputs[0]", f"needs float32/float64, got {x.dtype}")
-    if x.ndim == 0:
-        raise RuleError("inputs[0]", "needs at least one axis, got a scalar")
-    normalize_axes((axis,), x.ndim)
-    return x
 
 
 # The forwards below run under the executor's np.errstate(all="ignore") and work in place on
@@ -96,44 +74,23 @@ def _softmax_rule(g: Sym, ans: Sym, x: Sym, axis: int = -1) -> Sym:
     return ans * (g - op.sum(g * ans, axis=_axis(x, axis), keepdims=1))
 
 
-register(
-    OpDef(
-        "softmax",
-        1,
-        _axis_type,
-        _softmax,
-        "exp(x) / sum(exp(x)) along axis, shifted by the max; an all -inf slice gives 0",
-        attrs={"axis": AttrSpec("int", -1)},
-        jvp=lambda ts, ans, x, axis=-1: _softmax_rule(ts[0], ans, x, axis),
-        vjp=lambda g, ans, x, axis=-1: (_softmax_rule(g, ans, x, axis),),
-    )
+implement(
+    "softmax",
+    _softmax,
+    jvp=lambda ts, ans, x, axis=-1: _softmax_rule(ts[0], ans, x, axis),
+    vjp=lambda g, ans, x, axis=-1: (_softmax_rule(g, ans, x, axis),),
 )
-register(
-    OpDef(
-        "log_softmax",
-        1,
-        _axis_type,
-        _log_softmax,
-        "x - logsumexp(x) along axis, computed stably; an all -inf slice gives -inf",
-        attrs={"axis": AttrSpec("int", -1)},
-        jvp=lambda ts, ans, x, axis=-1: (
-            ts[0] - op.sum(ts[0] * op.exp(ans), axis=_axis(x, axis), keepdims=1)
-        ),
-        vjp=lambda g, ans, x, axis=-1: (
-            g - op.exp(ans) * op.sum(g, axis=_axis(x, axis), keepdims=1),
-        ),
-    )
+implement(
+    "log_softmax",
+    _log_softmax,
+    jvp=lambda ts, ans, x, axis=-1: (
+        ts[0] - op.sum(ts[0] * op.exp(ans), axis=_axis(x, axis), keepdims=1)
+    ),
+    vjp=lambda g, ans, x, axis=-1: (g - op.exp(ans) * op.sum(g, axis=_axis(x, axis), keepdims=1),),
 )
 
 
 # ---- losses ------------------------------------------------------------------------------------
-
-
-def _check_reduction(reduction: str) -> None:
-    if reduction not in REDUCTIONS:
-        raise RuleError(
-            "attrs.reduction", f"must be one of {'/'.join(REDUCTIONS)}, got {reduction!r}"
-        )
 
 
 def _reduce(loss: np.ndarray, reduction: str) -> np.ndarray:
@@ -168,26 +125,6 @@ def _reduced(t: Sym, shape: tuple[int, ...], reduction: str) -> Sym:
     return t * _mean_scale(shape) if reduction == "mean" and math.prod(shape) != 1 else t
 
 
-def _cross_entropy_type(types: list[TensorType], reduction: str = "mean") -> TensorType:
-    logits, labels = types
-    if logits.dtype not in FLOAT_DTYPES:
-        raise RuleError("inputs[0]", f"logits need float32/float64, got {logits.dtype}")
-    if logits.ndim == 0 or logits.shape[-1] == 0:
-        raise RuleError(
-            "inputs[0]", f"logits {list(logits.shape)} need a non-empty class axis (the last)"
-        )
-    if labels.dtype not in INT_LABELS:
-        raise RuleError("inputs[1]", f"labels need int64/int32, got {labels.dtype}")
-    if labels.shape != logits.shape[:-1]:
-        raise RuleError(
-            "inputs[1]",
-            f"labels of shape {list(labels.shape)} must be the logits' shape without the class "
-            f"axis, {list(logits.shape[:-1])}",
-        )
-    _check_reduction(reduction)
-    return TensorType(labels.shape if reduction == "none" else (), logits.dtype)
-
-
 def _labels(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """(labels flattened, with 0 for an out-of-range label; the mask of those in range, or
     None when all are)."""
@@ -220,11 +157,6 @@ def _cross_entropy_grad(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return p
 
 
-def _cross_entropy_grad_type(types: list[TensorType]) -> TensorType:
-    _cross_entropy_type(types, "none")  # the same operands as cross_entropy
-    return types[0]
-
-
 def _cross_entropy_jvp(ts, ans, logits, labels, reduction="mean"):
     if ts[0] is None:
         return None
@@ -242,70 +174,22 @@ def _cross_entropy_grad_rule(t: Sym, logits: Sym) -> Sym:
     return _softmax_rule(t, op.softmax(logits, axis=-1), logits)
 
 
-def _one_hot_type(types: list[TensorType], depth: int, dtype: str = "float64") -> TensorType:
-    (labels,) = types
-    if labels.dtype not in INT_LABELS:
-        raise RuleError("inputs[0]", f"needs int64/int32, got {labels.dtype}")
-    if depth < 0:
-        raise RuleError("attrs.depth", f"must be >= 0, got {depth}")
-    if dtype not in FLOAT_DTYPES:
-        raise RuleError("attrs.dtype", f"must be float32/float64, got {dtype!r}")
-    return TensorType((*labels.shape, depth), dtype)
-
-
 def _one_hot(labels: np.ndarray, *, depth: int, dtype: str = "float64") -> np.ndarray:
     out = (labels[..., None] == np.arange(depth)).astype(dtype)
     out[(labels < 0) | (labels >= depth)] = np.nan
     return out
 
 
-register(
-    OpDef(
-        "cross_entropy",
-        2,
-        _cross_entropy_type,
-        _cross_entropy,
-        "-log_softmax(logits)[label] (class axis last), reduced by mean/sum/none like torch; an "
-        "out-of-range label gives NaN; labels get no gradient",
-        attrs={"reduction": AttrSpec("string", "mean")},
-        jvp=_cross_entropy_jvp,
-        vjp=_cross_entropy_vjp,
-    )
+implement("cross_entropy", _cross_entropy, jvp=_cross_entropy_jvp, vjp=_cross_entropy_vjp)
+implement(
+    "cross_entropy_grad",
+    _cross_entropy_grad,
+    jvp=lambda ts, ans, logits, labels: (
+        None if ts[0] is None else _cross_entropy_grad_rule(ts[0], logits)
+    ),
+    vjp=lambda g, ans, logits, labels: (_cross_entropy_grad_rule(g, logits), None),
 )
-register(
-    OpDef(
-        "cross_entropy_grad",
-        2,
-        _cross_entropy_grad_type,
-        _cross_entropy_grad,
-        "softmax(logits) minus 1 at the label (class axis last): the gradient of cross_entropy "
-        "per example; a row of NaN for a label out of range; labels get no gradient",
-        jvp=lambda ts, ans, logits, labels: (
-            None if ts[0] is None else _cross_entropy_grad_rule(ts[0], logits)
-        ),
-        vjp=lambda g, ans, logits, labels: (_cross_entropy_grad_rule(g, logits), None),
-        internal=True,
-    )
-)
-register(
-    OpDef(
-        "one_hot",
-        1,
-        _one_hot_type,
-        _one_hot,
-        "labels (...) as one-hot rows (..., depth); a row of NaN for a label out of range",
-        attrs={"depth": AttrSpec("int", required=True), "dtype": AttrSpec("string", "float64")},
-        differentiable=False,
-        internal=True,
-    )
-)
-
-
-def _mse_type(types: list[TensorType], reduction: str = "mean") -> TensorType:
-    dtype = same_dtype(types, FLOAT_DTYPES, "mse")
-    shape = broadcast_shapes(*(t.shape for t in types))
-    _check_reduction(reduction)
-    return TensorType(shape if reduction == "none" else (), dtype)
+implement("one_hot", _one_hot)
 
 
 def _mse(pred: np.ndarray, target: np.ndarray, *, reduction: str = "mean") -> np.ndarray:
@@ -327,15 +211,4 @@ def _mse_vjp(g, ans, pred, target, reduction="mean"):
     return sum_to(ct, pred.shape), sum_to(-ct, target.shape)
 
 
-register(
-    OpDef(
-        "mse",
-        2,
-        _mse_type,
-        _mse,
-        "mean (sum, none) of (pred - target)**2 with numpy broadcasting",
-        attrs={"reduction": AttrSpec("string", "mean")},
-        jvp=_mse_jvp,
-        vjp=_mse_vjp,
-    )
-)
+implement("mse", _mse, jvp=_mse_jvp, vjp=_mse_vjp)
