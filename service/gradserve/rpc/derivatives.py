@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from gradserve_client.proto import gradient_service_pb2 as pb
+from gradserve_client.proto.tensor_codec import fill_tensor
 
 from gradserve import autodiff
 from gradserve.autodiff.hessian import hessian, hvp
@@ -41,18 +42,14 @@ KINDS = {
 # ---- blocks on the wire ------------------------------------------------------------------------
 
 
-def sparse_matrix(csr: Any, values: bool = True) -> pb.SparseMatrix:
-    """A scipy CSR array as a SparseMatrix (without its values for a pattern)."""
-    rows, cols = csr.shape
-    message = pb.SparseMatrix(
-        rows=rows,
-        cols=cols,
-        indptr=encode_tensor(np.asarray(csr.indptr, np.int64)),
-        indices=encode_tensor(np.asarray(csr.indices, np.int64)),
-    )
+def fill_sparse(message: pb.SparseMatrix, csr: Any, values: bool = True) -> None:
+    """Set an empty SparseMatrix in place to a scipy CSR array (without its values for a
+    pattern): each array is copied once, into its message."""
+    message.rows, message.cols = csr.shape
+    fill_tensor(message.indptr, csr.indptr.astype(np.int64, copy=False))
+    fill_tensor(message.indices, csr.indices.astype(np.int64, copy=False))
     if values:
-        message.values.CopyFrom(encode_tensor(np.asarray(csr.data)))
-    return message
+        fill_tensor(message.values, csr.data)
 
 
 def _is_diagonal(csr: Any) -> bool:
@@ -64,19 +61,18 @@ def _is_diagonal(csr: Any) -> bool:
     return bool(np.array_equal(csr.indptr, diagonal) and np.array_equal(csr.indices, diagonal[:-1]))
 
 
-def structured_block(of: str, wrt: str, shape: Sequence[int], csr: Any) -> pb.JacobianBlock:
-    """A block computed sparse, as `diagonal` when it is one, else as `sparse` (CSR)."""
-    block = pb.JacobianBlock(of=of, wrt=wrt, shape=shape)
-    csr.sort_indices()
-    if _is_diagonal(csr):
-        block.diagonal.CopyFrom(encode_tensor(np.asarray(csr.diagonal())))
+def add_block(blocks: Any, of: str, wrt: str, shape: Sequence[int], value: Any) -> None:
+    """Append a block to a response's ``blocks``, filled in place: ``dense`` for an array; for
+    a CSR array ``diagonal`` when it is one, else ``sparse``."""
+    block = blocks.add(of=of, wrt=wrt, shape=shape)
+    if isinstance(value, np.ndarray):
+        fill_tensor(block.dense, value)
+        return
+    value.sort_indices()
+    if _is_diagonal(value):
+        fill_tensor(block.diagonal, value.diagonal())
     else:
-        block.sparse.CopyFrom(sparse_matrix(csr))
-    return block
-
-
-def dense_block(of: str, wrt: str, array: np.ndarray) -> pb.JacobianBlock:
-    return pb.JacobianBlock(of=of, wrt=wrt, shape=array.shape, dense=encode_tensor(array))
+        fill_sparse(block.sparse, value)
 
 
 def _check_stored(entries: int, what: str, limit: int) -> None:
@@ -110,12 +106,11 @@ def structured_jacobian(
             program, call.inputs, of, wrt, mode, cancel=cancel, sparse=True
         )
     types = program.types
-    blocks = [
-        structured_block(o, w, types[o].shape + types[w].shape, jac[o][w]) for o in of for w in wrt
-    ]
-    return pb.JacobianResponse(
-        graph_id=call.graph_id, blocks=blocks, outputs=encode_tensors(values)
-    )
+    response = pb.JacobianResponse(graph_id=call.graph_id, outputs=encode_tensors(values))
+    for o in of:
+        for w in wrt:
+            add_block(response.blocks, o, w, types[o].shape + types[w].shape, jac[o][w])
+    return response
 
 
 # ---- Hessian and Hvp ----------------------------------------------------------------------------
@@ -172,16 +167,11 @@ def hessian_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.
         )
     if request.structured:
         _check_stored(sum(blocks[a][b].nnz for a in wrt for b in wrt), "sparse Hessian", limit)
-        encoded = [
-            structured_block(a, b, types[a].shape + types[b].shape, blocks[a][b])
-            for a in wrt
-            for b in wrt
-        ]
-    else:
-        encoded = [dense_block(a, b, np.asarray(blocks[a][b])) for a in wrt for b in wrt]
-    return pb.HessianResponse(
-        graph_id=call.graph_id, blocks=encoded, value=encode_tensor(np.asarray(value))
-    )
+    response = pb.HessianResponse(graph_id=call.graph_id, value=encode_tensor(np.asarray(value)))
+    for a in wrt:
+        for b in wrt:
+            add_block(response.blocks, a, b, types[a].shape + types[b].shape, blocks[a][b])
+    return response
 
 
 def hvp_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.HvpResponse:
@@ -225,7 +215,7 @@ def jacobian_sparsity_rpc(servicer: GradientServicer, request: Any) -> pb.Jacobi
     program = call.program
     of, wrt = servicer._of_wrt(call, request)
     types = program.types
-    blocks = []
+    response = pb.JacobianSparsityResponse(graph_id=call.graph_id)
     stored = 0
     with core_errors(program):
         for o in of:
@@ -234,15 +224,9 @@ def jacobian_sparsity_rpc(servicer: GradientServicer, request: Any) -> pb.Jacobi
                 stored += pattern.nnz
                 _check_stored(stored, "sparsity pattern", servicer.settings.max_jacobian_elements)
                 pattern.sort_indices()
-                blocks.append(
-                    pb.JacobianBlock(
-                        of=o,
-                        wrt=w,
-                        shape=types[o].shape + types[w].shape,
-                        sparse=sparse_matrix(pattern, values=False),
-                    )
-                )
-    return pb.JacobianSparsityResponse(graph_id=call.graph_id, blocks=blocks)
+                block = response.blocks.add(of=o, wrt=w, shape=types[o].shape + types[w].shape)
+                fill_sparse(block.sparse, pattern, values=False)
+    return response
 
 
 def derivative_program_rpc(
