@@ -215,12 +215,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _grad(args: argparse.Namespace) -> int:
     graph, out, used, feeds = _build(args)
-    shape = graph.outputs[out].shape
-    if shape:
-        raise CliError(
-            f"grad needs a scalar EXPR, but this one has shape {tuple(shape)}: use "
-            "`gradserve jacobian` for the derivative of each element, or grad of sum(...)"
-        )
+    hint = "use `gradserve jacobian` for the derivative of each element, or grad of sum(...)"
+    _scalar(graph, out, "grad", hint)
     wrt = _wrt(args, used)
     with _client(args) as client:
         value = client.evaluate(graph, feeds)[out]
@@ -239,9 +235,10 @@ def _jacobian(args: argparse.Namespace) -> int:
     wrt = _wrt(args, used)
     with _client(args) as client:
         value = client.evaluate(graph, feeds)[out]
-        jac = client.jacobian(graph, feeds, of=[out], wrt=wrt, mode=args.mode, sparse=args.sparse)[
-            out
-        ]
+        jacobians = client.jacobian(
+            graph, feeds, of=[out], wrt=wrt, mode=args.mode, sparse=args.sparse
+        )
+    jac = jacobians[out]
     if args.json:
         blocks = {n: _coo(j) for n, j in jac.items()} if args.sparse else jac
         _print_json({"value": value, "jacobian": blocks})
@@ -254,7 +251,7 @@ def _jacobian(args: argparse.Namespace) -> int:
 
 def _hessian(args: argparse.Namespace) -> int:
     graph, out, used, feeds = _build(args)
-    _scalar(graph, out, "hessian")
+    _scalar(graph, out, "hessian", "take sum(...) of it")
     wrt = _wrt(args, used)
     with _client(args) as client:
         value = client.evaluate(graph, feeds)[out]
@@ -273,7 +270,7 @@ def _hessian(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     graph, out, used, _ = _build(args, unbound=0.0)
     if args.kind == "hvp":
-        _scalar(graph, out, "explain --kind hvp")
+        _scalar(graph, out, "explain --kind hvp", "take sum(...) of it")
     wrt = _wrt(args, used)
     with _client(args) as client:
         program = client.derivative_program(graph, of=out, wrt=wrt, kind=args.kind)
@@ -284,12 +281,11 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scalar(graph: Any, out: str, command: str) -> None:
+def _scalar(graph: Any, out: str, command: str, hint: str) -> None:
     shape = graph.outputs[out].shape
     if shape:
         raise CliError(
-            f"{command} needs a scalar EXPR, but this one has shape {tuple(shape)}: "
-            "take sum(...) of it"
+            f"{command} needs a scalar EXPR, but this one has shape {tuple(shape)}: {hint}"
         )
 
 
