@@ -31,7 +31,14 @@ kinks; `tests/unit/test_derivative_facts.py` checks each one):
 - `where(c, a, b)`: the branch not taken contributes exactly 0, even where its own derivative
   is inf or NaN; every rule with a singular derivative keeps a zero cotangent exactly zero;
 - softmax, log_softmax and logsumexp are computed stably; an all -inf row has finite gradients;
-- integer and bool values (labels, masks, comparison results) flow through and have no gradient.
+- integer and bool values (labels, masks, comparison results) flow through and have no gradient;
+- `clip(x, lo, hi)`: at a bound the gradient goes to x (bounds included, as `torch.clamp`), to
+  lo where x < lo, to hi where x > hi; where lo > hi the result is hi, and so is the gradient;
+- slopes at 0: leaky_relu alpha, elu alpha, selu gamma * alpha; hardsigmoid's slope is 0 at its
+  two kinks; `mod`/`fmod` have d/dx2 = -floor(x1 / x2) / -trunc(x1 / x2) between their jumps;
+- `pad` in modes reflect and edge: a padded element's cotangent is added to the element it
+  copies; `astype` passes derivatives through float-to-float casts only (a cast to an integer
+  has derivative 0); `argmax`/`argmin` return the first index among ties and have no gradient.
 
 Attributes are typed: `int`, `float`, `ints` (a list of ints), `string`, `tensor`. Axes may be
 negative. Operands in brackets are optional; `xs...` means one or more operands.

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy.typing as npt
+
 from .graph import Operand, Var, emit, operand_list
 '''
 
@@ -51,7 +53,7 @@ def _attr_param(name: str, spec: AttrSpec) -> tuple[str, bool]:
     """The parameter text and whether it has a default."""
     kind = "bool" if spec.is_flag else _KIND_TYPES[spec.kind]
     if name == "dtype":
-        kind = "str | type | None" if spec.default is None and not spec.required else "str | type"
+        kind = "npt.DTypeLike"
     if spec.required:
         return f"{name}: {kind}", False
     if spec.default is None:

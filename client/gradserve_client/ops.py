@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy.typing as npt
+
 from .graph import Operand, Var, emit, operand_list
 
 __all__ = [
@@ -21,21 +23,33 @@ __all__ = [
     "arctan",
     "arctan2",
     "arctanh",
+    "argmax",
+    "argmin",
+    "astype",
     "broadcast_to",
+    "clip",
     "concatenate",
     "cos",
     "cosh",
     "cross_entropy",
+    "cumsum",
     "divide",
     "dot",
+    "elu",
     "equal",
+    "erf",
     "exp",
     "exp2",
     "expand_dims",
     "expm1",
+    "flip",
+    "fmod",
+    "gelu",
     "greater",
     "greater_equal",
+    "hardsigmoid",
     "hypot",
+    "leaky_relu",
     "less",
     "less_equal",
     "ln",
@@ -52,23 +66,28 @@ __all__ = [
     "mean",
     "min",
     "minimum",
+    "mod",
     "mse",
     "multiply",
     "negative",
     "not_equal",
     "one_hot",
     "outer",
+    "pad",
     "power",
     "prod",
     "reciprocal",
     "relu",
+    "repeat",
     "reshape",
+    "selu",
     "sigmoid",
     "sign",
     "sin",
     "sinh",
     "softmax",
     "softplus",
+    "softsign",
     "sqrt",
     "square",
     "squeeze",
@@ -78,6 +97,7 @@ __all__ = [
     "sum",
     "tan",
     "tanh",
+    "tile",
     "transpose",
     "var",
     "where",
@@ -131,6 +151,38 @@ def arctanh(x: Var) -> Var:
     return emit("arctanh", (x,))
 
 
+def argmax(x: Var, axis: int, keepdims: bool = False) -> Var:
+    """numpy argmax: the int64 index of the first maximum along `axis`; no gradient (op
+    ``argmax``).
+
+    Args:
+        axis: the axis to search.
+        keepdims: keep that axis as size 1.
+    """
+    return emit("argmax", (x,), {"axis": axis, "keepdims": keepdims})
+
+
+def argmin(x: Var, axis: int, keepdims: bool = False) -> Var:
+    """numpy argmin: the int64 index of the first minimum along `axis`; no gradient (op
+    ``argmin``).
+
+    Args:
+        axis: the axis to search.
+        keepdims: keep that axis as size 1.
+    """
+    return emit("argmin", (x,), {"axis": axis, "keepdims": keepdims})
+
+
+def astype(x: Var, dtype: npt.DTypeLike) -> Var:
+    """numpy astype: a cast to `dtype`; derivatives flow through float-to-float casts only (op
+    ``astype``).
+
+    Args:
+        dtype: the new dtype.
+    """
+    return emit("astype", (x,), {"dtype": dtype})
+
+
 def broadcast_to(x: Var, shape: int | Sequence[int]) -> Var:
     """numpy broadcast_to (op ``broadcast_to``).
 
@@ -138,6 +190,14 @@ def broadcast_to(x: Var, shape: int | Sequence[int]) -> Var:
         shape: the target shape.
     """
     return emit("broadcast_to", (x,), {"shape": shape})
+
+
+def clip(x: Operand, lo: Operand, hi: Operand) -> Var:
+    """Element-wise numpy clip, min(max(x, lo), hi); the gradient goes to x where lo <= x <= hi
+    (bounds included, as torch.clamp), to lo where x < lo, to hi where x > hi (where lo > hi
+    the result is hi, and so is the gradient) (op ``clip``).
+    """
+    return emit("clip", (x, lo, hi))
 
 
 def concatenate(xs: Sequence[Operand], axis: int = 0) -> Var:
@@ -170,6 +230,18 @@ def cross_entropy(logits: Operand, labels: Operand, reduction: str = "mean") -> 
     return emit("cross_entropy", (logits, labels), {"reduction": reduction})
 
 
+def cumsum(x: Var, axis: int, exclusive: bool = False, reverse: bool = False) -> Var:
+    """numpy cumsum along `axis`; `exclusive` leaves each element out of its own sum (ONNX),
+    `reverse` sums from the end (op ``cumsum``).
+
+    Args:
+        axis: the axis to sum along.
+        exclusive: sum the elements before, not up to.
+        reverse: sum from the end.
+    """
+    return emit("cumsum", (x,), {"axis": axis, "exclusive": exclusive, "reverse": reverse})
+
+
 def divide(x1: Operand, x2: Operand) -> Var:
     """Element-wise x1 / x2 (op ``divide``)."""
     return emit("divide", (x1, x2))
@@ -182,9 +254,26 @@ def dot(x1: Operand, x2: Operand) -> Var:
     return emit("dot", (x1, x2))
 
 
+def elu(x: Var, alpha: float = 1.0) -> Var:
+    """Element-wise x where x > 0, else alpha * (e**x - 1); the slope at 0 is alpha (op
+    ``elu``).
+
+    Args:
+        alpha: the scale of the negative part.
+    """
+    return emit("elu", (x,), {"alpha": alpha})
+
+
 def equal(x1: Operand, x2: Operand) -> Var:
     """Element-wise x1 == x2, as bool; no gradient (op ``equal``)."""
     return emit("equal", (x1, x2))
+
+
+def erf(x: Var) -> Var:
+    """Element-wise the error function, 2/sqrt(pi) * the integral of e**-t**2 from 0 to x (op
+    ``erf``).
+    """
+    return emit("erf", (x,))
 
 
 def exp(x: Var) -> Var:
@@ -212,6 +301,32 @@ def expm1(x: Var) -> Var:
     return emit("expm1", (x,))
 
 
+def flip(x: Var, axis: int | Sequence[int] | None = None) -> Var:
+    """numpy flip: reverse the order along `axis` (all axes when absent) (op ``flip``).
+
+    Args:
+        axis: the axes to reverse (all if absent).
+    """
+    return emit("flip", (x,), {"axis": axis})
+
+
+def fmod(x1: Operand, x2: Operand) -> Var:
+    """Element-wise C fmod: the remainder of x1 / x2 with the sign of x1; d/dx2 = -trunc(x1 /
+    x2) (op ``fmod``).
+    """
+    return emit("fmod", (x1, x2))
+
+
+def gelu(x: Var, approximate: str = "none") -> Var:
+    """Element-wise x * Phi(x), Phi the standard normal CDF; approximate='tanh' is 0.5 * x * (1
+    + tanh(sqrt(2/pi) * (x + 0.044715 * x**3))) (op ``gelu``).
+
+    Args:
+        approximate: the exact form, or the tanh one.
+    """
+    return emit("gelu", (x,), {"approximate": approximate})
+
+
 def greater(x1: Operand, x2: Operand) -> Var:
     """Element-wise x1 > x2, as bool; no gradient (op ``greater``)."""
     return emit("greater", (x1, x2))
@@ -222,9 +337,30 @@ def greater_equal(x1: Operand, x2: Operand) -> Var:
     return emit("greater_equal", (x1, x2))
 
 
+def hardsigmoid(x: Var, alpha: float = 0.2, beta: float = 0.5) -> Var:
+    """Element-wise max(0, min(1, alpha * x + beta)); the slope at the two kinks is 0 (op
+    ``hardsigmoid``).
+
+    Args:
+        alpha: the slope.
+        beta: the value at 0.
+    """
+    return emit("hardsigmoid", (x,), {"alpha": alpha, "beta": beta})
+
+
 def hypot(x1: Operand, x2: Operand) -> Var:
     """Element-wise sqrt(x1**2 + x2**2) without overflow (op ``hypot``)."""
     return emit("hypot", (x1, x2))
+
+
+def leaky_relu(x: Var, alpha: float = 0.01) -> Var:
+    """Element-wise x where x > 0, else alpha * x; the slope at 0 is alpha (relu'(0) = 0
+    extended) (op ``leaky_relu``).
+
+    Args:
+        alpha: the slope for x <= 0.
+    """
+    return emit("leaky_relu", (x,), {"alpha": alpha})
 
 
 def less(x1: Operand, x2: Operand) -> Var:
@@ -330,6 +466,13 @@ def minimum(x1: Operand, x2: Operand) -> Var:
     return emit("minimum", (x1, x2))
 
 
+def mod(x1: Operand, x2: Operand) -> Var:
+    """Element-wise numpy mod: the remainder of x1 / x2 with the sign of x2; d/dx2 = -floor(x1
+    / x2) (op ``mod``).
+    """
+    return emit("mod", (x1, x2))
+
+
 def mse(pred: Operand, target: Operand, reduction: str = "mean") -> Var:
     """Mean (sum, none) of (pred - target)**2 with numpy broadcasting (op ``mse``).
 
@@ -354,7 +497,7 @@ def not_equal(x1: Operand, x2: Operand) -> Var:
     return emit("not_equal", (x1, x2))
 
 
-def one_hot(labels: Var, depth: int, dtype: str | type = "float64") -> Var:
+def one_hot(labels: Var, depth: int, dtype: npt.DTypeLike = "float64") -> Var:
     """labels (...) as one-hot rows (..., depth); a row of NaN for a label out of range (op
     ``one_hot``).
 
@@ -370,6 +513,20 @@ def outer(x1: Operand, x2: Operand) -> Var:
     ``outer``).
     """
     return emit("outer", (x1, x2))
+
+
+def pad(
+    x: Var, pads: int | Sequence[int], mode: str = "constant", constant_value: float = 0.0
+) -> Var:
+    """numpy pad with ONNX's pads (all begins, then all ends); mode constant, reflect (without
+    the edge) or edge (repeating it) (op ``pad``).
+
+    Args:
+        pads: begin_0, begin_1, ..., then end_0, end_1, ... (ONNX's order).
+        mode: how to fill the pads.
+        constant_value: the fill of mode constant.
+    """
+    return emit("pad", (x,), {"pads": pads, "mode": mode, "constant_value": constant_value})
 
 
 def power(x1: Operand, x2: Operand) -> Var:
@@ -398,6 +555,17 @@ def relu(x: Var) -> Var:
     return emit("relu", (x,))
 
 
+def repeat(x: Var, repeats: int, axis: int) -> Var:
+    """numpy repeat with one count: each element repeated `repeats` times along `axis` (op
+    ``repeat``).
+
+    Args:
+        repeats: how often each element repeats.
+        axis: the axis to repeat along.
+    """
+    return emit("repeat", (x,), {"repeats": repeats, "axis": axis})
+
+
 def reshape(x: Var, shape: int | Sequence[int]) -> Var:
     """numpy reshape; one dimension may be -1 (op ``reshape``).
 
@@ -405,6 +573,17 @@ def reshape(x: Var, shape: int | Sequence[int]) -> Var:
         shape: the new shape.
     """
     return emit("reshape", (x,), {"shape": shape})
+
+
+def selu(x: Var, alpha: float = 1.6732631921768188, gamma: float = 1.0507010221481323) -> Var:
+    """Element-wise gamma * (x where x > 0, else alpha * (e**x - 1)), ONNX's defaults; the
+    slope at 0 is gamma * alpha (op ``selu``).
+
+    Args:
+        alpha: the negative part's scale.
+        gamma: the overall scale.
+    """
+    return emit("selu", (x,), {"alpha": alpha, "gamma": gamma})
 
 
 def sigmoid(x: Var) -> Var:
@@ -440,6 +619,11 @@ def softmax(x: Var, axis: int = -1) -> Var:
 def softplus(x: Var) -> Var:
     """Element-wise log(1 + e**x), computed stably (op ``softplus``)."""
     return emit("softplus", (x,))
+
+
+def softsign(x: Var) -> Var:
+    """Element-wise x / (1 + |x|) (op ``softsign``)."""
+    return emit("softsign", (x,))
 
 
 def sqrt(x: Var) -> Var:
@@ -507,6 +691,16 @@ def tan(x: Var) -> Var:
 def tanh(x: Var) -> Var:
     """Element-wise hyperbolic tangent (op ``tanh``)."""
     return emit("tanh", (x,))
+
+
+def tile(x: Var, reps: int | Sequence[int]) -> Var:
+    """numpy tile: `x` repeated `reps` times along each axis (shorter of the two padded with
+    leading 1s) (op ``tile``).
+
+    Args:
+        reps: the repetitions per axis.
+    """
+    return emit("tile", (x,), {"reps": reps})
 
 
 def transpose(x: Var, axes: int | Sequence[int] | None = None) -> Var:

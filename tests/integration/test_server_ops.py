@@ -42,6 +42,18 @@ SPECIAL = {
     "slice": ([_u(2, 4)], {"index": "1, 1:3"}),
     "slice_grad": ([_u(2)], {"index": "1:3", "shape": [4]}),
     "var": ([_u(2, 3)], {"axis": [1], "ddof": 1}),
+    "clip": ([_u(2, 3), _u(3, lo=0.3, hi=0.4), np.array(0.6)], {}),
+    "pad": ([_u(2, 3)], {"pads": [1, 2, 0, 1], "mode": "reflect"}),
+    "pad_grad": ([_u(4, 5)], {"pads": [1, 0, 2, 1], "mode": "edge"}),
+    "flip": ([_u(2, 3)], {"axis": [1]}),
+    "tile": ([_u(2, 3)], {"reps": [2]}),
+    "repeat": ([_u(2, 3)], {"repeats": 2, "axis": 0}),
+    "cumsum": ([_u(2, 3)], {"axis": 1, "exclusive": 1}),
+    "astype": ([_u(2, 3)], {"dtype": "float32"}),
+    "argmax": ([_u(2, 3)], {"axis": 1}),
+    "argmin": ([_u(2, 3)], {"axis": 0, "keepdims": 1}),
+    "gelu": ([_u(2, 3, lo=-2, hi=2)], {"approximate": "tanh"}),
+    "leaky_relu": ([_u(2, 3, lo=-1, hi=1)], {"alpha": 0.2}),
 }
 REDUCTIONS = {"sum", "mean", "max", "min", "prod", "std", "logsumexp"}
 

@@ -311,6 +311,92 @@ for (_s1, _s2), (_d1, _d2), _red in itertools.product(
     )
 
 
+# ---- the ops of issue 8 --------------------------------------------------------------------------
+
+for _attrs in [{}, {"approximate": "tanh"}, {"approximate": "erf"}]:
+    case("gelu", [((2, 3), F32)], lambda x, a=_attrs: gs.gelu(x, **a), _attrs)
+for _op, _attrs in [
+    ("leaky_relu", {"alpha": 0.2}),
+    ("elu", {"alpha": 2}),
+    ("selu", {"alpha": 1.5, "gamma": 1.0}),
+    ("hardsigmoid", {"alpha": 0.1, "beta": 0.6}),
+    ("leaky_relu", {"alpha": "x"}),
+]:
+    case(_op, [((2, 3), F64)], lambda x, o=_op, a=_attrs: getattr(gs, o)(x, **a), _attrs)
+for _shapes, _dtypes in [
+    (((2, 3), (3,), ()), (F64, F64, F64)),
+    (((2, 3), (2, 1), (1, 3)), (I64, I64, I64)),
+    (((2, 3), (4,), ()), (F64, F64, F64)),
+    (((2, 3), (), ()), (F64, F32, F64)),
+]:
+    case(
+        "clip",
+        list(zip(_shapes, _dtypes, strict=True)),
+        gs.clip,
+        (_shapes, _dtypes),
+    )
+case("clip", [((3,), F32)], lambda x: gs.clip(x, 0, 1), "literal bounds")
+for _shape, _attrs in [
+    ((2, 3), {"pads": (1, 0, 2, 3)}),
+    ((2, 3), {"pads": (1, 1, 1, 1), "mode": "reflect"}),
+    ((2, 3), {"pads": (2, 0, 0, 0), "mode": "reflect"}),
+    ((0, 3), {"pads": (1, 0, 0, 0), "mode": "edge"}),
+    ((2, 3), {"pads": (1, 2)}),
+    ((2, 3), {"pads": (0, 0, 0, -1)}),
+    ((2, 3), {"pads": (0, 0, 0, 1), "mode": "wrap"}),
+    ((), {"pads": ()}),
+]:
+    case("pad", [(_shape, F64)], lambda x, a=_attrs: gs.pad(x, **a), (_shape, _attrs))
+for _axis in [None, 0, (0, -1), 3]:
+    case("flip", [((2, 3, 4), I32)], lambda x, a=_axis: gs.flip(x, a), _axis)
+for _shape, _reps in [
+    ((2, 3), (2, 1)),
+    ((3,), (2, 2)),
+    ((2, 3), (3,)),
+    ((2, 3), (1, -1)),
+    ((), (2,)),
+]:
+    case("tile", [(_shape, F64)], lambda x, r=_reps: gs.tile(x, r), (_shape, _reps))
+for _repeats, _axis in [(2, 0), (3, -1), (0, 1), (-1, 0), (2, 2)]:
+    case(
+        "repeat",
+        [((2, 3), B)],
+        lambda x, r=_repeats, a=_axis: gs.repeat(x, r, a),
+        (_repeats, _axis),
+    )
+for _dtype, _attrs in [
+    (F64, {"axis": 0}),
+    (I32, {"axis": -1, "exclusive": True}),
+    (F32, {"axis": 1, "reverse": True, "exclusive": False}),
+    (B, {"axis": 0}),
+    (F64, {"axis": 2}),
+]:
+    case("cumsum", [((2, 3), _dtype)], lambda x, a=_attrs: gs.cumsum(x, **a), (_dtype, _attrs))
+for _source in DTYPES:
+    for _target in [F32, I64, B, "float16"]:
+        case(
+            "astype", [((2, 3), _source)], lambda x, t=_target: gs.astype(x, t), (_source, _target)
+        )
+case("astype", [((2,), I64)], lambda x: gs.astype(x, np.float32), "numpy dtype")
+for _op in ("argmax", "argmin"):
+    for _shape, _axis, _keep in [
+        ((2, 3), 0, False),
+        ((2, 3), -1, True),
+        ((2, 0), 1, False),
+        ((2,), 1, False),
+    ]:
+        case(
+            _op,
+            [(_shape, F64)],
+            lambda x, o=_op, a=_axis, k=_keep: getattr(gs, o)(x, a, k),
+            (_shape, _axis, _keep),
+        )
+    case(_op, [((2, 3), B)], lambda x, o=_op: getattr(gs, o)(x, 0), "bool")
+for _op in ("erf", "softsign"):
+    for _dtype in (F64, F32, I64):
+        case(_op, [((2, 3), _dtype)], getattr(gs, _op), _dtype)
+
+
 # ---- the check ---------------------------------------------------------------------------------
 
 

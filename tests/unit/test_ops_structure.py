@@ -1,13 +1,21 @@
 """Structure ops: reshape, broadcast_to, transpose, expand_dims, squeeze, concatenate, stack,
-slice (and the internal slice_grad): forward vs numpy, derivatives vs central differences,
+slice (and the internal slice_grad), pad (and pad_grad), flip, tile, repeat, cumsum, astype,
+argmax and argmin: forward vs numpy, derivatives vs central differences,
 second order, nested batching, float32, and validation errors that name the field."""
 
 import numpy as np
 import pytest
 from gradcheck import check_derivatives, check_second_derivatives, op_program, program
-from gradserve.autodiff import GraphError, evaluate, vjp_values
+from gradserve.autodiff import GraphError, evaluate, jacobian, vjp_values
 from gradserve.autodiff.transforms import jvp, vjp
 from gradserve_client.opset.structure import parse_index
+
+
+def _exclusive(inclusive, axis):
+    """An inclusive cumulative sum shifted by one along `axis`: the exclusive one."""
+    zero = np.zeros_like(np.take(inclusive, [0], axis))
+    return np.concatenate([zero, np.delete(inclusive, -1, axis)], axis)
+
 
 CASES = [
     # (op, operand shapes, attrs, numpy reference)
@@ -38,6 +46,47 @@ CASES = [
     ("stack", [(2, 3), (2, 3)], {"axis": 1}, lambda *xs: np.stack(xs, 1)),
     ("stack", [(), ()], {}, lambda *xs: np.stack(xs)),
     ("stack", [(3,)], {"axis": -1}, lambda *xs: np.stack(xs, -1)),
+    ("pad", [(2, 3)], {"pads": (1, 0, 2, 3)}, lambda x: np.pad(x, ((1, 2), (0, 3)))),
+    (
+        "pad",
+        [(4,)],
+        {"pads": (0, 2), "constant_value": 1.5},
+        lambda x: np.pad(x, (0, 2), constant_values=1.5),
+    ),
+    (
+        "pad",
+        [(3, 4)],
+        {"pads": (1, 2, 2, 3), "mode": "reflect"},
+        lambda x: np.pad(x, ((1, 2), (2, 3)), mode="reflect"),
+    ),
+    (
+        "pad",
+        [(2, 3)],
+        {"pads": (2, 1, 0, 4), "mode": "edge"},
+        lambda x: np.pad(x, ((2, 0), (1, 4)), mode="edge"),
+    ),
+    (
+        "pad",
+        [(1, 2)],
+        {"pads": (3, 0, 2, 0), "mode": "edge"},
+        lambda x: np.pad(x, ((3, 2), (0, 0)), mode="edge"),
+    ),
+    ("flip", [(2, 3, 4)], {}, np.flip),
+    ("flip", [(2, 3, 4)], {"axis": (0, -1)}, lambda x: np.flip(x, (0, -1))),
+    ("tile", [(2, 3)], {"reps": (2, 1)}, lambda x: np.tile(x, (2, 1))),
+    ("tile", [(3,)], {"reps": (2, 2)}, lambda x: np.tile(x, (2, 2))),
+    ("tile", [(2, 3)], {"reps": (3,)}, lambda x: np.tile(x, 3)),
+    ("repeat", [(2, 3)], {"repeats": 2, "axis": 1}, lambda x: np.repeat(x, 2, 1)),
+    ("repeat", [(2, 3)], {"repeats": 3, "axis": -2}, lambda x: np.repeat(x, 3, -2)),
+    ("cumsum", [(2, 3)], {"axis": 1}, lambda x: np.cumsum(x, 1)),
+    ("cumsum", [(3, 4)], {"axis": 0, "exclusive": 1}, lambda x: _exclusive(np.cumsum(x, 0), 0)),
+    ("cumsum", [(3, 4)], {"axis": -1, "reverse": 1}, lambda x: np.cumsum(x[:, ::-1], 1)[:, ::-1]),
+    (
+        "cumsum",
+        [(2, 4)],
+        {"axis": 1, "exclusive": 1, "reverse": 1},
+        lambda x: _exclusive(np.cumsum(x[:, ::-1], 1), 1)[:, ::-1],
+    ),
 ]
 
 INDEXES = [
@@ -143,6 +192,12 @@ SECOND_ORDER = [
     ("transpose", {"axes": (1, 0)}, (2, 3), "sin"),
     ("broadcast_to", {"shape": (2, 2, 3)}, (2, 3), "sin"),
     ("reshape", {"shape": (3, 2)}, (2, 3), "sin"),
+    ("pad", {"pads": (1, 2, 2, 1), "mode": "reflect"}, (3, 3), "sin"),
+    ("pad", {"pads": (0, 1, 2, 0), "mode": "edge"}, (2, 3), "square"),
+    ("flip", {"axis": (1,)}, (2, 3), "sin"),
+    ("tile", {"reps": (2, 1, 2)}, (2, 3), "sin"),
+    ("repeat", {"repeats": 2, "axis": 0}, (2, 3), "sin"),
+    ("cumsum", {"axis": -1, "exclusive": 1}, (2, 3), "sin"),
 ]
 
 
@@ -170,8 +225,14 @@ def test_second_derivatives(case):
         ("stack", [(2, 3), (2, 3)], {"axis": -2}),
         ("squeeze", [(3, 1)], {}),
         ("expand_dims", [(3,)], {"axis": -1}),
+        ("pad", [(3, 4)], {"pads": (1, 2, 2, 0), "mode": "reflect"}),
+        ("pad", [(2, 3)], {"pads": (1, 0, 0, 2), "constant_value": 2.0}),
+        ("flip", [(2, 3)], {}),
+        ("tile", [(2, 3)], {"reps": (2, 1, 2)}),
+        ("repeat", [(2, 3)], {"repeats": 2, "axis": -1}),
+        ("cumsum", [(2, 3)], {"axis": 0, "reverse": 1}),
     ],
-    ids=lambda c: c[0],
+    ids=lambda c: f"{c[0]}{c[2]}",
 )
 def test_derivatives_of_batched_derivative_programs(case):
     """A batched VJP/JVP program holds these ops (and slice_grad) on batched values;
@@ -257,6 +318,25 @@ ERRORS = [
     ("slice", [(2, 3)], {"index": "[0, 1]"}, "attrs.index"),
     ("slice_grad", [(2,)], {"index": "0:2", "shape": (3, 2)}, "inputs[0]"),
     ("slice_grad", [(2,)], {"index": "5", "shape": (3, 2)}, "attrs.index"),
+    ("pad", [(2, 3)], {"pads": (1, 1)}, "attrs.pads"),
+    ("pad", [(2, 3)], {"pads": (1, -1, 0, 0)}, "attrs.pads"),
+    ("pad", [(2, 3)], {"pads": (2, 0, 0, 0), "mode": "reflect"}, "attrs.pads"),
+    ("pad", [(0, 3)], {"pads": (1, 0, 0, 0), "mode": "edge"}, "attrs.pads"),
+    ("pad", [(2, 3)], {"pads": (1, 0, 0, 0), "mode": "wrap"}, "attrs.mode"),
+    ("pad_grad", [(2, 3)], {"pads": (2, 0, 1, 0)}, "attrs.pads"),
+    ("flip", [(2, 3)], {"axis": (2,)}, "attrs.axis"),
+    ("tile", [(2, 3)], {"reps": (2, -1)}, "attrs.reps"),
+    ("tile", [(2, 3)], {}, "attrs.reps"),
+    ("repeat", [(2, 3)], {"repeats": -1, "axis": 0}, "attrs.repeats"),
+    ("repeat", [(2, 3)], {"repeats": 2}, "attrs.axis"),
+    ("cumsum", [(2, 3)], {"axis": 2}, "attrs.axis"),
+    ("cumsum", [(2, 3)], {"axis": 0, "exclusive": 2}, "attrs.exclusive"),
+    ("cumsum", [((2, 3), "bool")], {"axis": 0}, "inputs[0]"),
+    ("astype", [(2, 3)], {"dtype": "float16"}, "attrs.dtype"),
+    ("astype", [(2, 3)], {}, "attrs.dtype"),
+    ("argmax", [(2, 3)], {"axis": 2}, "attrs.axis"),
+    ("argmin", [(2, 0)], {"axis": 1}, "attrs.axis"),
+    ("argmax", [((2, 3), "bool")], {"axis": 0}, "inputs[0]"),
 ]
 
 
@@ -269,3 +349,79 @@ def test_validation_errors_name_the_field(case):
         program(inputs, nodes, ["y"])
     assert info.value.field == field, str(info.value)
     assert info.value.node == "y"
+
+
+# ---- astype, argmax, argmin --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("source", "target"), [("float64", "float32"), ("float32", "float64")])
+def test_astype_between_floats_passes_derivatives_cast(source, target):
+    # x -> astype(target) -> astype(source): the Jacobian is the identity, exactly, in both
+    # modes, and each cast's (co)tangent has the dtype of its own side.
+    p = program(
+        {"x": ((2, 3), source)},
+        [("t", "astype", ["x"], {"dtype": target}), ("y", "astype", ["t"], {"dtype": source})],
+        ["y", "t"],
+    )
+    x = RNG.standard_normal((2, 3)).astype(source)
+    values = evaluate(p, {"x": x})
+    assert values["t"].dtype == target and values["y"].dtype == source
+    np.testing.assert_array_equal(values["t"], x.astype(target))
+    for mode in ("forward", "reverse"):
+        _, jac = jacobian(p, {"x": x}, ["y", "t"], ["x"], mode=mode)
+        assert jac["t"]["x"].dtype == target and jac["y"]["x"].dtype == source
+        np.testing.assert_array_equal(jac["y"]["x"].reshape(6, 6), np.eye(6))
+
+
+def test_astype_float64_to_float64_against_central_differences():
+    p = op_program("astype", [(2, 3)], {"dtype": "float64"})
+    check_derivatives(p, feeds_for([(2, 3)]))
+
+
+def test_astype_through_an_integer_stops_the_gradient():
+    # round-trip through int64: piecewise constant, so the derivative is zero, not an error
+    p = program(
+        {"x": (4,)},
+        [
+            ("i", "astype", ["x"], {"dtype": "int64"}),
+            ("f", "astype", ["i"], {"dtype": "float64"}),
+            ("y", "multiply", ["f", "x"]),
+        ],
+        ["y"],
+    )
+    x = np.array([0.5, 1.5, 2.5, -1.5])
+    np.testing.assert_array_equal(evaluate(p, {"x": x})["y"], x.astype(np.int64) * x)
+    for mode in ("forward", "reverse"):
+        _, jac = jacobian(p, {"x": x}, ["y"], ["x"], mode=mode)
+        np.testing.assert_array_equal(jac["y"]["x"], np.diag(x.astype(np.int64) * 1.0))
+
+
+@pytest.mark.parametrize("name", ["argmax", "argmin"])
+@pytest.mark.parametrize(("axis", "keepdims"), [(0, 0), (-1, 0), (1, 1)])
+def test_argmax_argmin(name, axis, keepdims):
+    x = np.array([[1.0, 3.0, 3.0], [2.0, -1.0, 2.0]])  # ties: the first index wins, as numpy
+    p = op_program(name, [x.shape], {"axis": axis, "keepdims": keepdims})
+    y = evaluate(p, {"x0": x})["y"]
+    expected = getattr(np, name)(x, axis, keepdims=bool(keepdims))
+    assert y.dtype == np.int64 and p.types["y"].shape == expected.shape
+    np.testing.assert_array_equal(y, expected)
+    with pytest.raises(GraphError) as err:
+        jacobian(p, {"x0": x}, ["y"], ["x0"])
+    assert (err.value.node, err.value.field) == ("y", "of")
+
+
+def test_argmax_selects_without_gradient_through_the_index():
+    # take the max with one_hot(argmax): the gradient flows through the multiply only
+    p = program(
+        {"x": (2, 3)},
+        [
+            ("i", "argmax", ["x"], {"axis": -1}),
+            ("h", "one_hot", ["i"], {"depth": 3}),
+            ("m", "multiply", ["h", "x"]),
+            ("y", "sum", ["m"], {"axis": (-1,)}),
+        ],
+        ["y"],
+    )
+    x = np.array([[0.1, 0.7, 0.2], [0.9, 0.3, 0.5]])
+    np.testing.assert_array_equal(evaluate(p, {"x": x})["y"], x.max(-1))
+    check_derivatives(p, {"x": x})

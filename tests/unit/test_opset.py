@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import gradserve_client as gs
+import numpy as np
 import pytest
 from gradserve.autodiff import OPS
 from gradserve_client import expr, ops
@@ -99,3 +100,28 @@ def test_optional_operands_and_flags() -> None:
     assert [o.literal for o in SPECS["where"].operands] == ["bool", None, None]
     assert SPECS["stack"].variadic and SPECS["stack"].min_arity == 1
     assert SPECS["sum"].attrs["keepdims"].is_flag
+
+
+def test_new_sdk_functions_run_in_process() -> None:
+    """gs.one_hot and the issue 8 ops, built with their generated functions, as numpy computes
+    them (LocalClient: the same core as a server)."""
+    g = gs.Graph()
+    x = g.input("x", (2, 3))
+    g.output("clip", gs.clip(x, -0.5, 0.5))
+    g.output("gelu", gs.gelu(x, approximate="tanh"))
+    g.output("pad", gs.pad(x, [0, 1, 1, 0], mode="edge"))
+    g.output("cumsum", gs.cumsum(x, axis=1, reverse=True))
+    g.output("hot", gs.one_hot(gs.argmax(x, axis=1), 3, dtype="float32"))
+    g.output("cast", gs.astype(gs.tile(gs.flip(x, 0), [2]), np.float32))
+    g.output("rep", gs.repeat(gs.mod(x, 0.75), 2, axis=0))
+    x0 = np.array([[-1.0, 0.25, 2.0], [0.5, -0.2, 0.1]])
+    out = gs.LocalClient().evaluate(g, {"x": x0})
+    np.testing.assert_array_equal(out["clip"], np.clip(x0, -0.5, 0.5))
+    t = np.tanh(np.sqrt(2 / np.pi) * (x0 + 0.044715 * x0**3))
+    np.testing.assert_allclose(out["gelu"], 0.5 * x0 * (1 + t), rtol=1e-15)
+    np.testing.assert_array_equal(out["pad"], np.pad(x0, ((0, 1), (1, 0)), mode="edge"))
+    np.testing.assert_allclose(out["cumsum"], np.cumsum(x0[:, ::-1], 1)[:, ::-1], rtol=1e-15)
+    np.testing.assert_array_equal(out["hot"], np.eye(3, dtype=np.float32)[[2, 0]])
+    assert out["cast"].dtype == np.float32
+    np.testing.assert_array_equal(out["cast"], np.tile(x0[::-1], 2).astype(np.float32))
+    np.testing.assert_array_equal(out["rep"], np.repeat(np.mod(x0, 0.75), 2, axis=0))

@@ -313,9 +313,10 @@ def normalize_axes(axes: Iterable[int], ndim: int, field: str = "attrs.axis") ->
 
 
 def elementwise_type(allowed: Sequence[str] = FLOAT_DTYPES, result: str | None = None):
-    """The type rule of an element-wise op: operands broadcast and share one dtype."""
+    """The type rule of an element-wise op: operands broadcast and share one dtype (its
+    attributes, if any, do not change the type)."""
 
-    def infer(types: Sequence[TensorType]) -> TensorType:
+    def infer(types: Sequence[TensorType], **attrs: Any) -> TensorType:
         dtype = same_dtype(types, allowed, "this op")
         return TensorType(broadcast_shapes(*(t.shape for t in types)), result or dtype)
 

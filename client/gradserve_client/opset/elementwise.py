@@ -8,6 +8,7 @@ from .core import (
     DTYPES,
     FLOAT_DTYPES,
     NUMERIC,
+    AttrSpec,
     DTypeError,
     TensorType,
     broadcast_shapes,
@@ -100,5 +101,67 @@ define(
     "condition:bool x1 x2",
     _where_type,
     "x1 where condition is true, else x2; the branch not taken gets exactly zero gradient",
+    elementwise=True,
+)
+
+
+# ---- activations and friends -------------------------------------------------------------------
+
+unary("erf", "the error function, 2/sqrt(pi) * the integral of e**-t**2 from 0 to x")
+unary(
+    "gelu",
+    "x * Phi(x), Phi the standard normal CDF; approximate='tanh' is 0.5 * x * (1 + "
+    "tanh(sqrt(2/pi) * (x + 0.044715 * x**3)))",
+    attrs={
+        "approximate": AttrSpec(
+            "string", "none", choices=("none", "tanh"), doc="the exact form, or the tanh one"
+        )
+    },
+)
+unary(
+    "leaky_relu",
+    "x where x > 0, else alpha * x; the slope at 0 is alpha (relu'(0) = 0 extended)",
+    attrs={"alpha": AttrSpec("float", 0.01, doc="the slope for x <= 0")},
+)
+unary(
+    "elu",
+    "x where x > 0, else alpha * (e**x - 1); the slope at 0 is alpha",
+    attrs={"alpha": AttrSpec("float", 1.0, doc="the scale of the negative part")},
+)
+unary(
+    "selu",
+    "gamma * (x where x > 0, else alpha * (e**x - 1)), ONNX's defaults; the slope at 0 is "
+    "gamma * alpha",
+    attrs={
+        "alpha": AttrSpec("float", 1.67326319217681884765625, doc="the negative part's scale"),
+        "gamma": AttrSpec("float", 1.05070102214813232421875, doc="the overall scale"),
+    },
+)
+unary(
+    "hardsigmoid",
+    "max(0, min(1, alpha * x + beta)); the slope at the two kinks is 0",
+    attrs={
+        "alpha": AttrSpec("float", 0.2, doc="the slope"),
+        "beta": AttrSpec("float", 0.5, doc="the value at 0"),
+    },
+)
+unary("softsign", "x / (1 + |x|)")
+binary(
+    "mod",
+    "numpy mod: the remainder of x1 / x2 with the sign of x2; d/dx2 = -floor(x1 / x2)",
+    NUMERIC,
+)
+binary(
+    "fmod",
+    "C fmod: the remainder of x1 / x2 with the sign of x1; d/dx2 = -trunc(x1 / x2)",
+    NUMERIC,
+)
+define(
+    "clip",
+    "x lo hi",
+    elementwise_type(NUMERIC),
+    "numpy clip, min(max(x, lo), hi); the gradient goes to x where lo <= x <= hi (bounds "
+    "included, as torch.clamp), to lo where x < lo, to hi where x > hi (where lo > hi the "
+    "result is hi, and so is the gradient)",
     elementwise=True,
 )

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from .core import (
     DTYPES,
     FLOAT_DTYPES,
+    NUMERIC,
     AttrSpec,
     DTypeError,
     RuleError,
@@ -124,4 +125,65 @@ define(
     "gradient of prod, exact with zeros); it has no derivative rules of its own",
     attrs={"axis": AttrSpec("ints", required=True)},
     internal=True,
+)
+
+
+# ---- cumsum, argmax, argmin --------------------------------------------------------------------
+
+
+def _cumsum_type(
+    types: Sequence[TensorType], axis: int, exclusive: int = 0, reverse: int = 0
+) -> TensorType:
+    (x,) = types
+    if x.dtype not in NUMERIC:
+        raise DTypeError("inputs[0]", f"needs {'/'.join(NUMERIC)}, got {x.dtype}")
+    if x.shape is not None:
+        normalize_axes((axis,), len(x.shape))
+    return x
+
+
+def _arg_type(types: Sequence[TensorType], axis: int, keepdims: int = 0) -> TensorType:
+    (x,) = types
+    if x.dtype not in NUMERIC:
+        raise DTypeError("inputs[0]", f"needs {'/'.join(NUMERIC)}, got {x.dtype}")
+    if x.shape is None:
+        return TensorType(None, "int64")
+    axes = normalize_axes((axis,), len(x.shape))
+    if x.shape[axes[0]] == 0:
+        raise RuleError("attrs.axis", f"cannot take the arg of an empty axis of {list(x.shape)}")
+    shape = kept_shape(x.shape, axes) if keepdims else dropped_shape(x.shape, axes)
+    return TensorType(shape, "int64")
+
+
+define(
+    "cumsum",
+    "x",
+    _cumsum_type,
+    "numpy cumsum along `axis`; `exclusive` leaves each element out of its own sum (ONNX), "
+    "`reverse` sums from the end",
+    attrs={
+        "axis": AttrSpec("int", required=True, doc="the axis to sum along"),
+        "exclusive": AttrSpec("int", 0, choices=(0, 1), doc="sum the elements before, not up to"),
+        "reverse": AttrSpec("int", 0, choices=(0, 1), doc="sum from the end"),
+    },
+)
+ARG_AXIS = {
+    "axis": AttrSpec("int", required=True, doc="the axis to search"),
+    "keepdims": AttrSpec("int", 0, choices=(0, 1), doc="keep that axis as size 1"),
+}
+define(
+    "argmax",
+    "x",
+    _arg_type,
+    "numpy argmax: the int64 index of the first maximum along `axis`; no gradient",
+    attrs=ARG_AXIS,
+    differentiable=False,
+)
+define(
+    "argmin",
+    "x",
+    _arg_type,
+    "numpy argmin: the int64 index of the first minimum along `axis`; no gradient",
+    attrs=ARG_AXIS,
+    differentiable=False,
 )

@@ -310,3 +310,157 @@ define(
     },
     internal=True,
 )
+
+
+# ---- pad, flip, tile, repeat ---------------------------------------------------------------
+
+
+def _pad_type(
+    types: Sequence[TensorType],
+    pads: Shape,
+    mode: str = "constant",
+    constant_value: float = 0.0,
+) -> TensorType:
+    (x,) = types
+    if any(p < 0 for p in pads):
+        raise RuleError("attrs.pads", f"{list(pads)} has a negative pad (slice to crop)")
+    if x.shape is None:
+        return x
+    n = len(x.shape)
+    if len(pads) != 2 * n:
+        raise RuleError(
+            "attrs.pads", f"needs {2 * n} values (the begins, then the ends), got {len(pads)}"
+        )
+    shape = []
+    for axis, (d, b, e) in enumerate(zip(x.shape, pads[:n], pads[n:], strict=True)):
+        if d >= 0 and (b or e):
+            if mode == "reflect" and max(b, e) >= d:
+                raise RuleError(
+                    "attrs.pads", f"reflect pads of axis {axis} must be below its size {d}"
+                )
+            if mode == "edge" and d == 0:
+                raise RuleError("attrs.pads", f"cannot edge-pad the empty axis {axis}")
+        shape.append(-1 if d < 0 else d + b + e)
+    return TensorType(tuple(shape), x.dtype)
+
+
+def _pad_grad_type(types: Sequence[TensorType], pads: Shape, mode: str = "constant") -> TensorType:
+    (g,) = types
+    if g.shape is None:
+        return g
+    n = len(g.shape)
+    if len(pads) != 2 * n or any(p < 0 for p in pads):
+        raise RuleError("attrs.pads", f"{list(pads)} are not pads for rank {n}")
+    shape = []
+    for d, b, e in zip(g.shape, pads[:n], pads[n:], strict=True):
+        if d >= 0 and d - b - e < (1 if mode == "reflect" and (b or e) else 0):
+            raise RuleError("attrs.pads", f"{list(pads)} are too large for {list(g.shape)}")
+        shape.append(-1 if d < 0 else d - b - e)
+    return TensorType(tuple(shape), g.dtype)
+
+
+PAD_MODE = AttrSpec(
+    "string", "constant", choices=("constant", "reflect", "edge"), doc="how to fill the pads"
+)
+define(
+    "pad",
+    "x",
+    _pad_type,
+    "numpy pad with ONNX's pads (all begins, then all ends); mode constant, reflect (without "
+    "the edge) or edge (repeating it)",
+    attrs={
+        "pads": AttrSpec(
+            "ints",
+            required=True,
+            doc="begin_0, begin_1, ..., then end_0, end_1, ... (ONNX's order)",
+        ),
+        "mode": PAD_MODE,
+        "constant_value": AttrSpec("float", 0.0, doc="the fill of mode constant"),
+    },
+)
+define(
+    "pad_grad",
+    "x",
+    _pad_grad_type,
+    "the transpose of pad: the pads cut off, and in modes reflect and edge added onto the "
+    "elements they copy",
+    attrs={"pads": AttrSpec("ints", required=True), "mode": PAD_MODE},
+    internal=True,
+)
+
+
+def _flip_type(types: Sequence[TensorType], axis: Shape | None = None) -> TensorType:
+    (x,) = types
+    if x.shape is not None and axis is not None:
+        normalize_axes(axis, len(x.shape))
+    return x
+
+
+def tiled_shape(shape: Shape, reps: Shape) -> tuple[Shape, Shape]:
+    """numpy tile's view of its operands: `shape` and `reps`, both padded with leading 1s to one
+    length."""
+    n = max(len(shape), len(reps))
+    return (1,) * (n - len(shape)) + shape, (1,) * (n - len(reps)) + reps
+
+
+def _tile_type(types: Sequence[TensorType], reps: Shape) -> TensorType:
+    (x,) = types
+    if any(r < 0 for r in reps):
+        raise RuleError("attrs.reps", f"{list(reps)} has a negative count")
+    if x.shape is None:
+        return x
+    shape, full = tiled_shape(x.shape, reps)
+    return TensorType(
+        tuple(-1 if d < 0 else d * r for d, r in zip(shape, full, strict=True)), x.dtype
+    )
+
+
+def _repeat_type(types: Sequence[TensorType], repeats: int, axis: int) -> TensorType:
+    (x,) = types
+    if repeats < 0:
+        raise RuleError("attrs.repeats", f"must be >= 0, got {repeats}")
+    if x.shape is None:
+        return x
+    (ax,) = normalize_axes((axis,), len(x.shape))
+    shape = list(x.shape)
+    shape[ax] = -1 if shape[ax] < 0 else shape[ax] * repeats
+    return TensorType(tuple(shape), x.dtype)
+
+
+define(
+    "flip",
+    "x",
+    _flip_type,
+    "numpy flip: reverse the order along `axis` (all axes when absent)",
+    attrs={"axis": AttrSpec("ints", doc="the axes to reverse (all if absent)")},
+)
+define(
+    "tile",
+    "x",
+    _tile_type,
+    "numpy tile: `x` repeated `reps` times along each axis (shorter of the two padded with "
+    "leading 1s)",
+    attrs={"reps": AttrSpec("ints", required=True, doc="the repetitions per axis")},
+)
+define(
+    "repeat",
+    "x",
+    _repeat_type,
+    "numpy repeat with one count: each element repeated `repeats` times along `axis`",
+    attrs={
+        "repeats": AttrSpec("int", required=True, doc="how often each element repeats"),
+        "axis": AttrSpec("int", required=True, doc="the axis to repeat along"),
+    },
+)
+
+
+# ---- astype ------------------------------------------------------------------------------------
+
+
+define(
+    "astype",
+    "x",
+    lambda types, dtype: TensorType(types[0].shape, dtype),
+    "numpy astype: a cast to `dtype`; derivatives flow through float-to-float casts only",
+    attrs={"dtype": AttrSpec("string", required=True, choices=DTYPES, doc="the new dtype")},
+)

@@ -5,10 +5,10 @@ doc line), which the SDK shares.
 Ops are implemented in `gradserve.autodiff.ops`, one short entry each, in the style of HIPS
 autograd's VJP table. Derivative rules are functions of `Sym` values that emit IR nodes, so a
 derivative is itself a Program (see `transforms.py`). An op gives one of:
-- `partials=` (element-wise ops): one `partial(g, ans, *xs) -> Sym` per operand, which maps an
-  incoming tangent or cotangent `g` (the same thing for a diagonal Jacobian) to its share; the
-  framework lifts tangents to the output's rank and sums cotangents back to the operand's shape
-  (autograd's `unbroadcast`);
+- `partials=` (element-wise ops): one `partial(g, ans, *xs, **attrs) -> Sym` per operand,
+  which maps an incoming tangent or cotangent `g` (the same thing for a diagonal Jacobian) to
+  its share; the framework lifts tangents to the output's rank and sums cotangents back to the
+  operand's shape (autograd's `unbroadcast`);
 - `linear=` with `vjp=`: for an op linear in its operands, the JVP is the op itself applied to
   the tangents; `linear(batch, *xs, **attrs)` gives the attributes that apply the op to values
   with the leading batch axes `batch` (JAX's `deflinear`);

@@ -161,7 +161,7 @@ def vjp(
         if opdef.partials is not None:
             for x, need, partial in zip(xs, needs, opdef.partials, strict=True):
                 if need and partial is not None:
-                    ct = partial(g, ans, *xs)
+                    ct = partial(g, ans, *xs, **node.attrs)
                     if ct is not None:
                         accumulate(x.name, sum_to(ct, x.shape))
             continue
@@ -204,7 +204,7 @@ def jvp(
             out = None
             for t, partial in zip(ts, opdef.partials, strict=True):
                 if t is not None and partial is not None:
-                    term = partial(lift(t, ans.ndim), ans, *xs)
+                    term = partial(lift(t, ans.ndim), ans, *xs, **node.attrs)
                     if term is not None:
                         out = term if out is None else out + term
             if out is not None:

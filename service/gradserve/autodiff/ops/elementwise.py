@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import special
 
 from gradserve.autodiff.registry import implement
 from gradserve.autodiff.symbolic import Sym, op
@@ -118,3 +119,61 @@ implement(
         lambda g, ans, c, a, b: op.where(c, 0, g),
     ),
 )
+
+
+# ---- activations and friends -------------------------------------------------------------------
+# Rules with attributes take them as keywords after the operands.
+
+SQRT_HALF = math.sqrt(0.5)
+TWO_OVER_SQRT_PI = 2 / math.sqrt(math.pi)
+INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+TANH_SCALE = math.sqrt(2 / math.pi)  # gelu's tanh form: tanh(TANH_SCALE * (x + TANH_CUBIC x^3))
+TANH_CUBIC = 0.044715
+
+
+def _gelu(x: np.ndarray, *, approximate: str = "none") -> np.ndarray:
+    if approximate == "tanh":
+        return 0.5 * x * (1 + np.tanh(TANH_SCALE * (x + TANH_CUBIC * x**3)))
+    return 0.5 * x * special.erfc(-x * SQRT_HALF)  # erfc keeps precision in the left tail
+
+
+def _dgelu(x: Sym, approximate: str) -> Sym:
+    if approximate == "tanh":
+        t = op.tanh((x + op.square(x) * x * TANH_CUBIC) * TANH_SCALE)
+        slope = (op.square(x) * (3 * TANH_CUBIC) + 1) * TANH_SCALE
+        return (t + 1) * 0.5 + x * (1 - op.square(t)) * slope * 0.5
+    cdf = (op.erf(x * SQRT_HALF) + 1) * 0.5
+    return cdf + x * op.exp(op.square(x) * -0.5) * INV_SQRT_2PI
+
+
+def _negative_part(x: np.ndarray, alpha: float) -> np.ndarray:
+    """alpha * (e**x - 1) for x <= 0 (and for x > 0, where it is not used, without overflow)."""
+    return alpha * np.expm1(np.minimum(x, 0))
+
+
+def _mod_divisor_partial(g: Sym, ans: Sym, x1: Sym, x2: Sym) -> Sym:
+    # mod and fmod are x1 - k * x2 with k = floor or trunc of x1 / x2, constant between jumps;
+    # k = (x1 - ans) / x2 (in exact arithmetic, and within rounding here).
+    return -(g * ((x1 - ans) / x2))
+
+
+# fmt: off
+implement("erf", special.erf, partials=(lambda g, ans, x: g * (op.exp(-op.square(x)) * TWO_OVER_SQRT_PI),))
+implement("gelu", _gelu, partials=(lambda g, ans, x, approximate="none": g * _dgelu(x, approximate),))
+implement("leaky_relu", lambda x, *, alpha=0.01: np.where(x > 0, x, x * alpha),
+          partials=(lambda g, ans, x, alpha=0.01: op.where(x > 0, g, g * alpha),))
+implement("elu", lambda x, *, alpha=1.0: np.where(x > 0, x, _negative_part(x, alpha)),
+          partials=(lambda g, ans, x, alpha=1.0: op.where(x > 0, g, g * (ans + alpha)),))
+implement("selu", lambda x, *, alpha, gamma: gamma * np.where(x > 0, x, _negative_part(x, alpha)),
+          partials=(lambda g, ans, x, alpha, gamma: op.where(x > 0, g * gamma, g * (ans + gamma * alpha)),))
+implement("hardsigmoid", lambda x, *, alpha=0.2, beta=0.5: np.clip(x * alpha + beta, 0, 1),
+          partials=(lambda g, ans, x, alpha=0.2, beta=0.5: op.where(ans > 0, op.where(ans < 1, g * alpha, 0), 0),))
+implement("softsign", lambda x: x / (1 + np.abs(x)), partials=(lambda g, ans, x: g / op.square(op.abs(x) + 1),))
+implement("mod", np.mod, partials=(lambda g, ans, x1, x2: g, _mod_divisor_partial))
+implement("fmod", np.fmod, partials=(lambda g, ans, x1, x2: g, _mod_divisor_partial))
+implement("clip", np.clip, partials=(
+    lambda g, ans, x, lo, hi: op.where(x < lo, 0, op.where(x > hi, 0, g)),
+    lambda g, ans, x, lo, hi: op.where(x < lo, op.where(lo > hi, 0, g), 0),
+    lambda g, ans, x, lo, hi: op.where(op.maximum(x, lo) > hi, g, 0),
+))
+# fmt: on

@@ -191,3 +191,43 @@ _weighted("prod", _prod, lambda ans, x, axes: op.prod_others(x, axis=axes))
 _weighted("var", _var, _var_weights)
 _weighted("std", _std, _dstd)
 _weighted("logsumexp", _logsumexp, _softmax_over)
+
+
+# ---- cumsum (linear: its transpose is the cumsum the other way), argmax, argmin ---------------
+
+
+def _cumsum(x: np.ndarray, *, axis: int, exclusive: int = 0, reverse: int = 0) -> np.ndarray:
+    if reverse:
+        x = np.flip(x, axis)
+    out = np.cumsum(x, axis=axis, dtype=x.dtype)
+    if exclusive:  # shift by one: each element's sum leaves it out
+        shifted = np.zeros_like(out)
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(1, None)
+        source = list(index)
+        source[axis] = slice(None, -1)
+        shifted[tuple(index)] = out[tuple(source)]
+        out = shifted
+    return np.flip(out, axis) if reverse else out
+
+
+def _cumsum_attrs(batch, x, axis, exclusive=0, reverse=0):
+    return {"axis": axes_of((axis,), x.ndim)[0], "exclusive": exclusive, "reverse": reverse}
+
+
+implement(
+    "cumsum",
+    _cumsum,
+    linear=_cumsum_attrs,
+    vjp=lambda g, ans, x, axis, exclusive=0, reverse=0: (
+        op.cumsum(g, **{**_cumsum_attrs(g.em.batch, x, axis, exclusive), "reverse": 1 - reverse}),
+    ),
+)
+implement(
+    "argmax",
+    lambda x, *, axis, keepdims=0: np.argmax(x, axis, keepdims=bool(keepdims)).astype(np.int64),
+)
+implement(
+    "argmin",
+    lambda x, *, axis, keepdims=0: np.argmin(x, axis, keepdims=bool(keepdims)).astype(np.int64),
+)
