@@ -48,20 +48,35 @@ def registry() -> dict[str, Runner]:
         "W3": core("W3"),
         "W4": core("W4"),
         "M1": core("M1"),
+        "S1": lazy("sparse", "s1"),
+        "S2": lazy("sparse", "s2"),
+        "S3": lazy("sparse", "s3"),
+        "H1": lazy("sparse", "h1"),
+        "H2": lazy("sparse", "h2"),
         "RPC": lazy("rpc", "run"),
         "W5": lazy("train", "run"),
         "WORKERS": lazy("workers", "run"),
     }
 
 
-ALIASES = {"R1": "RPC", "R2": "RPC", "R3": "RPC", "W5B": "W5", "W4B": "W4", "WK": "WORKERS"}
+ALIASES = {
+    "S1B": "S1",
+    "H2B": "H2",
+    "R1": "RPC",
+    "R2": "RPC",
+    "R3": "RPC",
+    "W5B": "W5",
+    "W4B": "W4",
+    "WK": "WORKERS",
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument(
         "--only",
-        help="comma-separated workloads: W1,W2,W3,W4,M1,RPC (or R1,R2,R3),W5,WORKERS (or WK)",
+        help="comma-separated workloads: W1,W2,W3,W4,M1,S1,S2,S3,H1,H2,RPC (or R1,R2,R3),W5,"
+        "WORKERS (or WK)",
     )
     p.add_argument("--quick", action="store_true", help="few repetitions (the smoke test)")
     p.add_argument("--json", type=Path, help="also write the results here")

@@ -61,3 +61,18 @@ def test_quick_core_run_prints_a_table_with_ratios(
     # The detail table gives gradserve's ratio to every anchor that ran, numpy's included.
     numpy_line = next(line for line in printed.splitlines() if "| numpy (hand)" in line)
     assert re.search(r"\| \d+\.\d\dx", numpy_line), numpy_line
+
+
+@pytest.mark.parametrize("workload", ["s1", "s3", "h1"])
+def test_quick_structured_workloads_time_gradserve_checked_against_numpy(monkeypatch, workload):
+    from bench import sparse
+
+    monkeypatch.setattr(sparse, "_torch", lambda: None)
+    monkeypatch.setattr(sparse, "_jax", lambda: None)
+    settings = Settings(quick=True, rounds=2, min_sample=0.001, warmup=1)
+    out = getattr(sparse, workload)(settings)
+    rows = out if isinstance(out, list) else [out]
+    for row in rows:
+        assert row.figures[row.gradserve] is not None, (row.id, row.notes)
+    if workload == "s3":  # numpy by hand passed its check against the closed form: timed
+        assert rows[0].figures["numpy (hand)"] is not None

@@ -2,26 +2,38 @@
 
 Reverse mode pushes a batch of one-hot cotangents (rows of J), forward mode a batch of one-hot
 tangents (columns of J). `mode="auto"` pushes whichever batch is smaller. Chunks bound the work
-memory: peak memory stays near the result plus one chunk. When every op between `wrt` and `of`
-is element-wise on unbroadcast values, J is diagonal and one unbatched JVP gives it.
+memory: peak memory stays near the result plus one chunk.
+
+Structure first: each block's sparsity pattern is detected from the graph (`sparsity.py`) and
+coloured (`colouring.py`); when the colours are at most half the dense passes (a diagonal J
+takes one pass, a tridiagonal one three), one pass per colour computes a compressed J, which
+is decompressed into CSR. Pattern and colouring are cached with the program.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from gradserve.autodiff.api import Arrays, Cancel, check_inputs
+from gradserve.autodiff.colouring import colour_columns, colour_rows
 from gradserve.autodiff.executor import compile_program
-from gradserve.autodiff.ir import GraphError, Program
+from gradserve.autodiff.ir import GraphError, InputDef, Program
 from gradserve.autodiff.registry import OPS
-from gradserve.autodiff.transforms import active_values, jvp, select, vjp
+from gradserve.autodiff.sparsity import structural_pattern
+from gradserve.autodiff.transforms import active_values, check_targets, jvp, select, vjp
 
 MODES = ("auto", "forward", "reverse")
 # Work per chunk, in elements of the widest value times the batch; see `chunk_rows`.
 MAX_CHUNK_ELEMENTS = 1 << 22
 MIN_CHUNK_ELEMENTS = 1 << 16
+# A dense request with fewer passes than this is not worth a pattern detection (a walk of the
+# graph with sparse-matrix work per node) to save some of them, unless it is diagonal.
+MIN_PASSES_TO_COLOUR = 16
 
 
 def choose_mode(program: Program, of: Sequence[str], wrt: Sequence[str], mode: str) -> str:
@@ -40,13 +52,21 @@ def chunk_rows(
     """How many (co)tangents to push at once. Each carries one copy of every value between
     `wrt` and `of`; that work stays within a quarter of the result (so peak memory is near
     result + one chunk), or MIN_CHUNK_ELEMENTS for small results, and MAX_CHUNK_ELEMENTS."""
-    widest = max((program.types[v].size for v in active_values(program, of, wrt)), default=1)
+    widest = _widest(program, tuple(of), tuple(wrt))
     budget = min(MAX_CHUNK_ELEMENTS, max(MIN_CHUNK_ELEMENTS, result_elements // 4))
     return max(1, min(batch, budget // max(widest, 1)))
 
 
+@functools.lru_cache(maxsize=1024)
+def _widest(program: Program, of: tuple[str, ...], wrt: tuple[str, ...]) -> int:
+    """The size of the widest value between `wrt` and `of` (a walk of the program: cached)."""
+    return max((program.types[v].size for v in active_values(program, of, wrt)), default=1)
+
+
+@functools.lru_cache(maxsize=1024)
 def is_diagonal(program: Program, of: str, wrt: str) -> bool:
-    """True when d of / d wrt is diagonal: only element-wise ops on wrt-shaped values between."""
+    """True when d of / d wrt is diagonal: only element-wise ops on wrt-shaped values between.
+    A walk of the nodes, no sparse work: the pattern of the commonest structure, for free."""
     shape = program.types[wrt].shape
     if program.types[of].shape != shape or program.types[wrt].size < 2:
         return False
@@ -69,6 +89,171 @@ def _one_hot(start: int, rows: int, width: int, dtype: str) -> np.ndarray:
     return seeds
 
 
+@dataclass(frozen=True, slots=True)
+class ColourPlan:
+    """How to compute one block by colouring: its pattern, the direction (forward: colours of
+    columns, one tangent each; reverse: colours of rows, one cotangent each) and the colours.
+
+    For decompression, each stored entry's colour, the index it has in its (co)tangent's
+    result (its row in forward mode, its column in reverse), and the entries sorted by colour
+    (`order`, with `bounds[k]` where colour k starts): a chunk of colours is a slice of it."""
+
+    pattern: sp.csr_array
+    forward: bool
+    colours: np.ndarray
+    count: int
+    entry_colour: np.ndarray
+    target: np.ndarray
+    order: np.ndarray
+    bounds: np.ndarray
+
+
+@functools.lru_cache(maxsize=256)
+def colour_plan(program: Program, of: str, wrt: str, mode: str = "auto") -> ColourPlan:
+    """The pattern of d of / d wrt and its colouring in `mode`'s direction (in auto, the one
+    with fewer colours), cached with the program: a second call pays only the passes."""
+    if is_diagonal(program, of, wrt):
+        pattern = sp.csr_array(sp.eye_array(program.types[wrt].size, dtype=bool, format="csr"))
+    else:
+        pattern = structural_pattern(program, of, wrt)
+    candidates = []
+    if mode != "reverse":
+        candidates.append((True, colour_columns(pattern)))
+    if mode != "forward":
+        candidates.append((False, colour_rows(pattern)))
+    forward, colours = min(candidates, key=lambda c: c[1].max(initial=-1))
+    count = 0 if pattern.nnz == 0 else int(colours.max()) + 1
+    m, n = pattern.shape
+    index = np.int32 if max(m, n, pattern.nnz) < 2**31 else np.intp
+    rows = np.repeat(np.arange(m, dtype=index), np.diff(pattern.indptr))
+    own, target = (pattern.indices, rows) if forward else (rows, pattern.indices)
+    entry_colour = colours.astype(np.min_scalar_type(max(count, 1)))[own]
+    order = np.argsort(entry_colour, kind="stable").astype(index)
+    bounds = np.searchsorted(entry_colour[order], np.arange(count + 1))
+    return ColourPlan(pattern, forward, colours, count, entry_colour, target, order, bounds)
+
+
+@dataclass(frozen=True, slots=True)
+class LinearHead:
+    """`wrt` feeds only `value = matrix @ wrt` (or `wrt @ matrix`), a 1-D wrt and a matrix
+    that does not depend on it: then J[of][wrt] = J[of][value] @ J[value][wrt], and the second
+    factor is the matrix itself (transposed on the left), never computed. `program` is the
+    original with `value` made an input, for J[of][value]."""
+
+    value: str
+    matrix: str
+    transposed: bool
+    program: Program
+
+
+@functools.lru_cache(maxsize=256)
+def linear_head(program: Program, wrt: str) -> LinearHead | None:
+    users = [node for node in program.nodes if wrt in node.inputs]
+    if len(users) != 1 or users[0].op != "matmul" or program.types[wrt].ndim != 1:
+        return None
+    node = users[0]
+    a, b = node.inputs
+    matrix, transposed = (a, False) if b == wrt else (b, True)
+    if matrix == wrt or program.types[matrix].ndim != 2:
+        return None
+    value = InputDef(node.name, program.types[node.name].dtype, program.types[node.name].shape)
+    nodes = tuple(n for n in program.nodes if n is not node)
+    cut = Program((*program.inputs, value), nodes, program.outputs, program.types)
+    return LinearHead(node.name, matrix, transposed, cut)
+
+
+def _through_linear_head(
+    program: Program,
+    feeds: Arrays,
+    of: str,
+    head: LinearHead,
+    plan: ColourPlan,
+    chunk_size: int | None,
+    cancel: Cancel,
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """(value of `of`, J[of][wrt] as an (of.size, wrt.size) array) by the chain rule at the
+    head: J[of][value] by colouring, times the matrix (a structured seed: no identity is ever
+    pushed through the matmul)."""
+    matrix, y = compile_program(select(program, (head.matrix, head.value))).run(feeds, cancel)
+    value, inner = _coloured_block(
+        head.program, {**feeds, head.value: y}, of, head.value, plan, chunk_size, cancel
+    )
+    return value, np.asarray(inner @ (matrix.T if head.transposed else matrix))
+
+
+def _coloured_block(
+    program: Program,
+    feeds: Arrays,
+    of: str,
+    wrt: str,
+    plan: ColourPlan,
+    chunk_size: int | None,
+    cancel: Cancel,
+) -> tuple[np.ndarray | None, sp.csr_array]:
+    """(value of `of`, or None when nothing ran; J[of][wrt] as CSR (of.size, wrt.size)): one
+    batched pass per chunk of colours, each (co)tangent the sum of its colour's unit vectors."""
+    types = program.types
+    pattern = plan.pattern
+    m, n = pattern.shape
+    data = np.empty(pattern.nnz, types[of].dtype)
+    width = n if plan.forward else m
+    step = chunk_size or chunk_rows(program, (of,), (wrt,), plan.count, pattern.nnz)
+    value = None
+    for start in range(0, plan.count, step):
+        batch = min(step, plan.count - start)
+        in_chunk = (plan.colours >= start) & (plan.colours < start + batch)
+        seeds = np.zeros((batch, width), types[wrt if plan.forward else of].dtype)
+        seeds[plan.colours[in_chunk] - start, np.flatnonzero(in_chunk)] = 1
+        # One (co)tangent needs no batch axis: the plain transform is the one other calls cache.
+        axis = (batch,) if batch > 1 else ()
+        if plan.forward:
+            d = jvp(program, (wrt,), (of,), batch if axis else None)
+            seeds = seeds.reshape(axis + types[wrt].shape)
+        else:
+            d = vjp(program, (of,), (wrt,), batch if axis else None)
+            seeds = seeds.reshape(axis + types[of].shape)
+        value, compressed = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
+        del seeds
+        compressed = compressed.reshape(batch, -1)
+        entries = plan.order[plan.bounds[start] : plan.bounds[start + batch]]
+        if batch == 1:
+            data[entries] = compressed[0, plan.target[entries]]
+        else:
+            data[entries] = compressed[plan.entry_colour[entries] - start, plan.target[entries]]
+    return value, sp.csr_array((data, pattern.indices, pattern.indptr), shape=(m, n))
+
+
+def _structured(
+    program: Program,
+    feeds: Arrays,
+    of: str,
+    wrt: str,
+    mode: str,
+    passes: int,
+    sparse: bool,
+    chunk_size: int | None,
+    cancel: Cancel,
+) -> tuple[np.ndarray | None, np.ndarray | sp.csr_array] | None:
+    """(value of `of` or None, the block) through a linear head or by colouring, or None
+    when neither saves half of the dense computation's `passes` and `sparse` is not asked."""
+    plan = colour_plan(program, of, wrt, mode)
+    shape = program.types[of].shape + program.types[wrt].shape
+    head = linear_head(program, wrt) if of != wrt else None
+    inner = head and colour_plan(head.program, of, head.value, mode)
+    if inner and 2 * inner.count <= min(passes, plan.count):
+        value, flat = _through_linear_head(program, feeds, of, head, inner, chunk_size, cancel)
+        if not sparse:
+            return value, flat.reshape(shape)
+        # On the detected pattern, numerically zero entries included.
+        pattern = plan.pattern
+        data = flat[np.repeat(np.arange(flat.shape[0]), np.diff(pattern.indptr)), pattern.indices]
+        return value, sp.csr_array((data, pattern.indices, pattern.indptr), flat.shape)
+    if sparse or 2 * plan.count <= passes:
+        value, block = _coloured_block(program, feeds, of, wrt, plan, chunk_size, cancel)
+        return value, block if sparse else block.toarray().reshape(shape)
+    return None
+
+
 def jacobian(
     program: Program,
     inputs: Arrays,
@@ -77,8 +262,14 @@ def jacobian(
     mode: str = "auto",
     chunk_size: int | None = None,
     cancel: Cancel = None,
-) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
-    """(values of `of`, J[of][wrt] with shape of.shape + wrt.shape)."""
+    sparse: bool = False,
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray | sp.csr_array]]]:
+    """(values of `of`, J[of][wrt] with shape of.shape + wrt.shape), or with `sparse` as CSR
+    arrays of shape (of.size, wrt.size). A block whose pattern needs at most half the passes
+    of the dense computation (of MIN_PASSES_TO_COLOUR or more) is computed by colouring, and
+    densified unless `sparse`."""
+    check_targets(program, of, wrt)
+    requested = mode
     mode = choose_mode(program, of, wrt, mode)
     if chunk_size is not None and (
         not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1
@@ -87,22 +278,23 @@ def jacobian(
     feeds = check_inputs(program, inputs)
     types = program.types
     values: dict[str, np.ndarray] = {}
-    result: dict[str, dict[str, np.ndarray]] = {o: {} for o in of}
+    result: dict[str, dict[str, np.ndarray | sp.csr_array]] = {o: {} for o in of}
     dense: list[tuple[str, str]] = []
     for o in of:
         for w in wrt:
-            shape = types[o].shape + types[w].shape
-            if is_diagonal(program, o, w):
-                d = jvp(program, (w,), (o,))
-                ones = np.ones(types[w].shape, types[w].dtype)
-                values[o], tangent = compile_program(d.program).run(
-                    {**feeds, d.seeds[0]: ones}, cancel
+            passes = types[w].size if mode == "forward" else types[o].size
+            found = None
+            if sparse or passes >= MIN_PASSES_TO_COLOUR or is_diagonal(program, o, w):
+                found = _structured(
+                    program, feeds, o, w, requested, passes, sparse, chunk_size, cancel
                 )
-                result[o][w] = np.zeros(shape, types[o].dtype)
-                np.fill_diagonal(result[o][w].reshape(tangent.size, -1), tangent.ravel())
-            else:
-                result[o][w] = np.empty(shape, types[o].dtype)
+            if found is None:
+                result[o][w] = np.empty(types[o].shape + types[w].shape, types[o].dtype)
                 dense.append((o, w))
+                continue
+            value, result[o][w] = found
+            if value is not None:
+                values[o] = value
     if mode == "reverse":
         for o in dict.fromkeys(o for o, _ in dense):
             ws = [w for o2, w in dense if o2 == o]

@@ -33,7 +33,7 @@ class Derivative:
     results: tuple[str, ...]
 
 
-def _check_targets(program: Program, of: Sequence[str], wrt: Sequence[str]) -> None:
+def check_targets(program: Program, of: Sequence[str], wrt: Sequence[str]) -> None:
     inputs = set(program.input_names)
     for field, names, known, what in (
         ("of", of, program.types, "a value"),
@@ -58,10 +58,10 @@ def _depends_on(program: Program, sources: Iterable[str]) -> set[str]:
 
 def active_values(program: Program, of: Iterable[str], wrt: Iterable[str]) -> set[str]:
     """The values on a path from `wrt` to `of`: those that carry (co)tangents."""
-    return _depends_on(program, wrt) & _needed_by(program.nodes, of)
+    return _depends_on(program, wrt) & needed_by(program.nodes, of)
 
 
-def _needed_by(nodes: Sequence[NodeDef], targets: Iterable[str]) -> set[str]:
+def needed_by(nodes: Sequence[NodeDef], targets: Iterable[str]) -> set[str]:
     """The values that `targets` are computed from (themselves included)."""
     needed = set(targets)
     for node in reversed(nodes):
@@ -73,7 +73,7 @@ def _needed_by(nodes: Sequence[NodeDef], targets: Iterable[str]) -> set[str]:
 def _finish(program: Program, em: Emitter, seeds: list[InputDef], outputs: list[str]) -> Program:
     """Assemble primal + emitted nodes, drop what the outputs do not need."""
     nodes = [*program.nodes, *em.nodes]
-    needed = _needed_by(nodes, outputs)
+    needed = needed_by(nodes, outputs)
     kept = tuple(n for n in nodes if n.name in needed)
     names = {n.name for n in kept} | {i.name for i in program.inputs} | {s.name for s in seeds}
     types = {k: v for k, v in em.types.items() if k in names}
@@ -133,7 +133,7 @@ def vjp(
     With `batch`, every cotangent and gradient has a leading axis of that size (one row of a
     Jacobian per entry).
     """
-    _check_targets(program, of, wrt)
+    check_targets(program, of, wrt)
     em = Emitter(dict(program.types), (batch,) if batch else ())
     active = active_values(program, of, wrt)
     seeds = [
@@ -178,9 +178,9 @@ def jvp(
     program: Program, wrt: tuple[str, ...], of: tuple[str, ...], batch: int | None = None
 ) -> Derivative:
     """Forward mode: tangents for `wrt` in, tangents of `of` out (with an optional batch axis)."""
-    _check_targets(program, of, wrt)
+    check_targets(program, of, wrt)
     em = Emitter(dict(program.types), (batch,) if batch else ())
-    needed = _needed_by(program.nodes, of)
+    needed = needed_by(program.nodes, of)
     seeds = [
         InputDef(em.fresh(f"tan_{w}_"), program.types[w].dtype, em.batch + program.types[w].shape)
         for w in wrt
@@ -229,3 +229,48 @@ def select(program: Program, outputs: tuple[str, ...]) -> Program:
         return program
     em = Emitter(dict(program.types))
     return _finish(program, em, [], _distinct(em, [em.sym(o) for o in outputs], ()))
+
+
+def gradient(program: Program, of: str, wrt: Sequence[str]) -> Derivative:
+    """The VJP of the scalar `of`: its one seed is fed 1 for the gradient."""
+    check_targets(program, (of,), tuple(wrt))
+    if program.types[of].shape != ():
+        raise GraphError(of, "of", f"must be a scalar, got {program.types[of]}")
+    return vjp(program, (of,), tuple(wrt))
+
+
+def hvp_transform(program: Program, of: str, wrt: Sequence[str]) -> Derivative:
+    """Forward over reverse: the JVP of `gradient(program, of, wrt)`, whose seeds are the
+    vectors v (one per `wrt`; the gradient's seed stays an input) and whose results are the
+    tangents of `of` (the directional derivative) and of the gradients (H v)."""
+    d = gradient(program, of, wrt)
+    return jvp(d.program, tuple(wrt), (*d.values, *d.results))
+
+
+KINDS = ("vjp", "jvp", "hvp")
+
+
+def derivative_program(
+    program: Program, of: str | Sequence[str], wrt: str | Sequence[str], kind: str
+) -> Program:
+    """The derivative as a Program of its own, to inspect or to run.
+
+    - "vjp": the original inputs plus one cotangent per `of`; outputs the values of `of`, then
+      the gradients per `wrt`;
+    - "jvp": the original inputs plus one tangent per `wrt`; outputs the values of `of`, then
+      their tangents;
+    - "hvp" (a scalar `of`): the original inputs plus the gradient's seed (feed 1) and one
+      vector v per `wrt`; outputs the value of `of` and its gradients, then the tangents of
+      both: the directional derivative and H v per `wrt` (forward over reverse).
+    """
+    of = (of,) if isinstance(of, str) else tuple(of)
+    wrt = (wrt,) if isinstance(wrt, str) else tuple(wrt)
+    if kind == "vjp":
+        return vjp(program, of, wrt).program
+    if kind == "jvp":
+        return jvp(program, wrt, of).program
+    if kind == "hvp":
+        if len(of) != 1:
+            raise GraphError(",".join(of), "of", "an HVP needs one scalar output")
+        return hvp_transform(program, of[0], wrt).program
+    raise GraphError("", "kind", f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")

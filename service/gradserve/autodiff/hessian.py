@@ -1,0 +1,72 @@
+"""Second derivatives of a scalar: Hessians (dense or sparse) and Hessian-vector products.
+
+Both are forward-over-reverse, the order the JAX autodiff cookbook recommends: the gradient is
+a program (`transforms.vjp`), and a Hessian is the Jacobian of that program, pushed forward.
+`hessian` therefore inherits everything `jacobian` does: the pattern of the gradient program's
+Jacobian is detected and coloured (a banded Hessian costs O(bandwidth) passes, dense or
+sparse), and cached. `hvp` is one JVP of the gradient program: H is never formed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from gradserve.autodiff.api import Arrays, Cancel, check_array, check_inputs
+from gradserve.autodiff.executor import compile_program
+from gradserve.autodiff.ir import GraphError, Program
+from gradserve.autodiff.jacobian import jacobian
+from gradserve.autodiff.transforms import Derivative, gradient, hvp_transform, select
+
+
+def _feeds(program: Program, d: Derivative, inputs: Arrays) -> dict[str, np.ndarray]:
+    feeds = check_inputs(program, inputs)
+    feeds[d.seeds[0]] = np.ones((), program.types[d.values[0]].dtype)
+    return feeds
+
+
+def hessian(
+    program: Program,
+    inputs: Arrays,
+    of: str,
+    wrt: Sequence[str],
+    sparse: bool = False,
+    cancel: Cancel = None,
+) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray | sp.csr_array]]]:
+    """(value of `of`, {wi: {wj: d2 of / d wi d wj}}): dense blocks of shape wi.shape +
+    wj.shape, or with `sparse` CSR arrays of shape (wi.size, wj.size)."""
+    d = gradient(program, of, wrt)
+    feeds = _feeds(program, d, inputs)
+    _, blocks = jacobian(
+        d.program, feeds, d.results, tuple(wrt), mode="forward", cancel=cancel, sparse=sparse
+    )
+    (value,) = compile_program(select(d.program, d.values)).run(feeds, cancel)
+    return value, {wi: blocks[g] for wi, g in zip(wrt, d.results, strict=True)}
+
+
+def hvp(
+    program: Program,
+    inputs: Arrays,
+    of: str,
+    wrt: Sequence[str],
+    v: Mapping[str, np.ndarray],
+    cancel: Cancel = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(value of `of`, {w: (H v)[w]}), H the Hessian of the scalar `of` over `wrt` and v one
+    vector per `wrt`: one forward-over-reverse pass."""
+    d = gradient(program, of, wrt)
+    for name in v:
+        if name not in wrt:
+            raise GraphError(name, "v", "not one of wrt")
+    for w in wrt:
+        if w not in v:
+            raise GraphError(w, "v", "missing a vector for this wrt")
+    h = hvp_transform(program, of, wrt)
+    feeds = _feeds(program, d, inputs)
+    for w, seed in zip(wrt, h.seeds, strict=True):
+        feeds[seed] = check_array(w, v[w], program.types[w], "v")
+    out = compile_program(h.program).run(feeds, cancel)
+    products = out[len(h.values) + 1 :]  # after the values, the tangent of `of` itself
+    return out[0], dict(zip(wrt, products, strict=True))

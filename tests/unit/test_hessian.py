@@ -1,0 +1,157 @@
+"""Hessians, Hessian-vector products and derivative programs.
+
+Hessians are checked against closed forms (Rosenbrock), against the Jacobian of the gradient
+computed independently (reverse over reverse, dense), for symmetry, and sparse against dense;
+HVPs against H v; derivative programs by running them.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from gradserve.autodiff import (
+    GraphDef,
+    GraphError,
+    InputDef,
+    NodeDef,
+    Program,
+    derivative_program,
+    evaluate,
+    hessian,
+    hvp,
+    jacobian,
+    jvp_values,
+    vjp,
+    vjp_values,
+)
+from gradserve.autodiff.jacobian import colour_plan
+from hypothesis import given
+from hypothesis import strategies as st
+from test_properties import SETTINGS, programs
+
+from bench.sparse import rosenbrock, rosenbrock_hessian
+
+
+def test_rosenbrock_hessian_matches_its_closed_form_dense_and_sparse():
+    x = np.random.default_rng(0).uniform(-2, 2, 30)
+    p = rosenbrock(30)
+    value, dense = hessian(p, {"x": x}, "f", ["x"])
+    np.testing.assert_allclose(value, evaluate(p, {"x": x})["f"])
+    expected = rosenbrock_hessian(x)
+    np.testing.assert_allclose(dense["x"]["x"], expected, rtol=1e-12, atol=1e-12)
+    _, sparse = hessian(p, {"x": x}, "f", ["x"], sparse=True)
+    block = sparse["x"]["x"]
+    assert isinstance(block, sp.csr_array) and block.nnz == 3 * 30 - 2
+    np.testing.assert_array_equal(block.toarray(), dense["x"]["x"])
+
+
+def test_banded_hessians_cost_passes_in_the_bandwidth_not_the_size():
+    for n in (10, 1000):
+        d = vjp(rosenbrock(n), ("f",), ("x",))
+        assert colour_plan(d.program, d.results[0], "x", "forward").count == 3
+
+
+def test_sparse_hessian_of_1e5_variables():
+    n = 100_000
+    x = np.random.default_rng(1).uniform(-2, 2, n)
+    _, h = hessian(rosenbrock(n), {"x": x}, "f", ["x"], sparse=True)
+    block = h["x"]["x"]
+    assert block.nnz == 3 * n - 2
+    main = np.r_[1200 * x[:-1] ** 2 - 400 * x[1:] + 2, 0] + np.r_[0, np.full(n - 1, 200.0)]
+    np.testing.assert_allclose(block.diagonal(), main, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(block.diagonal(1), -400 * x[:-1], rtol=1e-12)
+    np.testing.assert_allclose(block.diagonal(-1), -400 * x[:-1], rtol=1e-12)
+
+
+def _scalar(case) -> tuple[Program, str]:
+    """The case's program with sum(out) added: a scalar to take the Hessian of."""
+    p = case.program
+    graph = GraphDef(p.inputs, (*p.nodes, NodeDef("loss", "sum", (case.out,))), ("loss",))
+    return Program.build(graph), "loss"
+
+
+@SETTINGS
+@given(programs(), st.integers(0, 2**16))
+def test_hessians_are_symmetric_and_the_jacobian_of_the_gradient(case, seed):
+    p, loss = _scalar(case)
+    wrt = list(p.input_names)
+    _, h = hessian(p, case.feeds, loss, wrt)
+    _, hs = hessian(p, case.feeds, loss, wrt, sparse=True)
+    # Independently: the dense Jacobian of the gradient program, in reverse mode.
+    d = vjp(p, (loss,), tuple(wrt))
+    feeds = {**case.feeds, d.seeds[0]: np.ones(())}
+    _, jac = jacobian(d.program, feeds, list(d.results), wrt, mode="reverse")
+    rng = np.random.default_rng(seed)
+    v = {w: rng.standard_normal(p.types[w].shape) for w in wrt}
+    _, hv = hvp(p, case.feeds, loss, wrt, v)
+    for wi, gi in zip(wrt, d.results, strict=True):
+        si = p.types[wi].size
+        product = np.zeros(si)
+        for wj in wrt:
+            sj = p.types[wj].size
+            block = h[wi][wj]
+            assert block.shape == p.types[wi].shape + p.types[wj].shape
+            np.testing.assert_allclose(block, jac[gi][wj], rtol=1e-9, atol=1e-11)
+            np.testing.assert_allclose(
+                block.reshape(si, sj), h[wj][wi].reshape(sj, si).T, rtol=1e-9, atol=1e-11
+            )
+            np.testing.assert_array_equal(hs[wi][wj].toarray(), block.reshape(si, sj))
+            product += block.reshape(si, sj) @ v[wj].ravel()
+        np.testing.assert_allclose(hv[wi].ravel(), product, rtol=1e-9, atol=1e-10)
+
+
+def test_hvp_of_rosenbrock_is_h_times_v_and_never_forms_h():
+    n = 200
+    x = np.random.default_rng(3).uniform(-2, 2, n)
+    v = np.random.default_rng(4).standard_normal(n)
+    p = rosenbrock(n)
+    value, hv = hvp(p, {"x": x}, "f", ["x"], {"x": v})
+    np.testing.assert_allclose(value, evaluate(p, {"x": x})["f"])
+    np.testing.assert_allclose(hv["x"], rosenbrock_hessian(x) @ v, rtol=1e-11)
+    program = derivative_program(p, "f", "x", "hvp")
+    assert all(p2.size <= n for p2 in program.types.values())  # no n x n value anywhere
+
+
+def test_derivative_programs_run_to_what_the_api_returns():
+    p = rosenbrock(5)
+    x = np.linspace(-1, 1, 5)
+    t = np.arange(5.0)
+    jvp_program = derivative_program(p, "f", "x", "jvp")
+    seed = jvp_program.input_names[-1]
+    out = evaluate(jvp_program, {"x": x, seed: t})
+    _, tangents = jvp_values(p, {"x": x}, {"x": t}, ["f"])
+    np.testing.assert_allclose(out[jvp_program.outputs[1]], tangents["f"])
+    vjp_program = derivative_program(p, ["f"], ["x"], "vjp")
+    out = evaluate(vjp_program, {"x": x, vjp_program.input_names[-1]: np.array(2.0)})
+    _, grads = vjp_values(p, {"x": x}, {"f": np.array(2.0)}, ["x"])
+    np.testing.assert_allclose(out[vjp_program.outputs[1]], grads["x"])
+    hvp_program = derivative_program(p, "f", "x", "hvp")
+    ct, tan = hvp_program.input_names[-2:]
+    out = evaluate(hvp_program, {"x": x, ct: np.array(1.0), tan: t})
+    np.testing.assert_allclose(out[hvp_program.outputs[-1]], rosenbrock_hessian(x) @ t, rtol=1e-12)
+    assert "%" in repr(hvp_program)  # readable, one line per node
+
+
+def test_second_order_errors_name_the_field():
+    p = rosenbrock(4)
+    x = {"x": np.zeros(4)}
+    two = Program.build(
+        GraphDef((InputDef("x", "float64", (2,)),), (NodeDef("y", "sin", ("x",)),), ("y",))
+    )
+    with pytest.raises(GraphError, match="y: of: must be a scalar"):
+        hessian(two, {"x": np.zeros(2)}, "y", ["x"])
+    with pytest.raises(GraphError, match="nope: wrt: not an input"):
+        hessian(p, x, "f", ["nope"])
+    with pytest.raises(GraphError, match="y: v: not one of wrt"):
+        hvp(p, x, "f", ["x"], {"x": np.zeros(4), "y": np.zeros(4)})
+    with pytest.raises(GraphError, match="x: v: missing a vector for this wrt"):
+        hvp(p, x, "f", ["x"], {})
+    with pytest.raises(GraphError, match=re.escape("x: v.shape: got [3], expected [4]")):
+        hvp(p, x, "f", ["x"], {"x": np.zeros(3)})
+    with pytest.raises(GraphError, match="kind: unknown kind 'hess'"):
+        derivative_program(p, "f", "x", "hess")
+    with pytest.raises(GraphError, match="y: of: must be a scalar"):
+        derivative_program(two, "y", "x", "hvp")

@@ -1,0 +1,397 @@
+"""Sparsity detection, colouring and sparse Jacobians.
+
+Detected patterns are checked against the true non-zero pattern of dense Jacobians at random
+points (equal where no value cancels, and never missing an entry); sparse Jacobians against
+column-by-column JVPs (exactly: colouring adds only exact zeros); and the large cases
+(tridiagonal of 10^5 variables, a Brusselator residual on a periodic grid) for memory
+proportional to the non-zeros.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from gradserve.autodiff import (
+    OPS,
+    GraphDef,
+    GraphError,
+    InputDef,
+    NodeDef,
+    Program,
+    jacobian,
+    jacobian_sparsity,
+    jvp_values,
+    vjp_values,
+)
+from gradserve.autodiff.colouring import band_colouring, colour_columns, greedy_colouring
+from gradserve.autodiff.jacobian import colour_plan
+from gradserve.autodiff.sparsity import INDEX_OPS, RULES
+from hypothesis import given
+from hypothesis import strategies as st
+from test_properties import SETTINGS, programs
+
+from bench.sparse import brusselator, brusselator_numpy, tridiagonal, tridiagonal_numpy
+
+
+def build(inputs: dict[str, tuple[int, ...]], nodes: list[tuple], out: str) -> Program:
+    return Program.build(
+        GraphDef(
+            tuple(InputDef(n, "float64", s) for n, s in inputs.items()),
+            tuple(NodeDef(n[0], n[1], n[2], n[3] if len(n) > 3 else {}) for n in nodes),
+            (out,),
+        )
+    )
+
+
+def true_pattern(p: Program, feeds_list: list[dict], of: str, wrt: str) -> np.ndarray:
+    """The union over points of the non-zeros of the dense Jacobian, by one JVP per column."""
+    n = p.types[wrt].size
+    seen = np.zeros((p.types[of].size, n), bool)
+    for feeds in feeds_list:
+        seen |= dense_by_columns(p, feeds, of, wrt) != 0
+    return seen
+
+
+def dense_by_columns(p: Program, feeds: dict, of: str, wrt: str) -> np.ndarray:
+    """The Jacobian with one unbatched JVP per column: independent of colouring and chunking."""
+    n = p.types[wrt].size
+    cols = []
+    for j in range(n):
+        e = np.zeros(n)
+        e[j] = 1
+        tangents = {w: np.zeros(p.types[w].shape) for w in p.input_names}
+        tangents[wrt] = e.reshape(p.types[wrt].shape)
+        _, t = jvp_values(p, feeds, {wrt: tangents[wrt]}, [of])
+        cols.append(t[of].ravel())
+    return np.stack(cols, axis=1) if cols else np.zeros((p.types[of].size, 0))
+
+
+def dense_by_rows(p: Program, feeds: dict, of: str, wrt: str) -> np.ndarray:
+    """The Jacobian with one unbatched VJP per row."""
+    m = p.types[of].size
+    rows = []
+    for i in range(m):
+        e = np.zeros(m)
+        e[i] = 1
+        _, g = vjp_values(p, feeds, {of: e.reshape(p.types[of].shape)}, [wrt])
+        rows.append(g[wrt].ravel())
+    return np.stack(rows) if rows else np.zeros((0, p.types[wrt].size))
+
+
+def _may_cancel(p: Program) -> bool:
+    """A subtraction can cancel exactly (x - x, x - reshape(x)): the entry is structurally there
+    and numerically zero at every point."""
+    return any(n.op == "subtract" for n in p.nodes)
+
+
+# ---- detection on random graphs ----------------------------------------------------------------
+
+
+@SETTINGS
+@given(programs(), st.integers(0, 2**16))
+def test_detected_pattern_is_the_true_pattern_on_random_graphs(case, seed):
+    p, out = case.program, case.out
+    rng = np.random.default_rng(seed)
+    points = [case.feeds, {k: rng.uniform(-1.5, 1.5, v.shape) for k, v in case.feeds.items()}]
+    for w in p.input_names:
+        detected = jacobian_sparsity(p, out, w)
+        assert isinstance(detected, sp.csr_array) and detected.dtype == bool
+        assert detected.shape == (p.types[out].size, p.types[w].size)
+        actual = true_pattern(p, points, out, w)
+        assert not (actual & ~detected.toarray()).any(), "a structurally non-zero entry is missing"
+        if not _may_cancel(p):
+            np.testing.assert_array_equal(detected.toarray(), actual)
+
+
+@SETTINGS
+@given(programs(), st.sampled_from(["auto", "forward", "reverse"]))
+def test_sparse_jacobian_equals_dense_exactly_on_random_graphs(case, mode):
+    p, feeds, out = case.program, case.feeds, case.out
+    _, sparse = jacobian(p, feeds, [out], list(p.input_names), mode=mode, sparse=True)
+    _, dense = jacobian(p, feeds, [out], list(p.input_names), mode=mode)
+    for w in p.input_names:
+        block = sparse[out][w]
+        assert isinstance(block, sp.csr_array)
+        assert block.shape == (p.types[out].size, p.types[w].size)
+        # Exact against one pass per column (row) in the direction the colouring took.
+        by = dense_by_columns if colour_plan(p, out, w, mode).forward else dense_by_rows
+        reference = by(p, feeds, out, w)
+        np.testing.assert_array_equal(block.toarray(), reference)
+        np.testing.assert_allclose(
+            dense[out][w].reshape(reference.shape), reference, rtol=1e-12, atol=1e-14
+        )
+
+
+# ---- one op at a time ---------------------------------------------------------------------------
+
+# (inputs, nodes, of): every pattern rule, and the generic derivations, on shapes where the
+# structure is visible. Each is compared with the dense Jacobian at random points.
+OP_CASES = {
+    "matmul_matrix": ({"x": (4, 3)}, [("W", "constant", (), {"value": np.arange(1.0, 9).reshape(2, 4)}), ("y", "matmul", ("W", "x"))], "y"),
+    "matmul_stack": ({"x": (2, 3, 4)}, [("W", "constant", (), {"value": np.ones((4, 2))}), ("y", "matmul", ("x", "W"))], "y"),
+    "matmul_vector": ({"x": (4,), "A": (3, 4)}, [("y", "matmul", ("A", "x"))], "y"),
+    "matmul_both": ({"x": (3, 3)}, [("t", "transpose", ("x",)), ("y", "matmul", ("x", "t"))], "y"),
+    "dot_matrix": ({"x": (2, 3), "b": (2, 3, 4)}, [("y", "dot", ("x", "b"))], "y"),
+    "dot_vectors": ({"x": (3,), "b": (3,)}, [("y", "dot", ("x", "b"))], "y"),
+    "dot_scalar": ({"x": (3,), "b": ()}, [("y", "dot", ("b", "x"))], "y"),
+    "outer": ({"x": (2, 2), "b": (3,)}, [("y", "outer", ("x", "b"))], "y"),
+    "softmax": ({"x": (3, 4)}, [("y", "softmax", ("x",), {"axis": 0})], "y"),
+    "log_softmax": ({"x": (3, 4)}, [("y", "log_softmax", ("x",))], "y"),
+    "sum_axis": ({"x": (3, 4, 2)}, [("y", "sum", ("x",), {"axis": (0, 2), "keepdims": 1})], "y"),
+    "prod": ({"x": (3, 4)}, [("y", "prod", ("x",), {"axis": (1,)})], "y"),
+    "logsumexp": ({"x": (3, 4)}, [("y", "logsumexp", ("x",), {"axis": (0,)})], "y"),
+    "var": ({"x": (3, 4)}, [("y", "var", ("x",))], "y"),
+    "mse": ({"x": (3, 4), "b": (4,)}, [("y", "mse", ("x", "b"), {"reduction": "none"})], "y"),
+    "mse_mean": ({"x": (3, 4), "b": (4,)}, [("y", "mse", ("x", "b"))], "y"),
+    "slice": ({"x": (5, 4)}, [("y", "slice", ("x",), {"index": "1::2,::-1"})], "y"),
+    "concatenate": ({"x": (3, 2)}, [("s", "sin", ("x",)), ("y", "concatenate", ("x", "s", "x"), {"axis": 1})], "y"),
+    "stack": ({"x": (3,), "b": (3,)}, [("y", "stack", ("b", "x"), {"axis": 1})], "y"),
+    "broadcast_to": ({"x": (3, 1)}, [("y", "broadcast_to", ("x",), {"shape": (2, 3, 4)})], "y"),
+    "transpose": ({"x": (2, 3, 4)}, [("y", "transpose", ("x",), {"axes": (2, 0, 1)})], "y"),
+    "expand_squeeze": ({"x": (3, 1)}, [("e", "expand_dims", ("x",), {"axis": (0,)}), ("y", "squeeze", ("e",))], "y"),
+    "broadcast_binary": ({"x": (3, 1), "b": (4,)}, [("y", "multiply", ("x", "b"))], "y"),
+    "periodic_shift": ({"x": (4, 3)}, [("a", "slice", ("x",), {"index": "-1:"}), ("b", "slice", ("x",), {"index": ":-1"}), ("r", "concatenate", ("a", "b")), ("y", "add", ("r", "x"))], "y"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(OP_CASES))
+def test_op_pattern_is_the_true_pattern(name):
+    inputs, nodes, of = OP_CASES[name]
+    p = build(inputs, nodes, of)
+    rng = np.random.default_rng(0)
+    points = [{k: rng.uniform(0.5, 1.5, s) for k, s in inputs.items()} for _ in range(2)]
+    for w in inputs:
+        np.testing.assert_array_equal(
+            jacobian_sparsity(p, of, w).toarray(), true_pattern(p, points, of, w), err_msg=w
+        )
+
+
+@pytest.mark.parametrize("reduction", ["max", "min"])
+def test_max_and_min_depend_on_their_whole_slice(reduction):
+    # The argmax moves with the point: structurally every element of the slice counts.
+    p = build({"x": (3, 4)}, [("y", reduction, ("x",), {"axis": (1,)})], "y")
+    expected = np.kron(np.eye(3, dtype=bool), np.ones((1, 4), bool))
+    np.testing.assert_array_equal(jacobian_sparsity(p, "y", "x").toarray(), expected)
+
+
+def test_where_depends_on_both_branches_elementwise():
+    p = build(
+        {"x": (4,), "b": (4,)}, [("c", "greater", ("b", "x")), ("y", "where", ("c", "x", "b"))], "y"
+    )
+    for w in "xb":
+        np.testing.assert_array_equal(jacobian_sparsity(p, "y", w).toarray(), np.eye(4, dtype=bool))
+
+
+def test_cross_entropy_and_its_internal_gradient_op_have_row_patterns():
+    labels = InputDef("t", "int64", (3,))
+    nodes = (
+        NodeDef("l", "cross_entropy", ("x", "t"), {"reduction": "none"}),
+        NodeDef("g", "cross_entropy_grad", ("x", "t")),
+    )
+    p = Program.build(GraphDef((InputDef("x", "float64", (3, 4)), labels), nodes, ("l", "g")))
+    rows = np.kron(np.eye(3, dtype=bool), np.ones((1, 4), bool))
+    np.testing.assert_array_equal(jacobian_sparsity(p, "l", "x").toarray(), rows)
+    blocks = np.kron(np.eye(3, dtype=bool), np.ones((4, 4), bool))
+    np.testing.assert_array_equal(jacobian_sparsity(p, "g", "x").toarray(), blocks)
+
+
+def test_every_op_has_a_pattern_rule_or_a_generic_derivation():
+    # The dense fallback is for ops added later; today every op states its pattern.
+    fallback = [
+        name
+        for name, o in OPS.items()
+        if o.differentiable and name not in RULES and o.partials is None and name not in INDEX_OPS
+    ]
+    assert fallback == []
+
+
+def test_an_op_without_a_rule_gets_the_dense_pattern(monkeypatch):
+    monkeypatch.delitem(RULES, "matmul")
+    p = build(
+        {"x": (4,)},
+        [("W", "constant", (), {"value": np.eye(3, 4)}), ("y", "matmul", ("W", "x"))],
+        "y",
+    )
+    np.testing.assert_array_equal(jacobian_sparsity(p, "y", "x").toarray(), np.ones((3, 4), bool))
+
+
+def test_values_that_do_not_depend_on_wrt_have_an_empty_pattern():
+    p = build({"x": (3,), "b": (2,)}, [("y", "sin", ("b",))], "y")
+    pattern = jacobian_sparsity(p, "y", "x")
+    assert pattern.shape == (2, 3) and pattern.nnz == 0
+    _, jac = jacobian(p, {"x": np.ones(3), "b": np.ones(2)}, ["y"], ["x"], sparse=True)
+    assert jac["y"]["x"].shape == (2, 3) and jac["y"]["x"].nnz == 0
+
+
+def test_sparsity_errors_name_the_target():
+    p = build({"x": (3,)}, [("y", "sin", ("x",))], "y")
+    with pytest.raises(GraphError, match="nope: of: not a value"):
+        jacobian_sparsity(p, "nope", "x")
+    with pytest.raises(GraphError, match="y: wrt: not an input"):
+        jacobian_sparsity(p, "y", "y")
+
+
+# ---- colouring -----------------------------------------------------------------------------------
+
+
+def _valid(pattern: sp.csr_array, colours: np.ndarray) -> bool:
+    rows = np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr))
+    keys = rows * (colours.max() + 1) + colours[pattern.indices]
+    return np.unique(keys).size == keys.size
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_colourings_never_give_two_entries_of_a_row_one_colour(seed):
+    pattern = sp.csr_array(sp.random_array((60, 50), density=0.07, rng=seed) != 0)
+    for colours in (greedy_colouring(pattern), band_colouring(pattern), colour_columns(pattern)):
+        assert colours.shape == (50,) and _valid(pattern, colours)
+    degree = np.diff(sp.csr_array(pattern.T @ pattern).indptr).max()
+    assert greedy_colouring(pattern).max() + 1 <= degree  # greedy: at most max degree + 1
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5])
+def test_banded_patterns_take_as_many_colours_as_the_band_is_wide(width):
+    n = 40
+    dense = np.abs(np.subtract.outer(np.arange(n), np.arange(n))) < width
+    colours = colour_columns(sp.csr_array(dense))
+    assert colours.max() + 1 == 2 * width - 1
+
+
+def test_block_diagonal_patterns_take_one_colour_per_block_column():
+    pattern = sp.csr_array(sp.block_diag([np.ones((2, 3), bool)] * 50, format="csr"))
+    assert colour_columns(pattern).max() + 1 == 3
+
+
+def test_plan_is_cached_with_the_program_and_picks_the_cheaper_direction():
+    # y = A x with A a full 1 x 6 row: reverse mode needs one colour, forward six.
+    p = build({"x": (6,), "A": (1, 6)}, [("y", "matmul", ("A", "x"))], "y")
+    plan = colour_plan(p, "y", "x")
+    assert not plan.forward and plan.count == 1
+    assert colour_plan(p, "y", "x") is plan
+    assert colour_plan(p, "y", "x", "forward").count == 6
+
+
+# ---- large and structured ----------------------------------------------------------------------
+
+
+def tridiagonal_reference(x: np.ndarray) -> sp.csr_array:
+    nxt = np.r_[x[1:], 0.0]
+    main = -2 + np.cos(x) * nxt
+    upper = 1 + np.sin(x[:-1])
+    return sp.csr_array(sp.diags_array([np.ones(x.size - 1), main, upper], offsets=[-1, 0, 1]))
+
+
+def csr_bytes(a: sp.csr_array) -> int:
+    return a.data.nbytes + a.indices.nbytes + a.indptr.nbytes
+
+
+def test_tridiagonal_of_1e5_variables_is_sparse_exact_and_small():
+    n = 100_000
+    p = tridiagonal(n)
+    x = np.random.default_rng(0).uniform(-1, 1, n)
+    tracemalloc.start()
+    start = time.perf_counter()
+    values, jac = jacobian(p, {"x": x}, ["y"], ["x"], sparse=True)
+    cold = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    np.testing.assert_allclose(values["y"], tridiagonal_numpy(x), rtol=1e-15)
+    block = jac["y"]["x"]
+    assert block.nnz == 3 * n - 2
+    assert colour_plan(p, "y", "x").count == 3
+    expected = tridiagonal_reference(x)
+    assert abs(block - expected).max() <= 1e-15
+    assert peak <= 12 * csr_bytes(block), (peak, csr_bytes(block))  # a dense J: 80 GB
+    assert cold < 20  # a dense Jacobian of this size would never finish
+    start = time.perf_counter()
+    jacobian(p, {"x": x}, ["y"], ["x"], sparse=True)
+    assert time.perf_counter() - start < max(cold, 0.5)
+
+
+def test_brusselator_on_a_periodic_32x32_grid_is_sparse_and_exact():
+    n = 32
+    p = brusselator(n)
+    x = np.random.default_rng(1).uniform(0, 1, (2, n, n))
+    tracemalloc.start()
+    values, jac = jacobian(p, {"x": x}, ["f"], ["x"], sparse=True)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    np.testing.assert_allclose(values["f"].ravel(), brusselator_numpy(x.ravel()), rtol=1e-13)
+    block = jac["f"]["x"]
+    size = 2 * n * n
+    # Each residual: its own point's 5-point stencil, plus the other species at that point.
+    assert block.shape == (size, size) and block.nnz == size * 6
+    plan = colour_plan(p, "f", "x")
+    assert plan.count <= 20  # a dense Jacobian takes 2048 passes
+    _, dense = jacobian(p, {"x": x}, ["f"], ["x"], mode="forward")
+    assert np.count_nonzero(dense["f"]["x"]) == block.nnz
+    np.testing.assert_array_equal(block.toarray(), dense["f"]["x"].reshape(size, size))
+    assert peak <= 200 * csr_bytes(block)  # the dense result alone is 2000 x the CSR
+
+
+def test_dense_requests_use_colouring_when_the_pattern_is_sparse(monkeypatch):
+    jac_module = sys.modules["gradserve.autodiff.jacobian"]
+    p = tridiagonal(50)
+    x = np.random.default_rng(2).uniform(-1, 1, 50)
+    batches = []
+    real = jac_module.jvp
+
+    def spy(program, wrt, of, batch=None):
+        batches.append(batch)
+        return real(program, wrt, of, batch)
+
+    monkeypatch.setattr(jac_module, "jvp", spy)
+    _, jac = jacobian(p, {"x": x}, ["y"], ["x"], mode="forward")
+    assert batches == [3]  # three colours, one batched pass; not 50 one-hot tangents
+    np.testing.assert_allclose(jac["y"]["x"], tridiagonal_reference(x).toarray(), rtol=1e-15)
+
+
+# ---- structured seeds: a wrt that feeds only a matmul ----------------------------------------
+
+
+@pytest.mark.parametrize("left", [False, True])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_jacobian_through_a_linear_head_is_the_matrix_scaled_not_an_identity_product(
+    monkeypatch, left, sparse
+):
+    jac_module = sys.modules["gradserve.autodiff.jacobian"]
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal((24, 20) if left else (20, 24))
+    x, b = rng.standard_normal(24), rng.standard_normal(20)
+    h = ("h", "matmul", ("x", "W") if left else ("W", "x"))
+    p = build(
+        {"W": W.shape, "b": (20,), "x": (24,)},
+        [h, ("z", "add", ("h", "b")), ("y", "relu", ("z",))],
+        "y",
+    )
+    batches = []
+    real = jac_module.jvp
+
+    def spy(program, wrt, of, batch=None):
+        batches.append(batch)
+        return real(program, wrt, of, batch)
+
+    monkeypatch.setattr(jac_module, "jvp", spy)
+    values, jac = jacobian(p, {"W": W, "b": b, "x": x}, ["y"], ["x"], sparse=sparse)
+    z = (x @ W if left else W @ x) + b
+    np.testing.assert_allclose(values["y"], np.maximum(z, 0))
+    expected = (z > 0)[:, None] * (W.T if left else W)
+    block = jac["y"]["x"]
+    np.testing.assert_array_equal(block.toarray() if sparse else block, expected)
+    if sparse:
+        assert block.nnz == 480  # the detected pattern, zeros of inactive units included
+    assert batches == [None]  # one unbatched JVP of relu(h + b) in h: a diagonal
+
+
+def test_no_linear_head_when_wrt_is_used_twice_or_is_the_output():
+    p = build({"W": (3, 4), "x": (4,)}, [("h", "matmul", ("W", "x")), ("s", "sin", ("x",))], "h")
+    assert sys.modules["gradserve.autodiff.jacobian"].linear_head(p, "x") is None
+    q = build({"W": (3, 4), "x": (4,)}, [("h", "matmul", ("W", "x"))], "h")
+    _, jac = jacobian(q, {"W": np.ones((3, 4)), "x": np.ones(4)}, ["x", "h"], ["x"])
+    np.testing.assert_array_equal(jac["x"]["x"], np.eye(4))
+    np.testing.assert_array_equal(jac["h"]["x"], np.ones((3, 4)))
