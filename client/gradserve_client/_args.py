@@ -78,19 +78,19 @@ def arrays(
     return {n: as_array(n, v, dtypes.get(n), field) for n, v in values.items()}
 
 
-def scalar_output(meta: GraphMeta, of: str) -> np.dtype[Any]:
+def scalar_output(meta: GraphMeta, of: str, what: str = "grad") -> np.dtype[Any]:
     """The dtype of output ``of``, checked to be a scalar where the shape is known."""
     shape = meta.output_shapes.get(of)
     if shape is not None and shape != () and all(d >= 0 for d in shape):
         reason = (
-            f"grad needs a scalar output, but {of!r} has shape {shape}; "
+            f"{what} needs a scalar output, but {of!r} has shape {shape}; "
             "use jacobian() or vjp() for non-scalar outputs"
         )
         raise InvalidArgument(reason, field_violations=[("of", reason)])
     return meta.output_dtypes.get(of, np.dtype("float64"))
 
 
-def the_output(meta: GraphMeta, of: str | None, field: str = "of") -> str:
+def the_output(meta: GraphMeta, of: str | None, field: str = "of", what: str = "grad") -> str:
     """``of``, or the graph's only output when None; InvalidArgument naming ``field`` (what the
     caller wrote, not the cotangent a request carries for it) when ``of`` names no value."""
     if of is not None:
@@ -99,7 +99,7 @@ def the_output(meta: GraphMeta, of: str | None, field: str = "of") -> str:
             raise InvalidArgument(f"{field}: {reason}", field_violations=[(field, reason)])
         return of
     if len(meta.outputs) != 1:
-        raise TypeError(f"grad: the graph has outputs {list(meta.outputs)}; say which with of=")
+        raise TypeError(f"{what}: the graph has outputs {list(meta.outputs)}; say which with of=")
     return meta.outputs[0]
 
 
@@ -117,12 +117,22 @@ def mode_enum(mode: str) -> int:
         raise InvalidArgument(reason, field_violations=[("mode", reason)]) from None
 
 
+#: The derivative programs `derivative_program` returns, by name.
+KINDS = {
+    "vjp": pb.DERIVATIVE_KIND_VJP,
+    "jvp": pb.DERIVATIVE_KIND_JVP,
+    "hvp": pb.DERIVATIVE_KIND_HVP,
+}
+
+
 class Call:
     """One call's arguments, resolved once for every client (no I/O): the graph, the inputs and
-    the seeds (cotangents or tangents) as arrays, the names asked for, and how the result is
-    shaped (an array when the names were given as a str, else a dict ordered as asked)."""
+    the seeds (cotangents, tangents or the vectors of an HVP) as arrays, the names asked for,
+    and how the result is shaped (an array when the names were given as a str, else a dict
+    ordered as asked, of scipy sparse arrays with ``sparse``). ``mode`` is the Jacobian mode,
+    or the kind of derivative program."""
 
-    __slots__ = ("feeds", "meta", "mode", "of", "seeds", "single", "wrt")
+    __slots__ = ("feeds", "meta", "mode", "of", "seeds", "single", "sparse", "wrt")
 
     def __init__(
         self,
@@ -133,9 +143,11 @@ class Call:
         wrt: tuple[str, ...],
         single: bool,
         mode: str = "auto",
+        sparse: bool = False,
     ) -> None:
         self.meta, self.feeds, self.seeds = meta, feeds, seeds
         self.of, self.wrt, self.single, self.mode = of, wrt, single, mode
+        self.sparse = bool(sparse)
 
     @property
     def wire_mode(self) -> int:
@@ -150,9 +162,13 @@ class Call:
         """Values by input name (grad, vjp), shaped as asked."""
         return one_or_dict(values, self.wrt, self.single)
 
-    def jacobians(self, result: dict[str, dict[str, Array]]) -> Any:
+    def jacobians(self, result: dict[str, dict[str, Any]]) -> Any:
         """J[of][wrt], shaped as asked."""
         return select(result, self.of, self.wrt, self.single)
+
+    def hessians(self, result: dict[str, dict[str, Any]]) -> Any:
+        """H[wrt][wrt], shaped as asked."""
+        return select(result, self.wrt, self.wrt, self.single)
 
 
 def evaluate_call(graph: GraphLike, inputs: Mapping[str, npt.ArrayLike], outputs: Names) -> Call:
@@ -163,15 +179,53 @@ def evaluate_call(graph: GraphLike, inputs: Mapping[str, npt.ArrayLike], outputs
 
 
 def jacobian_call(
-    graph: GraphLike, inputs: Mapping[str, npt.ArrayLike], of: Names, wrt: Names, mode: str
+    graph: GraphLike,
+    inputs: Mapping[str, npt.ArrayLike] | None,
+    of: Names,
+    wrt: Names,
+    mode: str = "auto",
+    sparse: bool = False,
 ) -> Call:
-    """The arguments of ``jacobian`` (``mode`` checked)."""
+    """The arguments of ``jacobian`` (``mode`` checked), and of ``jacobian_sparsity`` (whose
+    inputs, only their shapes used, may be None)."""
     meta = graph_meta(graph)
     of_names, one_of = names(of, meta.outputs, "of")
     wrt_names, one_wrt = names(wrt, meta.float_inputs, "wrt")
-    feeds = arrays(inputs, meta.input_dtypes, "inputs")
+    feeds = arrays(inputs or {}, meta.input_dtypes, "inputs")
     mode_enum(mode)
-    return Call(meta, feeds, {}, of_names, wrt_names, one_of and one_wrt, mode)
+    return Call(meta, feeds, {}, of_names, wrt_names, one_of and one_wrt, mode, sparse)
+
+
+def hessian_call(
+    graph: GraphLike,
+    inputs: Mapping[str, npt.ArrayLike],
+    of: str | None,
+    wrt: Names,
+    sparse: bool = False,
+    v: Mapping[str, npt.ArrayLike] | npt.ArrayLike | None = None,
+) -> Call:
+    """The arguments of ``hessian``, and of ``hvp`` (with ``v``: one array when ``wrt`` is one
+    name, else a dict by input name; they are the seeds)."""
+    meta = graph_meta(graph)
+    of = the_output(meta, of, what="hessian")
+    scalar_output(meta, of, "a second derivative")
+    wrt_names, single = names(wrt, meta.float_inputs, "wrt")
+    feeds = arrays(inputs, meta.input_dtypes, "inputs")
+    if v is not None and single and not isinstance(v, Mapping):
+        v = {wrt_names[0]: v}
+    seeds = {} if v is None else arrays(v, meta.input_dtypes, "v")  # type: ignore[arg-type]
+    return Call(meta, feeds, seeds, (of,), wrt_names, single, sparse=sparse)
+
+
+def derivative_call(graph: GraphLike, of: Names, wrt: Names, kind: str) -> Call:
+    """The arguments of ``derivative_program`` (``kind`` checked)."""
+    if kind not in KINDS:
+        reason = f"unknown kind {kind!r}; use one of {', '.join(KINDS)}"
+        raise InvalidArgument(reason, field_violations=[("kind", reason)])
+    meta = graph_meta(graph)
+    of_names, _ = names(of, meta.outputs, "of")
+    wrt_names, _ = names(wrt, meta.float_inputs, "wrt")
+    return Call(meta, {}, {}, of_names, wrt_names, False, kind)
 
 
 def grad_call(

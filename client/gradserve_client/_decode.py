@@ -28,18 +28,58 @@ def decode(tensors_map: Mapping[str, Any], order: Sequence[str] = ()) -> dict[st
     return {k: from_tensor(tensors_map[k], field=k) for k in keys}
 
 
-def decode_jacobian(response: pb.JacobianResponse) -> dict[str, dict[str, Array]]:
-    """J[of][wrt] from the dense blocks of a JacobianResponse."""
-    out: dict[str, dict[str, Array]] = {}
+def decode_jacobian(response: Any, sparse: bool = False) -> dict[str, dict[str, Any]]:
+    """J[of][wrt] from the blocks of a JacobianResponse (or the H[wi][wj] of a
+    HessianResponse): arrays of shape of.shape + wrt.shape, or with ``sparse`` scipy CSR
+    arrays of shape (of.size, wrt.size)."""
+    out: dict[str, dict[str, Any]] = {}
     for block in response.blocks:
-        if block.WhichOneof("structure") != "dense":
-            raise GradserveError(
-                f"Jacobian block d{block.of}/d{block.wrt} uses a representation this SDK "
-                "does not know; upgrade gradserve_client"
-            )
-        array = tensor_codec.from_tensor(block.dense, field=f"{block.of}/{block.wrt}")
-        out.setdefault(block.of, {})[block.wrt] = array.reshape(tuple(block.shape))
+        out.setdefault(block.of, {})[block.wrt] = decode_block(block, sparse)
     return out
+
+
+def decode_block(block: pb.JacobianBlock, sparse: bool) -> Any:
+    """One JacobianBlock: dense, diagonal or CSR on the wire; an ndarray, or a scipy CSR
+    array (``sparse``) in the SDK."""
+    from scipy import sparse as sp  # imported on first use: most calls never need it
+
+    shape = tuple(block.shape)
+    field = f"{block.of}/{block.wrt}"
+    kind = block.WhichOneof("structure")
+    if kind == "dense":
+        dense = tensor_codec.from_tensor(block.dense, field=field).reshape(shape)
+        if not sparse:
+            return dense
+        raise GradserveError(
+            f"the server sent d{block.of}/d{block.wrt} dense, not structured: it is older than "
+            "this SDK; ask with sparse=False"
+        )
+    if kind == "diagonal":
+        diagonal = tensor_codec.from_tensor(block.diagonal, field=field)
+        n = diagonal.size
+        index = np.arange(n + 1)
+        matrix = sp.csr_array((diagonal, index[:n], index), shape=(n, n))
+    elif kind == "sparse":
+        matrix = csr_array(block.sparse, field)
+    else:
+        raise GradserveError(
+            f"Jacobian block d{block.of}/d{block.wrt} uses a representation this SDK "
+            "does not know; upgrade gradserve_client"
+        )
+    return matrix if sparse else matrix.toarray().reshape(shape)
+
+
+def csr_array(message: pb.SparseMatrix, field: str) -> Any:
+    """A SparseMatrix as a scipy CSR array; a pattern (no values) as a boolean one."""
+    from scipy import sparse as sp
+
+    indptr = tensor_codec.from_tensor(message.indptr, field=f"{field}.indptr")
+    indices = tensor_codec.from_tensor(message.indices, field=f"{field}.indices")
+    if message.HasField("values"):
+        values = tensor_codec.from_tensor(message.values, field=f"{field}.values")
+    else:
+        values = np.ones(indices.size, bool)
+    return sp.csr_array((values, indices, indptr), shape=(message.rows, message.cols))
 
 
 class JacobianAssembler:

@@ -18,10 +18,11 @@ from typing import Any, Generic, Protocol, TypeVar
 from grpc_health.v1 import health_pb2
 
 from . import _wire
-from ._args import Array, Call
+from ._args import KINDS, Array, Call
 from ._channel import SERVICE
 from ._decode import JacobianAssembler, decode, decode_jacobian, is_jacobian_too_large
 from ._info import OperatorInfo, ServerInfo, decode_operators, decode_server_info
+from .graph import Graph
 from .opset.listing import operators_response
 from .proto import gradient_service_pb2 as pb
 from .proto import tensor_codec
@@ -52,8 +53,9 @@ class InProcess(Protocol):
 
     _core: Any  # the ``gradserve.autodiff`` package
 
-    def _compute(self, fn: Callable[..., Any], call: Call, *args: Any) -> Any:
-        """``fn(program, call.feeds, *args)``, the core's errors raised as a server would."""
+    def _compute(self, fn: Callable[..., Any], call: Call, *args: Any, **kwargs: Any) -> Any:
+        """``fn(program, call.feeds, *args, **kwargs)``, the core's errors raised as a server
+        would."""
         ...
 
 
@@ -88,13 +90,16 @@ class Method(Generic[C, T]):
     fallback_on: Callable[[Exception], bool] = _never  # an error this accepts
 
 
-# -- Evaluate
-
-
-def _evaluate_request(call: Call) -> pb.EvaluateRequest:
-    request = pb.EvaluateRequest(outputs=call.of)
-    tensor_codec.fill_tensor_map(request.inputs, call.feeds)  # no Tensor built, then copied
+def _with_tensors(request: Any, call: Call, seeds: str = "") -> Any:
+    """``request`` with the call's inputs (and its seeds in the map field ``seeds``) filled in:
+    no Tensor built, then copied."""
+    tensor_codec.fill_tensor_map(request.inputs, call.feeds)
+    if seeds:
+        tensor_codec.fill_tensor_map(getattr(request, seeds), call.seeds)
     return request
+
+
+# -- Evaluate
 
 
 def _outputs(call: Call, response: Any) -> dict[str, Array]:
@@ -116,7 +121,7 @@ EVALUATE_WIRE: Method[Call, dict[str, Array]] = Method(
 )  # fmt: skip
 EVALUATE: Method[Call, dict[str, Array]] = Method(
     rpc=gradient_rpc("Evaluate", pb.EvaluateRequest, pb.EvaluateResponse),
-    request=_evaluate_request,
+    request=lambda call: _with_tensors(pb.EvaluateRequest(outputs=call.of), call),
     decode=_outputs,
     local=_evaluate_locally,
     route=lambda call: EVALUATE_WIRE if _wire.is_large(call.feeds) else None,
@@ -126,20 +131,9 @@ EVALUATE: Method[Call, dict[str, Array]] = Method(
 # -- Jacobian, and StreamJacobian for a Jacobian over the unary limit
 
 
-def _jacobian_request(call: Call) -> pb.JacobianRequest:
-    request = pb.JacobianRequest(of=call.of, wrt=call.wrt, mode=call.wire_mode)
-    tensor_codec.fill_tensor_map(request.inputs, call.feeds)
-    return request
-
-
-def _stream_jacobian_request(call: Call) -> pb.StreamJacobianRequest:
-    request = pb.StreamJacobianRequest(of=call.of, wrt=call.wrt, mode=call.wire_mode)
-    tensor_codec.fill_tensor_map(request.inputs, call.feeds)
-    return request
-
-
 def _jacobian_locally(local: InProcess, call: Call) -> Any:
-    _, result = local._compute(local._core.jacobian, call, call.of, call.wrt, call.mode)
+    jacobian = local._core.jacobian
+    _, result = local._compute(jacobian, call, call.of, call.wrt, call.mode, sparse=call.sparse)
     return call.jacobians(result)
 
 
@@ -147,15 +141,20 @@ STREAM_JACOBIAN: Method[Call, Any] = Method(
     rpc=gradient_rpc(
         "StreamJacobian", pb.StreamJacobianRequest, pb.JacobianRowBlock, "unary_stream"
     ),
-    request=_stream_jacobian_request,
+    request=lambda call: _with_tensors(
+        pb.StreamJacobianRequest(of=call.of, wrt=call.wrt, mode=call.wire_mode), call
+    ),
     collect=JacobianAssembler,
     decode=lambda call, assembled: call.jacobians(assembled.result(call.of, call.wrt)),
     local=_jacobian_locally,
 )
 JACOBIAN: Method[Call, Any] = Method(
     rpc=gradient_rpc("Jacobian", pb.JacobianRequest, pb.JacobianResponse),
-    request=_jacobian_request,
-    decode=lambda call, response: call.jacobians(decode_jacobian(response)),
+    request=lambda call: _with_tensors(
+        pb.JacobianRequest(of=call.of, wrt=call.wrt, mode=call.wire_mode, structured=call.sparse),
+        call,
+    ),
+    decode=lambda call, response: call.jacobians(decode_jacobian(response, call.sparse)),
     local=_jacobian_locally,
     fallback=STREAM_JACOBIAN,
     fallback_on=is_jacobian_too_large,
@@ -165,13 +164,6 @@ JACOBIAN: Method[Call, Any] = Method(
 # -- Vjp (grad and vjp) and Jvp
 
 
-def _vjp_request(call: Call) -> pb.VjpRequest:
-    request = pb.VjpRequest(wrt=call.wrt)
-    tensor_codec.fill_tensor_map(request.inputs, call.feeds)
-    tensor_codec.fill_tensor_map(request.cotangents, call.seeds)
-    return request
-
-
 def _vjp_locally(local: InProcess, call: Call) -> Any:
     _, grads = local._compute(local._core.vjp_values, call, call.seeds, call.wrt)
     return call.by_wrt(grads)
@@ -179,17 +171,10 @@ def _vjp_locally(local: InProcess, call: Call) -> Any:
 
 VJP: Method[Call, Any] = Method(
     rpc=gradient_rpc("Vjp", pb.VjpRequest, pb.VjpResponse),
-    request=_vjp_request,
+    request=lambda call: _with_tensors(pb.VjpRequest(wrt=call.wrt), call, "cotangents"),
     decode=lambda call, response: call.by_wrt(decode(response.gradients)),
     local=_vjp_locally,
 )
-
-
-def _jvp_request(call: Call) -> pb.JvpRequest:
-    request = pb.JvpRequest(of=call.of)
-    tensor_codec.fill_tensor_map(request.inputs, call.feeds)
-    tensor_codec.fill_tensor_map(request.tangents, call.seeds)
-    return request
 
 
 def _jvp_locally(local: InProcess, call: Call) -> Any:
@@ -199,9 +184,86 @@ def _jvp_locally(local: InProcess, call: Call) -> Any:
 
 JVP: Method[Call, Any] = Method(
     rpc=gradient_rpc("Jvp", pb.JvpRequest, pb.JvpResponse),
-    request=_jvp_request,
+    request=lambda call: _with_tensors(pb.JvpRequest(of=call.of), call, "tangents"),
     decode=lambda call, response: call.by_of(decode(response.tangents)),
     local=_jvp_locally,
+)
+
+
+# -- Hessian and Hvp
+
+
+def _hessian_locally(local: InProcess, call: Call) -> Any:
+    from gradserve.autodiff.hessian import hessian
+
+    _, blocks = local._compute(hessian, call, call.of[0], call.wrt, sparse=call.sparse)
+    return call.hessians(blocks)
+
+
+HESSIAN: Method[Call, Any] = Method(
+    rpc=gradient_rpc("Hessian", pb.HessianRequest, pb.HessianResponse),
+    request=lambda call: _with_tensors(
+        pb.HessianRequest(of=call.of[0], wrt=call.wrt, structured=call.sparse), call
+    ),
+    decode=lambda call, response: call.hessians(decode_jacobian(response, call.sparse)),
+    local=_hessian_locally,
+)
+
+
+def _hvp_locally(local: InProcess, call: Call) -> Any:
+    from gradserve.autodiff.hessian import hvp
+
+    _, products = local._compute(hvp, call, call.of[0], call.wrt, call.seeds)
+    return call.by_wrt(products)
+
+
+HVP: Method[Call, Any] = Method(
+    rpc=gradient_rpc("Hvp", pb.HvpRequest, pb.HvpResponse),
+    request=lambda call: _with_tensors(pb.HvpRequest(of=call.of[0], wrt=call.wrt), call, "vectors"),
+    decode=lambda call, response: call.by_wrt(decode(response.products)),
+    local=_hvp_locally,
+)
+
+
+# -- JacobianSparsity and DerivativeProgram
+
+
+def _sparsity_locally(local: InProcess, call: Call) -> Any:
+    from gradserve.autodiff.sparsity import jacobian_sparsity
+
+    def patterns(program: Any, feeds: Any) -> dict[str, dict[str, Any]]:
+        return {o: {w: jacobian_sparsity(program, o, w) for w in call.wrt} for o in call.of}
+
+    return call.jacobians(local._compute(patterns, call))
+
+
+JACOBIAN_SPARSITY: Method[Call, Any] = Method(
+    rpc=gradient_rpc("JacobianSparsity", pb.JacobianSparsityRequest, pb.JacobianSparsityResponse),
+    request=lambda call: _with_tensors(pb.JacobianSparsityRequest(of=call.of, wrt=call.wrt), call),
+    decode=lambda call, response: call.jacobians(decode_jacobian(response, sparse=True)),
+    local=_sparsity_locally,
+)
+
+
+def _derivative_locally(local: InProcess, call: Call) -> Graph:
+    from gradserve.autodiff.transforms import derivative_program
+    from gradserve.rpc.codec import graph_to_proto
+
+    def derive(program: Any, feeds: Any) -> Any:
+        return graph_to_proto(derivative_program(program, call.of, call.wrt, call.mode))
+
+    return Graph.from_proto(local._compute(derive, call))
+
+
+DERIVATIVE_PROGRAM: Method[Call, Graph] = Method(
+    rpc=gradient_rpc(
+        "DerivativeProgram", pb.DerivativeProgramRequest, pb.DerivativeProgramResponse
+    ),
+    request=lambda call: pb.DerivativeProgramRequest(
+        of=call.of, wrt=call.wrt, kind=KINDS[call.mode]
+    ),
+    decode=lambda call, response: Graph.from_proto(response.program),
+    local=_derivative_locally,
 )
 
 

@@ -3,6 +3,9 @@
     gradserve eval "sin(x)**2" --at x=0.7
     gradserve grad "ln(sin(x**3)**2)" --at x=0.7
     gradserve jacobian "[ln(x**2), sin(3*x)]" --at x=0.7 --json
+    gradserve jacobian "x**2" --at "x=[1,2,3]" --sparse
+    gradserve hessian "sum(x**2 * y)" --at "x=[1,2]" --at y=3
+    gradserve explain "sin(x) * x" --wrt x
     gradserve ops | gradserve health | gradserve serve --port 50051
     gradserve train --graph model.gsg --data data.npz --params init.npz --loss loss \
         --optimizer sgd --lr 0.1 --batch-size 64 --epochs 5 --out trained.npz --plot loss.png
@@ -126,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, run, what in (
         ("grad", _grad, "the gradient of a scalar EXPR"),
         ("jacobian", _jacobian, "the Jacobian of EXPR"),
+        ("hessian", _hessian, "the Hessian of a scalar EXPR"),
+        ("explain", _explain, "print the derivative program of EXPR"),
     ):
         cmd = commands.add_parser(name, parents=[expression], help=what)
         cmd.add_argument(
@@ -137,6 +142,11 @@ def _parser() -> argparse.ArgumentParser:
         cmd.set_defaults(run=run)
         if name == "jacobian":
             cmd.add_argument("--mode", choices=("auto", "forward", "reverse"), default="auto")
+            cmd.add_argument(
+                "--sparse", action="store_true", help="detect the sparsity; print the non-zeros"
+            )
+        if name == "explain":
+            cmd.add_argument("--kind", choices=("vjp", "jvp", "hvp"), default="vjp")
     _train_parser(commands, common)
     commands.add_parser("ops", parents=[common], help="list the operators").set_defaults(run=_ops)
     commands.add_parser("health", parents=[common], help="check the server").set_defaults(
@@ -159,8 +169,15 @@ def _bindings(at: list[str]) -> dict[str, np.ndarray]:
     return values
 
 
-def _build(args: argparse.Namespace) -> tuple[Any, str, list[str], dict[str, np.ndarray]]:
+def _build(
+    args: argparse.Namespace, unbound: float | None = None
+) -> tuple[Any, str, list[str], dict[str, np.ndarray]]:
+    """(graph, its output, the variables EXPR uses, their values). With ``unbound``, each
+    ``--wrt`` name without an ``--at`` value is a scalar of that value."""
     values = _bindings(args.at)
+    if unbound is not None:
+        for name in args.wrt or ():
+            values.setdefault(name, np.asarray(unbound))
     graph, used = parse_expression(args.expr, values)
     feeds = {n: values[n] for n in used}
     return graph, graph.output_names[0], used, feeds
@@ -198,12 +215,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _grad(args: argparse.Namespace) -> int:
     graph, out, used, feeds = _build(args)
-    shape = graph.outputs[out].shape
-    if shape:
-        raise CliError(
-            f"grad needs a scalar EXPR, but this one has shape {tuple(shape)}: use "
-            "`gradserve jacobian` for the derivative of each element, or grad of sum(...)"
-        )
+    hint = "use `gradserve jacobian` for the derivative of each element, or grad of sum(...)"
+    _scalar(graph, out, "grad", hint)
     wrt = _wrt(args, used)
     with _client(args) as client:
         value = client.evaluate(graph, feeds)[out]
@@ -222,16 +235,80 @@ def _jacobian(args: argparse.Namespace) -> int:
     wrt = _wrt(args, used)
     with _client(args) as client:
         value = client.evaluate(graph, feeds)[out]
-        jac = client.jacobian(graph, feeds, of=[out], wrt=wrt, mode=args.mode)[out]
+        jacobians = client.jacobian(
+            graph, feeds, of=[out], wrt=wrt, mode=args.mode, sparse=args.sparse
+        )
+    jac = jacobians[out]
     if args.json:
-        _print_json({"value": value, "jacobian": jac})
+        blocks = {n: _coo(j) for n, j in jac.items()} if args.sparse else jac
+        _print_json({"value": value, "jacobian": blocks})
     else:
         print(f"value: {_fmt(value)}")
         for name, j in jac.items():
-            shape = "(" + ", ".join(str(d) for d in j.shape) + ("," if j.ndim == 1 else "") + ")"
-            print(f"jacobian d/d{name}, shape {shape}:")
-            print(_fmt(j))
+            print(f"jacobian d/d{name}, shape {_shape(j.shape)}" + _nonzeros(j, args.sparse))
     return 0
+
+
+def _hessian(args: argparse.Namespace) -> int:
+    graph, out, used, feeds = _build(args)
+    _scalar(graph, out, "hessian", "take sum(...) of it")
+    wrt = _wrt(args, used)
+    with _client(args) as client:
+        value = client.evaluate(graph, feeds)[out]
+        hess = client.hessian(graph, feeds, of=out, wrt=wrt)
+    if args.json:
+        _print_json({"value": value, "hessian": hess})
+    else:
+        print(f"value: {_fmt(value)}")
+        for a, row in hess.items():
+            for b, block in row.items():
+                print(f"hessian d2/d{a}d{b}, shape {_shape(block.shape)}:")
+                print(_fmt(block))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    graph, out, used, _ = _build(args, unbound=0.0)
+    if args.kind == "hvp":
+        _scalar(graph, out, "explain --kind hvp", "take sum(...) of it")
+    wrt = _wrt(args, used)
+    with _client(args) as client:
+        program = client.derivative_program(graph, of=out, wrt=wrt, kind=args.kind)
+    if args.json:
+        _print_json({"kind": args.kind, "program": str(program)})
+    else:
+        print(program)
+    return 0
+
+
+def _scalar(graph: Any, out: str, command: str, hint: str) -> None:
+    shape = graph.outputs[out].shape
+    if shape:
+        raise CliError(
+            f"{command} needs a scalar EXPR, but this one has shape {tuple(shape)}: {hint}"
+        )
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _nonzeros(jac: Any, sparse: bool) -> str:
+    """The rest of a Jacobian's heading and its values: all of them, or each stored entry."""
+    if not sparse:
+        return ":\n" + _fmt(jac)
+    coo = jac.tocoo()
+    lines = [f", {coo.nnz} stored entries:"]
+    width = len(str(max(coo.shape, default=0)))
+    for i, j, v in zip(coo.row, coo.col, coo.data, strict=True):
+        lines.append(f"  ({i:>{width}}, {j:>{width}})  {_fmt(v)}")
+    return "\n".join(lines)
+
+
+def _coo(jac: Any) -> dict[str, Any]:
+    """A sparse Jacobian as JSON: its shape and its stored entries (row, column, value)."""
+    coo = jac.tocoo()
+    return {"shape": list(coo.shape), "rows": coo.row, "cols": coo.col, "values": coo.data}
 
 
 def _ops(args: argparse.Namespace) -> int:

@@ -18,12 +18,23 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _methods as m
-from ._args import Names, arrays, evaluate_call, grad_call, jacobian_call, jvp_call, vjp_call
+from ._args import (
+    Names,
+    arrays,
+    derivative_call,
+    evaluate_call,
+    grad_call,
+    hessian_call,
+    jacobian_call,
+    jvp_call,
+    vjp_call,
+)
 from ._channel import ChannelClient
 from ._graphs import GraphLike
 from ._info import OperatorInfo, ServerInfo
 from ._train_stream import RETRY, TRAIN_ATTEMPTS, UPLOAD, RemoteTrain, TrainCall, train_call
 from .errors import GradserveError, from_rpc_error
+from .graph import Graph
 from .training import Checkpoint, Event, Optimizer, Run, Schedule, decode_event
 
 __all__ = ["Client"]
@@ -66,6 +77,7 @@ class Methods:
         of: Names = None,
         wrt: Names = None,
         mode: str = "auto",
+        sparse: bool = False,
     ) -> Any:
         """The Jacobians d(of)/d(wrt), each of shape ``of.shape + wrt.shape`` (numerator layout).
 
@@ -74,9 +86,79 @@ class Methods:
         is "auto" (the cheaper of the two), "forward" or "reverse"; the result does not depend
         on it. A Jacobian larger than the server's unary limit is fetched with StreamJacobian
         and assembled here, transparently.
+
+        With ``sparse``, each Jacobian is a ``scipy.sparse.csr_array`` of shape
+        ``(of.size, wrt.size)`` (both flattened in C order): the server detects its sparsity
+        pattern from the graph and computes it with one pass per colour of the pattern, so a
+        diagonal or banded Jacobian costs a few passes and memory proportional to its non-zeros.
         """
-        call = jacobian_call(graph, inputs, of, wrt, mode)
+        call = jacobian_call(graph, inputs, of, wrt, mode, sparse)
         return self._invoke(m.JACOBIAN, call, self.timeout)
+
+    def jacobian_sparsity(
+        self,
+        graph: GraphLike,
+        of: Names = None,
+        wrt: Names = None,
+        inputs: Mapping[str, npt.ArrayLike] | None = None,
+    ) -> Any:
+        """The structural sparsity pattern of d(of)/d(wrt), detected from the graph without
+        computing any value: a boolean ``scipy.sparse.csr_array`` of shape
+        ``(of.size, wrt.size)``, True where the entry may be non-zero for some inputs (a nested
+        dict ``P[of][wrt]`` unless both are single names). ``inputs`` are needed only for their
+        shapes, by a graph with -1 dimensions.
+        """
+        call = jacobian_call(graph, inputs, of, wrt)
+        return self._invoke(m.JACOBIAN_SPARSITY, call, self.timeout)
+
+    def hessian(
+        self,
+        graph: GraphLike,
+        inputs: Mapping[str, npt.ArrayLike],
+        of: str | None = None,
+        wrt: Names = None,
+        sparse: bool = False,
+    ) -> Any:
+        """The Hessian of the scalar output ``of`` (default: the graph's only output): with
+        ``wrt`` one name an ndarray of shape ``wrt.shape + wrt.shape``, else the nested dict of
+        blocks ``H[wi][wj]`` (shape ``wi.shape + wj.shape``). With ``sparse``, each block is a
+        ``scipy.sparse.csr_array`` of shape ``(wi.size, wj.size)``, its pattern detected and
+        coloured as for `jacobian`.
+        """
+        call = hessian_call(graph, inputs, of, wrt, sparse)
+        return self._invoke(m.HESSIAN, call, self.timeout)
+
+    def hvp(
+        self,
+        graph: GraphLike,
+        inputs: Mapping[str, npt.ArrayLike],
+        of: str | None,
+        wrt: Names,
+        v: Mapping[str, npt.ArrayLike] | npt.ArrayLike,
+    ) -> Any:
+        """The Hessian-vector product H v of the scalar output ``of`` (None: the graph's only
+        output), in one forward-over-reverse pass without forming H. With ``wrt`` one name,
+        ``v`` is an array of its shape and so is the result; with a list (or None: every float
+        input), ``v`` and the result are dicts by input name, ``(H v)[wi] = sum_j H[wi][wj]
+        v[wj]``.
+        """
+        call = hessian_call(graph, inputs, of, wrt, v=v)
+        return self._invoke(m.HVP, call, self.timeout)
+
+    def derivative_program(
+        self,
+        graph: GraphLike,
+        of: Names = None,
+        wrt: Names = None,
+        kind: str = "vjp",
+    ) -> Graph:
+        """The derivative program of the graph as a `Graph`, to read (``print(program)`` lists
+        one node a line), save, or evaluate. ``kind`` is "vjp" (cotangents of ``of`` in,
+        gradients of ``wrt`` out), "jvp" (tangents of ``wrt`` in, tangents of ``of`` out) or
+        "hvp" (a scalar ``of``; vectors of ``wrt`` in, H v out).
+        """
+        call = derivative_call(graph, of, wrt, kind)
+        return self._invoke(m.DERIVATIVE_PROGRAM, call, self.timeout)
 
     def grad(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 from .graph import Var
 from .ops import mean
@@ -36,4 +37,4 @@ def split(x: Var, indices_or_sections: int | Sequence[int], axis: int = 0) -> li
     else:
         bounds = [0, *indices_or_sections, None]
     head = (slice(None),) * axis
-    return [x[(*head, slice(a, b))] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [x[(*head, slice(a, b))] for a, b in pairwise(bounds)]

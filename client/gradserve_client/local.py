@@ -30,9 +30,10 @@ _MAX_GRAPHS = 256  # graph versions whose Programs a LocalClient keeps
 
 
 class LocalClient(Methods):
-    """The methods of `Client` (evaluate, jacobian, grad, vjp, jvp, train, operators,
-    server_info, health), computed in this process by gradserve's core, with the same results
-    and the same exceptions (`InvalidArgument` and its field violations for bad graphs and inputs).
+    """The methods of `Client` (evaluate, jacobian, grad, vjp, jvp, hessian, hvp,
+    jacobian_sparsity, derivative_program, train, operators, server_info, health), computed in
+    this process by gradserve's core, with the same results and the same exceptions
+    (`InvalidArgument` and its field violations for bad graphs and inputs).
 
     Each graph is converted and validated once (per version of a `Graph`) and its compiled
     programs are cached by the core, so a call costs little more than the computation itself.
@@ -102,9 +103,12 @@ class LocalClient(Methods):
         except (self._core.GraphError, self._rpc_errors.RpcError) as exc:
             raise _converted(exc, self._rpc_errors, meta, True) from None
 
-    def _compute(self, fn: Any, call: Call, *args: Any) -> Any:
-        """``fn(program, call.feeds, *args)`` on the call's Program (see `_methods.InProcess`)."""
-        return self._run(fn, call.meta, self._program(call), call.feeds, *args)
+    def _compute(self, fn: Any, call: Call, *args: Any, **kwargs: Any) -> Any:
+        """``fn(program, call.feeds, *args, **kwargs)`` on the call's Program (see
+        `_methods.InProcess`)."""
+        program = self._program(call)
+        run = functools.partial(fn, **kwargs) if kwargs else fn
+        return self._run(run, call.meta, program, call.feeds, *args)
 
     def _invoke(self, method: m.Method[Any, T], call: Any, timeout: float | None) -> T:
         assert method.local is not None, method.rpc.path

@@ -147,6 +147,10 @@ def test_service_has_the_contract_rpcs() -> None:
         "PutDataset": (True, False),
         "ListOperators": (False, False),
         "GetServerInfo": (False, False),
+        "Hessian": (False, False),
+        "Hvp": (False, False),
+        "JacobianSparsity": (False, False),
+        "DerivativeProgram": (False, False),
     }
 
 
@@ -216,8 +220,10 @@ def test_every_element_is_documented(descriptor_set) -> None:
     assert not missing, "undocumented: " + ", ".join(missing)
 
 
-def test_jacobian_block_reserves_room_for_structured_forms(descriptor_set) -> None:
+def test_jacobian_block_structures_use_the_reserved_numbers(descriptor_set) -> None:
     file = next(f for f in descriptor_set.file if f.name.endswith("gradient_service.proto"))
     block = next(m for m in file.message_type if m.name == "JacobianBlock")
     assert [o.name for o in block.oneof_decl] == ["structure"]
-    assert any(r.start <= 5 and r.end > 6 for r in block.reserved_range)
+    members = {f.name: f.number for f in block.field if f.HasField("oneof_index")}
+    assert members == {"dense": 4, "diagonal": 5, "sparse": 6}
+    assert any(r.start <= 7 and r.end > 9 for r in block.reserved_range)  # room for more

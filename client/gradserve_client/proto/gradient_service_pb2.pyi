@@ -26,6 +26,13 @@ class AttrKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ATTR_KIND_FLOATS: _ClassVar[AttrKind]
     ATTR_KIND_STRING: _ClassVar[AttrKind]
     ATTR_KIND_TENSOR: _ClassVar[AttrKind]
+
+class DerivativeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DERIVATIVE_KIND_UNSPECIFIED: _ClassVar[DerivativeKind]
+    DERIVATIVE_KIND_VJP: _ClassVar[DerivativeKind]
+    DERIVATIVE_KIND_JVP: _ClassVar[DerivativeKind]
+    DERIVATIVE_KIND_HVP: _ClassVar[DerivativeKind]
 JACOBIAN_MODE_UNSPECIFIED: JacobianMode
 JACOBIAN_MODE_AUTO: JacobianMode
 JACOBIAN_MODE_FORWARD: JacobianMode
@@ -37,6 +44,10 @@ ATTR_KIND_INTS: AttrKind
 ATTR_KIND_FLOATS: AttrKind
 ATTR_KIND_STRING: AttrKind
 ATTR_KIND_TENSOR: AttrKind
+DERIVATIVE_KIND_UNSPECIFIED: DerivativeKind
+DERIVATIVE_KIND_VJP: DerivativeKind
+DERIVATIVE_KIND_JVP: DerivativeKind
+DERIVATIVE_KIND_HVP: DerivativeKind
 
 class EvaluateRequest(_message.Message):
     __slots__ = ("graph", "graph_id", "onnx_model", "inputs", "outputs")
@@ -75,7 +86,7 @@ class EvaluateResponse(_message.Message):
     def __init__(self, graph_id: _Optional[str] = ..., outputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ...) -> None: ...
 
 class JacobianRequest(_message.Message):
-    __slots__ = ("graph", "graph_id", "onnx_model", "inputs", "of", "wrt", "mode")
+    __slots__ = ("graph", "graph_id", "onnx_model", "inputs", "of", "wrt", "mode", "structured")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +101,7 @@ class JacobianRequest(_message.Message):
     OF_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_FIELD_NUMBER: _ClassVar[int]
     graph: _graph_pb2.Graph
     graph_id: str
     onnx_model: bytes
@@ -97,7 +109,8 @@ class JacobianRequest(_message.Message):
     of: _containers.RepeatedScalarFieldContainer[str]
     wrt: _containers.RepeatedScalarFieldContainer[str]
     mode: JacobianMode
-    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., onnx_model: _Optional[bytes] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., of: _Optional[_Iterable[str]] = ..., wrt: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[JacobianMode, str]] = ...) -> None: ...
+    structured: bool
+    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., onnx_model: _Optional[bytes] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., of: _Optional[_Iterable[str]] = ..., wrt: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[JacobianMode, str]] = ..., structured: _Optional[bool] = ...) -> None: ...
 
 class JacobianResponse(_message.Message):
     __slots__ = ("graph_id", "blocks", "outputs")
@@ -117,16 +130,34 @@ class JacobianResponse(_message.Message):
     def __init__(self, graph_id: _Optional[str] = ..., blocks: _Optional[_Iterable[_Union[JacobianBlock, _Mapping]]] = ..., outputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ...) -> None: ...
 
 class JacobianBlock(_message.Message):
-    __slots__ = ("of", "wrt", "shape", "dense")
+    __slots__ = ("of", "wrt", "shape", "dense", "diagonal", "sparse")
     OF_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DENSE_FIELD_NUMBER: _ClassVar[int]
+    DIAGONAL_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_FIELD_NUMBER: _ClassVar[int]
     of: str
     wrt: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     dense: _tensor_pb2.Tensor
-    def __init__(self, of: _Optional[str] = ..., wrt: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dense: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    diagonal: _tensor_pb2.Tensor
+    sparse: SparseMatrix
+    def __init__(self, of: _Optional[str] = ..., wrt: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dense: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., diagonal: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., sparse: _Optional[_Union[SparseMatrix, _Mapping]] = ...) -> None: ...
+
+class SparseMatrix(_message.Message):
+    __slots__ = ("rows", "cols", "indptr", "indices", "values")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    INDPTR_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    cols: int
+    indptr: _tensor_pb2.Tensor
+    indices: _tensor_pb2.Tensor
+    values: _tensor_pb2.Tensor
+    def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ..., indptr: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., indices: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., values: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class StreamJacobianRequest(_message.Message):
     __slots__ = ("graph", "graph_id", "onnx_model", "inputs", "of", "wrt", "mode", "rows_per_message")
@@ -352,3 +383,143 @@ class ServerLimits(_message.Message):
     max_request_bytes: int
     max_stream_jacobian_elements: int
     def __init__(self, max_message_bytes: _Optional[int] = ..., max_graph_nodes: _Optional[int] = ..., max_tensor_elements: _Optional[int] = ..., max_jacobian_elements: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_stream_jacobian_elements: _Optional[int] = ...) -> None: ...
+
+class HessianRequest(_message.Message):
+    __slots__ = ("graph", "graph_id", "inputs", "of", "wrt", "structured")
+    class InputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OF_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_FIELD_NUMBER: _ClassVar[int]
+    graph: _graph_pb2.Graph
+    graph_id: str
+    inputs: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    of: str
+    wrt: _containers.RepeatedScalarFieldContainer[str]
+    structured: bool
+    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., of: _Optional[str] = ..., wrt: _Optional[_Iterable[str]] = ..., structured: _Optional[bool] = ...) -> None: ...
+
+class HessianResponse(_message.Message):
+    __slots__ = ("graph_id", "blocks", "value")
+    GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    graph_id: str
+    blocks: _containers.RepeatedCompositeFieldContainer[JacobianBlock]
+    value: _tensor_pb2.Tensor
+    def __init__(self, graph_id: _Optional[str] = ..., blocks: _Optional[_Iterable[_Union[JacobianBlock, _Mapping]]] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+
+class HvpRequest(_message.Message):
+    __slots__ = ("graph", "graph_id", "inputs", "of", "wrt", "vectors")
+    class InputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    class VectorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OF_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    graph: _graph_pb2.Graph
+    graph_id: str
+    inputs: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    of: str
+    wrt: _containers.RepeatedScalarFieldContainer[str]
+    vectors: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., of: _Optional[str] = ..., wrt: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ...) -> None: ...
+
+class HvpResponse(_message.Message):
+    __slots__ = ("graph_id", "products", "value")
+    class ProductsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCTS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    graph_id: str
+    products: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    value: _tensor_pb2.Tensor
+    def __init__(self, graph_id: _Optional[str] = ..., products: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+
+class JacobianSparsityRequest(_message.Message):
+    __slots__ = ("graph", "graph_id", "inputs", "of", "wrt")
+    class InputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OF_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    graph: _graph_pb2.Graph
+    graph_id: str
+    inputs: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    of: _containers.RepeatedScalarFieldContainer[str]
+    wrt: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., of: _Optional[_Iterable[str]] = ..., wrt: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class JacobianSparsityResponse(_message.Message):
+    __slots__ = ("graph_id", "blocks")
+    GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    graph_id: str
+    blocks: _containers.RepeatedCompositeFieldContainer[JacobianBlock]
+    def __init__(self, graph_id: _Optional[str] = ..., blocks: _Optional[_Iterable[_Union[JacobianBlock, _Mapping]]] = ...) -> None: ...
+
+class DerivativeProgramRequest(_message.Message):
+    __slots__ = ("graph", "graph_id", "inputs", "of", "wrt", "kind")
+    class InputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OF_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    graph: _graph_pb2.Graph
+    graph_id: str
+    inputs: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    of: _containers.RepeatedScalarFieldContainer[str]
+    wrt: _containers.RepeatedScalarFieldContainer[str]
+    kind: DerivativeKind
+    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., of: _Optional[_Iterable[str]] = ..., wrt: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[DerivativeKind, str]] = ...) -> None: ...
+
+class DerivativeProgramResponse(_message.Message):
+    __slots__ = ("graph_id", "program")
+    GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    graph_id: str
+    program: _graph_pb2.Graph
+    def __init__(self, graph_id: _Optional[str] = ..., program: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ...) -> None: ...

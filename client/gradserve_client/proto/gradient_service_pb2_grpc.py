@@ -86,6 +86,26 @@ class GradientStub:
                 request_serializer=gradserve_dot_v1_dot_gradient__service__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=gradserve_dot_v1_dot_gradient__service__pb2.GetServerInfoResponse.FromString,
                 _registered_method=True)
+        self.Hessian = channel.unary_unary(
+                '/gradserve.v1.Gradient/Hessian',
+                request_serializer=gradserve_dot_v1_dot_gradient__service__pb2.HessianRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradient__service__pb2.HessianResponse.FromString,
+                _registered_method=True)
+        self.Hvp = channel.unary_unary(
+                '/gradserve.v1.Gradient/Hvp',
+                request_serializer=gradserve_dot_v1_dot_gradient__service__pb2.HvpRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradient__service__pb2.HvpResponse.FromString,
+                _registered_method=True)
+        self.JacobianSparsity = channel.unary_unary(
+                '/gradserve.v1.Gradient/JacobianSparsity',
+                request_serializer=gradserve_dot_v1_dot_gradient__service__pb2.JacobianSparsityRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradient__service__pb2.JacobianSparsityResponse.FromString,
+                _registered_method=True)
+        self.DerivativeProgram = channel.unary_unary(
+                '/gradserve.v1.Gradient/DerivativeProgram',
+                request_serializer=gradserve_dot_v1_dot_gradient__service__pb2.DerivativeProgramRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradient__service__pb2.DerivativeProgramResponse.FromString,
+                _registered_method=True)
 
 
 class GradientServicer:
@@ -162,6 +182,34 @@ class GradientServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Hessian(self, request, context):
+        """Hessian returns the second derivatives of a scalar output: one block per pair of `wrt`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Hvp(self, request, context):
+        """Hvp returns Hessian-vector products, computed forward-over-reverse without the Hessian.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JacobianSparsity(self, request, context):
+        """JacobianSparsity returns the structural sparsity patterns of Jacobians, without values.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DerivativeProgram(self, request, context):
+        """DerivativeProgram returns the derivative program (VJP, JVP or HVP) of a graph as a Graph.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GradientServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -209,6 +257,26 @@ def add_GradientServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=gradserve_dot_v1_dot_gradient__service__pb2.GetServerInfoRequest.FromString,
                     response_serializer=gradserve_dot_v1_dot_gradient__service__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+            'Hessian': grpc.unary_unary_rpc_method_handler(
+                    servicer.Hessian,
+                    request_deserializer=gradserve_dot_v1_dot_gradient__service__pb2.HessianRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradient__service__pb2.HessianResponse.SerializeToString,
+            ),
+            'Hvp': grpc.unary_unary_rpc_method_handler(
+                    servicer.Hvp,
+                    request_deserializer=gradserve_dot_v1_dot_gradient__service__pb2.HvpRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradient__service__pb2.HvpResponse.SerializeToString,
+            ),
+            'JacobianSparsity': grpc.unary_unary_rpc_method_handler(
+                    servicer.JacobianSparsity,
+                    request_deserializer=gradserve_dot_v1_dot_gradient__service__pb2.JacobianSparsityRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradient__service__pb2.JacobianSparsityResponse.SerializeToString,
+            ),
+            'DerivativeProgram': grpc.unary_unary_rpc_method_handler(
+                    servicer.DerivativeProgram,
+                    request_deserializer=gradserve_dot_v1_dot_gradient__service__pb2.DerivativeProgramRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradient__service__pb2.DerivativeProgramResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -460,6 +528,114 @@ class Gradient:
             '/gradserve.v1.Gradient/GetServerInfo',
             gradserve_dot_v1_dot_gradient__service__pb2.GetServerInfoRequest.SerializeToString,
             gradserve_dot_v1_dot_gradient__service__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Hessian(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.Gradient/Hessian',
+            gradserve_dot_v1_dot_gradient__service__pb2.HessianRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradient__service__pb2.HessianResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Hvp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.Gradient/Hvp',
+            gradserve_dot_v1_dot_gradient__service__pb2.HvpRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradient__service__pb2.HvpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JacobianSparsity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.Gradient/JacobianSparsity',
+            gradserve_dot_v1_dot_gradient__service__pb2.JacobianSparsityRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradient__service__pb2.JacobianSparsityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DerivativeProgram(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.Gradient/DerivativeProgram',
+            gradserve_dot_v1_dot_gradient__service__pb2.DerivativeProgramRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradient__service__pb2.DerivativeProgramResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,7 +23,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -222,6 +223,19 @@ def from_graph_error(
     field = graph_error_field(exc, input_names, running=running)
     reason = INVALID_GRAPH if field.startswith("graph") else INVALID_INPUT
     return InvalidArgument(field, exc.reason, reason=reason)
+
+
+@contextmanager
+def core_errors(program: Program) -> Iterator[None]:
+    """Core GraphErrors raised while running ``program``, as INVALID_ARGUMENT naming the
+    request field; a plan over --max-request-bytes as RESOURCE_EXHAUSTED naming the program's
+    node."""
+    try:
+        yield
+    except GraphError as exc:
+        raise from_graph_error(exc, program.input_names, running=True) from None
+    except MemoryLimitExceeded as exc:
+        raise memory_limit_error(exc, program) from None
 
 
 def _to_status(code: grpc.StatusCode, message: str, details: Iterable[Any] = ()) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 
 import grpc
 import numpy as np
@@ -17,11 +16,10 @@ from gradserve_client.opset.listing import operators_response
 from gradserve_client.proto import gradient_service_pb2 as pb
 
 from gradserve import __version__, autodiff
-from gradserve.autodiff import OPSET, GraphError, Program, memory
+from gradserve.autodiff import OPSET, Program, memory
 from gradserve.autodiff.cache import PROGRAM_CACHE
-from gradserve.autodiff.memory import MemoryLimitExceeded
 from gradserve.config import Settings
-from gradserve.rpc import training
+from gradserve.rpc import derivatives, training
 from gradserve.rpc.codec import decode_tensors, encode_tensor, encode_tensors
 from gradserve.rpc.datasets import DatasetCache
 from gradserve.rpc.errors import (
@@ -29,10 +27,9 @@ from gradserve.rpc.errors import (
     JacobianTooLarge,
     LimitExceeded,
     StreamTooLarge,
-    from_graph_error,
-    memory_limit_error,
     rpc_method,
 )
+from gradserve.rpc.errors import core_errors as _core_errors
 from gradserve.rpc.graph_cache import CachedGraph, GraphCache
 from gradserve.rpc.wire import DIRECT_ENCODE_BYTES, EncodedEvaluateResponse
 
@@ -83,18 +80,6 @@ def cancel_callback(
 def _float_inputs(program: Program) -> list[str]:
     """The inputs a derivative is taken by when the request lists none."""
     return [i.name for i in program.inputs if program.types[i.name].is_float]
-
-
-@contextmanager
-def _core_errors(program: Program):
-    """Core GraphErrors raised while running, as INVALID_ARGUMENT naming the request field;
-    a plan over --max-request-bytes as RESOURCE_EXHAUSTED naming the program's node."""
-    try:
-        yield
-    except GraphError as exc:
-        raise from_graph_error(exc, program.input_names, running=True) from None
-    except MemoryLimitExceeded as exc:
-        raise memory_limit_error(exc, program) from None
 
 
 class _Call:
@@ -205,6 +190,9 @@ class GradientServicer:
         call = self._prepare(request)
         mode = self._mode(request)
         of, wrt = self._of_wrt(call, request)
+        if request.structured:
+            cancel = cancel_callback(context)
+            return derivatives.structured_jacobian(self, call, of, wrt, mode, cancel)
         types = call.program.types
         elements = sum(types[o].size * types[w].size for o in of for w in wrt)
         limit = self.settings.max_jacobian_elements
@@ -316,6 +304,24 @@ class GradientServicer:
     def PutDataset(self, request_iterator, context):
         return training.put_dataset(self, request_iterator, context)
 
+    # ---- structured and second-order derivatives: derivatives.py ----------------------------
+
+    @rpc_method
+    def Hessian(self, request, context):
+        return derivatives.hessian_rpc(self, request, cancel_callback(context))
+
+    @rpc_method
+    def Hvp(self, request, context):
+        return derivatives.hvp_rpc(self, request, cancel_callback(context))
+
+    @rpc_method
+    def JacobianSparsity(self, request, context):
+        return derivatives.jacobian_sparsity_rpc(self, request)
+
+    @rpc_method
+    def DerivativeProgram(self, request, context):
+        return derivatives.derivative_program_rpc(self, request)
+
     @rpc_method
     def ListOperators(self, request, context):
         return operators_response()
@@ -339,7 +345,7 @@ class GradientServicer:
 
     def features(self) -> list[str]:
         s = self.settings
-        features = ["stream_jacobian", "graph_cache", "dynamic_shapes"]
+        features = ["stream_jacobian", "graph_cache", "dynamic_shapes", *derivatives.FEATURES]
         if training.AVAILABLE:
             features.append("train")
         if s.auth_token_file is not None:
