@@ -79,7 +79,7 @@ class ResultBudget:
     def elements(self, method: m.Method[Any, Any], call: Any) -> int | None:
         """The elements of the dense result of ``call`` by ``method`` (None: not a dense result,
         or a size not known before asking). Raises `ResourceExhausted` over the budget."""
-        if method not in _dense_methods():
+        if method not in _dense_methods() or call.sparse:  # sparse: bounded by stored entries
             return None
         size = dense_size(call)
         if size is None:
