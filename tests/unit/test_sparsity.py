@@ -23,6 +23,7 @@ from gradserve.autodiff import (
     InputDef,
     NodeDef,
     Program,
+    hessian,
     jacobian,
     jacobian_sparsity,
     jvp_values,
@@ -266,6 +267,41 @@ def test_max_pool_and_its_derivative_ops_depend_on_whole_windows(name):
         actual = true_pattern(p, feeds, of, wrt)
         assert actual.any() and not (actual & ~expected).any()
     assert jacobian_sparsity(pick, "y", "x").nnz == 0  # the selection carries no derivative
+
+
+def test_a_small_convnet_has_exact_sparse_jacobians_and_hessians():
+    # Its derivative programs hold the internal ops (conv_patches_grad, max_pool_grad, einsum,
+    # pad_grad, ...) with batch axes: the sparse results equal the dense ones.
+    nodes = [
+        ("c", "conv", ("x", "w", "b"), {"pads": (1, 1, 0, 1), "groups": 2}),
+        ("t", "tanh", ("c",)),
+        ("m", "max_pool", ("t",), {"kernel_shape": (2, 2), "pads": (0, 1, 1, 0)}),
+        ("a", "avg_pool", ("m",), {"kernel_shape": (2, 2), "pads": (1, 0, 0, 1)}),
+        ("l", "layer_norm", ("a",), {"axis": 2}),
+        ("p", "pad", ("l",), {"pads": (0, 0, 1, 0, 0, 0, 0, 1), "mode": "reflect"}),
+        ("f", "flip", ("p",), {"axis": (3,)}),
+        ("q", "cumsum", ("f",), {"axis": 3, "reverse": 1}),
+        ("s", "sin", ("q",)),
+        ("e", "einsum", ("s", "s"), {"subscripts": "nchw,nchw->nc"}),
+        ("y", "sum", ("e",)),
+    ]
+    p = build({"x": (1, 2, 4, 4), "w": (2, 1, 2, 2), "b": (2,)}, nodes, "y")
+    rng = np.random.default_rng(3)
+    feeds = {k: rng.uniform(0.5, 1.5, p.types[k].shape) for k in p.input_names}
+    wrt = list(p.input_names)
+    _, sparse = hessian(p, feeds, "y", wrt, sparse=True)
+    _, dense = hessian(p, feeds, "y", wrt)
+    for i in wrt:
+        for j in wrt:
+            block = sparse[i][j].toarray()
+            np.testing.assert_allclose(block, dense[i][j].reshape(block.shape), atol=1e-13)
+    assert sparse["x"]["x"].nnz < sparse["x"]["x"].shape[0] ** 2  # the groups do not mix
+    for of in ("m", "q", "e"):
+        _, sparse = jacobian(p, feeds, [of], wrt, sparse=True)
+        _, dense = jacobian(p, feeds, [of], wrt)
+        for w in wrt:
+            block = sparse[of][w].toarray()
+            np.testing.assert_allclose(block, dense[of][w].reshape(block.shape), atol=1e-13)
 
 
 def test_casts_to_integers_carry_no_pattern():
