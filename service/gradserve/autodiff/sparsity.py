@@ -250,9 +250,9 @@ def _transposed_index(
     return rule
 
 
-def _windows(p: Pattern, shape: tuple[int, ...], attrs: dict, cols: int) -> Pattern:
+def _windows(p: Pattern, shape: tuple[int, ...], attrs: dict) -> Pattern:
     """The pattern of conv_patches (..., *S', *K) of a value of `shape` with pattern p."""
-    return _index_op("conv_patches", [p], [TensorType(shape, "float64")], attrs, cols)
+    return _index_op("conv_patches", [p], [TensorType(shape, "float64")], attrs, p.shape[1])
 
 
 def _pooling(operand: int) -> Rule:
@@ -265,7 +265,7 @@ def _pooling(operand: int) -> Rule:
         x, t = types[0], types[operand]
         geom = pool_geometry(x.shape, attrs)
         n = len(geom.kernel)
-        patches = _windows(ps[operand], t.shape, geom.attrs, ps[operand].shape[1])
+        patches = _windows(ps[operand], t.shape, geom.attrs)
         full = t.shape[: t.ndim - n] + geom.out + geom.kernel
         return _reduce(patches, full, tuple(range(len(full) - n, len(full))))
 
@@ -288,7 +288,7 @@ def _conv(ps, types, out, attrs):
     result = None
     if ps[0] is not None:  # out[n, o] unites x's windows over the channels of o's group
         grouped = (batch, groups, channels // groups, *geom.out, *geom.kernel)
-        windows = _windows(ps[0], x.shape, geom.attrs, ps[0].shape[1])
+        windows = _windows(ps[0], x.shape, geom.attrs)
         summed = (2, *range(3 + n, 3 + 2 * n))
         view = (batch, groups, 1, *geom.out)
         full = (batch, groups, kernels // groups, *geom.out)
