@@ -23,6 +23,7 @@ from gradserve.autodiff import (
     InputDef,
     NodeDef,
     Program,
+    hessian,
     jacobian,
     jacobian_sparsity,
     jvp_values,
@@ -38,10 +39,13 @@ from test_properties import SETTINGS, programs
 from bench.sparse import brusselator, brusselator_numpy, tridiagonal, tridiagonal_numpy
 
 
-def build(inputs: dict[str, tuple[int, ...]], nodes: list[tuple], out: str) -> Program:
+def build(
+    inputs: dict[str, tuple[int, ...]], nodes: list[tuple], out: str, dtypes: dict | None = None
+) -> Program:
+    dtypes = dtypes or {}
     return Program.build(
         GraphDef(
-            tuple(InputDef(n, "float64", s) for n, s in inputs.items()),
+            tuple(InputDef(n, dtypes.get(n, "float64"), s) for n, s in inputs.items()),
             tuple(NodeDef(n[0], n[1], n[2], n[3] if len(n) > 3 else {}) for n in nodes),
             (out,),
         )
@@ -158,6 +162,35 @@ OP_CASES = {
     "expand_squeeze": ({"x": (3, 1)}, [("e", "expand_dims", ("x",), {"axis": (0,)}), ("y", "squeeze", ("e",))], "y"),
     "broadcast_binary": ({"x": (3, 1), "b": (4,)}, [("y", "multiply", ("x", "b"))], "y"),
     "periodic_shift": ({"x": (4, 3)}, [("a", "slice", ("x",), {"index": "-1:"}), ("b", "slice", ("x",), {"index": ":-1"}), ("r", "concatenate", ("a", "b")), ("y", "add", ("r", "x"))], "y"),
+    "einsum_matmul": ({"x": (3, 4), "b": (4, 2)}, [("y", "einsum", ("x", "b"), {"subscripts": "ij,jk->ik"})], "y"),
+    "einsum_chain": ({"x": (2, 3), "b": (3, 4), "c": (4,)}, [("y", "einsum", ("x", "b", "c"), {"subscripts": "ij,jk,k->i"})], "y"),
+    "einsum_transposed": ({"x": (2, 3, 4), "b": (4, 2)}, [("y", "einsum", ("x", "b"), {"subscripts": "ijk,ki->kj"})], "y"),
+    "einsum_ellipsis": ({"x": (2, 3, 4), "b": (3, 4)}, [("y", "einsum", ("x", "b"), {"subscripts": "...k,...k->..."})], "y"),
+    "einsum_implicit_sum_alone": ({"x": (2, 3), "b": (3, 4)}, [("y", "einsum", ("x", "x", "b"), {"subscripts": "ij,ij,jk"})], "y"),
+    "conv_2d": ({"x": (1, 4, 5, 5), "w": (4, 2, 3, 3), "b": (4,)}, [("y", "conv", ("x", "w", "b"), {"strides": (2, 1), "pads": (1, 0, 1, 2), "dilations": (1, 2), "groups": 2})], "y"),
+    "conv_1d": ({"x": (2, 3, 6), "w": (2, 3, 2)}, [("y", "conv", ("x", "w"), {"pads": (1, 1)})], "y"),
+    "conv_depthwise": ({"x": (1, 2, 4, 4), "w": (2, 1, 2, 2)}, [("y", "conv", ("x", "w"), {"groups": 2, "auto_pad": "SAME_UPPER"})], "y"),
+    "conv_patches": ({"x": (1, 2, 4, 4)}, [("y", "conv_patches", ("x",), {"kernel_shape": (2, 2), "strides": (2, 1), "pads": (1, 0, 0, 1), "dilations": (1, 1), "pad_value": 0.5})], "y"),
+    "conv_patches_grad": ({"x": (1, 2, 2, 4, 2, 2)}, [("y", "conv_patches_grad", ("x",), {"kernel_shape": (2, 2), "strides": (2, 1), "pads": (1, 0, 0, 1), "dilations": (1, 1), "shape": (4, 4)})], "y"),
+    "avg_pool": ({"x": (1, 2, 5, 5)}, [("y", "avg_pool", ("x",), {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 0), "ceil_mode": 1})], "y"),
+    "avg_pool_include_pad": ({"x": (2, 1, 6)}, [("y", "avg_pool", ("x",), {"kernel_shape": (3,), "strides": (2,), "pads": (2, 1), "count_include_pad": 1, "ceil_mode": 1})], "y"),
+    "layer_norm": ({"x": (3, 4, 2), "w": (4, 2), "b": (2,)}, [("y", "layer_norm", ("x", "w", "b"), {"axis": 1})], "y"),
+    "layer_norm_last": ({"x": (3, 4)}, [("y", "layer_norm", ("x",))], "y"),
+    "batch_norm": ({"x": (2, 3, 2), "w": (3,), "b": (3,), "m": (3,), "v": (3,)}, [("y", "batch_norm", ("x", "w", "b", "m", "v"))], "y"),
+    "pad_constant": ({"x": (3, 4)}, [("y", "pad", ("x",), {"pads": (1, 2, 0, 1), "constant_value": 2.0})], "y"),
+    "pad_reflect": ({"x": (3, 4)}, [("y", "pad", ("x",), {"pads": (2, 1, 1, 3), "mode": "reflect"})], "y"),
+    "pad_edge": ({"x": (3, 4)}, [("y", "pad", ("x",), {"pads": (0, 2, 2, 1), "mode": "edge"})], "y"),
+    "pad_grad_reflect": ({"x": (6, 8)}, [("y", "pad_grad", ("x",), {"pads": (2, 1, 1, 3), "mode": "reflect"})], "y"),
+    "pad_grad_edge": ({"x": (5, 7)}, [("y", "pad_grad", ("x",), {"pads": (0, 2, 2, 1), "mode": "edge"})], "y"),
+    "pad_grad_constant": ({"x": (4, 7)}, [("y", "pad_grad", ("x",), {"pads": (1, 2, 0, 1)})], "y"),
+    "flip": ({"x": (3, 4)}, [("y", "flip", ("x",), {"axis": (1,)})], "y"),
+    "tile": ({"x": (2, 3)}, [("y", "tile", ("x",), {"reps": (2, 1, 2)})], "y"),
+    "repeat": ({"x": (2, 3)}, [("y", "repeat", ("x",), {"repeats": 2, "axis": 1})], "y"),
+    "cumsum": ({"x": (3, 4)}, [("y", "cumsum", ("x",), {"axis": 1})], "y"),
+    "cumsum_exclusive": ({"x": (4, 3)}, [("y", "cumsum", ("x",), {"axis": 0, "exclusive": 1})], "y"),
+    "cumsum_reverse": ({"x": (2, 4, 2)}, [("y", "cumsum", ("x",), {"axis": -2, "reverse": 1})], "y"),
+    "cumsum_exclusive_reverse": ({"x": (5,)}, [("y", "cumsum", ("x",), {"axis": 0, "exclusive": 1, "reverse": 1})], "y"),
+    "astype_float": ({"x": (3,)}, [("c", "astype", ("x",), {"dtype": "float32"}), ("y", "sin", ("c",))], "y"),
 }  # fmt: skip
 
 
@@ -171,6 +204,113 @@ def test_op_pattern_is_the_true_pattern(name):
         np.testing.assert_array_equal(
             jacobian_sparsity(p, of, w).toarray(), true_pattern(p, points, of, w), err_msg=w
         )
+
+
+# (float inputs, integer inputs {name: (shape, bound)}, nodes, of): ops whose pattern depends
+# on index data that the graph does not hold. The pattern must contain every point's, and is
+# the tightest that holds for every index: the union over many random indices.
+INDEXED_CASES = {
+    "take": ({"x": (3, 2, 2)}, {"i": ((2, 2), 2)}, [("y", "take", ("x", "i"), {"axis": 1})], "y"),
+    "take_grad": ({"x": (3, 2, 2, 2)}, {"i": ((2, 2), 3)}, [("y", "take_grad", ("x", "i"), {"axis": -2, "size": 3})], "y"),
+    "take_along_axis": ({"x": (3, 4)}, {"i": ((3, 2), 4)}, [("y", "take_along_axis", ("x", "i"), {"axis": 1})], "y"),
+    "take_along_axis_grad": ({"x": (3, 2)}, {"i": ((3, 2), 3)}, [("y", "take_along_axis_grad", ("x", "i"), {"axis": -1, "shape": (3, 3)})], "y"),
+    "take_along_axis_grad_broadcast": ({"x": (3, 2)}, {"i": ((3, 2), 3)}, [("y", "take_along_axis_grad", ("x", "i"), {"axis": -1, "shape": (1, 3)})], "y"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(INDEXED_CASES))
+def test_index_data_patterns_cover_every_index(name):
+    floats, ints, nodes, of = INDEXED_CASES[name]
+    p = build(
+        {**floats, **{k: s for k, (s, _) in ints.items()}}, nodes, of, dict.fromkeys(ints, "int64")
+    )
+    detected = jacobian_sparsity(p, of, "x").toarray()
+    rng = np.random.default_rng(0)
+    union = np.zeros_like(detected)
+    for _ in range(40):
+        feeds = {k: rng.uniform(0.5, 1.5, s) for k, s in floats.items()}
+        feeds |= {k: rng.integers(0, bound, s) for k, (s, bound) in ints.items()}
+        actual = true_pattern(p, [feeds], of, "x")
+        assert not (actual & ~detected).any(), "a structurally non-zero entry is missing"
+        union |= actual
+    np.testing.assert_array_equal(detected, union)
+
+
+POOLS = {
+    "padded_ceil": {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 0), "ceil_mode": 1},
+    "strided": {"kernel_shape": (2, 2), "strides": (1, 2), "pads": (0, 1, 1, 0)},
+    "plain": {"kernel_shape": (2, 3)},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(POOLS))
+def test_max_pool_and_its_derivative_ops_depend_on_whole_windows(name):
+    # The max may be any element of its window: each counts, as for avg_pool (whose pattern is
+    # exact), padding never; max_pool_grad is the transpose of max_pool_pick.
+    attrs, x = POOLS[name], (1, 2, 5, 5)
+    rng = np.random.default_rng(0)
+    avg = build({"x": x}, [("y", "avg_pool", ("x",), attrs)], "y")
+    points = [{"x": rng.uniform(0.5, 1.5, x)} for _ in range(2)]
+    windows = jacobian_sparsity(avg, "y", "x").toarray()
+    np.testing.assert_array_equal(windows, true_pattern(avg, points, "y", "x"))
+    pool = [("m", "max_pool", ("x",), attrs)]
+    pick = build({"x": x, "t": x}, [*pool, ("y", "max_pool_pick", ("x", "m", "t"), attrs)], "y")
+    g = avg.types["y"].shape
+    grad = build({"x": x, "t": g}, [*pool, ("y", "max_pool_grad", ("x", "m", "t"), attrs)], "y")
+    for p, of, wrt, expected in [
+        (pick, "m", "x", windows),
+        (pick, "y", "t", windows),
+        (grad, "y", "t", windows.T),
+    ]:
+        np.testing.assert_array_equal(jacobian_sparsity(p, of, wrt).toarray(), expected)
+        feeds = [{k: rng.uniform(0.5, 1.5, p.types[k].shape) for k in p.input_names}]
+        actual = true_pattern(p, feeds, of, wrt)
+        assert actual.any() and not (actual & ~expected).any()
+    assert jacobian_sparsity(pick, "y", "x").nnz == 0  # the selection carries no derivative
+
+
+def test_a_small_convnet_has_exact_sparse_jacobians_and_hessians():
+    # Its derivative programs hold the internal ops (conv_patches_grad, max_pool_grad, einsum,
+    # pad_grad, ...) with batch axes: the sparse results equal the dense ones.
+    nodes = [
+        ("c", "conv", ("x", "w", "b"), {"pads": (1, 1, 0, 1), "groups": 2}),
+        ("t", "tanh", ("c",)),
+        ("m", "max_pool", ("t",), {"kernel_shape": (2, 2), "pads": (0, 1, 1, 0)}),
+        ("a", "avg_pool", ("m",), {"kernel_shape": (2, 2), "pads": (1, 0, 0, 1)}),
+        ("l", "layer_norm", ("a",), {"axis": 2}),
+        ("p", "pad", ("l",), {"pads": (0, 0, 1, 0, 0, 0, 0, 1), "mode": "reflect"}),
+        ("f", "flip", ("p",), {"axis": (3,)}),
+        ("q", "cumsum", ("f",), {"axis": 3, "reverse": 1}),
+        ("s", "sin", ("q",)),
+        ("e", "einsum", ("s", "s"), {"subscripts": "nchw,nchw->nc"}),
+        ("y", "sum", ("e",)),
+    ]
+    p = build({"x": (1, 2, 4, 4), "w": (2, 1, 2, 2), "b": (2,)}, nodes, "y")
+    rng = np.random.default_rng(3)
+    feeds = {k: rng.uniform(0.5, 1.5, p.types[k].shape) for k in p.input_names}
+    wrt = list(p.input_names)
+    _, sparse = hessian(p, feeds, "y", wrt, sparse=True)
+    _, dense = hessian(p, feeds, "y", wrt)
+    for i in wrt:
+        for j in wrt:
+            block = sparse[i][j].toarray()
+            np.testing.assert_allclose(block, dense[i][j].reshape(block.shape), atol=1e-13)
+    assert sparse["x"]["x"].nnz < sparse["x"]["x"].shape[0] ** 2  # the groups do not mix
+    for of in ("m", "q", "e"):
+        _, sparse = jacobian(p, feeds, [of], wrt, sparse=True)
+        _, dense = jacobian(p, feeds, [of], wrt)
+        for w in wrt:
+            block = sparse[of][w].toarray()
+            np.testing.assert_allclose(block, dense[of][w].reshape(block.shape), atol=1e-13)
+
+
+def test_casts_to_integers_carry_no_pattern():
+    nodes = [
+        ("i", "astype", ("x",), {"dtype": "int64"}),
+        ("y", "astype", ("i",), {"dtype": "float64"}),
+    ]
+    p = build({"x": (3,)}, nodes, "y")
+    assert jacobian_sparsity(p, "y", "x").nnz == 0
 
 
 @pytest.mark.parametrize("reduction", ["max", "min"])

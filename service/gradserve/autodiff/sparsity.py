@@ -9,6 +9,8 @@ tables), or through a generic derivation:
   united over the operands that have a partial;
 - pure index ops (`INDEX_OPS`): their own forward run on an array of element ids says which
   operand element each result element is;
+- scatter-adds (`pad_grad`, `conv_patches_grad`, `max_pool_grad`; rules in `RULES`): their
+  transpose, an index op, run on the result's ids says where each operand element is added;
 - non-differentiable ops: no dependence;
 - any other op: the conservative dense fallback (every result element depends on every entry
   any operand depends on), so a missing rule costs sparsity, never correctness.
@@ -24,6 +26,10 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from gradserve_client.opset import FLOAT_DTYPES
+from gradserve_client.opset.conv import pool_geometry, window
+from gradserve_client.opset.core import normalize_axes
+from gradserve_client.opset.einsum import parse_subscripts
 from gradserve_client.opset.reductions import axes_of
 
 from gradserve.autodiff.ir import Program, TensorType
@@ -32,7 +38,9 @@ from gradserve.autodiff.transforms import check_targets, needed_by
 
 Pattern = sp.csr_array
 # rule(patterns of the operands (None: depends on nothing), operand types, result type, attrs)
-Rule = Callable[[list[Pattern | None], list[TensorType], TensorType, dict[str, Any]], Pattern]
+Rule = Callable[
+    [list[Pattern | None], list[TensorType], TensorType, dict[str, Any]], Pattern | None
+]
 
 # Ops whose result elements are operand elements, moved, copied or zero: running the forward on
 # element ids gives the map. Ids start at 1 so that a written zero (slice_grad) means "none".
@@ -47,8 +55,15 @@ INDEX_OPS = frozenset(
         "stack",
         "slice",
         "slice_grad",
+        "pad",
+        "flip",
+        "tile",
+        "repeat",
+        "conv_patches",
     }
 )
+# The fill attributes of index ops: run on ids with a zero fill, a filled element is "none".
+_FILLS = ("pad_value", "constant_value")
 
 
 def _empty(rows: int, cols: int) -> Pattern:
@@ -199,6 +214,197 @@ def _mse(ps, types, out, attrs):
     return _reduce(p, shape, _all_axes(len(shape)))
 
 
+def _scatter(p: Pattern, targets: np.ndarray, source: tuple[int, ...], size: int) -> Pattern:
+    """The pattern of a scatter-add into `size` elements: `targets` (source's shape, maybe with
+    trailing axes more) holds where each element of a value of shape `source` is added, as
+    1-based ids (0: nowhere). A result element unites the rows of its sources."""
+    sources = np.broadcast_to(
+        np.arange(p.shape[0]).reshape(source + (1,) * (targets.ndim - len(source))), targets.shape
+    ).ravel()
+    targets = targets.ravel()
+    hit = targets > 0
+    spread = sp.csr_array(
+        (np.ones(hit.sum(), bool), (targets[hit] - 1, sources[hit])), shape=(size, p.shape[0])
+    )
+    return spread @ p
+
+
+def _ids(shape: tuple[int, ...]) -> np.ndarray:
+    """1-based element ids of a value of `shape`: 0 is free for "none"."""
+    return np.arange(1, math.prod(shape) + 1).reshape(shape)
+
+
+def _transposed_index(
+    op: str, attrs_of: Callable[[dict, list[TensorType]], dict], operand: int = 0
+) -> Rule:
+    """The rule of a scatter-add (of its `operand`) whose transpose is the index op `op`, with
+    the attributes `attrs_of` gives: that op, run on the ids of the result, says where each
+    element goes."""
+
+    def rule(ps, types, out, attrs):
+        if ps[operand] is None:  # max_pool_grad's selection operands carry no derivative
+            return None
+        targets = np.asarray(OPS[op].bind(attrs_of(attrs, types))(_ids(out.shape)))
+        return _scatter(ps[operand], targets, types[operand].shape, out.size)
+
+    return rule
+
+
+def _windows(p: Pattern, shape: tuple[int, ...], attrs: dict) -> Pattern:
+    """The pattern of conv_patches (..., *S', *K) of a value of `shape` with pattern p."""
+    return _index_op("conv_patches", [p], [TensorType(shape, "float64")], attrs, p.shape[1])
+
+
+def _pooling(operand: int) -> Rule:
+    """max_pool, avg_pool (and max_pool_pick in its tangent): each window element counts (the
+    max may be any of them), padding never."""
+
+    def rule(ps, types, out, attrs):
+        if ps[operand] is None:  # max_pool_pick's selection operands carry no derivative
+            return None
+        x, t = types[0], types[operand]
+        geom = pool_geometry(x.shape, attrs)
+        n = len(geom.kernel)
+        patches = _windows(ps[operand], t.shape, geom.attrs)
+        full = t.shape[: t.ndim - n] + geom.out + geom.kernel
+        return _reduce(patches, full, tuple(range(len(full) - n, len(full))))
+
+    return rule
+
+
+def _conv(ps, types, out, attrs):
+    x, w = types[:2]
+    groups = attrs.get("groups", 1)
+    geom = window(
+        x.shape[2:],
+        w.shape[2:],
+        attrs.get("strides"),
+        attrs.get("pads"),
+        attrs.get("dilations"),
+        attrs.get("auto_pad", "NOTSET"),
+    )
+    n, (batch, channels), (kernels, per_group) = len(geom.kernel), x.shape[:2], w.shape[:2]
+    spatial, kernel = math.prod(geom.out), math.prod(geom.kernel)
+    result = None
+    if ps[0] is not None:  # out[n, o] unites x's windows over the channels of o's group
+        grouped = (batch, groups, channels // groups, *geom.out, *geom.kernel)
+        windows = _windows(ps[0], x.shape, geom.attrs)
+        summed = (2, *range(3 + n, 3 + 2 * n))
+        view = (batch, groups, 1, *geom.out)
+        full = (batch, groups, kernels // groups, *geom.out)
+        result = _spread(windows, grouped, summed, view, full)
+    if ps[1] is not None:  # ... and w[o, c, k] where window offset k lies inside the input
+        inside = np.asarray(OPS["conv_patches"].bind(geom.attrs)(np.ones((1, *x.shape[2:]))))
+        where, offset = np.nonzero(inside.reshape(spatial, kernel))
+        o, c = np.arange(kernels)[:, None, None], np.arange(per_group)[:, None]
+        rows = (np.arange(batch)[:, None, None, None] * kernels + o) * spatial + where
+        cols = (o * per_group + c) * kernel + offset
+        rows, cols = np.broadcast_arrays(rows, cols)
+        select = sp.csr_array(
+            (np.ones(rows.size, bool), (rows.ravel(), cols.ravel())), shape=(out.size, w.size)
+        )
+        result = _union(result, select @ ps[1])
+    if len(ps) > 2 and ps[2] is not None:  # ... and b[o]
+        ids = np.broadcast_to(np.arange(kernels).reshape(1, kernels, *(1,) * n), out.shape)
+        result = _union(result, _gather(ps[2], ids))
+    return result
+
+
+def _einsum(ps, types, out, attrs):
+    """out[I] unites, over each operand, its elements that agree with I on the output's letters
+    (any value of the letters it sums)."""
+    terms, letters = parse_subscripts(attrs["subscripts"], tuple(t.ndim for t in types))
+    result = None
+    for p, t, term in zip(ps, types, terms, strict=True):
+        if p is None:
+            continue
+        summed = tuple(i for i, c in enumerate(term) if c not in letters)
+        reduced = _reduce(p, t.shape, summed)
+        kept = [c for c in term if c in letters]
+        ids = np.arange(reduced.shape[0]).reshape([t.shape[term.index(c)] for c in kept])
+        ids = np.transpose(ids, sorted(range(len(kept)), key=lambda i: letters.index(kept[i])))
+        view = [t.shape[term.index(c)] if c in term else 1 for c in letters]
+        result = _union(result, _gather(reduced, np.broadcast_to(ids.reshape(view), out.shape)))
+    return result
+
+
+def _layer_norm(ps, types, out, attrs):
+    """Dense within each normalised row (axes axis..-1), and scale, bias element-wise."""
+    x = types[0]
+    (first,) = normalize_axes((attrs.get("axis", -1),), x.ndim)
+    axes = tuple(range(x.ndim + first, x.ndim))
+    result = None if ps[0] is None else _spread(ps[0], x.shape, axes, _kept(x.shape, axes), x.shape)
+    params = _elementwise_union(ps[1:], types[1:], out.shape, (True,) * (len(ps) - 1))
+    return _union(result, params)
+
+
+def _batch_norm(ps, types, out, attrs):
+    """Element-wise in x; scale, bias, mean and var per channel (axis 1)."""
+    x = types[0]
+    channel = TensorType((x.shape[1],) + (1,) * (x.ndim - 2), x.dtype)
+    views = [x, *(channel for _ in types[1:])]
+    return _elementwise_union(ps, views, out.shape, (True,) * len(ps))
+
+
+def _cumsum(ps, types, out, attrs):
+    """Triangular along the axis: out[i] sums x[j] for j <= i (j < i exclusive; reversed: >=)."""
+    (x,) = types
+    axis = _axes(attrs, x.ndim)[0]
+    n = x.shape[axis]
+    offset = -1 if attrs.get("exclusive", 0) else 0
+    band = np.tril(np.ones((n, n), bool), offset)
+    if attrs.get("reverse", 0):
+        band = band.T
+    pre, post = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1 :])
+    spread = sp.kron(sp.kron(sp.eye_array(pre), sp.csr_array(band)), sp.eye_array(post))
+    return sp.csr_array(spread, dtype=bool) @ ps[0]
+
+
+def _take(ps, types, out, attrs):
+    """The indices are data: each result element may be any table element along the axis."""
+    a, indices = types
+    (axis,) = normalize_axes((attrs.get("axis", 0),), a.ndim)
+    axis += a.ndim
+    view = (*a.shape[:axis], *(1,) * indices.ndim, *a.shape[axis + 1 :])
+    return _spread(ps[0], a.shape, (axis,), view, out.shape)
+
+
+def _take_grad(ps, types, out, attrs):
+    """Each table element may take any cotangent element along the indices' axes."""
+    g, indices = types
+    (axis,) = normalize_axes((attrs["axis"],), out.ndim)
+    at = g.ndim + axis + 1 - indices.ndim
+    summed = tuple(range(at, at + indices.ndim))
+    view = (*g.shape[:at], 1, *g.shape[at + indices.ndim :])
+    return _spread(ps[0], g.shape, summed, view, out.shape)
+
+
+def _take_along_axis(ps, types, out, attrs):
+    a = types[0]
+    (axis,) = normalize_axes((attrs["axis"],), a.ndim)
+    axes = (a.ndim + axis,)
+    return _spread(ps[0], a.shape, axes, _kept(a.shape, axes), out.shape)
+
+
+def _take_along_axis_grad(ps, types, out, attrs):
+    """Along the axis any cotangent element may land anywhere; axes of size 1 in the result
+    (broadcast in the forward) gather the whole axis."""
+    g = types[0]
+    (axis,) = normalize_axes((attrs["axis"],), g.ndim)
+    axis += g.ndim
+    axes = tuple(i for i, n in enumerate(out.shape) if i == axis or (n == 1 and g.shape[i] != 1))
+    return _spread(ps[0], g.shape, axes, _kept(g.shape, axes), out.shape)
+
+
+def _astype(ps, types, out, attrs):
+    """Identity between float types; no derivative into or out of other types."""
+    return ps[0] if types[0].dtype in FLOAT_DTYPES and out.dtype in FLOAT_DTYPES else None
+
+
+def _pool_window(attrs: dict, types: list[TensorType]) -> dict:
+    return pool_geometry(types[0].shape, attrs).attrs
+
+
 RULES: dict[str, Rule] = {
     **dict.fromkeys(("sum", "mean", "max", "min", "prod", "var", "std", "logsumexp"), _reduction),
     **dict.fromkeys(("softmax", "log_softmax", "prod_others"), _along_axis),
@@ -209,10 +415,28 @@ RULES: dict[str, Rule] = {
     "matmul": _matmul,
     "dot": _dot,
     "outer": _outer,
+    "einsum": _einsum,
+    "conv": _conv,
+    **dict.fromkeys(("max_pool", "avg_pool"), _pooling(0)),
+    "max_pool_pick": _pooling(2),
+    "max_pool_grad": _transposed_index("conv_patches", _pool_window, operand=2),
+    "conv_patches_grad": _transposed_index(
+        "conv_patches", lambda attrs, types: {k: v for k, v in attrs.items() if k != "shape"}
+    ),
+    "pad_grad": _transposed_index("pad", lambda attrs, types: attrs),
+    "take": _take,
+    "take_grad": _take_grad,
+    "take_along_axis": _take_along_axis,
+    "take_along_axis_grad": _take_along_axis_grad,
+    "layer_norm": _layer_norm,
+    "batch_norm": _batch_norm,
+    "cumsum": _cumsum,
+    "astype": _astype,
 }
 
 
 def _index_op(op: str, ps, types, attrs, cols: int) -> Pattern:
+    attrs = {k: 0 if k in _FILLS else v for k, v in attrs.items()}
     ids, offset = [], 1
     for t in types:
         ids.append(np.arange(offset, offset + t.size).reshape(t.shape))
