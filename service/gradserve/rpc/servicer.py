@@ -16,7 +16,7 @@ import numpy as np
 from gradserve_client.opset.listing import operators_response
 from gradserve_client.proto import gradient_service_pb2 as pb
 
-from gradserve import __version__, autodiff
+from gradserve import __version__, autodiff, blas
 from gradserve.autodiff import OPSET, GraphError, Program
 from gradserve.config import Settings
 from gradserve.rpc import training
@@ -317,6 +317,7 @@ class GradientServicer:
                 max_jacobian_elements=s.max_jacobian_elements,
             ),
             features=self.features(),
+            blas_threads=blas.current_threads(),
         )
 
     def features(self) -> list[str]:
