@@ -3,14 +3,22 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEV_STAMP := $(VENV)/.dev-installed
+RUN_STAMP := $(VENV)/.run-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 MUTATE_STAMP := $(VENV)/.mutate-installed
 
 .PHONY: run test lint format protos sdk docs bench clean soak fuzz
 .PHONY: image image-test mutate
 
-$(DEV_STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# `make run` installs the server's runtime dependencies only; the other targets the dev tools.
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev,plot]'
 	touch $@
 
@@ -22,7 +30,7 @@ $(MUTATE_STAMP): $(DEV_STAMP)
 	$(BIN)/pip install -q -e '.[dev,plot,mutate]'
 	touch $@
 
-run: $(DEV_STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/gradserve serve --host 127.0.0.1 --port 50051
 
 lint: $(DEV_STAMP)

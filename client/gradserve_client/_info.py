@@ -33,12 +33,14 @@ class OperatorInfo:
 
 @dataclass(frozen=True, slots=True)
 class ServerInfo:
-    """What `Client.server_info` returns: the version, opset, limits (0 = none) and features."""
+    """What `Client.server_info` returns: the version, opset, limits (0 = none), features and
+    the BLAS threads of each server process (0 = unknown)."""
 
     version: str
     opset: int
     limits: Mapping[str, int]
     features: tuple[str, ...]
+    blas_threads: int = 0
 
 
 def decode_operators(response: pb.ListOperatorsResponse) -> list[OperatorInfo]:
@@ -72,4 +74,5 @@ def decode_server_info(response: pb.GetServerInfoResponse) -> ServerInfo:
         opset=response.opset,
         limits={f.name: getattr(limits, f.name) for f in limits.DESCRIPTOR.fields},
         features=tuple(response.features),
+        blas_threads=response.blas_threads,
     )

@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     workers: int = Field(
         1, ge=1, description="Server processes sharing the port with SO_REUSEPORT."
     )
+    blas_threads: int = Field(
+        0,
+        ge=0,
+        description="Threads of the BLAS library (numpy's matrix products) in each process."
+        " 0 picks cores / workers / max_concurrent_rpcs (or worker_threads if that is"
+        " unlimited), at least 1, so that RPC threads x BLAS threads <= cores.",
+    )
     max_worker_restarts: int = Field(
         5,
         ge=0,

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gradserve import blas
 from gradserve.config import Settings
 from gradserve.process import STOP_SIGNALS, start_metrics, stop_signals_blocked
 from gradserve.rpc import SERVICE_NAME, GradientServicer, add_to_server
@@ -151,6 +152,7 @@ def serve(settings: Settings, *, worker: bool = False, ready: int | None = None)
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: stop.set())
     with stop_signals_blocked():
+        blas_threads = blas.limit_threads(blas.planned_threads(settings))  # before serving
         try:
             server, port, health_servicer = create_server(settings)
         except (OSError, RuntimeError, ValueError) as exc:
@@ -164,8 +166,9 @@ def serve(settings: Settings, *, worker: bool = False, ready: int | None = None)
         os.write(ready, b"ok\n")
         os.close(ready)
     if not worker:
-        print(f"gradserve listening on {settings.host}:{port} ({metrics})", flush=True)
-    log.info("serving on %s:%s", settings.host, port)
+        banner = f"{settings.host}:{port} ({metrics}; BLAS threads: {blas_threads})"
+        print(f"gradserve listening on {banner}", flush=True)
+    log.info("serving on %s:%s, BLAS threads: %d", settings.host, port, blas_threads)
     while not stop.wait(1.0):  # short waits: a belt to stop_signals_blocked's braces
         pass
     log.info("shutting down: draining for up to %ss", settings.shutdown_grace)

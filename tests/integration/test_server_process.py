@@ -113,6 +113,28 @@ def test_flags_override_environment(server_process):
     assert info.limits.max_graph_nodes == 7
 
 
+def _server_info(address: str) -> pb.GetServerInfoResponse:
+    with grpc.insecure_channel(address) as channel:
+        return pb_grpc.GradientStub(channel).GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
+
+
+def test_blas_threads_are_limited_in_the_server_process(server_process):
+    proc = server_process("--blas-threads", "1")
+    assert proc.banner.endswith("; BLAS threads: 1)"), proc.banner
+    assert _server_info(proc.address).blas_threads == 1
+    assert proc.stop() == 0
+    assert "BLAS threads: 1" in proc.stderr
+
+
+def test_automatic_blas_threads_share_the_cores(server_process):
+    cores = len(os.sched_getaffinity(0))
+    many = _server_info(server_process().address).blas_threads  # 64 concurrent RPCs
+    assert 1 <= many <= cores
+    assert many == max(1, cores // 64)
+    alone = _server_info(server_process("--max-concurrent-rpcs", "1").address).blas_threads
+    assert alone == cores  # one RPC at a time gets every core
+
+
 def test_restart_forgets_graph_ids(server_process):
     proc = server_process()
     with grpc.insecure_channel(proc.address) as channel:

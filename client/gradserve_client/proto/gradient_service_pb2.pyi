@@ -357,16 +357,18 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("version", "opset", "limits", "features")
+    __slots__ = ("version", "opset", "limits", "features", "blas_threads")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OPSET_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    BLAS_THREADS_FIELD_NUMBER: _ClassVar[int]
     version: str
     opset: int
     limits: ServerLimits
     features: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[str] = ..., opset: _Optional[int] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
+    blas_threads: int
+    def __init__(self, version: _Optional[str] = ..., opset: _Optional[int] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., features: _Optional[_Iterable[str]] = ..., blas_threads: _Optional[int] = ...) -> None: ...
 
 class ServerLimits(_message.Message):
     __slots__ = ("max_message_bytes", "max_graph_nodes", "max_tensor_elements", "max_jacobian_elements", "max_request_bytes", "max_stream_jacobian_elements")

@@ -15,7 +15,7 @@ import numpy as np
 from gradserve_client.opset.listing import operators_response
 from gradserve_client.proto import gradient_service_pb2 as pb
 
-from gradserve import __version__, autodiff
+from gradserve import __version__, autodiff, blas
 from gradserve.autodiff import OPSET, Program, memory
 from gradserve.autodiff.cache import PROGRAM_CACHE
 from gradserve.config import Settings
@@ -341,6 +341,7 @@ class GradientServicer:
                 max_stream_jacobian_elements=s.max_stream_jacobian_elements,
             ),
             features=self.features(),
+            blas_threads=blas.current_threads(),
         )
 
     def features(self) -> list[str]:
