@@ -60,3 +60,15 @@ def test_the_core_uses_it_and_set_limits_applies_at_once():
         assert PROGRAM_CACHE.nbytes <= 2 * MIB or len(PROGRAM_CACHE) == 1
     finally:
         PROGRAM_CACHE.set_limits(*before)
+
+
+def test_clear_forgets_every_entry_and_its_bytes():
+    cache = ProgramCache(max_bytes=50 * MIB, max_entries=100)
+    compile_ = cache.memoize(Executable)
+    p = with_constant(5)
+    plan = compile_(p)
+    assert len(cache) == 1 and cache.nbytes > MIB
+    cache.clear()
+    assert len(cache) == 0 and cache.nbytes == 0
+    assert compile_(p) is not plan  # computed again
+    assert len(cache) == 1

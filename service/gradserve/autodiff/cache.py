@@ -113,6 +113,14 @@ class ProgramCache:
             del store[key]
             self.nbytes -= size
 
+    def clear(self) -> None:
+        """Forget everything (a cold start, for benchmarks and tests)."""
+        with self._lock:
+            for store, key, _ in self._order.values():
+                del store[key]
+            self._order.clear()
+            self.nbytes = 0
+
     def set_limits(self, max_bytes: int, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         """New bounds, applied at once."""
         with self._lock:
