@@ -14,18 +14,24 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from google.protobuf import descriptor as d
 from google.protobuf import message_factory
-from gradserve.autodiff import OPS
+from gradserve_client.opset import SPECS
 from gradserve_client.proto import graph_pb2, tensor_codec, tensor_pb2
 from hypothesis import strategies as st
 
 FD = d.FieldDescriptor
 NAMES = ("x0", "x1", "x2", "n0", "n1", "n2", "n3", "y", "loss", "", "x0 ", "é")
-OP_NAMES = tuple(sorted(OPS))
+OP_NAMES = tuple(sorted(SPECS))
+# Small ONNX models the server converts (an `onnx_model` graph source), mutated or not.
+ONNX_MODELS = tuple(
+    (Path(__file__).parents[1] / "data" / "onnx" / f"{m}_opset18.onnx").read_bytes()
+    for m in ("mlp_torchscript", "mlp_dynamo")
+)
 DTYPES = (
     tensor_pb2.DTYPE_FLOAT64,
     tensor_pb2.DTYPE_FLOAT32,
@@ -103,16 +109,25 @@ def graphs(draw: Any) -> tuple[graph_pb2.Graph, dict[str, Any]]:
     for i in range(draw(st.integers(0, 3))):
         dtype = draw(st.sampled_from(DTYPES[:1] * 4 + DTYPES))
         shape = draw(st.lists(st.integers(0, 3) | st.just(-1), max_size=3))
-        inputs.append(graph_pb2.InputSpec(name=f"x{i}", dtype=dtype, shape=shape))
+        declared = graph_pb2.InputSpec(name=f"x{i}", dtype=dtype, shape=shape)
         concrete = tuple(draw(st.integers(0, 3)) if s == -1 else s for s in shape)
-        feed[f"x{i}"] = draw(tensors(concrete, dtype))
+        value = draw(tensors(concrete, dtype))
+        if draw(st.integers(0, 3)) == 0:  # a default (like an ONNX initializer), fed or not
+            declared.default.CopyFrom(value if draw(st.integers(0, 3)) else draw(tensors()))
+            if draw(st.booleans()):
+                value = None
+        if value is not None:
+            feed[f"x{i}"] = value
+        inputs.append(declared)
     known = [s.name for s in inputs]
     nodes = []
     for j in range(draw(st.integers(0, 5))):
         op = draw(st.sampled_from(OP_NAMES))
-        spec = OPS[op]
-        arity = spec.arity if spec.arity is not None else draw(st.integers(1, 3))
-        arity = draw(st.sampled_from([arity, arity, arity, max(0, arity - 1), arity + 1]))
+        spec = SPECS[op]
+        low = spec.min_arity
+        high = low + 2 if spec.max_arity is None else spec.max_arity  # variadic: a few
+        arity = draw(st.integers(low, high))
+        arity = draw(st.sampled_from([arity, arity, arity, max(0, low - 1), high + 1]))
         pool = st.sampled_from(known) if known else names
         ins = draw(st.lists(pool | names if draw(st.booleans()) else pool, min_size=arity,
                             max_size=arity))  # fmt: skip
@@ -270,9 +285,14 @@ def _request(draw: Any, method: d.MethodDescriptor) -> Any:
     if "graph" in fields:
         graph, feed = draw(graphs())
         values = [i.name for i in graph.inputs] + [n.name for n in graph.nodes]
-        some = st.lists(st.sampled_from(values) if values else names, max_size=2)
-        if draw(st.integers(0, 5)):
+        value = st.sampled_from(values) | names if values else names
+        some = st.lists(value, max_size=2)
+        source = draw(st.integers(0, 7))
+        if source > 1:
             msg.graph.CopyFrom(graph)
+        elif source == 1 and "onnx_model" in fields:
+            model = draw(st.sampled_from(ONNX_MODELS))
+            msg.onnx_model = draw(st.just(model) | mutated(model) | st.binary(max_size=48))
         else:
             msg.graph_id = draw(_POOLED["graph_id"])
         params = {}
@@ -291,9 +311,11 @@ def _request(draw: Any, method: d.MethodDescriptor) -> Any:
             for k, v in feed.items():
                 msg.inputs[k].CopyFrom(v)
         for name in ("of", "wrt", "outputs"):
-            if name in fields:
+            if name in fields and fields[name].is_repeated:
                 getattr(msg, name).extend(draw(some))
-        for name in ("cotangents", "tangents"):
+            elif name in fields:  # one name (Hessian's scalar output, say)
+                setattr(msg, name, draw(value))
+        for name in ("cotangents", "tangents", "vectors"):
             if name in fields:
                 keys = draw(some)
                 for k in keys:

@@ -3,8 +3,11 @@ the docs cannot drift from the code.
 
 The blocks of one file run in order, in one interpreter (a later block may use an earlier
 block's names, as a reader would), with the address ``127.0.0.1:50051`` of the examples
-pointed at the test's server. A block meant only to be read is marked on the line before it
-with ``<!-- docs-test: skip (why) -->``. Relative links of the docs must name files that exist.
+pointed at the test's server, in a temporary folder (what they write stays out of the
+repository) that links the repository's ``tests/data``: a reader runs the examples from a
+clone's root, where paths such as ``tests/data/onnx/...`` name the test models. A block
+meant only to be read is marked on the line before it with
+``<!-- docs-test: skip (why) -->``. Relative links of the docs must name files that exist.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ def test_the_python_blocks_run(doc, server, tmp_path):
     blocks = [(line, code) for line, code, skipped in python_blocks(doc.read_text()) if not skipped]
     script = "\n".join(f"# {doc.name}:{line}\n{code}" for line, code in blocks)
     script = script.replace("127.0.0.1:50051", server.address)
-    path = tmp_path / f"{doc.stem}.py"
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "data").symlink_to(ROOT / "tests" / "data", target_is_directory=True)
+    path = tmp_path / f"{doc.stem}_md.py"  # onnx.py would shadow the onnx package it imports
     path.write_text(script)
     done = subprocess.run(
         [PYTHON, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=240
