@@ -87,15 +87,15 @@ def local_client() -> tuple[Any, str]:
 def to_program(graph: Any) -> Any:
     """The core Program of an SDK graph, through its wire message (what the server does)."""
     from gradserve.autodiff import GraphDef, InputDef, NodeDef, Program
-    from gradserve_client.graph import _attr_from_proto
     from gradserve_client.proto import tensor_codec
+    from gradserve_client.proto.attr_codec import attr_from_proto
 
     proto = graph.to_proto()
     inputs = tuple(
         InputDef(i.name, tensor_codec.dtype_name(i.dtype), tuple(i.shape)) for i in proto.inputs
     )
     nodes = tuple(
-        NodeDef(n.name, n.op, tuple(n.inputs), {k: _attr_from_proto(v) for k, v in n.attrs.items()})
+        NodeDef(n.name, n.op, tuple(n.inputs), {k: attr_from_proto(v) for k, v in n.attrs.items()})
         for n in proto.nodes
     )
     return Program.build(GraphDef(inputs, nodes, tuple(proto.outputs)))

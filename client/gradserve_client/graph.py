@@ -38,6 +38,8 @@ from .opset import (
 )
 from .opset import Operand as OperandSpec
 from .proto import graph_pb2, tensor_codec
+from .proto.attr_codec import Attr as _Attr
+from .proto.attr_codec import attr_from_proto, attr_to_proto
 
 if TYPE_CHECKING:
     import onnx
@@ -47,8 +49,6 @@ __all__ = ["OPSET", "Graph", "Operand", "Var", "constant"]
 Shape: TypeAlias = tuple[int, ...]
 #: What an op accepts as an operand: a Var, or a value that becomes a constant node.
 Operand: TypeAlias = "Var | npt.ArrayLike"
-# Attribute values as held in Python: int, float, tuple of ints or floats, str, ndarray.
-_Attr: TypeAlias = "int | float | str | tuple[int, ...] | tuple[float, ...] | np.ndarray"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,7 +364,7 @@ class Graph:
             for n in self._nodes:
                 msg = proto.nodes.add(name=n.name, op=n.op, inputs=[i.name for i in n.inputs])
                 for key, value in n.attrs.items():
-                    msg.attrs[key].CopyFrom(_attr_to_proto(value))
+                    msg.attrs[key].CopyFrom(attr_to_proto(value))
             proto.outputs.extend(self.output_names)
             self._proto = proto
         return self._proto
@@ -391,7 +391,7 @@ class Graph:
                     raise ValueError(f"node {name!r}: unknown input {missing[0]!r}")
                 g._check_new_name(name)
                 ins = tuple(g._by_name[i] for i in msg.inputs)
-                attrs = {k: _attr_from_proto(v) for k, v in msg.attrs.items()}
+                attrs = {k: attr_from_proto(v) for k, v in msg.attrs.items()}
                 try:
                     shape, dtype, _ = _infer(msg.op, ins, attrs)
                 except (ValueError, IndexError, TypeError):
@@ -522,39 +522,6 @@ def _dtype_name(dtype: str | npt.DTypeLike) -> str:
     if name not in DTYPES:
         raise ValueError(f"unsupported dtype {dtype!r}; supported: {', '.join(DTYPES)}")
     return name
-
-
-def _attr_to_proto(value: _Attr) -> graph_pb2.AttrValue:
-    if isinstance(value, np.ndarray):
-        return graph_pb2.AttrValue(tensor=tensor_codec.to_tensor(value))
-    if isinstance(value, str):
-        return graph_pb2.AttrValue(s=value)
-    if isinstance(value, bool):
-        return graph_pb2.AttrValue(i=int(value))
-    if isinstance(value, int):
-        return graph_pb2.AttrValue(i=value)
-    if isinstance(value, float):
-        return graph_pb2.AttrValue(f=value)
-    if all(isinstance(v, int) for v in value):
-        return graph_pb2.AttrValue(ints=graph_pb2.Ints(values=value))  # type: ignore[arg-type]
-    return graph_pb2.AttrValue(floats=graph_pb2.Floats(values=value))
-
-
-def _attr_from_proto(msg: graph_pb2.AttrValue) -> _Attr:
-    kind = msg.WhichOneof("value")
-    if kind == "i":
-        return msg.i
-    if kind == "f":
-        return msg.f
-    if kind == "ints":
-        return tuple(msg.ints.values)
-    if kind == "floats":
-        return tuple(msg.floats.values)
-    if kind == "s":
-        return msg.s
-    if kind == "tensor":
-        return tensor_codec.from_tensor(msg.tensor)
-    raise ValueError("attribute has no value")
 
 
 def _attr_repr(value: _Attr) -> str:

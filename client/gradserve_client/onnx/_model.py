@@ -12,6 +12,7 @@ import onnx
 from onnx import helper
 
 from ..proto import graph_pb2, tensor_codec
+from ..proto.attr_codec import attr_to_proto
 
 #: An inferred dimension: a size, a symbol (ONNX dim_param) or None (unknown).
 Dim: TypeAlias = "int | str | None"
@@ -118,23 +119,8 @@ class Graph:
     def add_node(self, name: str, op: str, inputs: Sequence[str], attrs: Mapping[str, Any]) -> str:
         node = self.proto.nodes.add(name=self.name(name), op=op, inputs=list(inputs))
         for key, value in attrs.items():
-            node.attrs[key].CopyFrom(_attr_proto(value))
+            node.attrs[key].CopyFrom(attr_to_proto(value))
         return node.name
-
-
-def _attr_proto(value: Any) -> graph_pb2.AttrValue:
-    if isinstance(value, np.ndarray):
-        return graph_pb2.AttrValue(tensor=tensor_codec.to_tensor(value))
-    if isinstance(value, bool | int | np.integer):
-        return graph_pb2.AttrValue(i=int(value))
-    if isinstance(value, float | np.floating):
-        return graph_pb2.AttrValue(f=float(value))
-    if isinstance(value, str):
-        return graph_pb2.AttrValue(s=value)
-    values = list(value)
-    if all(isinstance(v, int | np.integer) for v in values):
-        return graph_pb2.AttrValue(ints=graph_pb2.Ints(values=[int(v) for v in values]))
-    return graph_pb2.AttrValue(floats=graph_pb2.Floats(values=[float(v) for v in values]))
 
 
 class Node:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from gradserve_client.onnx import OnnxImportError, to_graph
 from gradserve_client.proto import graph_pb2, tensor_codec, tensor_pb2
+from gradserve_client.proto.attr_codec import attr_to_proto
 
 from gradserve.autodiff import OPSET, GraphDef, InputDef, NodeDef, Program
 from gradserve.rpc.errors import INVALID_GRAPH, InvalidArgument, LimitExceeded
@@ -132,21 +133,6 @@ def graph_from_onnx(model: bytes) -> graph_pb2.Graph:
         raise InvalidArgument(exc.field, str(exc), reason=INVALID_GRAPH) from None
 
 
-def _attr_to_proto(value: Any) -> graph_pb2.AttrValue:
-    if isinstance(value, np.ndarray):
-        return graph_pb2.AttrValue(tensor=encode_tensor(value))
-    if isinstance(value, bool | int | np.integer):
-        return graph_pb2.AttrValue(i=int(value))
-    if isinstance(value, float | np.floating):
-        return graph_pb2.AttrValue(f=float(value))
-    if isinstance(value, str):
-        return graph_pb2.AttrValue(s=value)
-    values = tuple(value)
-    if all(isinstance(v, bool | int | np.integer) for v in values):
-        return graph_pb2.AttrValue(ints=graph_pb2.Ints(values=[int(v) for v in values]))
-    return graph_pb2.AttrValue(floats=graph_pb2.Floats(values=[float(v) for v in values]))
-
-
 def graph_to_proto(program: Program) -> graph_pb2.Graph:
     """A Program as a Graph message (a derivative program, for DerivativeProgram): what
     `graph_from_proto` reads back into the same Program."""
@@ -158,5 +144,5 @@ def graph_to_proto(program: Program) -> graph_pb2.Graph:
     for node in program.nodes:
         added = message.nodes.add(name=node.name, op=node.op, inputs=node.inputs)
         for key, value in node.attrs.items():
-            added.attrs[key].CopyFrom(_attr_to_proto(value))
+            added.attrs[key].CopyFrom(attr_to_proto(value))
     return message
