@@ -539,3 +539,29 @@ def test_no_linear_head_when_wrt_is_used_twice_or_is_the_output():
     _, jac = jacobian(q, {"W": np.ones((3, 4)), "x": np.ones(4)}, ["x", "h"], ["x"])
     np.testing.assert_array_equal(jac["x"]["x"], np.eye(4))
     np.testing.assert_array_equal(jac["h"]["x"], np.ones((3, 4)))
+
+
+def test_detection_stops_on_a_dense_block_and_the_jacobian_is_computed_densely(monkeypatch):
+    # A dense block would make detection hold of.size x wrt.size entries per live value;
+    # past MAX_LIVE_ENTRIES it stops (PatternTooLarge, a MemoryError: RESOURCE_EXHAUSTED on the
+    # server) and a dense request computes without colouring.
+    import gradserve.autodiff.sparsity as sparsity
+    from gradserve.autodiff.sparsity import PatternTooLarge, structural_pattern
+
+    monkeypatch.setattr(sparsity, "MAX_LIVE_ENTRIES", 100)
+    structural_pattern.cache_clear()
+    colour_plan.cache_clear()
+    p = build(
+        {"x": (20,), "W": (20, 20)}, [("y", "matmul", ("W", "x")), ("t", "tanh", ("y",))], "t"
+    )
+    with pytest.raises(PatternTooLarge, match="it is dense"):
+        jacobian_sparsity(p, "t", "x")
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.normal(size=20), "W": rng.normal(size=(20, 20))}
+    _, jac = jacobian(p, feeds, ["t"], ["x"], mode="forward")
+    t = np.tanh(feeds["W"] @ feeds["x"])
+    np.testing.assert_allclose(jac["t"]["x"], (1 - t**2)[:, None] * feeds["W"], rtol=1e-12)
+    with pytest.raises(PatternTooLarge):
+        jacobian(p, feeds, ["t"], ["x"], sparse=True)
+    structural_pattern.cache_clear()
+    colour_plan.cache_clear()

@@ -24,7 +24,7 @@ from gradserve.autodiff.colouring import colour_columns, colour_rows
 from gradserve.autodiff.executor import compile_program
 from gradserve.autodiff.ir import GraphError, InputDef, Program
 from gradserve.autodiff.registry import OPS
-from gradserve.autodiff.sparsity import structural_pattern
+from gradserve.autodiff.sparsity import PatternTooLarge, structural_pattern
 from gradserve.autodiff.transforms import active_values, check_targets, jvp, select, vjp
 
 MODES = ("auto", "forward", "reverse")
@@ -286,9 +286,14 @@ def jacobian(
             passes = types[w].size if mode == "forward" else types[o].size
             found = None
             if sparse or passes >= MIN_PASSES_TO_COLOUR or is_diagonal(program, o, w):
-                found = _structured(
-                    program, feeds, o, w, requested, passes, sparse, chunk_size, cancel
-                )
+                try:
+                    found = _structured(
+                        program, feeds, o, w, requested, passes, sparse, chunk_size, cancel
+                    )
+                except PatternTooLarge:
+                    if sparse:  # asked for a sparse result of a dense block: over the limit
+                        raise
+                    # dense: colouring would not save passes, computed as dense below
             if found is None:
                 result[o][w] = np.empty(types[o].shape + types[w].shape, types[o].dtype)
                 dense.append((o, w))

@@ -480,9 +480,21 @@ def node_pattern(
     return p
 
 
+# The most pattern entries (index pairs, ~5 bytes each) detection holds at once. A dense block
+# reaches it fast (a 90,000 x 300 pattern is 27M entries per value); then colouring could not
+# save passes anyway, and detection stops rather than take gigabytes.
+MAX_LIVE_ENTRIES = 1 << 26
+
+
+class PatternTooLarge(MemoryError):
+    """Detection would hold more than MAX_LIVE_ENTRIES pattern entries: the block is dense
+    enough to compute without colouring (a MemoryError: the server's RESOURCE_EXHAUSTED)."""
+
+
 @functools.lru_cache(maxsize=256)
 def structural_pattern(program: Program, of: str, wrt: str) -> Pattern:
-    """`jacobian_sparsity`, cached and shared: callers must not modify it."""
+    """`jacobian_sparsity`, cached and shared: callers must not modify it. Raises
+    `PatternTooLarge` past MAX_LIVE_ENTRIES live entries."""
     check_targets(program, (of,), (wrt,))
     types = program.types
     n = types[wrt].size
@@ -500,6 +512,12 @@ def structural_pattern(program: Program, of: str, wrt: str) -> Pattern:
         for s in node.inputs:
             if last_use[s] == i and s != of:
                 patterns.pop(s, None)  # memory follows the live patterns
+        live = sum(q.nnz for q in patterns.values())
+        if live > MAX_LIVE_ENTRIES:
+            raise PatternTooLarge(
+                f"the sparsity pattern of d {of} / d {wrt} holds {live} entries at node "
+                f"{node.name!r}, more than detection keeps ({MAX_LIVE_ENTRIES}): it is dense"
+            )
     result = patterns.get(of)
     if result is None:
         return _empty(types[of].size, n)
