@@ -191,6 +191,11 @@ OP_CASES = {
     "cumsum_reverse": ({"x": (2, 4, 2)}, [("y", "cumsum", ("x",), {"axis": -2, "reverse": 1})], "y"),
     "cumsum_exclusive_reverse": ({"x": (5,)}, [("y", "cumsum", ("x",), {"axis": 0, "exclusive": 1, "reverse": 1})], "y"),
     "astype_float": ({"x": (3,)}, [("c", "astype", ("x",), {"dtype": "float32"}), ("y", "sin", ("c",))], "y"),
+    "einsum_diagonals": ({"x": (2, 3, 3), "b": (3, 3)}, [("y", "einsum", ("x", "b"), {"subscripts": "bii,jj->bij"})], "y"),
+    "einsum_trace": ({"x": (3, 3)}, [("y", "einsum", ("x",), {"subscripts": "ii"})], "y"),
+    "pad_wrap": ({"x": (2, 3)}, [("y", "pad", ("x",), {"pads": (1, 2, 3, 4), "mode": "wrap"})], "y"),
+    "pad_grad_wrap": ({"x": (6, 9)}, [("y", "pad_grad", ("x",), {"pads": (1, 2, 3, 4), "mode": "wrap"})], "y"),
+    "avg_pool_dilations": ({"x": (1, 1, 7, 6)}, [("y", "avg_pool", ("x",), {"kernel_shape": (2,), "dilations": (2, 3), "pads": (1,), "ceil_mode": 1})], "y"),
 }  # fmt: skip
 
 

@@ -280,19 +280,18 @@ def _window_attrs(n: Node, keys: tuple[str, ...]) -> dict[str, object]:
 
 
 @handler("MaxPool")
-def _max_pool(n: Node) -> Value:
+def _max_pool(n: Node) -> list[Value]:
+    """max_pool, and its Indices output (if used) by max_pool_indices."""
     n.check_attrs(
         ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides")
     )
-    if len(n.outputs) > 1 and n.outputs[1]:
-        raise n.fail("the Indices output is not supported", "output 1")
-    if n.attr("storage_order", 0):
-        raise n.fail(
-            "storage_order=1 (column-major indices) is not supported", "attribute 'storage_order'"
-        )
     attrs = _window_attrs(n, ("dilations", "kernel_shape", "pads", "strides"))
     attrs["ceil_mode"] = int(n.attr("ceil_mode", 0))
-    return n.emit("max_pool", [n.input(0)], 0, **attrs)
+    out = [n.emit("max_pool", [n.input(0)], 0, **attrs)]
+    if len(n.outputs) > 1 and n.outputs[1]:
+        order = int(n.attr("storage_order", 0))
+        out.append(n.emit("max_pool_indices", [n.input(0)], 1, storage_order=order, **attrs))
+    return out
 
 
 @handler("AveragePool")
@@ -308,9 +307,7 @@ def _avg_pool(n: Node) -> Value:
             "strides",
         )
     )
-    if any(d != 1 for d in n.attr("dilations", [])):
-        raise n.fail("dilations other than 1 are not supported", "attribute 'dilations'")
-    attrs = _window_attrs(n, ("kernel_shape", "pads", "strides"))
+    attrs = _window_attrs(n, ("dilations", "kernel_shape", "pads", "strides"))
     attrs["ceil_mode"] = int(n.attr("ceil_mode", 0))
     attrs["count_include_pad"] = int(n.attr("count_include_pad", 0))
     return n.emit("avg_pool", [n.input(0)], 0, **attrs)
@@ -621,9 +618,9 @@ def _pad(n: Node) -> Value:
     n.check_attrs(("mode",))
     x = n.input(0)
     mode = n.attr("mode", "constant")
-    if mode not in ("constant", "reflect", "edge"):
+    if mode not in ("constant", "reflect", "edge", "wrap"):
         raise n.fail(
-            f"mode={mode!r} is not supported (constant, reflect, edge)", "attribute 'mode'"
+            f"mode={mode!r} is not an ONNX mode (constant, reflect, edge, wrap)", "attribute 'mode'"
         )
     pads = n.static_ints(1, "pads")
     if n.has(3):

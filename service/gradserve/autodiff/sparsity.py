@@ -33,6 +33,7 @@ from gradserve_client.opset.einsum import parse_subscripts
 from gradserve_client.opset.reductions import axes_of
 
 from gradserve.autodiff.ir import Program, TensorType
+from gradserve.autodiff.ops.einsum import diagonal
 from gradserve.autodiff.registry import OPS
 from gradserve.autodiff.transforms import check_targets, needed_by
 
@@ -318,12 +319,14 @@ def _einsum(ps, types, out, attrs):
     for p, t, term in zip(ps, types, terms, strict=True):
         if p is None:
             continue
+        on_diagonal, term = diagonal(np.arange(t.size).reshape(t.shape), term)  # "ii": x[i, i]
+        p, shape = _gather(p, on_diagonal), on_diagonal.shape
         summed = tuple(i for i, c in enumerate(term) if c not in letters)
-        reduced = _reduce(p, t.shape, summed)
+        reduced = _reduce(p, shape, summed)
         kept = [c for c in term if c in letters]
-        ids = np.arange(reduced.shape[0]).reshape([t.shape[term.index(c)] for c in kept])
+        ids = np.arange(reduced.shape[0]).reshape([shape[term.index(c)] for c in kept])
         ids = np.transpose(ids, sorted(range(len(kept)), key=lambda i: letters.index(kept[i])))
-        view = [t.shape[term.index(c)] if c in term else 1 for c in letters]
+        view = [shape[term.index(c)] if c in term else 1 for c in letters]
         result = _union(result, _gather(reduced, np.broadcast_to(ids.reshape(view), out.shape)))
     return result
 
