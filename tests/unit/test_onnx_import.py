@@ -290,3 +290,28 @@ def test_pooling_pad_and_einsum_gaps_match_onnx_reference_and_differentiate() ->
         for mode in ("forward", "reverse"):
             jac = c.jacobian(g, {"x": x}, of=name, wrt="x", mode=mode)
             np.testing.assert_allclose(jac, numeric, atol=1e-6, err_msg=f"{name} {mode}")
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.INT32, TensorProto.INT64])
+def test_integer_div_truncates_and_integer_pow_stays_integer(dtype) -> None:
+    """ONNX's Div of integers truncates toward zero (C's, not numpy's floor division), exactly
+    for values up to 2**53 in magnitude; Pow of an integer base keeps its type."""
+    nodes = [
+        helper.make_node("Div", ["a", "b"], ["q"]),
+        helper.make_node("Pow", ["b", "e"], ["p"]),
+    ]
+    m = model(
+        nodes,
+        [tensor("a", [6], dtype), tensor("b", [6], dtype), tensor("e", [6], TensorProto.FLOAT)],
+        [tensor("q", [6], dtype), tensor("p", [6], dtype)],
+    )
+    np_dtype = np.int32 if dtype == TensorProto.INT32 else np.int64
+    big = 2**31 - 1 if dtype == TensorProto.INT32 else 2**53 - 1
+    a = np.array([-7, 7, -7, 7, big, -big], np_dtype)
+    b = np.array([2, 2, -2, -3, 3, big - 1], np_dtype)
+    e = np.array([3, 2, 1, 0, 1, 1], np.float32)
+    got = gs.LocalClient().evaluate(gs.Graph.from_onnx(m), {"a": a, "b": b, "e": e})
+    truncated = np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))
+    assert got["q"].dtype == np_dtype and got["p"].dtype == np_dtype
+    np.testing.assert_array_equal(got["q"], truncated)
+    np.testing.assert_array_equal(got["p"], [8, 4, -2, 1, 3, big - 1])

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..opset import INT_DTYPES
 from ._model import Node, Value
 from .shapes import reshape_target
 
@@ -57,7 +58,7 @@ _UNARY = {
     "Sign": "sign", "Reciprocal": "reciprocal", "Erf": "erf", "Softsign": "softsign",
 }  # fmt: skip
 _BINARY = {
-    "Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide", "Equal": "equal",
+    "Add": "add", "Sub": "subtract", "Mul": "multiply", "Equal": "equal",
     "Less": "less", "LessOrEqual": "less_equal", "Greater": "greater",
     "GreaterOrEqual": "greater_equal",
 }  # fmt: skip
@@ -85,10 +86,29 @@ for _onnx, _gs in _BINARY.items():
     handler(_onnx)(_binary(_gs))
 
 
+def _in_float64(n: Node, gs_op: str, operands: list[Value], dtype: str) -> Value:
+    """An integer Div or Pow: computed in float64 and cast back to `dtype`, which truncates
+    toward zero as ONNX's integer Div does. Exact while the values stay below 2**53 in
+    magnitude (the float64 quotient of such integers never rounds across an integer)."""
+    floats = [_astype(n, v, "float64", None) for v in operands]
+    return n.emit("astype", [n.emit(gs_op, floats)], 0, dtype=dtype)
+
+
+@handler("Div")
+def _div(n: Node) -> Value:
+    n.check_attrs(())
+    a, b = n.input(0), n.input(1)
+    if a.dtype in INT_DTYPES:
+        return _in_float64(n, "divide", [a, b], a.dtype)
+    return n.emit("divide", [a, b], 0)
+
+
 @handler("Pow")
 def _pow(n: Node) -> Value:
     n.check_attrs(())
     base, exponent = n.input(0), n.input(1)
+    if base.dtype in INT_DTYPES:  # the result has the base's type, whatever the exponent's
+        return _in_float64(n, "power", [base, exponent], base.dtype)
     if exponent.const is not None:  # ONNX allows an exponent of another type
         exponent = Value.of(exponent.const.astype(base.dtype))
     return n.emit("power", [base, _astype(n, exponent, base.dtype, None)], 0)
