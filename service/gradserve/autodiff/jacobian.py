@@ -94,29 +94,21 @@ class ColourPlan:
     """How to compute one block by colouring: its pattern, the direction (forward: colours of
     columns, one tangent each; reverse: colours of rows, one cotangent each) and the colours.
 
-    Both ends of a pass are flat indices into the stacked (co)tangents, so that a chunk of
-    colours [a, b) is the index range [a * width, b * width): `seeds` says where each seed's 1
-    goes (colour * its width + its index), `gather` where each stored entry of the pattern, in
-    CSR order, is read from the stacked results (colour * their width + index). A symmetric
-    plan (`colouring.star_colouring`) reads some entries across the diagonal."""
+    `colours` (the smallest dtype that holds them) colour the seeded indices (columns in forward
+    mode, rows in reverse); `gather` says where each stored entry of the pattern, in CSR order,
+    is read from the stacked results: colour * their width + index, so that a chunk of colours
+    [a, b) is the index range [a * width, b * width). A symmetric plan
+    (`colouring.star_colouring`) reads some entries across the diagonal."""
 
     pattern: sp.csr_array
     forward: bool
     count: int
-    seeds: np.ndarray
+    colours: np.ndarray
     gather: np.ndarray
 
     @property
     def nbytes(self) -> int:
-        return entry_bytes(self.pattern) + self.seeds.nbytes + self.gather.nbytes
-
-
-def _flat(index: np.ndarray, lo: int, hi: int) -> tuple[slice | np.ndarray, np.ndarray]:
-    """(which, offsets): the elements of `index` in [lo, hi), and their offsets from lo."""
-    if lo == 0 and hi > index.max(initial=-1):
-        return slice(None), index
-    which = (index >= lo) & (index < hi)
-    return which, index[which] - lo
+        return entry_bytes(self.pattern) + self.colours.nbytes + self.gather.nbytes
 
 
 def _plan(
@@ -126,10 +118,9 @@ def _plan(
     hub columns are read across the diagonal, from the hub's own column)."""
     m, n = pattern.shape
     count = 0 if pattern.nnz == 0 else int(colours.max()) + 1
-    seeded, read = (n, m) if forward else (m, n)
+    read = m if forward else n
     index = np.int32 if max(count, 1) * max(m, n) < 2**31 and pattern.nnz < 2**31 else np.int64
     colours = colours.astype(index)
-    seeds = colours * index(seeded) + np.arange(seeded, dtype=index)
     rows = np.repeat(np.arange(m, dtype=index), np.diff(pattern.indptr))
     cols = pattern.indices.astype(index, copy=False)
     own, target = (cols, rows) if forward else (rows, cols)
@@ -139,7 +130,7 @@ def _plan(
     if hubs is not None:  # symmetric: (i, j), i a hub row and j not a hub, is (j, i)
         across = hubs[rows] & ~hubs[cols]
         gather[across] = colours[rows[across]] * read + cols[across]
-    return ColourPlan(pattern, forward, count, seeds, gather)
+    return ColourPlan(pattern, forward, count, colours.astype(np.min_scalar_type(count)), gather)
 
 
 @cached
@@ -241,12 +232,15 @@ def _coloured_block(
     m, n = pattern.shape
     data = np.empty(pattern.nnz, types[of].dtype)
     seeded, read = (n, m) if plan.forward else (m, n)
+    colours = plan.colours
     step = chunk_size or chunk_rows(program, (of,), (wrt,), plan.count, pattern.nnz)
     value = None
     for start in range(0, plan.count, step):
         batch = min(step, plan.count - start)
-        seeds = np.zeros(batch * seeded, types[wrt if plan.forward else of].dtype)
-        seeds[_flat(plan.seeds, start * seeded, (start + batch) * seeded)[1]] = 1
+        seeds = np.zeros((batch, seeded), types[wrt if plan.forward else of].dtype)
+        chosen = np.flatnonzero((colours >= start) & (colours < start + batch))
+        seeds[colours[chosen] - start, chosen] = 1
+        del chosen
         # One (co)tangent needs no batch axis, and the transform without a batch argument is
         # the one other calls have cached (the program cache keys f(a) and f(a, None) apart).
         axis = (batch,) if batch > 1 else ()
@@ -256,11 +250,19 @@ def _coloured_block(
         else:
             d = vjp(program, (of,), (wrt,), *axis)
             seeds = seeds.reshape(axis + types[of].shape)
+        value = None  # the last chunk's is returned: no older one lives through a pass
         value, compressed = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
         del seeds
-        which, offsets = _flat(plan.gather, start * read, (start + batch) * read)
-        data[which] = compressed.reshape(-1)[offsets]
-        del compressed, offsets
+        compressed = compressed.reshape(-1)
+        if batch == plan.count:  # one chunk holds every entry
+            np.take(compressed, plan.gather, out=data)
+        else:
+            which = (plan.gather >= start * read) & (plan.gather < (start + batch) * read)
+            offsets = plan.gather[which]
+            offsets -= start * read
+            data[which] = compressed[offsets]
+            del which, offsets
+        del compressed
     return value, sp.csr_array((data, pattern.indices, pattern.indptr), shape=(m, n))
 
 
