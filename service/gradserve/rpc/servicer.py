@@ -111,7 +111,8 @@ class GradientServicer:
 
     # ---- shared steps -------------------------------------------------------------------------
 
-    def _resolve(self, request) -> CachedGraph:
+    def _resolve(self, request, cancel: Callable[[], bool] | None = None) -> CachedGraph:
+        # A full graph is decoded and validated under ``cancel`` (the call's deadline).
         # Every plan this request runs is checked against the budget first. grpc runs each RPC
         # in a context of its own (its stream's messages too), so this holds for this one only.
         memory.set_limit(self.settings.max_request_bytes)
@@ -121,6 +122,7 @@ class GradientServicer:
                 request.graph,
                 max_nodes=self.settings.max_graph_nodes,
                 max_elements=self.settings.max_tensor_elements,
+                cancel=cancel,
             )
         if source == "graph_id" and request.graph_id:
             return self.graph_cache.get(request.graph_id)
@@ -129,17 +131,18 @@ class GradientServicer:
                 request.onnx_model,
                 max_nodes=self.settings.max_graph_nodes,
                 max_elements=self.settings.max_tensor_elements,
+                cancel=cancel,
             )
         raise InvalidArgument("graph", "set graph (the full graph), graph_id or onnx_model")
 
     def _decode(self, tensors, prefix: str) -> dict[str, np.ndarray]:
         return decode_tensors(tensors, prefix, self.settings.max_tensor_elements)
 
-    def _prepare(self, request) -> _Call:
-        entry = self._resolve(request)
+    def _prepare(self, request, cancel: Callable[[], bool] | None = None) -> _Call:
+        entry = self._resolve(request, cancel)
         inputs = self._decode(request.inputs, "inputs")
         program = entry.program_for(
-            {k: v.shape for k, v in inputs.items()}, self.settings.max_graph_nodes
+            {k: v.shape for k, v in inputs.items()}, self.settings.max_graph_nodes, cancel
         )
         return _Call(entry, program, inputs)
 
@@ -176,7 +179,7 @@ class GradientServicer:
 
     @rpc_method
     def Evaluate(self, request, context):
-        call = self._prepare(request)
+        call = self._prepare(request, cancel_callback(context))
         with _core_errors(call.program):
             values = autodiff.evaluate(
                 call.program, call.inputs, tuple(request.outputs), cancel_callback(context)
@@ -187,7 +190,7 @@ class GradientServicer:
 
     @rpc_method
     def Jacobian(self, request, context):
-        call = self._prepare(request)
+        call = self._prepare(request, cancel_callback(context))
         mode = self._mode(request)
         of, wrt = self._of_wrt(call, request)
         if request.structured:
@@ -213,7 +216,7 @@ class GradientServicer:
 
     @rpc_method
     def StreamJacobian(self, request, context) -> Iterator[pb.JacobianRowBlock]:
-        call = self._prepare(request)
+        call = self._prepare(request, cancel_callback(context))
         self._mode(request)  # validated; rows are always computed in reverse mode
         of, wrt = self._of_wrt(call, request)
         if request.rows_per_message < 0:
@@ -264,7 +267,7 @@ class GradientServicer:
 
     @rpc_method
     def Vjp(self, request, context):
-        call = self._prepare(request)
+        call = self._prepare(request, cancel_callback(context))
         cotangents = self._decode(request.cotangents, "cotangents")
         program = call.program
         self._names(program, tuple(cotangents), "cotangents", ())
@@ -281,7 +284,7 @@ class GradientServicer:
 
     @rpc_method
     def Jvp(self, request, context):
-        call = self._prepare(request)
+        call = self._prepare(request, cancel_callback(context))
         tangents = self._decode(request.tangents, "tangents")
         program = call.program
         for name in tangents:
