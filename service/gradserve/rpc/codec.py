@@ -35,7 +35,7 @@ def _input_field(prefix: str, name: str) -> str:
 def decode_tensor(tensor: tensor_pb2.Tensor, field: str, max_elements: int) -> np.ndarray:
     """One Tensor as a read-only array; errors name ``field`` (e.g. ``inputs["x"]``)."""
     try:
-        return tensor_codec.from_tensor(tensor, max_elements=max_elements, field=field)
+        return tensor_codec.from_tensor(tensor, max_elements=max_elements)
     except tensor_codec.TensorTooLargeError as exc:
         raise LimitExceeded(
             f"{field} has {exc.reason}: max_tensor_elements. Send a smaller tensor, or raise "
