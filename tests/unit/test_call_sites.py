@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 import gradserve_client as gs
+import onnx
 import pytest
 from gradserve.autodiff import GraphError, Program
 from gradserve.rpc.codec import graph_from_proto
 from gradserve_client.proto import graph_pb2
+from onnx import helper
 
 HERE = __file__
 UNLIMITED = {"max_nodes": sys.maxsize, "max_elements": sys.maxsize}
@@ -125,3 +127,16 @@ def test_the_source_is_not_part_of_the_graph_id() -> None:
     a, b = program("a.py:1 in f"), program("b.py:2 in g")
     assert a.digest == b.digest == program("").digest
     assert a.nodes[0].source == "a.py:1 in f"  # kept for the errors of later stages
+
+
+def test_converted_onnx_nodes_name_their_onnx_node() -> None:
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Sin", ["x"], ["y"], name="the_sin")],
+            "g",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.DOUBLE, [3])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.DOUBLE, [3])],
+        )
+    )
+    g = gs.Graph.from_onnx(model.SerializeToString())
+    assert sources(g) == {"y": "ONNX node 'the_sin' (Sin)"}
