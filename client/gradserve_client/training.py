@@ -13,8 +13,6 @@ optimizer step (torch's StepLR and CosineAnnealingLR, called after every ``optim
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -26,6 +24,8 @@ import numpy as np
 from .errors import InvalidArgument
 from .proto import tensor_codec
 from .proto import training_pb2 as tpb
+from .proto.dataset_codec import dataset_id as dataset_id  # the SDK's name for it
+from .proto.dataset_codec import le_bytes
 
 __all__ = [
     "SGD",
@@ -327,42 +327,13 @@ def decode_event(event: tpb.TrainEvent) -> Event:
 # Datasets
 
 
-def _le_bytes(array: np.ndarray) -> memoryview:
-    a = np.ascontiguousarray(array)
-    if a.dtype.byteorder == ">":
-        a = a.astype(a.dtype.newbyteorder("<"))
-    return memoryview(a).cast("B")
-
-
-def dataset_id(arrays: Mapping[str, np.ndarray]) -> str:
-    """The content id of a dataset: sha256 over its arrays sorted by name (name, dtype, shape,
-    little-endian row-major bytes). The server computes the same id from the uploaded chunks."""
-    h = dataset_hasher()
-    for name in sorted(arrays):
-        a = arrays[name]
-        dtype = tensor_codec.dtype_name(tensor_codec.dtype_from_numpy(a.dtype))
-        h.update(dataset_array_header(name, dtype, a.shape))
-        h.update(_le_bytes(a))
-    return "ds-" + h.hexdigest()
-
-
-def dataset_hasher() -> Any:
-    """The hash object `dataset_id` starts from (the server hashes chunks as they arrive)."""
-    return hashlib.sha256(b"gradserve-dataset-v1\0")
-
-
-def dataset_array_header(name: str, dtype: str, shape: Any) -> bytes:
-    """What `dataset_id` hashes before an array's bytes."""
-    return json.dumps([name, dtype, [int(d) for d in shape]]).encode() + b"\0"
-
-
 def dataset_chunks(
     arrays: Mapping[str, np.ndarray], chunk_bytes: int = CHUNK_BYTES
 ) -> Iterator[tpb.DatasetChunk]:
     """The PutDataset messages of a dataset: each array in chunks of at most ``chunk_bytes``."""
     for name in sorted(arrays):
         a = arrays[name]
-        data = _le_bytes(a)
+        data = le_bytes(a)
         dtype = tensor_codec.dtype_from_numpy(a.dtype)
         for start in range(0, max(len(data), 1), chunk_bytes):
             piece = bytes(data[start : start + chunk_bytes])
