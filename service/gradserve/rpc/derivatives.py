@@ -196,7 +196,7 @@ def _wrt(program: Program, names: Sequence[str]) -> tuple[str, ...]:
 
 
 def hessian_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.HessianResponse:
-    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings, cancel)
     program = call.program
     of = _scalar_of(program, request.of)
     wrt = _wrt(program, request.wrt)
@@ -228,7 +228,7 @@ def hessian_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.
 
 
 def hvp_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.HvpResponse:
-    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings, cancel)
     program = call.program
     of = _scalar_of(program, request.of)
     vectors = decode_tensors(request.vectors, "vectors", servicer.settings.max_tensor_elements)
@@ -263,8 +263,10 @@ def _check_vectors(program: Program, wrt: Sequence[str], vectors: Mapping[str, n
 # ---- JacobianSparsity and DerivativeProgram -------------------------------------------------
 
 
-def jacobian_sparsity_rpc(servicer: GradientServicer, request: Any) -> pb.JacobianSparsityResponse:
-    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
+def jacobian_sparsity_rpc(
+    servicer: GradientServicer, request: Any, cancel: Cancel
+) -> pb.JacobianSparsityResponse:
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings, cancel)
     program = call.program
     of, wrt = requests.of_wrt(program, request)
     types = program.types
@@ -273,7 +275,7 @@ def jacobian_sparsity_rpc(servicer: GradientServicer, request: Any) -> pb.Jacobi
     with core_errors(program):
         for o in of:
             for w in wrt:
-                pattern = jacobian_sparsity(program, o, w)
+                pattern = jacobian_sparsity(program, o, w, cancel)
                 stored += pattern.nnz
                 nbytes += csr_bytes(pattern.shape[0], pattern.nnz, 0)
                 _check_stored(servicer, stored, nbytes, "sparsity pattern")
@@ -284,12 +286,12 @@ def jacobian_sparsity_rpc(servicer: GradientServicer, request: Any) -> pb.Jacobi
 
 
 def derivative_program_rpc(
-    servicer: GradientServicer, request: Any
+    servicer: GradientServicer, request: Any, cancel: Cancel
 ) -> pb.DerivativeProgramResponse:
     kind = KINDS.get(request.kind)
     if kind is None:
         raise InvalidArgument("kind", "set kind: DERIVATIVE_KIND_VJP, _JVP or _HVP")
-    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings, cancel)
     program = call.program
     of, wrt = requests.of_wrt(program, request)
     if kind == "hvp":
@@ -317,7 +319,7 @@ Rows = Callable[[str, str, int], Iterator[tuple[int, np.ndarray]]]
 def stream_jacobian(
     servicer: GradientServicer, request: Any, cancel: Cancel
 ) -> Iterator[pb.JacobianRowBlock]:
-    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings, cancel)
     mode = requests.jacobian_mode(request)  # the structured stream; dense rows are reverse mode
     of, wrt = requests.of_wrt(call.program, request)
     pairs = [(o, w) for o in of for w in wrt]
@@ -331,7 +333,7 @@ def stream_jacobian(
         counted = "the Jacobians asked for have {} elements"
         return _dense_stream(servicer, call, pairs, hint, rows, counted)
     with core_errors(program):  # the stored entries are bounded before anything is computed
-        stored = sum(structural_pattern(program, o, w).nnz for o, w in pairs)
+        stored = sum(structural_pattern(program, o, w, cancel=cancel).nnz for o, w in pairs)
     _check_stream(servicer, stored, "the sparse Jacobians asked for have {} stored entries")
     with core_errors(program):
         _, jac = autodiff.jacobian(program, inputs, of, wrt, mode, cancel=cancel, sparse=True)
@@ -341,7 +343,7 @@ def stream_jacobian(
 def stream_hessian(
     servicer: GradientServicer, request: Any, cancel: Cancel
 ) -> Iterator[pb.JacobianRowBlock]:
-    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings, cancel)
     program, inputs = call.program, call.inputs
     of = _scalar_of(program, request.of)
     wrt = _wrt(program, request.wrt)

@@ -27,7 +27,7 @@ from gradserve.rpc.errors import (
     rpc_method,
 )
 from gradserve.rpc.errors import core_errors as _core_errors
-from gradserve.rpc.graph_cache import GraphCache
+from gradserve.rpc.graph_cache import Cancel, GraphCache
 from gradserve.rpc.requests import (
     Call,
     cancel_callback,
@@ -51,8 +51,8 @@ class GradientServicer:
         self.dataset_cache = DatasetCache(settings.dataset_cache_bytes)  # PutDataset uploads
         self.version = __version__
 
-    def _prepare(self, request) -> Call:
-        return requests.prepare(request, self.graph_cache, self.settings)
+    def _prepare(self, request, cancel: Cancel = None) -> Call:
+        return requests.prepare(request, self.graph_cache, self.settings, cancel)
 
     def _decode(self, tensors, prefix: str) -> dict[str, np.ndarray]:
         return decode_tensors(tensors, prefix, self.settings.max_tensor_elements)
@@ -61,7 +61,7 @@ class GradientServicer:
 
     @rpc_method
     def Evaluate(self, request, context):
-        call = self._prepare(request)
+        call = self._prepare(request, cancel_callback(context))
         with _core_errors(call.program):
             values = autodiff.evaluate(
                 call.program, call.inputs, tuple(request.outputs), cancel_callback(context)
@@ -72,7 +72,7 @@ class GradientServicer:
 
     @rpc_method
     def Jacobian(self, request, context):
-        call = self._prepare(request)
+        call = self._prepare(request, cancel_callback(context))
         mode = jacobian_mode(request)
         of, wrt = of_wrt(call.program, request)
         if request.structured:
@@ -102,7 +102,7 @@ class GradientServicer:
 
     @rpc_method
     def Vjp(self, request, context):
-        call = self._prepare(request)
+        call = self._prepare(request, cancel_callback(context))
         cotangents = self._decode(request.cotangents, "cotangents")
         program = call.program
         names(program, tuple(cotangents), "cotangents", ())
@@ -119,7 +119,7 @@ class GradientServicer:
 
     @rpc_method
     def Jvp(self, request, context):
-        call = self._prepare(request)
+        call = self._prepare(request, cancel_callback(context))
         tangents = self._decode(request.tangents, "tangents")
         program = call.program
         for name in tangents:
@@ -166,11 +166,11 @@ class GradientServicer:
 
     @rpc_method
     def JacobianSparsity(self, request, context):
-        return derivatives.jacobian_sparsity_rpc(self, request)
+        return derivatives.jacobian_sparsity_rpc(self, request, cancel_callback(context))
 
     @rpc_method
     def DerivativeProgram(self, request, context):
-        return derivatives.derivative_program_rpc(self, request)
+        return derivatives.derivative_program_rpc(self, request, cancel_callback(context))
 
     @rpc_method
     def ListOperators(self, request, context):
