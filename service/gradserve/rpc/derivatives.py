@@ -149,7 +149,7 @@ def structured_jacobian(
     program = call.program
     types = program.types
     with core_errors(program):
-        patterns = [(o, structural_pattern(program, o, w)) for o in of for w in wrt]
+        patterns = [(o, structural_pattern(program, o, w, cancel=cancel)) for o in of for w in wrt]
         stored = sum(p.nnz for _, p in patterns)
         nbytes = sum(csr_bytes(p.shape[0], p.nnz, _itemsize(types, o)) for o, p in patterns)
         _check_stored(servicer, stored, nbytes, "sparse Jacobian", "StreamJacobian")
