@@ -15,6 +15,9 @@ from types import MappingProxyType
 import numpy as np
 from gradserve_client.opset import DTYPES, AttrValue, TensorType
 
+#: A cancel callback: True once the caller wants the work stopped (a deadline, a client gone).
+Cancel = Callable[[], bool] | None
+
 #: How many nodes validation (and decoding, rpc/codec.py) handles between two looks at the
 #: caller's cancel callback: a 40,000-node graph stops within a few milliseconds of its deadline.
 CANCEL_EVERY_NODES = 512
@@ -24,7 +27,7 @@ class Cancelled(Exception):
     """The caller's `cancel` callback asked the computation (or validation) to stop."""
 
 
-def check_cancel(cancel: Callable[[], bool] | None, i: int) -> None:
+def check_cancel(cancel: Cancel, i: int) -> None:
     """Raise Cancelled if ``cancel`` says so; asked only every CANCEL_EVERY_NODES-th node."""
     if cancel is not None and i % CANCEL_EVERY_NODES == 0 and cancel():
         raise Cancelled
@@ -130,7 +133,7 @@ class Program:
         graph: GraphDef,
         *,
         max_nodes: int | None = None,
-        cancel: Callable[[], bool] | None = None,
+        cancel: Cancel = None,
     ) -> Program:
         """Validate `graph` and return it as a Program, or raise `GraphError` naming the culprit
         (and where the client built it, if its node has a `source`). Raises Cancelled when
@@ -141,9 +144,7 @@ class Program:
             raise _with_source(exc, graph.nodes) from None
 
     @classmethod
-    def _build(
-        cls, graph: GraphDef, max_nodes: int | None, cancel: Callable[[], bool] | None
-    ) -> Program:
+    def _build(cls, graph: GraphDef, max_nodes: int | None, cancel: Cancel) -> Program:
         from gradserve.autodiff.registry import OPS
 
         if max_nodes is not None and len(graph.nodes) > max_nodes:

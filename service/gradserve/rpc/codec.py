@@ -6,7 +6,7 @@ so the servicer never has to know what went wrong where.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,7 @@ from gradserve_client.proto import graph_pb2, tensor_codec, tensor_pb2
 from gradserve_client.proto.attr_codec import attr_to_proto
 
 from gradserve.autodiff import OPSET, GraphDef, InputDef, NodeDef, Program
-from gradserve.autodiff.ir import check_cancel
+from gradserve.autodiff.ir import Cancel, check_cancel
 from gradserve.rpc.errors import INVALID_GRAPH, InvalidArgument, LimitExceeded
 
 __all__ = [
@@ -90,7 +90,7 @@ def graph_from_proto(
     *,
     max_nodes: int,
     max_elements: int,
-    cancel: Callable[[], bool] | None = None,
+    cancel: Cancel = None,
 ) -> GraphDef:
     """The GraphDef of a Graph message (unvalidated: Program.build checks it). Raises the core's
     Cancelled when ``cancel`` (asked every CANCEL_EVERY_NODES nodes) says so."""

@@ -25,6 +25,7 @@ from gradserve_client.proto import graph_pb2
 
 from gradserve.autodiff import OPSET, GraphDef, GraphError, Program
 from gradserve.autodiff.cache import NODE_BYTES, constant_bytes
+from gradserve.autodiff.ir import Cancel
 from gradserve.rpc.codec import graph_from_onnx, graph_from_proto
 from gradserve.rpc.errors import (
     GRAPH_NOT_FOUND,
@@ -38,8 +39,6 @@ from gradserve.rpc.errors import (
 PROGRAMS_PER_GRAPH = 32
 
 Hook = Callable[[], None]
-#: The call's cancel callback (True once the client went away or the deadline passed).
-Cancel = Callable[[], bool] | None
 
 
 @dataclass(eq=False)

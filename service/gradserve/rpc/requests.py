@@ -17,10 +17,11 @@ import numpy as np
 from gradserve_client.proto import gradient_service_pb2 as pb
 
 from gradserve.autodiff import Program, memory
+from gradserve.autodiff.ir import Cancel
 from gradserve.config import Settings
 from gradserve.rpc.codec import decode_tensors
 from gradserve.rpc.errors import InvalidArgument
-from gradserve.rpc.graph_cache import CachedGraph, Cancel, GraphCache
+from gradserve.rpc.graph_cache import CachedGraph, GraphCache
 
 _MODES = {
     pb.JACOBIAN_MODE_UNSPECIFIED: "auto",

@@ -17,6 +17,7 @@ from gradserve_client.proto import gradient_service_pb2 as pb
 from gradserve import __version__, autodiff, blas
 from gradserve.autodiff import OPSET
 from gradserve.autodiff.cache import PROGRAM_CACHE
+from gradserve.autodiff.ir import Cancel
 from gradserve.config import Settings
 from gradserve.rpc import derivatives, requests, training
 from gradserve.rpc.codec import decode_tensors, encode_tensor, encode_tensors
@@ -27,7 +28,7 @@ from gradserve.rpc.errors import (
     rpc_method,
 )
 from gradserve.rpc.errors import core_errors as _core_errors
-from gradserve.rpc.graph_cache import Cancel, GraphCache
+from gradserve.rpc.graph_cache import GraphCache
 from gradserve.rpc.requests import (
     Call,
     cancel_callback,
