@@ -5,6 +5,7 @@ their routing by the SDK, their limits, and their cancellation between blocks.""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import tracemalloc
@@ -268,6 +269,23 @@ def test_the_unary_refusal_of_a_large_sparse_jacobian_is_a_safety_net(make_serve
         J = c.jacobian(g, {"x": at}, of="r", wrt="x", sparse=True)
     assert len(streams) == 1  # refused as unary, then streamed
     np.testing.assert_array_equal(J.toarray(), tridiagonal_csr(at).toarray())
+
+
+def test_the_async_client_streams_and_assembles_the_same(make_server: Any) -> None:
+    n = 20_000
+    x = RNG.normal(size=n)
+    g, at, closed = logsumexp(300, 40)
+    small = make_server(max_message_bytes=SMALL_MESSAGES)
+
+    async def main() -> tuple[Any, Any]:
+        async with gs.AsyncClient(small.address) as c:
+            J = await c.jacobian(tridiagonal(n), {"x": x}, of="r", wrt="x", sparse=True)
+            H = await c.hessian(g, at, wrt="y")
+        return J, H
+
+    J, H = asyncio.run(main())
+    assert_same_csr(J, tridiagonal_csr(x))
+    np.testing.assert_allclose(H, closed["y"]["y"], rtol=1e-8, atol=1e-12)
 
 
 # ---- Hessians: StreamHessian -------------------------------------------------------------------
