@@ -406,4 +406,9 @@ class AsyncClient(AsyncMethods, ChannelClient):
                     raise from_rpc_error(rpc_error) from None
                 return
 
-        return AsyncRun(events, train.cancel, total=call.total, start=call.start, progress=progress)
+        def replay(anchor: Checkpoint | None, step: int) -> AsyncRun:
+            return self._train(call.replay(anchor, step), False, timeout)
+
+        every = call.request.checkpoint_every
+        return AsyncRun(events, train.cancel, replay, total=call.total, start=call.start,
+                        checkpoint_every=every, progress=progress)  # fmt: skip

@@ -404,4 +404,9 @@ class Client(Methods, ChannelClient):
                     raise from_rpc_error(rpc_error) from None
                 return
 
-        return Run(events, train.cancel, total=call.total, start=call.start, progress=progress)
+        def replay(anchor: Checkpoint | None, step: int) -> Run:
+            return self._train(call.replay(anchor, step), False, timeout)
+
+        every = call.request.checkpoint_every
+        return Run(events, train.cancel, replay, total=call.total, start=call.start,
+                        checkpoint_every=every, progress=progress)  # fmt: skip

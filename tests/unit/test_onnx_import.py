@@ -242,3 +242,76 @@ def test_batch_normalization_in_training_mode_matches_onnx_reference() -> None:
     got = gs.LocalClient().evaluate(gs.Graph.from_onnx(m), feeds)
     for name, want in zip(["y", "rm", "rv"], expected, strict=True):
         np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_pooling_pad_and_einsum_gaps_match_onnx_reference_and_differentiate() -> None:
+    """MaxPool's Indices, AveragePool with dilations (opset 19), Pad mode wrap and an Einsum
+    diagonal: values equal ONNX's reference evaluator, the Jacobian of the float outputs
+    equals central differences in both modes."""
+    from onnx.reference import ReferenceEvaluator
+
+    f64 = TensorProto.DOUBLE
+    nodes = [
+        helper.make_node("Slice", ["x", "zero", "four", "axes"], ["sq"]),
+        helper.make_node("Pad", ["x", "pads"], ["p"], mode="wrap"),
+        helper.make_node(
+            "MaxPool", ["p"], ["mp", "idx"], kernel_shape=[2, 2], strides=[1, 2], pads=[1, 0, 0, 1]
+        ),
+        helper.make_node(
+            "AveragePool", ["p"], ["ap"], kernel_shape=[2, 2], dilations=[2, 2], ceil_mode=1
+        ),
+        helper.make_node("Einsum", ["sq"], ["diag"], equation="bcii->bci"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0, 0, 1, 0, 0, 0, 2, 2], np.int64), "pads"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        numpy_helper.from_array(np.array([4], np.int64), "four"),
+        numpy_helper.from_array(np.array([3], np.int64), "axes"),
+    ]
+    floats = ["mp", "ap", "diag"]
+    outputs = [tensor(name, None, f64) for name in floats] + [
+        tensor("idx", None, TensorProto.INT64)
+    ]
+    m = model(nodes, [tensor("x", [1, 2, 4, 5], f64)], outputs, inits, opset=19)
+    x = RNG.permutation(40).reshape(1, 2, 4, 5) / 10.0  # distinct: no ties under max
+    expected = ReferenceEvaluator(m).run(None, {"x": x})
+    g = gs.Graph.from_onnx(m)
+    c = gs.LocalClient()
+    got = c.evaluate(g, {"x": x})
+    for name, want in zip([*floats, "idx"], expected, strict=True):
+        np.testing.assert_allclose(got[name], want, rtol=1e-12, err_msg=name)
+    eps, columns = 1e-6, {name: [] for name in floats}
+    for e in np.eye(x.size).reshape(x.size, *x.shape):
+        up, down = c.evaluate(g, {"x": x + eps * e}), c.evaluate(g, {"x": x - eps * e})
+        for name in floats:
+            columns[name].append((up[name] - down[name]) / (2 * eps))
+    for name in floats:
+        numeric = np.stack(columns[name], axis=-1).reshape(got[name].shape + x.shape)
+        for mode in ("forward", "reverse"):
+            jac = c.jacobian(g, {"x": x}, of=name, wrt="x", mode=mode)
+            np.testing.assert_allclose(jac, numeric, atol=1e-6, err_msg=f"{name} {mode}")
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.INT32, TensorProto.INT64])
+def test_integer_div_truncates_and_integer_pow_stays_integer(dtype) -> None:
+    """ONNX's Div of integers truncates toward zero (C's, not numpy's floor division), exactly
+    for values up to 2**53 in magnitude; Pow of an integer base keeps its type."""
+    nodes = [
+        helper.make_node("Div", ["a", "b"], ["q"]),
+        helper.make_node("Pow", ["b", "e"], ["p"]),
+    ]
+    m = model(
+        nodes,
+        [tensor("a", [6], dtype), tensor("b", [6], dtype), tensor("e", [6], TensorProto.FLOAT)],
+        [tensor("q", [6], dtype), tensor("p", [6], dtype)],
+    )
+    np_dtype = np.int32 if dtype == TensorProto.INT32 else np.int64
+    big = 2**31 - 1 if dtype == TensorProto.INT32 else 2**53 - 1
+    a = np.array([-7, 7, -7, 7, big, -big], np_dtype)
+    b = np.array([2, 2, -2, -3, 3, big - 1], np_dtype)
+    e = np.array([3, 2, 1, 0, 1, 1], np.float32)
+    got = gs.LocalClient().evaluate(gs.Graph.from_onnx(m), {"a": a, "b": b, "e": e})
+    truncated = np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))
+    assert got["q"].dtype == np_dtype and got["p"].dtype == np_dtype
+    np.testing.assert_array_equal(got["q"], truncated)
+    np.testing.assert_array_equal(got["p"], [8, 4, -2, 1, 3, big - 1])

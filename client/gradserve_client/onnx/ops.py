@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..opset import INT_DTYPES
 from ._model import Node, Value
 from .shapes import reshape_target
 
@@ -57,7 +58,7 @@ _UNARY = {
     "Sign": "sign", "Reciprocal": "reciprocal", "Erf": "erf", "Softsign": "softsign",
 }  # fmt: skip
 _BINARY = {
-    "Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide", "Equal": "equal",
+    "Add": "add", "Sub": "subtract", "Mul": "multiply", "Equal": "equal",
     "Less": "less", "LessOrEqual": "less_equal", "Greater": "greater",
     "GreaterOrEqual": "greater_equal",
 }  # fmt: skip
@@ -85,10 +86,29 @@ for _onnx, _gs in _BINARY.items():
     handler(_onnx)(_binary(_gs))
 
 
+def _in_float64(n: Node, gs_op: str, operands: list[Value], dtype: str) -> Value:
+    """An integer Div or Pow: computed in float64 and cast back to `dtype`, which truncates
+    toward zero as ONNX's integer Div does. Exact while the values stay below 2**53 in
+    magnitude (the float64 quotient of such integers never rounds across an integer)."""
+    floats = [_astype(n, v, "float64", None) for v in operands]
+    return n.emit("astype", [n.emit(gs_op, floats)], 0, dtype=dtype)
+
+
+@handler("Div")
+def _div(n: Node) -> Value:
+    n.check_attrs(())
+    a, b = n.input(0), n.input(1)
+    if a.dtype in INT_DTYPES:
+        return _in_float64(n, "divide", [a, b], a.dtype)
+    return n.emit("divide", [a, b], 0)
+
+
 @handler("Pow")
 def _pow(n: Node) -> Value:
     n.check_attrs(())
     base, exponent = n.input(0), n.input(1)
+    if base.dtype in INT_DTYPES:  # the result has the base's type, whatever the exponent's
+        return _in_float64(n, "power", [base, exponent], base.dtype)
     if exponent.const is not None:  # ONNX allows an exponent of another type
         exponent = Value.of(exponent.const.astype(base.dtype))
     return n.emit("power", [base, _astype(n, exponent, base.dtype, None)], 0)
@@ -280,19 +300,18 @@ def _window_attrs(n: Node, keys: tuple[str, ...]) -> dict[str, object]:
 
 
 @handler("MaxPool")
-def _max_pool(n: Node) -> Value:
+def _max_pool(n: Node) -> list[Value]:
+    """max_pool, and its Indices output (if used) by max_pool_indices."""
     n.check_attrs(
         ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides")
     )
-    if len(n.outputs) > 1 and n.outputs[1]:
-        raise n.fail("the Indices output is not supported", "output 1")
-    if n.attr("storage_order", 0):
-        raise n.fail(
-            "storage_order=1 (column-major indices) is not supported", "attribute 'storage_order'"
-        )
     attrs = _window_attrs(n, ("dilations", "kernel_shape", "pads", "strides"))
     attrs["ceil_mode"] = int(n.attr("ceil_mode", 0))
-    return n.emit("max_pool", [n.input(0)], 0, **attrs)
+    out = [n.emit("max_pool", [n.input(0)], 0, **attrs)]
+    if len(n.outputs) > 1 and n.outputs[1]:
+        order = int(n.attr("storage_order", 0))
+        out.append(n.emit("max_pool_indices", [n.input(0)], 1, storage_order=order, **attrs))
+    return out
 
 
 @handler("AveragePool")
@@ -308,9 +327,7 @@ def _avg_pool(n: Node) -> Value:
             "strides",
         )
     )
-    if any(d != 1 for d in n.attr("dilations", [])):
-        raise n.fail("dilations other than 1 are not supported", "attribute 'dilations'")
-    attrs = _window_attrs(n, ("kernel_shape", "pads", "strides"))
+    attrs = _window_attrs(n, ("dilations", "kernel_shape", "pads", "strides"))
     attrs["ceil_mode"] = int(n.attr("ceil_mode", 0))
     attrs["count_include_pad"] = int(n.attr("count_include_pad", 0))
     return n.emit("avg_pool", [n.input(0)], 0, **attrs)
@@ -621,9 +638,9 @@ def _pad(n: Node) -> Value:
     n.check_attrs(("mode",))
     x = n.input(0)
     mode = n.attr("mode", "constant")
-    if mode not in ("constant", "reflect", "edge"):
+    if mode not in ("constant", "reflect", "edge", "wrap"):
         raise n.fail(
-            f"mode={mode!r} is not supported (constant, reflect, edge)", "attribute 'mode'"
+            f"mode={mode!r} is not an ONNX mode (constant, reflect, edge, wrap)", "attribute 'mode'"
         )
     pads = n.static_ints(1, "pads")
     if n.has(3):

@@ -4,7 +4,9 @@ Both are forward-over-reverse, the order the JAX autodiff cookbook recommends: t
 a program (`transforms.vjp`), and a Hessian is the Jacobian of that program, pushed forward.
 `hessian` therefore inherits everything `jacobian` does: the pattern of the gradient program's
 Jacobian is detected and coloured (a banded Hessian costs O(bandwidth) passes, dense or
-sparse), and cached. `hvp` is one JVP of the gradient program: H is never formed.
+sparse), and cached; its diagonal blocks d grad_w / d w are symmetric, so they are
+star-coloured (`colouring.star_colouring`: an arrowhead Hessian takes 2 passes, not n).
+`hvp` is one JVP of the gradient program: H is never formed.
 """
 
 from __future__ import annotations
@@ -40,7 +42,14 @@ def hessian(
     d = gradient(program, of, wrt)
     feeds = _feeds(program, d, inputs)
     _, blocks = jacobian(
-        d.program, feeds, d.results, tuple(wrt), mode="forward", cancel=cancel, sparse=sparse
+        d.program,
+        feeds,
+        d.results,
+        tuple(wrt),
+        mode="forward",
+        cancel=cancel,
+        sparse=sparse,
+        symmetric=tuple(zip(d.results, wrt, strict=True)),
     )
     (value,) = compile_program(select(d.program, d.values)).run(feeds, cancel)
     return value, {wi: blocks[g] for wi, g in zip(wrt, d.results, strict=True)}

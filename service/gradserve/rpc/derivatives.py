@@ -2,10 +2,10 @@
 blocks, Hessian, Hvp, JacobianSparsity and DerivativeProgram, and the row-block streams of
 Jacobians and Hessians (StreamJacobian, StreamHessian), dense or CSR.
 
-They share the servicer's steps (graph resolution, input decoding, name checks) and follow
-Jacobian's rules: limits are checked before anything large is computed, core errors name the
-request field, and the core's cancel callback ends the work when the client goes away or the
-deadline passes.
+They share every RPC's steps (``requests``: graph resolution, input decoding, name checks) and
+follow Jacobian's rules: limits are checked before anything large is computed, core errors name
+the request field, and the core's cancel callback ends the work when the client goes away or
+the deadline passes.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from gradserve import autodiff
 from gradserve.autodiff.hessian import hessian, hessian_rows, hvp
 from gradserve.autodiff.sparsity import jacobian_sparsity, structural_pattern
 from gradserve.autodiff.transforms import derivative_program
-from gradserve.rpc.codec import encode_tensor, encode_tensors, graph_to_proto
+from gradserve.rpc import requests
+from gradserve.rpc.codec import decode_tensors, encode_tensor, encode_tensors, graph_to_proto
 from gradserve.rpc.errors import (
     JACOBIAN_TOO_LARGE,
     LIMIT_EXCEEDED,
@@ -31,10 +32,11 @@ from gradserve.rpc.errors import (
     StreamTooLarge,
     core_errors,
 )
+from gradserve.rpc.requests import Call
 
 if TYPE_CHECKING:
     from gradserve.autodiff import Program
-    from gradserve.rpc.servicer import GradientServicer, _Call
+    from gradserve.rpc.servicer import GradientServicer
 
 Cancel = Callable[[], bool] | None
 
@@ -147,7 +149,7 @@ def _check_stored(
 
 def structured_jacobian(
     servicer: GradientServicer,
-    call: _Call,
+    call: Call,
     of: Sequence[str],
     wrt: Sequence[str],
     mode: str,
@@ -190,10 +192,9 @@ def _scalar_of(program: Program, of: str) -> str:
     return of
 
 
-def _wrt(servicer: GradientServicer, program: Program, names: Sequence[str]) -> tuple[str, ...]:
+def _wrt(program: Program, names: Sequence[str]) -> tuple[str, ...]:
     inputs = set(program.input_names)
-    float_inputs = [i.name for i in program.inputs if program.types[i.name].is_float]
-    wrt = servicer._names(program, names, "wrt", float_inputs)
+    wrt = requests.names(program, names, "wrt", requests.float_inputs(program))
     for name in wrt:
         if name not in inputs:
             raise InvalidArgument(f'wrt["{name}"]', "not an input of the graph")
@@ -205,10 +206,10 @@ def _wrt(servicer: GradientServicer, program: Program, names: Sequence[str]) -> 
 
 
 def hessian_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.HessianResponse:
-    call = servicer._prepare(request)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
     program = call.program
     of = _scalar_of(program, request.of)
-    wrt = _wrt(servicer, program, request.wrt)
+    wrt = _wrt(program, request.wrt)
     types = program.types
     limit = servicer.settings.max_jacobian_elements
     elements = sum(types[a].size * types[b].size for a in wrt for b in wrt)
@@ -237,11 +238,11 @@ def hessian_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.
 
 
 def hvp_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.HvpResponse:
-    call = servicer._prepare(request)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
     program = call.program
     of = _scalar_of(program, request.of)
-    vectors = servicer._decode(request.vectors, "vectors")
-    wrt = _wrt(servicer, program, request.wrt or tuple(vectors))
+    vectors = decode_tensors(request.vectors, "vectors", servicer.settings.max_tensor_elements)
+    wrt = _wrt(program, request.wrt or tuple(vectors))
     _check_vectors(program, wrt, vectors)
     with core_errors(program):
         value, products = hvp(program, call.inputs, of, wrt, vectors, cancel=cancel)
@@ -273,9 +274,9 @@ def _check_vectors(program: Program, wrt: Sequence[str], vectors: Mapping[str, n
 
 
 def jacobian_sparsity_rpc(servicer: GradientServicer, request: Any) -> pb.JacobianSparsityResponse:
-    call = servicer._prepare(request)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
     program = call.program
-    of, wrt = servicer._of_wrt(call, request)
+    of, wrt = requests.of_wrt(program, request)
     types = program.types
     response = pb.JacobianSparsityResponse(graph_id=call.graph_id)
     stored = nbytes = 0
@@ -298,9 +299,9 @@ def derivative_program_rpc(
     kind = KINDS.get(request.kind)
     if kind is None:
         raise InvalidArgument("kind", "set kind: DERIVATIVE_KIND_VJP, _JVP or _HVP")
-    call = servicer._prepare(request)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
     program = call.program
-    of, wrt = servicer._of_wrt(call, request)
+    of, wrt = requests.of_wrt(program, request)
     if kind == "hvp":
         if len(of) != 1:
             raise InvalidArgument("of", "an HVP program needs one scalar output")
@@ -326,9 +327,9 @@ Rows = Callable[[str, str, int], Iterator[tuple[int, np.ndarray]]]
 def stream_jacobian(
     servicer: GradientServicer, request: Any, cancel: Cancel
 ) -> Iterator[pb.JacobianRowBlock]:
-    call = servicer._prepare(request)
-    mode = servicer._mode(request)  # used by the structured stream; dense rows are reverse mode
-    of, wrt = servicer._of_wrt(call, request)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
+    mode = requests.jacobian_mode(request)  # the structured stream; dense rows are reverse mode
+    of, wrt = requests.of_wrt(call.program, request)
     pairs = [(o, w) for o in of for w in wrt]
     hint = _rows_hint(request)
     program, inputs = call.program, call.inputs
@@ -350,10 +351,10 @@ def stream_jacobian(
 def stream_hessian(
     servicer: GradientServicer, request: Any, cancel: Cancel
 ) -> Iterator[pb.JacobianRowBlock]:
-    call = servicer._prepare(request)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
     program, inputs = call.program, call.inputs
     of = _scalar_of(program, request.of)
-    wrt = _wrt(servicer, program, request.wrt)
+    wrt = _wrt(program, request.wrt)
     pairs = [(a, b) for a in wrt for b in wrt]
     hint = _rows_hint(request)
     if not request.structured:
@@ -393,7 +394,7 @@ def _row_too_large(a: str, b: str, nbytes: int, servicer: GradientServicer) -> L
     )
 
 
-def _block(call: _Call, a: str, b: str, start: int, count: int, **values: Any) -> Any:
+def _block(call: Call, a: str, b: str, start: int, count: int, **values: Any) -> Any:
     types = call.program.types
     return pb.JacobianRowBlock(
         graph_id=call.graph_id,
@@ -408,7 +409,7 @@ def _block(call: _Call, a: str, b: str, start: int, count: int, **values: Any) -
 
 def _dense_stream(
     servicer: GradientServicer,
-    call: _Call,
+    call: Call,
     pairs: Sequence[tuple[str, str]],
     hint: int,
     rows: Rows,
@@ -431,7 +432,7 @@ def _dense_stream(
 
 
 def _dense_blocks(
-    call: _Call, pairs: Sequence[tuple[str, str]], counts: Sequence[int], rows: Rows
+    call: Call, pairs: Sequence[tuple[str, str]], counts: Sequence[int], rows: Rows
 ) -> Iterator[pb.JacobianRowBlock]:
     types = call.program.types
     for (a, b), count in zip(pairs, counts, strict=True):
@@ -446,7 +447,7 @@ def _dense_blocks(
 
 def _sparse_stream(
     servicer: GradientServicer,
-    call: _Call,
+    call: Call,
     matrices: Mapping[tuple[str, str], Any],
     hint: int,
 ) -> Iterator[pb.JacobianRowBlock]:
@@ -483,7 +484,7 @@ def _runs(cost: np.ndarray, budget: int, hint: int) -> list[int]:
 
 
 def _sparse_blocks(
-    call: _Call, matrices: Mapping[tuple[str, str], Any], runs: Mapping[tuple[str, str], list[int]]
+    call: Call, matrices: Mapping[tuple[str, str], Any], runs: Mapping[tuple[str, str], list[int]]
 ) -> Iterator[pb.JacobianRowBlock]:
     for (a, b), matrix in matrices.items():
         for start, end in itertools.pairwise(runs[a, b]):
