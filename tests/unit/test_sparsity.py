@@ -172,6 +172,8 @@ OP_CASES = {
     "conv_2d": ({"x": (1, 4, 5, 5), "w": (4, 2, 3, 3), "b": (4,)}, [("y", "conv", ("x", "w", "b"), {"strides": (2, 1), "pads": (1, 0, 1, 2), "dilations": (1, 2), "groups": 2})], "y"),
     "conv_1d": ({"x": (2, 3, 6), "w": (2, 3, 2)}, [("y", "conv", ("x", "w"), {"pads": (1, 1)})], "y"),
     "conv_depthwise": ({"x": (1, 2, 4, 4), "w": (2, 1, 2, 2)}, [("y", "conv", ("x", "w"), {"groups": 2, "auto_pad": "SAME_UPPER"})], "y"),
+    "conv_input_grad": ({"x": (1, 4, 2, 4), "w": (4, 1, 2, 2)}, [("y", "conv_input_grad", ("x", "w"), {"kernel_shape": (2, 2), "strides": (2, 1), "pads": (1, 0, 0, 1), "dilations": (1, 1), "shape": (3, 4), "groups": 2})], "y"),
+    "conv_kernel_grad": ({"x": (2, 4, 4, 4), "g": (2, 2, 3, 2)}, [("y", "conv_kernel_grad", ("x", "g"), {"kernel_shape": (2, 2), "strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 2), "groups": 2})], "y"),
     "conv_patches": ({"x": (1, 2, 4, 4)}, [("y", "conv_patches", ("x",), {"kernel_shape": (2, 2), "strides": (2, 1), "pads": (1, 0, 0, 1), "dilations": (1, 1), "pad_value": 0.5})], "y"),
     "conv_patches_grad": ({"x": (1, 2, 2, 4, 2, 2)}, [("y", "conv_patches_grad", ("x",), {"kernel_shape": (2, 2), "strides": (2, 1), "pads": (1, 0, 0, 1), "dilations": (1, 1), "shape": (4, 4)})], "y"),
     "avg_pool": ({"x": (1, 2, 5, 5)}, [("y", "avg_pool", ("x",), {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 0), "ceil_mode": 1})], "y"),

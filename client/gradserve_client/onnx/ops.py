@@ -159,6 +159,46 @@ def _hardsigmoid(n: Node) -> Value:
     return n.emit("hardsigmoid", [n.input(0)], 0, alpha=alpha, beta=beta)
 
 
+@handler("PRelu")
+def _prelu(n: Node) -> Value:
+    """x where x > 0, else slope * x: at 0 the derivative is the slope's, as torch's PReLU."""
+    n.check_attrs(())
+    x, slope = n.input(0), n.input(1)
+    positive = n.emit("greater", [x, n.constant(0, x.dtype)])
+    return n.emit("where", [positive, x, n.emit("multiply", [slope, x])], 0)
+
+
+@handler("HardSwish")
+def _hardswish(n: Node) -> Value:
+    n.check_attrs(())
+    x = n.input(0)
+    return n.emit("multiply", [x, n.emit("hardsigmoid", [x], alpha=1 / 6, beta=0.5)], 0)
+
+
+@handler("Mish")
+def _mish(n: Node) -> Value:
+    n.check_attrs(())
+    x = n.input(0)
+    return n.emit("multiply", [x, n.emit("tanh", [n.emit("softplus", [x])])], 0)
+
+
+@handler("Not")
+def _not(n: Node) -> Value:
+    n.check_attrs(())
+    return n.emit("equal", [n.input(0), n.constant(False, "bool")], 0)
+
+
+@handler("And", "Or", "Xor")
+def _logical(n: Node) -> Value:
+    """And is where(a, b, False), Or where(a, True, b), Xor a != b (all broadcast)."""
+    n.check_attrs(())
+    a, b = n.input(0), n.input(1)
+    if n.op_type == "Xor":
+        return n.emit("not_equal", [a, b], 0)
+    fill = n.constant(n.op_type == "Or", "bool")
+    return n.emit("where", [a, b, fill] if n.op_type == "And" else [a, fill, b], 0)
+
+
 @handler("Gelu")
 def _gelu(n: Node) -> Value:
     n.check_attrs(("approximate",))
@@ -374,6 +414,23 @@ def _batch_norm(n: Node) -> list[Value]:
             new = n.emit("multiply", [batch, n.constant(1 - momentum, x.dtype)])
             out.append(n.emit("add", [kept, new], k))
     return out
+
+
+@handler("InstanceNormalization")
+def _instance_norm(n: Node) -> Value:
+    """Each sample's channel normalised over its spatial axes, then scaled and shifted per
+    channel: mean, var and element-wise ops (torch exports GroupNorm as this too)."""
+    n.check_attrs(("epsilon",))
+    x, scale, bias = n.input(0), n.input(1), n.input(2)
+    rank = n.rank(x)
+    channel = [-1] + [1] * (rank - 2)
+    axes = list(range(2, rank))
+    centred = n.emit("subtract", [x, n.emit("mean", [x], axis=axes, keepdims=1)])
+    variance = n.emit("var", [x], axis=axes, keepdims=1)
+    epsilon = n.constant(float(n.attr("epsilon", 1e-5)), x.dtype)
+    normed = n.emit("divide", [centred, n.emit("sqrt", [n.emit("add", [variance, epsilon])])])
+    scaled = n.emit("multiply", [normed, n.emit("reshape", [scale], shape=channel)])
+    return n.emit("add", [scaled, n.emit("reshape", [bias], shape=channel)], 0)
 
 
 @handler("LayerNormalization")

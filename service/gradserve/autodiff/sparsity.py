@@ -313,6 +313,42 @@ def _conv(ps, types, out, attrs):
     return result
 
 
+def _conv_grads_views(g: TensorType, attrs: dict, per_group: int, kernels: tuple[int, ...]):
+    """What the rules of conv_input_grad and conv_kernel_grad see: the letters of the spatial
+    and the kernel axes, the cotangent grouped (N, G, O/G, *S'), the grouped windows (N, G,
+    C/G, *S', *K) and the window attrs. Both are einsums of those, as conv's rule is."""
+    n, groups = len(kernels), attrs["groups"]
+    (batch, channels), windows = g.shape[:2], g.shape[2:]
+    grouped = TensorType((batch, groups, channels // groups, *windows), g.dtype)
+    cols = TensorType((batch, groups, per_group, *windows, *kernels), g.dtype)
+    geometry = {k: attrs[k] for k in ("kernel_shape", "strides", "pads", "dilations")}
+    return "pqrstuvw"[:n], "ijklmxyz"[:n], grouped, cols, geometry
+
+
+def _conv_input_grad(ps, types, out, attrs):
+    """Each window's share, an einsum of g and w, added back where the window was taken from."""
+    g, w = types
+    s, k, grouped, cols, geometry = _conv_grads_views(g, attrs, w.shape[1], w.shape[2:])
+    kernel = TensorType((attrs["groups"], g.shape[1] // attrs["groups"], *w.shape[1:]), w.dtype)
+    shares = _einsum(ps, [grouped, kernel], cols, {"subscripts": f"ngo{s},goc{k}->ngc{s}{k}"})
+    if shares is None:
+        return None
+    flat = TensorType((cols.shape[0], out.shape[1], *cols.shape[3:]), cols.dtype)
+    return RULES["conv_patches_grad"]([shares], [flat], out, {**geometry, "shape": attrs["shape"]})
+
+
+def _conv_kernel_grad(ps, types, out, attrs):
+    """The einsum of g with the windows of x over the samples and the windows."""
+    x, g = types
+    per_group = x.shape[1] // attrs["groups"]
+    s, k, grouped, cols, geometry = _conv_grads_views(g, attrs, per_group, out.shape[2:])
+    windows = None if ps[0] is None else _windows(ps[0], x.shape, geometry)
+    kernel = TensorType((attrs["groups"], g.shape[1] // attrs["groups"], *out.shape[1:]), g.dtype)
+    return _einsum(
+        [ps[1], windows], [grouped, cols], kernel, {"subscripts": f"ngo{s},ngc{s}{k}->goc{k}"}
+    )
+
+
 def _einsum(ps, types, out, attrs):
     """out[I] unites, over each operand, its elements that agree with I on the output's letters
     (any value of the letters it sums)."""
@@ -422,6 +458,8 @@ RULES: dict[str, Rule] = {
     "outer": _outer,
     "einsum": _einsum,
     "conv": _conv,
+    "conv_input_grad": _conv_input_grad,
+    "conv_kernel_grad": _conv_kernel_grad,
     **dict.fromkeys(("max_pool", "avg_pool"), _pooling(0)),
     "max_pool_pick": _pooling(2),
     "max_pool_grad": _transposed_index("conv_patches", _pool_window, operand=2),
