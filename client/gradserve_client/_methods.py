@@ -148,7 +148,7 @@ STREAM_JACOBIAN: Method[Call, Any] = Method(
         call,
     ),
     collect=JacobianAssembler,
-    decode=lambda call, assembled: call.jacobians(assembled.result(call.of, call.wrt)),
+    decode=lambda call, assembled: call.jacobians(assembled.result(call.of, call.wrt, call.sparse)),
     local=_jacobian_locally,
 )
 JACOBIAN: Method[Call, Any] = Method(
@@ -209,7 +209,7 @@ STREAM_HESSIAN: Method[Call, Any] = Method(
         pb.StreamHessianRequest(of=call.of[0], wrt=call.wrt, structured=call.sparse), call
     ),
     collect=JacobianAssembler,
-    decode=lambda call, assembled: call.hessians(assembled.result(call.wrt, call.wrt)),
+    decode=lambda call, assembled: call.hessians(assembled.result(call.wrt, call.wrt, call.sparse)),
     local=_hessian_locally,
 )
 HESSIAN: Method[Call, Any] = Method(

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 from gradserve_client.proto import gradient_service_pb2 as pb
 from gradserve_client.proto.tensor_codec import fill_tensor
 
@@ -75,11 +74,22 @@ def _itemsize(types: Mapping[str, Any], name: str) -> int:
 def fill_sparse(message: pb.SparseMatrix, csr: Any, values: bool = True) -> None:
     """Set an empty SparseMatrix in place to a scipy CSR array (without its values for a
     pattern): each array is copied once, into its message."""
-    message.rows, message.cols = csr.shape
-    fill_tensor(message.indptr, csr.indptr.astype(np.int64, copy=False))
-    fill_tensor(message.indices, csr.indices.astype(np.int64, copy=False))
-    if values:
-        fill_tensor(message.values, csr.data)
+    fill_csr(message, csr.shape, csr.indptr, csr.indices, csr.data if values else None)
+
+
+def fill_csr(
+    message: pb.SparseMatrix,
+    shape: tuple[int, int],
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray | None,
+) -> None:
+    """`fill_sparse` from the CSR arrays themselves (a run of rows: slices, indptr from 0)."""
+    message.rows, message.cols = shape
+    fill_tensor(message.indptr, indptr.astype(np.int64, copy=False))
+    fill_tensor(message.indices, indices.astype(np.int64, copy=False))
+    if data is not None:
+        fill_tensor(message.values, data)
 
 
 def _is_diagonal(csr: Any) -> bool:
@@ -481,14 +491,12 @@ def _sparse_blocks(
     for (a, b), matrix in matrices.items():
         for start, end in itertools.pairwise(runs[a, b]):
             first, last = matrix.indptr[start], matrix.indptr[end]
-            run = sp.csr_array(
-                (
-                    matrix.data[first:last],
-                    matrix.indices[first:last],
-                    matrix.indptr[start : end + 1] - first,
-                ),
-                shape=(end - start, matrix.shape[1]),
-            )
             block = _block(call, a, b, start, end - start)
-            fill_sparse(block.sparse, run)
+            fill_csr(
+                block.sparse,
+                (end - start, matrix.shape[1]),
+                matrix.indptr[start : end + 1] - first,
+                matrix.indices[first:last],
+                matrix.data[first:last],
+            )
             yield block
