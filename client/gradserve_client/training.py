@@ -28,6 +28,7 @@ import numpy as np
 from .errors import GradserveError, InvalidArgument
 from .proto import tensor_codec
 from .proto import training_pb2 as tpb
+from .proto.tensor_codec import _varint
 
 __all__ = [
     "SGD",
@@ -333,7 +334,7 @@ def _le_bytes(array: np.ndarray) -> memoryview:
     a = np.ascontiguousarray(array)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    return memoryview(a).cast("B")
+    return memoryview(a.reshape(-1).view(np.uint8))  # (cast("B") refuses a 0 in the shape)
 
 
 def dataset_id(arrays: Mapping[str, np.ndarray]) -> str:
@@ -358,20 +359,36 @@ def dataset_array_header(name: str, dtype: str, shape: Any) -> bytes:
     return json.dumps([name, dtype, [int(d) for d in shape]]).encode() + b"\0"
 
 
-def dataset_chunks(
+def dataset_wire_chunks(
     arrays: Mapping[str, np.ndarray], chunk_bytes: int = CHUNK_BYTES
-) -> Iterator[tpb.DatasetChunk]:
-    """The PutDataset messages of a dataset: each array in chunks of at most ``chunk_bytes``."""
+) -> Iterator[bytes]:
+    """The PutDataset messages of a dataset, serialized: each array in chunks of at most
+    ``chunk_bytes``, the first with its dtype and shape. Written by hand so that the values
+    are copied once (through protobuf messages they are copied three times)."""
     for name in sorted(arrays):
         a = arrays[name]
         data = _le_bytes(a)
-        dtype = tensor_codec.dtype_from_numpy(a.dtype)
+        key = name.encode("utf-8")
+        first = b"\x0a" + _varint(len(key)) + key
+        code = tensor_codec.dtype_from_numpy(a.dtype)
+        if code:
+            first += b"\x10" + _varint(code)
+        if a.ndim:
+            dims = b"".join([_varint(d) for d in a.shape])
+            first += b"\x1a" + _varint(len(dims)) + dims
+        later = b"\x0a" + _varint(len(key)) + key
         for start in range(0, max(len(data), 1), chunk_bytes):
-            piece = bytes(data[start : start + chunk_bytes])
-            if start == 0:
-                yield tpb.DatasetChunk(name=name, dtype=dtype, shape=a.shape, data=piece)
-            else:
-                yield tpb.DatasetChunk(name=name, data=piece)
+            piece = data[start : start + chunk_bytes]
+            head = first if start == 0 else later
+            yield b"".join((head, b"\x22", _varint(len(piece)), piece) if len(piece) else (head,))
+
+
+def dataset_chunks(
+    arrays: Mapping[str, np.ndarray], chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[tpb.DatasetChunk]:
+    """The PutDataset messages of a dataset (`dataset_wire_chunks`, as messages)."""
+    for chunk in dataset_wire_chunks(arrays, chunk_bytes):
+        yield tpb.DatasetChunk.FromString(chunk)
 
 
 def num_examples(data: Mapping[str, np.ndarray]) -> int:
