@@ -14,8 +14,6 @@ optimizer step (torch's StepLR and CosineAnnealingLR, called after every ``optim
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import math
 import os
 import warnings
@@ -28,6 +26,8 @@ import numpy as np
 from .errors import GradserveError, InvalidArgument
 from .proto import tensor_codec
 from .proto import training_pb2 as tpb
+from .proto.dataset_codec import dataset_id as dataset_id  # the SDK's name for it
+from .proto.dataset_codec import le_bytes
 from .proto.tensor_codec import _varint
 
 __all__ = [
@@ -330,35 +330,6 @@ def decode_event(event: tpb.TrainEvent) -> Event:
 # Datasets
 
 
-def _le_bytes(array: np.ndarray) -> memoryview:
-    a = np.ascontiguousarray(array)
-    if a.dtype.byteorder == ">":
-        a = a.astype(a.dtype.newbyteorder("<"))
-    return memoryview(a.reshape(-1).view(np.uint8))  # (cast("B") refuses a 0 in the shape)
-
-
-def dataset_id(arrays: Mapping[str, np.ndarray]) -> str:
-    """The content id of a dataset: sha256 over its arrays sorted by name (name, dtype, shape,
-    little-endian row-major bytes). The server computes the same id from the uploaded chunks."""
-    h = dataset_hasher()
-    for name in sorted(arrays):
-        a = arrays[name]
-        dtype = tensor_codec.dtype_name(tensor_codec.dtype_from_numpy(a.dtype))
-        h.update(dataset_array_header(name, dtype, a.shape))
-        h.update(_le_bytes(a))
-    return "ds-" + h.hexdigest()
-
-
-def dataset_hasher() -> Any:
-    """The hash object `dataset_id` starts from (the server hashes chunks as they arrive)."""
-    return hashlib.sha256(b"gradserve-dataset-v1\0")
-
-
-def dataset_array_header(name: str, dtype: str, shape: Any) -> bytes:
-    """What `dataset_id` hashes before an array's bytes."""
-    return json.dumps([name, dtype, [int(d) for d in shape]]).encode() + b"\0"
-
-
 def dataset_wire_chunks(
     arrays: Mapping[str, np.ndarray], chunk_bytes: int = CHUNK_BYTES
 ) -> Iterator[bytes]:
@@ -367,7 +338,7 @@ def dataset_wire_chunks(
     are copied once (through protobuf messages they are copied three times)."""
     for name in sorted(arrays):
         a = arrays[name]
-        data = _le_bytes(a)
+        data = le_bytes(a)
         key = name.encode("utf-8")
         first = b"\x0a" + _varint(len(key)) + key
         code = tensor_codec.dtype_from_numpy(a.dtype)

@@ -1,10 +1,10 @@
 """The RPCs of structured and second-order derivatives (design section 10): structured Jacobian
 blocks, Hessian, Hvp, JacobianSparsity and DerivativeProgram.
 
-They share the servicer's steps (graph resolution, input decoding, name checks) and follow
-Jacobian's rules: limits are checked before anything large is computed, core errors name the
-request field, and the core's cancel callback ends the work when the client goes away or the
-deadline passes.
+They share every RPC's steps (``requests``: graph resolution, input decoding, name checks) and
+follow Jacobian's rules: limits are checked before anything large is computed, core errors name
+the request field, and the core's cancel callback ends the work when the client goes away or
+the deadline passes.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from gradserve import autodiff
 from gradserve.autodiff.hessian import hessian, hvp
 from gradserve.autodiff.sparsity import jacobian_sparsity
 from gradserve.autodiff.transforms import derivative_program
-from gradserve.rpc.codec import encode_tensor, encode_tensors, graph_to_proto
+from gradserve.rpc import requests
+from gradserve.rpc.codec import decode_tensors, encode_tensor, encode_tensors, graph_to_proto
 from gradserve.rpc.errors import InvalidArgument, LimitExceeded, core_errors
+from gradserve.rpc.requests import Call
 
 if TYPE_CHECKING:
     from gradserve.autodiff import Program
-    from gradserve.rpc.servicer import GradientServicer, _Call
+    from gradserve.rpc.servicer import GradientServicer
 
 Cancel = Callable[[], bool] | None
 
@@ -90,7 +92,7 @@ def _check_stored(entries: int, what: str, limit: int) -> None:
 
 def structured_jacobian(
     servicer: GradientServicer,
-    call: _Call,
+    call: Call,
     of: Sequence[str],
     wrt: Sequence[str],
     mode: str,
@@ -132,10 +134,9 @@ def _scalar_of(program: Program, of: str) -> str:
     return of
 
 
-def _wrt(servicer: GradientServicer, program: Program, names: Sequence[str]) -> tuple[str, ...]:
+def _wrt(program: Program, names: Sequence[str]) -> tuple[str, ...]:
     inputs = set(program.input_names)
-    float_inputs = [i.name for i in program.inputs if program.types[i.name].is_float]
-    wrt = servicer._names(program, names, "wrt", float_inputs)
+    wrt = requests.names(program, names, "wrt", requests.float_inputs(program))
     for name in wrt:
         if name not in inputs:
             raise InvalidArgument(f'wrt["{name}"]', "not an input of the graph")
@@ -147,10 +148,10 @@ def _wrt(servicer: GradientServicer, program: Program, names: Sequence[str]) -> 
 
 
 def hessian_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.HessianResponse:
-    call = servicer._prepare(request)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
     program = call.program
     of = _scalar_of(program, request.of)
-    wrt = _wrt(servicer, program, request.wrt)
+    wrt = _wrt(program, request.wrt)
     types = program.types
     limit = servicer.settings.max_jacobian_elements
     elements = sum(types[a].size * types[b].size for a in wrt for b in wrt)
@@ -175,11 +176,11 @@ def hessian_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.
 
 
 def hvp_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.HvpResponse:
-    call = servicer._prepare(request)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
     program = call.program
     of = _scalar_of(program, request.of)
-    vectors = servicer._decode(request.vectors, "vectors")
-    wrt = _wrt(servicer, program, request.wrt or tuple(vectors))
+    vectors = decode_tensors(request.vectors, "vectors", servicer.settings.max_tensor_elements)
+    wrt = _wrt(program, request.wrt or tuple(vectors))
     _check_vectors(program, wrt, vectors)
     with core_errors(program):
         value, products = hvp(program, call.inputs, of, wrt, vectors, cancel=cancel)
@@ -211,9 +212,9 @@ def _check_vectors(program: Program, wrt: Sequence[str], vectors: Mapping[str, n
 
 
 def jacobian_sparsity_rpc(servicer: GradientServicer, request: Any) -> pb.JacobianSparsityResponse:
-    call = servicer._prepare(request)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
     program = call.program
-    of, wrt = servicer._of_wrt(call, request)
+    of, wrt = requests.of_wrt(program, request)
     types = program.types
     response = pb.JacobianSparsityResponse(graph_id=call.graph_id)
     stored = 0
@@ -235,9 +236,9 @@ def derivative_program_rpc(
     kind = KINDS.get(request.kind)
     if kind is None:
         raise InvalidArgument("kind", "set kind: DERIVATIVE_KIND_VJP, _JVP or _HVP")
-    call = servicer._prepare(request)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
     program = call.program
-    of, wrt = servicer._of_wrt(call, request)
+    of, wrt = requests.of_wrt(program, request)
     if kind == "hvp":
         if len(of) != 1:
             raise InvalidArgument("of", "an HVP program needs one scalar output")
