@@ -87,3 +87,18 @@ def test_quick_structured_workloads_time_gradserve_checked_against_numpy(monkeyp
         assert row.figures[row.gradserve] is not None, (row.id, row.notes)
     if workload == "s3":  # numpy by hand passed its check against the closed form: timed
         assert rows[0].figures["numpy (hand)"] is not None
+
+
+def test_quick_training_rows_time_both_gradserve_clients_and_their_cpu(monkeypatch) -> None:
+    from bench import train
+
+    monkeypatch.setattr(train, "torch_trainer", lambda data, params: None)
+    monkeypatch.setattr(train, "jax_trainer", lambda data, params: None)
+    stream, local = train.run(Settings.make(quick=True))
+    assert (stream.id, local.id) == ("W5", "W5b")
+    for name in (train.GS_STREAM, train.GS_LOCAL, train.NUMPY):
+        assert stream.figures[name] > 0, stream.notes
+        assert re.search(r"CPU \d+\.\d\d ms/step", stream.notes[name]), stream.notes[name]
+    assert "(client and server)" in stream.notes[train.GS_STREAM]
+    assert "differ" not in stream.notes[train.GS_STREAM]  # it trained what numpy trains
+    assert stream.notes[train.TORCH] == "not installed" and local.ratio > 0
