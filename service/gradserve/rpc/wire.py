@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from gradserve_client.proto import gradient_service_pb2 as pb
 from gradserve_client.proto import graph_pb2, tensor_codec
-from gradserve_client.proto.tensor_codec import WireFormatError, read_varint, skip_field
+from gradserve_client.proto.tensor_codec import WireFormatError, read_span, read_varint, skip_field
 
 # Requests at least this large are read by hand (their tensors viewed, not copied), and
 # responses whose values are at least this large written by hand; below, protobuf is faster.
@@ -95,19 +95,26 @@ def read_evaluate_request(data: bytes) -> EvaluateRequestView:
     return request
 
 
-def evaluate_request_deserializer(fallback: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    """A request deserializer for Evaluate: large payloads read in place, others (and what the
-    reader does not take) by ``fallback`` (protobuf's)."""
+def in_place_deserializer(
+    reader: Callable[[bytes], Any], fallback: Callable[[bytes], Any]
+) -> Callable[[bytes], Any]:
+    """A request deserializer: payloads of `DIRECT_PARSE_BYTES` or more read in place by
+    ``reader``, others (and what the reader does not take) by ``fallback`` (protobuf's)."""
 
     def deserialize(data: bytes) -> Any:
         if len(data) >= DIRECT_PARSE_BYTES:
             try:
-                return read_evaluate_request(data)
+                return reader(data)
             except WireFormatError:
                 pass
         return fallback(data)
 
     return deserialize
+
+
+def evaluate_request_deserializer(fallback: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """Evaluate's request deserializer: large payloads read in place, others by ``fallback``."""
+    return in_place_deserializer(read_evaluate_request, fallback)
 
 
 class DatasetChunkView:
@@ -142,10 +149,7 @@ def read_dataset_chunk(data: bytes) -> DatasetChunkView:
             if dtype >= 1 << 31:
                 raise WireFormatError("a negative or large dtype is read by protobuf")
             continue
-        n, pos = read_varint(view, pos, end)
-        stop = pos + n
-        if stop > end:
-            raise WireFormatError("truncated field")
+        pos, stop = read_span(view, pos, end)
         if field == 1:
             name = _text(view, pos, stop)
         elif field == 3:
@@ -159,18 +163,8 @@ def read_dataset_chunk(data: bytes) -> DatasetChunkView:
 
 
 def dataset_chunk_deserializer(fallback: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    """A request deserializer for PutDataset: large chunks read in place, others (and what the
-    reader does not take) by ``fallback``."""
-
-    def deserialize(data: bytes) -> Any:
-        if len(data) >= DIRECT_PARSE_BYTES:
-            try:
-                return read_dataset_chunk(data)
-            except WireFormatError:
-                pass
-        return fallback(data)
-
-    return deserialize
+    """PutDataset's request deserializer: large chunks read in place, others by ``fallback``."""
+    return in_place_deserializer(read_dataset_chunk, fallback)
 
 
 class EncodedEvaluateResponse:
