@@ -340,14 +340,14 @@ def dataset_wire_chunks(
         a = arrays[name]
         data = le_bytes(a)
         key = name.encode("utf-8")
-        first = b"\x0a" + _varint(len(key)) + key
+        later = b"\x0a" + _varint(len(key)) + key  # the name only
+        first = later
         code = tensor_codec.dtype_from_numpy(a.dtype)
         if code:
             first += b"\x10" + _varint(code)
         if a.ndim:
             dims = b"".join([_varint(d) for d in a.shape])
             first += b"\x1a" + _varint(len(dims)) + dims
-        later = b"\x0a" + _varint(len(key)) + key
         for start in range(0, max(len(data), 1), chunk_bytes):
             piece = data[start : start + chunk_bytes]
             head = first if start == 0 else later
