@@ -24,12 +24,10 @@ from gradserve.rpc.datasets import DatasetCache
 from gradserve.rpc.errors import (
     InvalidArgument,
     JacobianTooLarge,
-    LimitExceeded,
-    StreamTooLarge,
     rpc_method,
 )
 from gradserve.rpc.errors import core_errors as _core_errors
-from gradserve.rpc.graph_cache import GraphCache
+from gradserve.rpc.graph_cache import Cancel, GraphCache
 from gradserve.rpc.requests import (
     Call,
     cancel_callback,
@@ -39,9 +37,6 @@ from gradserve.rpc.requests import (
     of_wrt,
 )
 from gradserve.rpc.wire import DIRECT_ENCODE_BYTES, EncodedEvaluateResponse
-
-# Bytes of a JacobianRowBlock that are not row values (names, shapes, framing).
-_ROW_BLOCK_OVERHEAD = 64 * 1024
 
 
 class GradientServicer:
@@ -56,8 +51,8 @@ class GradientServicer:
         self.dataset_cache = DatasetCache(settings.dataset_cache_bytes)  # PutDataset uploads
         self.version = __version__
 
-    def _prepare(self, request) -> Call:
-        return requests.prepare(request, self.graph_cache, self.settings)
+    def _prepare(self, request, cancel: Cancel = None) -> Call:
+        return requests.prepare(request, self.graph_cache, self.settings, cancel)
 
     def _decode(self, tensors, prefix: str) -> dict[str, np.ndarray]:
         return decode_tensors(tensors, prefix, self.settings.max_tensor_elements)
@@ -66,7 +61,7 @@ class GradientServicer:
 
     @rpc_method
     def Evaluate(self, request, context):
-        call = self._prepare(request)
+        call = self._prepare(request, cancel_callback(context))
         with _core_errors(call.program):
             values = autodiff.evaluate(
                 call.program, call.inputs, tuple(request.outputs), cancel_callback(context)
@@ -77,7 +72,7 @@ class GradientServicer:
 
     @rpc_method
     def Jacobian(self, request, context):
-        call = self._prepare(request)
+        call = self._prepare(request, cancel_callback(context))
         mode = jacobian_mode(request)
         of, wrt = of_wrt(call.program, request)
         if request.structured:
@@ -103,58 +98,11 @@ class GradientServicer:
 
     @rpc_method
     def StreamJacobian(self, request, context) -> Iterator[pb.JacobianRowBlock]:
-        call = self._prepare(request)
-        jacobian_mode(request)  # validated; rows are always computed in reverse mode
-        of, wrt = of_wrt(call.program, request)
-        if request.rows_per_message < 0:
-            raise InvalidArgument("rows_per_message", "must be >= 0 (0: let the server choose)")
-        types = call.program.types
-        budget = self.settings.max_message_bytes - _ROW_BLOCK_OVERHEAD
-        cancel = cancel_callback(context)
-        # Check everything before the first message, so a bad request streams nothing.
-        elements = sum(types[o].size * types[w].size for o in of for w in wrt)
-        if elements > self.settings.max_stream_jacobian_elements:
-            raise StreamTooLarge(elements, self.settings.max_stream_jacobian_elements)
-        plans = []
-        for o in of:
-            for w in wrt:
-                row_bytes = types[w].size * np.dtype(types[o].dtype).itemsize
-                if row_bytes > budget:
-                    raise LimitExceeded(
-                        f"one Jacobian row of d {o} / d {w} is {row_bytes} bytes, more than "
-                        f"max_message_bytes={self.settings.max_message_bytes} allows; "
-                        "raise --max-message-bytes",
-                        limit="max_message_bytes",
-                    )
-                rows = max(1, budget // max(row_bytes, 1))
-                if request.rows_per_message:
-                    rows = min(rows, request.rows_per_message)
-                plans.append((o, w, rows))
-        for o, w, rows in plans:
-            shape = types[o].shape + types[w].shape
-            m = types[o].size
-            if m == 0:  # still tell the client the shape
-                empty = np.zeros((0, *types[w].shape), types[o].dtype)
-                yield pb.JacobianRowBlock(
-                    graph_id=call.graph_id, of=o, wrt=w, shape=shape, rows=encode_tensor(empty)
-                )
-                continue
-            with _core_errors(call.program):
-                blocks = autodiff.jacobian_rows(call.program, call.inputs, o, w, rows, cancel)
-                for start, block in blocks:
-                    yield pb.JacobianRowBlock(
-                        graph_id=call.graph_id,
-                        of=o,
-                        wrt=w,
-                        shape=shape,
-                        row_start=start,
-                        row_count=block.shape[0],
-                        rows=encode_tensor(block),
-                    )
+        yield from derivatives.stream_jacobian(self, request, cancel_callback(context))
 
     @rpc_method
     def Vjp(self, request, context):
-        call = self._prepare(request)
+        call = self._prepare(request, cancel_callback(context))
         cotangents = self._decode(request.cotangents, "cotangents")
         program = call.program
         names(program, tuple(cotangents), "cotangents", ())
@@ -171,7 +119,7 @@ class GradientServicer:
 
     @rpc_method
     def Jvp(self, request, context):
-        call = self._prepare(request)
+        call = self._prepare(request, cancel_callback(context))
         tangents = self._decode(request.tangents, "tangents")
         program = call.program
         for name in tangents:
@@ -209,16 +157,20 @@ class GradientServicer:
         return derivatives.hessian_rpc(self, request, cancel_callback(context))
 
     @rpc_method
+    def StreamHessian(self, request, context) -> Iterator[pb.JacobianRowBlock]:
+        yield from derivatives.stream_hessian(self, request, cancel_callback(context))
+
+    @rpc_method
     def Hvp(self, request, context):
         return derivatives.hvp_rpc(self, request, cancel_callback(context))
 
     @rpc_method
     def JacobianSparsity(self, request, context):
-        return derivatives.jacobian_sparsity_rpc(self, request)
+        return derivatives.jacobian_sparsity_rpc(self, request, cancel_callback(context))
 
     @rpc_method
     def DerivativeProgram(self, request, context):
-        return derivatives.derivative_program_rpc(self, request)
+        return derivatives.derivative_program_rpc(self, request, cancel_callback(context))
 
     @rpc_method
     def ListOperators(self, request, context):
