@@ -18,6 +18,7 @@ from gradserve_client.proto.tensor_codec import fill_tensor
 
 from gradserve import autodiff
 from gradserve.autodiff.hessian import hessian, hvp
+from gradserve.autodiff.jacobian import Part
 from gradserve.autodiff.sparsity import jacobian_sparsity
 from gradserve.autodiff.transforms import derivative_program
 from gradserve.rpc.codec import encode_tensor, encode_tensors, graph_to_proto
@@ -30,7 +31,14 @@ if TYPE_CHECKING:
 Cancel = Callable[[], bool] | None
 
 #: What GetServerInfo lists for these RPCs.
-FEATURES = ("structured_jacobian", "hessian", "hvp", "jacobian_sparsity", "derivative_program")
+FEATURES = (
+    "structured_jacobian",
+    "hessian",
+    "hvp",
+    "jacobian_sparsity",
+    "derivative_program",
+    "work_part",  # Jacobian and Hessian requests honour `part` (older servers ignore it)
+)
 
 KINDS = {
     pb.DERIVATIVE_KIND_VJP: "vjp",
@@ -85,6 +93,17 @@ def _check_stored(entries: int, what: str, limit: int) -> None:
         )
 
 
+def work_part(request: Any) -> Part:
+    """The share of the result a Jacobian or Hessian request asks for (its WorkPart), checked;
+    None for the whole result."""
+    index, count = request.part.index, request.part.count
+    if count <= 1 and index == 0:
+        return None
+    if index >= count:
+        raise InvalidArgument("part.index", f"must be less than part.count, got {index} of {count}")
+    return index, count
+
+
 # ---- Jacobian with structured=true ---------------------------------------------------------------
 
 
@@ -95,15 +114,17 @@ def structured_jacobian(
     wrt: Sequence[str],
     mode: str,
     cancel: Cancel,
+    part: Part = None,
 ) -> pb.JacobianResponse:
-    """Jacobian blocks computed by sparsity detection and colouring, sent diagonal or CSR."""
+    """Jacobian blocks computed by sparsity detection and colouring, sent diagonal or CSR
+    (of a `part`, its entries only)."""
     program = call.program
     limit = servicer.settings.max_jacobian_elements
     with core_errors(program):
         stored = sum(jacobian_sparsity(program, o, w).nnz for o in of for w in wrt)
         _check_stored(stored, "sparse Jacobian", limit)
         values, jac = autodiff.jacobian(
-            program, call.inputs, of, wrt, mode, cancel=cancel, sparse=True
+            program, call.inputs, of, wrt, mode, cancel=cancel, sparse=True, part=part
         )
     types = program.types
     response = pb.JacobianResponse(graph_id=call.graph_id, outputs=encode_tensors(values))
@@ -163,7 +184,13 @@ def hessian_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.
         )
     with core_errors(program):
         value, blocks = hessian(
-            program, call.inputs, of, wrt, sparse=request.structured, cancel=cancel
+            program,
+            call.inputs,
+            of,
+            wrt,
+            sparse=request.structured,
+            cancel=cancel,
+            part=work_part(request),
         )
     if request.structured:
         _check_stored(sum(blocks[a][b].nnz for a in wrt for b in wrt), "sparse Hessian", limit)
