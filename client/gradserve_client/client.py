@@ -100,6 +100,8 @@ class Methods:
         ``(of.size, wrt.size)`` (both flattened in C order): the server detects its sparsity
         pattern from the graph and computes it with one pass per colour of the pattern, so a
         diagonal or banded Jacobian costs a few passes and memory proportional to its non-zeros.
+        One whose dense size is over the server's unary limit is streamed in CSR runs of rows
+        (StreamJacobian) and assembled here, never densified.
 
         With ``parallel=K``, K requests each compute a share of the result (of its rows,
         columns or colours), sent at once and summed here into the same result: over a channel
@@ -139,8 +141,9 @@ class Methods:
         ``wrt`` one name an ndarray of shape ``wrt.shape + wrt.shape``, else the nested dict of
         blocks ``H[wi][wj]`` (shape ``wi.shape + wj.shape``). With ``sparse``, each block is a
         ``scipy.sparse.csr_array`` of shape ``(wi.size, wj.size)``, its pattern detected and
-        coloured as for `jacobian`; ``parallel`` shares the work among concurrent requests, as
-        for `jacobian`.
+        coloured as for `jacobian`. A Hessian larger than the server's unary limit is fetched
+        with StreamHessian (dense rows, or CSR runs of rows with ``sparse``) and assembled here.
+        ``parallel`` shares the work among concurrent requests, as for `jacobian`.
         """
         call = hessian_call(graph, inputs, of, wrt, sparse)
         return self._invoke(m.HESSIAN, call, self.timeout, _parallel.checked(parallel))
@@ -489,4 +492,9 @@ class Client(Methods, ChannelClient):
                     raise from_rpc_error(rpc_error) from None
                 return
 
-        return Run(events, train.cancel, total=call.total, start=call.start, progress=progress)
+        def replay(anchor: Checkpoint | None, step: int) -> Run:
+            return self._train(call.replay(anchor, step), False, timeout)
+
+        every = call.request.checkpoint_every
+        return Run(events, train.cancel, replay, total=call.total, start=call.start,
+                        checkpoint_every=every, progress=progress)  # fmt: skip

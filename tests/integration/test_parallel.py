@@ -196,3 +196,15 @@ def test_two_workers_both_serve_shares_of_one_jacobian(server_process):
     jacobians = re.findall(r"pid=(\d+) msg=rpc method=/gradserve.v1.Gradient/Jacobian", proc.stderr)
     assert len(jacobians) == 3, proc.stderr
     assert set(map(int, jacobians[1:])) == pids, proc.stderr  # the two shares, one per worker
+
+
+def test_a_server_without_work_part_gets_one_whole_call(replicas):
+    g, inputs, _ = problem()
+    server = replicas[0]
+    with gs.Client(server.address) as c:
+        want = c.jacobian(g, inputs, of="y", wrt="x")
+    server.servicer.features = lambda: ["stream_jacobian"]  # as an older server says
+    server.servicer.served.clear()
+    with gs.Client(server.address) as c:
+        assert np.array_equal(c.jacobian(g, inputs, of="y", wrt="x", parallel=3), want)
+    assert [s[2] for s in server.servicer.served] == [0]  # one call, no part
