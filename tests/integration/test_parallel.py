@@ -13,6 +13,7 @@ import asyncio
 import re
 
 import gradserve_client as gs
+import grpc
 import numpy as np
 import pytest
 from conftest import RunningServer
@@ -20,6 +21,8 @@ from gradserve.autodiff.jacobian import jacobian
 from gradserve.config import Settings
 from gradserve.rpc import GradientServicer
 from gradserve.server import create_server
+from gradserve_client.proto import gradient_service_pb2 as pb
+from gradserve_client.proto.tensor_codec import fill_tensor_map
 
 N = M = 400  # 3 chunks of 164 passes or fewer (jacobian.chunk_rows): each of 3 shares has work
 
@@ -168,17 +171,13 @@ def test_parallel_is_checked(replicas):
 
 
 def test_a_bad_part_is_invalid_argument(replicas):
-    from gradserve_client.proto import gradient_service_pb2 as pb
-
     g, inputs, _ = problem()
     channel, stub = replicas[0].stub()
     with channel:
         request = pb.JacobianRequest(graph=g.to_proto(), of=["y"], wrt=["x"])
-        from gradserve_client.proto.tensor_codec import fill_tensor_map
-
         fill_tensor_map(request.inputs, inputs)
         request.part.index, request.part.count = 3, 3
-        with pytest.raises(Exception) as err:
+        with pytest.raises(grpc.RpcError) as err:
             stub.Jacobian(request)
     assert err.value.code().name == "INVALID_ARGUMENT"
     assert "part.index" in err.value.details()
