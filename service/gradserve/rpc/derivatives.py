@@ -20,6 +20,7 @@ from gradserve_client.proto.tensor_codec import fill_tensor
 
 from gradserve import autodiff
 from gradserve.autodiff.hessian import hessian, hessian_rows, hvp
+from gradserve.autodiff.jacobian import Part
 from gradserve.autodiff.sparsity import jacobian_sparsity, structural_pattern
 from gradserve.autodiff.transforms import derivative_program
 from gradserve.rpc import requests
@@ -49,6 +50,7 @@ FEATURES = (
     "derivative_program",
     "stream_structured_jacobian",
     "stream_hessian",
+    "work_part",  # Jacobian and Hessian requests honour `part` (older servers ignore it)
 )
 
 KINDS = {
@@ -144,6 +146,17 @@ def _check_stored(
     )
 
 
+def work_part(request: Any) -> Part:
+    """The share of the result a Jacobian or Hessian request asks for (its WorkPart), checked;
+    None for the whole result."""
+    index, count = request.part.index, request.part.count
+    if count <= 1 and index == 0:
+        return None
+    if index >= count:
+        raise InvalidArgument("part.index", f"must be less than part.count, got {index} of {count}")
+    return index, count
+
+
 # ---- Jacobian with structured=true ---------------------------------------------------------------
 
 
@@ -154,8 +167,10 @@ def structured_jacobian(
     wrt: Sequence[str],
     mode: str,
     cancel: Cancel,
+    part: Part = None,
 ) -> pb.JacobianResponse:
-    """Jacobian blocks computed by sparsity detection and colouring, sent diagonal or CSR."""
+    """Jacobian blocks computed by sparsity detection and colouring, sent diagonal or CSR
+    (of a `part`, its entries only)."""
     program = call.program
     types = program.types
     with core_errors(program):
@@ -164,7 +179,7 @@ def structured_jacobian(
         nbytes = sum(csr_bytes(p.shape[0], p.nnz, _itemsize(types, o)) for o, p in patterns)
         _check_stored(servicer, stored, nbytes, "sparse Jacobian", "StreamJacobian")
         values, jac = autodiff.jacobian(
-            program, call.inputs, of, wrt, mode, cancel=cancel, sparse=True
+            program, call.inputs, of, wrt, mode, cancel=cancel, sparse=True, part=part
         )
     response = pb.JacobianResponse(graph_id=call.graph_id, outputs=encode_tensors(values))
     for o in of:
@@ -223,7 +238,13 @@ def hessian_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.
         )
     with core_errors(program):
         value, blocks = hessian(
-            program, call.inputs, of, wrt, sparse=request.structured, cancel=cancel
+            program,
+            call.inputs,
+            of,
+            wrt,
+            sparse=request.structured,
+            cancel=cancel,
+            part=work_part(request),
         )
     if request.structured:
         matrices = [(a, blocks[a][b]) for a in wrt for b in wrt]

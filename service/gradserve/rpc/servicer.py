@@ -8,6 +8,8 @@ raised, never set on the context: ``errors.rpc_method`` maps them to statuses.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 
 import numpy as np
@@ -76,9 +78,10 @@ class GradientServicer:
         call = self._prepare(request, cancel_callback(context))
         mode = jacobian_mode(request)
         of, wrt = of_wrt(call.program, request)
+        part = derivatives.work_part(request)
         if request.structured:
             cancel = cancel_callback(context)
-            return derivatives.structured_jacobian(self, call, of, wrt, mode, cancel)
+            return derivatives.structured_jacobian(self, call, of, wrt, mode, cancel, part)
         types = call.program.types
         elements = sum(types[o].size * types[w].size for o in of for w in wrt)
         limit = self.settings.max_jacobian_elements
@@ -86,7 +89,7 @@ class GradientServicer:
             raise JacobianTooLarge(elements, limit)
         with _core_errors(call.program):
             values, jac = autodiff.jacobian(
-                call.program, call.inputs, of, wrt, mode, cancel=cancel_callback(context)
+                call.program, call.inputs, of, wrt, mode, cancel=cancel_callback(context), part=part
             )
         blocks = [
             pb.JacobianBlock(of=o, wrt=w, shape=jac[o][w].shape, dense=encode_tensor(jac[o][w]))
@@ -193,6 +196,7 @@ class GradientServicer:
             ),
             features=self.features(),
             blas_threads=blas.current_threads(),
+            process=f"{socket.gethostname()}:{os.getpid()}",
         )
 
     def features(self) -> list[str]:
