@@ -392,10 +392,10 @@ def train(
 ) -> Iterator[tpb.TrainEvent]:
     """The Train RPC (server streaming): step events, checkpoints, then the result."""
     s = settings
-    entry = resolve(request, graphs, s)
+    cancel = call_ended(context)
+    entry = resolve(request, graphs, s, cancel)
     data = _request_data(request, datasets, s.max_tensor_elements)
     params = decode_tensors(request.params, "params", s.max_tensor_elements)
-    cancel = call_ended(context)
     run = prepare(
         entry,
         request,
