@@ -21,7 +21,7 @@ MUTMUT="${MUTMUT:-$ROOT/.venv/bin/mutmut}"
 MODULES=(
     "gradserve_client/expr.py gradserve_client.expr.* tests/unit/test_expr.py"
     "gradserve/rpc/auth.py gradserve.rpc.auth.* tests/unit/test_auth.py"
-    "gradserve/rpc/servicer.py gradserve.rpc.servicer.x_cancel_callback* tests/unit/test_cancel.py"
+    "gradserve/rpc/requests.py gradserve.rpc.requests.x_cancel_callback* tests/unit/test_cancel.py"
     "gradserve/training/loop.py gradserve.training.loop.* tests/unit/training"
     "gradserve/rpc/codec.py gradserve.rpc.codec.* tests/unit/test_rpc_codec.py"
     "gradserve_client/proto/tensor_codec.py gradserve_client.proto.tensor_codec.*

@@ -1,13 +1,13 @@
 """`LocalClient`: the methods of `Client`, run in-process by the same numpy core, no network.
 
 For notebooks and tests, and to time the core alone. This is the only module of the SDK that
-imports the server package (``gradserve``), and only when a LocalClient is created.
+imports the server package (``gradserve``), and only when a LocalClient is created: its core
+(``gradserve.autodiff``) and its in-process entry point (``gradserve.rpc.inprocess``).
 """
 
 from __future__ import annotations
 
 import functools
-import sys
 import time
 from typing import Any, TypeVar
 
@@ -47,12 +47,11 @@ class LocalClient(Methods):
             raise ImportError(
                 "LocalClient needs the gradserve server package (pip install gradserve)"
             ) from exc
-        from gradserve.rpc import errors as rpc_errors
-        from gradserve.rpc.graph_cache import GraphCache
+        from gradserve.rpc.inprocess import InProcess
 
         self._core = core
-        self._rpc_errors = rpc_errors
-        self._cache = GraphCache(_MAX_GRAPHS)
+        self._in_process = InProcess(_MAX_GRAPHS)
+        self._errors = InProcess.ERRORS
         self._graphs: dict[str, Any] = {}  # GraphMeta.key -> the server's CachedGraph
 
     def __enter__(self) -> LocalClient:
@@ -64,7 +63,7 @@ class LocalClient(Methods):
     def close(self) -> None:
         """Forget the cached programs."""
         self._graphs.clear()
-        self._cache = type(self._cache)(_MAX_GRAPHS)
+        self._in_process.clear()
 
     def __repr__(self) -> str:
         return "LocalClient()"
@@ -75,8 +74,7 @@ class LocalClient(Methods):
         """The server's CachedGraph of a graph version, converted and validated on first use."""
         entry = self._graphs.get(meta.key)
         if entry is None:
-            unlimited = sys.maxsize
-            entry = self._cache.put_proto(meta.proto, max_nodes=unlimited, max_elements=unlimited)
+            entry = self._in_process.graph(meta.proto)
             if len(self._graphs) >= _MAX_GRAPHS:
                 self._graphs.pop(next(iter(self._graphs)))
             self._graphs[meta.key] = entry
@@ -90,9 +88,9 @@ class LocalClient(Methods):
             if entry.program is not None:
                 return entry.program
             shapes = {n: np.shape(v) for n, v in call.feeds.items()}
-            return entry.program_for(shapes, sys.maxsize)
-        except (self._core.GraphError, self._rpc_errors.RpcError) as exc:
-            raise _converted(exc, self._rpc_errors, call.meta, False) from None
+            return self._in_process.program(entry, shapes)
+        except self._errors as exc:
+            raise self._converted(exc, call.meta, False) from None
 
     def _run(self, fn: Any, meta: GraphMeta, *args: Any) -> Any:
         """``fn(*args)`` (running a graph), with the core's and the server code's errors raised
@@ -100,8 +98,18 @@ class LocalClient(Methods):
         reasons)."""
         try:
             return fn(*args)
-        except (self._core.GraphError, self._rpc_errors.RpcError) as exc:
-            raise _converted(exc, self._rpc_errors, meta, True) from None
+        except self._errors as exc:
+            raise self._converted(exc, meta, True) from None
+
+    def _converted(self, exc: Exception, meta: GraphMeta, running: bool) -> GradserveError:
+        """A core or server error as the SDK exception a server's answer would raise."""
+        err = self._in_process.rpc_error(exc, meta.input_dtypes, running=running)
+        return error_class(err.code)(
+            err.message,
+            field_violations=getattr(err, "violations", ()),
+            reason=err.reason,
+            metadata=err.metadata,
+        )
 
     def _compute(self, fn: Any, call: Call, *args: Any, **kwargs: Any) -> Any:
         """``fn(program, call.feeds, *args, **kwargs)`` on the call's Program (see
@@ -117,8 +125,6 @@ class LocalClient(Methods):
     def _train(self, run: TrainCall, progress: bool, timeout: float | None) -> Run:
         """The run in this process: the same `Run`, results, checkpoints (which resume on a
         server too) and errors. ``timeout`` is the run's deadline in seconds."""
-        from gradserve.rpc import training as rpc_training
-
         meta = run.meta
         stop: list[Any] = []
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -128,35 +134,24 @@ class LocalClient(Methods):
 
         def events() -> Any:
             entry = self._run(self._entry, meta, meta)
-            prepared = self._run(
-                functools.partial(
-                    rpc_training.prepare,
-                    max_nodes=sys.maxsize,
-                    max_elements=sys.maxsize,
-                    cancel=cancelled if timeout is not None else None,
-                ),
-                meta, entry, run.request, run.feeds, run.arrays,
-            )  # fmt: skip
-            it, gid, batch = prepared.events, prepared.graph_id, prepared.batch_size
-            step_event = rpc_training.tr.StepEvent
-            checkpoint_event = rpc_training.tr.CheckpointEvent
+            cancel = cancelled if timeout is not None else None
+            it = self._in_process.train(entry, run.request, run.feeds, run.arrays, cancel)
             while True:
                 try:
-                    ev = next(it)
+                    kind, ev = next(it)
                 except StopIteration:
                     return
                 except self._core.Cancelled:
                     raise error_class(grpc.StatusCode.DEADLINE_EXCEEDED)(
                         "deadline exceeded"
                     ) from None
-                except (self._core.GraphError, self._rpc_errors.RpcError) as exc:
-                    raise _converted(exc, self._rpc_errors, meta, True) from None
-                if type(ev) is step_event:
+                except self._errors as exc:
+                    raise self._converted(exc, meta, True) from None
+                if kind == "step":
                     yield "step", TrainStep(ev.step, ev.epoch, ev.loss, ev.grad_norm, ev.lr,
                                             ev.elapsed_seconds, ev.finite)  # fmt: skip
-                elif type(ev) is checkpoint_event:
-                    proto = rpc_training.checkpoint_to_proto(ev.checkpoint, gid, batch)
-                    yield "checkpoint", Checkpoint(proto)
+                elif kind == "checkpoint":
+                    yield "checkpoint", Checkpoint(ev)
                 else:
                     result = TrainResult(ev.steps, ev.final_loss, ev.elapsed_seconds)
                     yield "result", (ev.params, result)
@@ -164,16 +159,9 @@ class LocalClient(Methods):
         def cancel() -> None:
             stop.append(None)
 
-        return Run(events, cancel, total=run.total, start=run.start, progress=progress)
+        def replay(anchor: Checkpoint | None, step: int) -> Run:
+            return self._train(run.replay(anchor, step), False, timeout)
 
-
-def _converted(exc: Exception, rpc_errors: Any, meta: GraphMeta, running: bool) -> GradserveError:
-    """A core GraphError or a server-side RpcError as the SDK exception a server would raise."""
-    if not isinstance(exc, rpc_errors.RpcError):
-        exc = rpc_errors.from_graph_error(exc, meta.input_dtypes, running=running)
-    return error_class(exc.code)(  # type: ignore[attr-defined]
-        exc.message,  # type: ignore[attr-defined]
-        field_violations=getattr(exc, "violations", ()),
-        reason=exc.reason,  # type: ignore[attr-defined]
-        metadata=exc.metadata,  # type: ignore[attr-defined]
-    )
+        every = run.request.checkpoint_every
+        return Run(events, cancel, replay, total=run.total, start=run.start,
+                   checkpoint_every=every, progress=progress)  # fmt: skip

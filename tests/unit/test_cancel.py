@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from gradserve.rpc.servicer import cancel_callback
+from gradserve.rpc.requests import cancel_callback
 
 
 class Context:

@@ -19,7 +19,6 @@ Nothing of size of.size x wrt.size is ever formed; memory follows the non-zeros.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,6 +31,9 @@ from gradserve_client.opset.core import normalize_axes
 from gradserve_client.opset.einsum import parse_subscripts
 from gradserve_client.opset.reductions import axes_of
 
+from gradserve.autodiff.api import Cancel
+from gradserve.autodiff.cache import cached
+from gradserve.autodiff.executor import Cancelled
 from gradserve.autodiff.ir import Program, TensorType
 from gradserve.autodiff.ops.einsum import diagonal
 from gradserve.autodiff.registry import OPS
@@ -494,10 +496,12 @@ class PatternTooLarge(MemoryError):
     enough to compute without colouring (a MemoryError: the server's RESOURCE_EXHAUSTED)."""
 
 
-@functools.lru_cache(maxsize=256)
-def structural_pattern(program: Program, of: str, wrt: str) -> Pattern:
-    """`jacobian_sparsity`, cached and shared: callers must not modify it. Raises
-    `PatternTooLarge` past MAX_LIVE_ENTRIES live entries."""
+@cached
+def structural_pattern(program: Program, of: str, wrt: str, *, cancel: Cancel = None) -> Pattern:
+    """`jacobian_sparsity`, cached in the program cache (keyed by the program, so by its graph
+    and input shapes, `of` and `wrt`) and shared: callers must not modify it. Raises
+    `PatternTooLarge` past MAX_LIVE_ENTRIES live entries, and `Cancelled` as soon as `cancel()`
+    is true (checked between nodes, as the executor checks between steps)."""
     check_targets(program, (of,), (wrt,))
     types = program.types
     n = types[wrt].size
@@ -506,6 +510,8 @@ def structural_pattern(program: Program, of: str, wrt: str) -> Pattern:
     nodes = [node for node in program.nodes if node.name in needed]
     last_use = {s: i for i, node in enumerate(nodes) for s in node.inputs}
     for i, node in enumerate(nodes):
+        if cancel is not None and cancel():
+            raise Cancelled
         ps = [patterns.get(s) for s in node.inputs]
         p = node_pattern(
             node.op, ps, [types[s] for s in node.inputs], types[node.name], node.attrs, n
@@ -526,10 +532,12 @@ def structural_pattern(program: Program, of: str, wrt: str) -> Pattern:
         return _empty(types[of].size, n)
     result = sp.csr_array(result)
     result.sum_duplicates()  # sorted, unique column indices in every row
-    return result
+    # A copy that owns arrays of its own size: a sparse sum's arrays are views of buffers sized
+    # for both operands' entries (a tridiagonal pattern's: 1.6 x its own), kept with the cache.
+    return result.copy()
 
 
-def jacobian_sparsity(program: Program, of: str, wrt: str) -> sp.csr_array:
+def jacobian_sparsity(program: Program, of: str, wrt: str, cancel: Cancel = None) -> sp.csr_array:
     """The structural pattern of d of / d wrt: a boolean CSR array of shape (of.size, wrt.size),
     both flattened in C order. True wherever the derivative can be non-zero at some point."""
-    return structural_pattern(program, of, wrt).copy()
+    return structural_pattern(program, of, wrt, cancel=cancel).copy()

@@ -1,9 +1,9 @@
 """Uploaded datasets: PutDataset's chunk assembly and the bounded (bytes) LRU cache.
 
 A dataset is a set of named arrays sharing their leading dimension (the examples). Its id is
-a content hash (`gradserve_client.training.dataset_id`: sha256 over the sorted names, dtypes,
-shapes and bytes), so the SDK can compute it without uploading and the same data uploaded twice,
-by any client, is stored once.
+a content hash (`gradserve_client.proto.dataset_codec`: sha256 over the sorted names, dtypes,
+shapes and bytes), so the SDK can compute it without uploading and the same data uploaded
+twice, by any client, is stored once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 from gradserve_client.proto import tensor_codec
-from gradserve_client.training import dataset_array_header, dataset_hasher, dataset_id
+from gradserve_client.proto.dataset_codec import dataset_array_header, dataset_hasher, dataset_id
 
 from gradserve.rpc.errors import DATASET_NOT_FOUND, InvalidArgument, LimitExceeded, NotFound
 

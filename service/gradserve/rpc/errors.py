@@ -29,13 +29,11 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
-from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from gradserve.autodiff import Cancelled, GraphError, Program, TensorType
 from gradserve.autodiff.memory import MemoryLimitExceeded, nbytes
-from gradserve.rpc.handlers import BadPayload
 
 log = logging.getLogger("gradserve.rpc")
 
@@ -124,14 +122,14 @@ class JacobianTooLarge(LimitExceeded):
 
 
 class StreamTooLarge(LimitExceeded):
-    """A StreamJacobian over max_stream_jacobian_elements, refused before its first block."""
+    """A StreamJacobian (or StreamHessian) over max_stream_jacobian_elements, refused before
+    its first block; ``counted`` says what: dense elements, or a sparse stream's stored entries."""
 
-    def __init__(self, elements: int, limit: int) -> None:
+    def __init__(self, elements: int, limit: int, counted: str) -> None:
         super().__init__(
-            f"the Jacobians asked for have {elements} elements, more than"
-            f" max_stream_jacobian_elements={limit} for one StreamJacobian; ask for fewer `of` or"
-            " `wrt` (or smaller ones) per call, or raise the server's"
-            " --max-stream-jacobian-elements",
+            f"{counted.format(elements)}, more than max_stream_jacobian_elements={limit} for one"
+            " stream; ask for fewer `of` or `wrt` (or smaller ones) per call, or raise the"
+            " server's --max-stream-jacobian-elements",
             limit="max_stream_jacobian_elements",
         )
         self.metadata["elements"] = str(elements)
@@ -283,20 +281,10 @@ def status_of(exc: BaseException, context: grpc.ServicerContext, method: str) ->
     )
 
 
-def _checked(request: Any) -> Any:
-    """The request, or INVALID_ARGUMENT if its payload did not parse (see handlers.py)."""
-    if isinstance(request, Message):  # the common case, first: hasattr on a upb message ~1 µs
-        return request
-    if isinstance(request, BadPayload):
-        raise InvalidArgument("request", request.describe())
-    if hasattr(request, "__next__"):  # a client stream: check each message as it arrives
-        return (_checked(item) for item in request)
-    return request
-
-
 def rpc_method(fn: Callable) -> Callable:
-    """Decorate a servicer method: payloads that did not parse become INVALID_ARGUMENT, and
-    exceptions become statuses. Works for unary and streaming requests and responses."""
+    """Decorate a servicer method: its exceptions become statuses. Works for unary and
+    streaming requests and responses. A call already aborted (a request of its stream did not
+    parse: interceptors.py) keeps the status it was given."""
     name = fn.__name__
 
     if inspect.isgeneratorfunction(fn):
@@ -304,8 +292,10 @@ def rpc_method(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
             try:
-                yield from fn(self, _checked(request), context)
+                yield from fn(self, request, context)
             except Exception as exc:
+                if context.code() is not None:
+                    raise
                 status = status_of(exc, context, name)
             else:
                 return
@@ -316,8 +306,10 @@ def rpc_method(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return fn(self, _checked(request), context)
+            return fn(self, request, context)
         except Exception as exc:
+            if context.code() is not None:
+                raise
             status = status_of(exc, context, name)
         context.abort_with_status(status)
 

@@ -1,15 +1,14 @@
-"""Registering the Gradient service so that a garbage payload is INVALID_ARGUMENT.
+"""Registering the Gradient service: what the generated ``add_GradientServicer_to_server``
+does, with Evaluate's large requests read in place and pre-encoded responses written as they
+are (see wire.py).
 
-grpcio answers INTERNAL ("Exception deserializing request!") when a request deserializer
-raises, before any handler runs. So the handlers are built here, from the service descriptor,
-with a deserializer that never raises: a payload that does not parse becomes a ``BadPayload``,
-which ``errors.rpc_method`` answers with INVALID_ARGUMENT. Otherwise this does what the
-generated ``add_GradientServicer_to_server`` does.
+A payload that does not parse is answered INVALID_ARGUMENT, for this service and every other,
+by ``interceptors.MetricsInterceptor``, which wraps every request deserializer (grpcio alone
+would answer INTERNAL, "Exception deserializing request!", before any handler runs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -30,32 +29,6 @@ HANDLER_FACTORIES = {
 }
 
 
-class BadPayload:
-    """Stands in for a request message whose bytes did not parse."""
-
-    __slots__ = ("error", "message_type")
-
-    def __init__(self, message_type: str, error: Exception) -> None:
-        self.message_type = message_type
-        self.error = error
-
-    def describe(self) -> str:
-        return f"the request is not a valid {self.message_type} message ({self.error})"
-
-
-def lenient_deserializer(cls: Any) -> Callable[[bytes], Any]:
-    """``cls.FromString``, returning a BadPayload instead of raising."""
-    name = cls.DESCRIPTOR.full_name
-
-    def deserialize(data: bytes) -> Any:
-        try:
-            return cls.FromString(data)
-        except Exception as exc:  # DecodeError, or anything a broken payload provokes
-            return BadPayload(name, exc)
-
-    return deserialize
-
-
 def serialize(message: Any) -> bytes:
     """A response's bytes: a protobuf message, or one of ``wire``'s pre-encoded responses."""
     return message.SerializeToString()
@@ -67,7 +40,7 @@ def method_handlers(servicer: Any) -> dict[str, grpc.RpcMethodHandler]:
     for method in SERVICE.methods:
         request_cls = message_factory.GetMessageClass(method.input_type)
         kind = HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
-        deserializer = lenient_deserializer(request_cls)
+        deserializer = request_cls.FromString
         if method.name == "Evaluate":  # large payloads read in place (see wire.py)
             deserializer = wire.evaluate_request_deserializer(deserializer)
         handlers[method.name] = kind(

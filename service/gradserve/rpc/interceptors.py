@@ -19,9 +19,9 @@ access-log line per RPC on the ``gradserve.access`` logger: DEBUG for OK, INFO f
 of normal SDK use (NOT_FOUND for a graph or dataset id, which the SDK then sends; CANCELLED),
 WARNING for any other code, with the method, the code and the duration.
 
-Requests whose bytes do not parse (only possible for services registered with grpc's strict
-deserializers, such as health: the Gradient service's deserializers never raise) are answered
-INVALID_ARGUMENT and counted, instead of grpc's uncounted INTERNAL.
+Requests whose bytes do not parse, for every service, are answered INVALID_ARGUMENT naming the
+message type (and counted), instead of grpc's uncounted INTERNAL: this is the one place that
+handles them.
 """
 
 from __future__ import annotations
@@ -35,17 +35,21 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from google.rpc import error_details_pb2, status_pb2
+from gradserve_client.proto import gradient_service_pb2, training_pb2
 
 from gradserve import metrics
 from gradserve.rpc.auth import OPEN_SERVICES
-from gradserve.rpc.errors import LimitExceeded, status_of
+from gradserve.rpc.errors import InvalidArgument, LimitExceeded, status_of
 
 access_log = logging.getLogger("gradserve.access")
 
-_JACOBIAN = "/gradserve.v1.Gradient/Jacobian"
-_STREAM_JACOBIAN = "/gradserve.v1.Gradient/StreamJacobian"
-_TRAIN = "/gradserve.v1.Gradient/Train"
+# What the metrics record by a method's response type: the Jacobian's elements of a
+# JacobianResponse (its blocks) and of a stream of JacobianRowBlocks, and open Train streams.
+_JACOBIAN_BLOCKS = gradient_service_pb2.JacobianResponse.DESCRIPTOR.full_name
+_JACOBIAN_ROWS = gradient_service_pb2.JacobianRowBlock.DESCRIPTOR.full_name
+_TRAIN_EVENTS = training_pb2.TrainEvent.DESCRIPTOR.full_name
 
 # Bound on the per-interceptor caches of wrapped handlers (a handful of methods in practice).
 _MAX_CACHED_HANDLERS = 1024
@@ -71,19 +75,31 @@ def wrap_behavior(
     return handler._replace(**{name: wrap(getattr(handler, name))})
 
 
+def message_types(method: str) -> tuple[str, str]:
+    """The full names of a method's request and response messages ("/pkg.Service/Method"),
+    from the protobuf descriptors; ("request", "response") if they do not know it."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    try:
+        found = descriptor_pool.Default().FindMethodByName(f"{service}.{name}")
+    except KeyError:
+        return "request", "response"
+    return found.input_type.full_name, found.output_type.full_name
+
+
 class _Undecodable:
-    """Stands in for a request whose bytes a strict deserializer refused."""
+    """Stands in for a request whose bytes did not parse."""
 
-    __slots__ = ("error",)
+    __slots__ = ("error", "message_type")
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, message_type: str, error: Exception) -> None:
+        self.message_type = message_type
         self.error = error
 
     def abort(self, context: grpc.ServicerContext) -> None:
-        context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"the request is not a valid message ({type(self.error).__name__})",
+        refusal = InvalidArgument(
+            "request", f"the request is not a valid {self.message_type} message ({self.error})"
         )
+        context.abort_with_status(status_of(refusal, context, self.message_type))
 
 
 def _checked_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
@@ -129,10 +145,24 @@ class _MethodMetrics:
     """The metric children of one method, looked up once (``labels()`` takes a lock and builds
     a key on every call)."""
 
-    __slots__ = ("duration", "method", "request_bytes", "requests", "response_bytes")
+    __slots__ = (
+        "duration",
+        "jacobian_blocks",
+        "jacobian_rows",
+        "method",
+        "request_bytes",
+        "request_type",
+        "requests",
+        "response_bytes",
+        "train",
+    )
 
     def __init__(self, method: str) -> None:
         self.method = method
+        self.request_type, response_type = message_types(method)
+        self.jacobian_blocks = response_type == _JACOBIAN_BLOCKS
+        self.jacobian_rows = response_type == _JACOBIAN_ROWS
+        self.train = response_type == _TRAIN_EVENTS
         self.duration = metrics.REQUEST_DURATION.labels(method)
         self.request_bytes = metrics.REQUEST_MESSAGE_BYTES.labels(method)
         self.response_bytes = metrics.RESPONSE_MESSAGE_BYTES.labels(method)
@@ -198,7 +228,7 @@ class _Call:
         self._done = False
         self._lock = threading.Lock()
         metrics.INFLIGHT_REQUESTS.inc()
-        if method == _TRAIN:
+        if children.train:
             metrics.TRAIN_ACTIVE_STREAMS.inc()
 
     def _code(self, error: BaseException | None) -> grpc.StatusCode:
@@ -221,16 +251,16 @@ class _Call:
             self._done = True
         duration = time.perf_counter() - self.start
         metrics.INFLIGHT_REQUESTS.dec()
-        if self.method == _TRAIN:
+        if self.metrics.train:
             metrics.TRAIN_ACTIVE_STREAMS.dec()
         code = self._code(error)
         name = code.name
         self.metrics.count(name)
         self.metrics.duration.observe(duration)
         if code is grpc.StatusCode.OK:
-            if self.method == _JACOBIAN and response is not None:
+            if self.metrics.jacobian_blocks and response is not None:
                 metrics.JACOBIAN_ELEMENTS.observe(sum(_elements(b.shape) for b in response.blocks))
-            elif self.method == _STREAM_JACOBIAN and self.jacobian:
+            elif self.metrics.jacobian_rows and self.jacobian:
                 metrics.JACOBIAN_ELEMENTS.observe(sum(self.jacobian.values()))
             if access_log.isEnabledFor(logging.DEBUG):
                 fields = _fields(self.method, name, duration, self.context.peer())
@@ -255,9 +285,10 @@ class _Call:
 
     def stream(self, responses: Iterator[Any]) -> Iterator[Any]:
         error: BaseException | None = None
+        rows = self.metrics.jacobian_rows
         try:
             for response in responses:
-                if self.method == _STREAM_JACOBIAN:
+                if rows:
                     self.jacobian[(response.of, response.wrt)] = _elements(response.shape)
                 yield response
         except BaseException as exc:
@@ -374,6 +405,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         response_bytes = children.response_bytes
         deserialize = handler.request_deserializer
         serialize = handler.response_serializer
+        message_type = children.request_type
 
         def request_deserializer(data: bytes) -> Any:
             request_bytes.observe(len(data))
@@ -381,8 +413,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 return data
             try:
                 return deserialize(data)
-            except Exception as exc:  # strict deserializers (health): answered below
-                return _Undecodable(exc)
+            except Exception as exc:  # DecodeError, or anything a broken payload provokes
+                return _Undecodable(message_type, exc)
 
         def response_serializer(message: Any) -> bytes:
             data = serialize(message) if serialize is not None else message

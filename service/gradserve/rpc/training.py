@@ -3,8 +3,8 @@
 `prepare` validates a run before its first step (INVALID_ARGUMENT naming the request field) and
 binds the loop's gradient function to the core: one compiled value-and-gradient program per batch
 shape (two at most: the full batch and the last partial one). `train` (the RPC) streams the
-loop's events as TrainEvents. `LocalClient.train` calls `prepare` and `run_events` directly, so
-its validation and errors are the server's.
+loop's events as TrainEvents. The in-process entry point (`inprocess`, which `LocalClient`
+runs) calls `prepare` directly, so its validation and errors are the server's.
 
 Wire notes:
 - Checkpoint.cursor counts examples (the proto's contract); the loop counts batches.
@@ -30,10 +30,12 @@ from gradserve import autodiff, metrics
 from gradserve import training as tr
 from gradserve.autodiff import GraphError, Program
 from gradserve.autodiff.memory import MemoryLimitExceeded
+from gradserve.config import Settings
 from gradserve.rpc.codec import decode_tensors, encode_tensors
-from gradserve.rpc.datasets import assemble
+from gradserve.rpc.datasets import DatasetCache, assemble
 from gradserve.rpc.errors import InvalidArgument, RpcError, from_graph_error, memory_limit_error
-from gradserve.rpc.graph_cache import CachedGraph
+from gradserve.rpc.graph_cache import CachedGraph, GraphCache
+from gradserve.rpc.requests import cancel_callback, resolve
 
 #: Whether this server implements Train and PutDataset (GetServerInfo lists "train" if so).
 AVAILABLE = True
@@ -346,12 +348,14 @@ def pumped(
 # The RPCs
 
 
-def _request_data(servicer: Any, request: tpb.TrainRequest) -> dict[str, np.ndarray]:
+def _request_data(
+    request: tpb.TrainRequest, datasets: DatasetCache, max_elements: int
+) -> dict[str, np.ndarray]:
     source = request.WhichOneof("data")
     if source == "inline_data":
-        return servicer._decode(request.inline_data.tensors, "data")
+        return decode_tensors(request.inline_data.tensors, "data", max_elements)
     if source == "dataset_id" and request.dataset_id:
-        return servicer.dataset_cache.get(request.dataset_id)  # hooks count hits and misses
+        return datasets.get(request.dataset_id)  # hooks count hits and misses
     raise InvalidArgument("data", "set inline_data or dataset_id (from PutDataset)")
 
 
@@ -367,14 +371,19 @@ def step_proto(ev: tr.StepEvent) -> tpb.TrainStep:
     )
 
 
-def train(servicer: Any, request: tpb.TrainRequest, context: Any) -> Iterator[tpb.TrainEvent]:
+def train(
+    request: tpb.TrainRequest,
+    context: grpc.ServicerContext,
+    *,
+    graphs: GraphCache,
+    datasets: DatasetCache,
+    settings: Settings,
+) -> Iterator[tpb.TrainEvent]:
     """The Train RPC (server streaming): step events, checkpoints, then the result."""
-    from gradserve.rpc.servicer import cancel_callback
-
-    s = servicer.settings
-    entry = servicer._resolve(request)
-    data = _request_data(servicer, request)
-    params = servicer._decode(request.params, "params")
+    s = settings
+    entry = resolve(request, graphs, s)
+    data = _request_data(request, datasets, s.max_tensor_elements)
+    params = decode_tensors(request.params, "params", s.max_tensor_elements)
     cancel = cancel_callback(context)
     run = prepare(
         entry,
@@ -407,13 +416,16 @@ def train(servicer: Any, request: tpb.TrainRequest, context: Any) -> Iterator[tp
             yield tpb.TrainEvent(result=result, graph_id=gid)
 
 
-def put_dataset(servicer: Any, request_iterator: Iterator[Any], context: Any) -> Any:
+def put_dataset(
+    request_iterator: Iterator[tpb.DatasetChunk], *, datasets: DatasetCache, settings: Settings
+) -> tpb.DatasetInfo:
     """The PutDataset RPC (client streaming): assembles, stores and describes a dataset."""
-    s = servicer.settings
     key, arrays = assemble(
-        request_iterator, max_elements=s.max_tensor_elements, max_bytes=s.dataset_cache_bytes
+        request_iterator,
+        max_elements=settings.max_tensor_elements,
+        max_bytes=settings.dataset_cache_bytes,
     )
-    stored = servicer.dataset_cache.put(key, arrays)
+    stored = datasets.put(key, arrays)
     return tpb.DatasetInfo(
         dataset_id=key,
         num_examples=tr.num_samples(stored),

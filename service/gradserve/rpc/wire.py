@@ -96,7 +96,7 @@ def read_evaluate_request(data: bytes) -> EvaluateRequestView:
 
 def evaluate_request_deserializer(fallback: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     """A request deserializer for Evaluate: large payloads read in place, others (and what the
-    reader does not take) by ``fallback`` (protobuf's, which never raises: handlers.py)."""
+    reader does not take) by ``fallback`` (protobuf's)."""
 
     def deserialize(data: bytes) -> Any:
         if len(data) >= DIRECT_PARSE_BYTES:
