@@ -71,7 +71,6 @@ SPECIAL = {
     "max_pool_indices": ([_u(1, 2, 4)], POOL),
     "max_pool_pick": ([POOLED, POOLED_MAX, _u(1, 2, 4)], POOL),
     "max_pool_grad": ([POOLED, POOLED_MAX, _u(1, 2, 2)], POOL),
-    "max_pool_indices": ([_u(1, 2, 4)], POOL),
     "avg_pool": ([_u(1, 2, 5)], {"kernel_shape": [2], "ceil_mode": 1, "strides": [2]}),
     "take": ([_u(4, 2), np.array([3, 0, -1])], {}),
     "take_grad": ([_u(3, 2), np.array([3, 0, 3])], {"axis": -2, "size": 4}),
