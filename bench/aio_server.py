@@ -1,0 +1,103 @@
+"""gradserve's servicer on other server stacks, for the stack comparison of R1-R3 (issue 11 §2).
+
+`python -m bench.aio_server --stack S` prints "listening on HOST:PORT". No interceptors on any
+stack (grpc.aio needs interceptors of its own), so the three compare like with like:
+
+- ``threads``: today's server (`create_server`: a grpc.Server and its thread pool) without
+  interceptors;
+- ``aio-pool``: a grpc.aio server running the same synchronous handlers in its
+  ``migration_thread_pool``;
+- ``aio-executor``: a grpc.aio server whose unary handlers are coroutines awaiting the
+  synchronous handler in ``loop.run_in_executor`` (streams stay on the migration pool).
+
+The servicer uses the synchronous context's ``is_active``; `_Context` gives it that over the
+asyncio one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from concurrent import futures
+from typing import Any
+
+import grpc
+from gradserve.config import Settings
+from gradserve.rpc import SERVICE_NAME, GradientServicer
+from gradserve.rpc.handlers import method_handlers
+
+from bench.servers import MAX_MESSAGE, STACKS
+
+OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class _Context:
+    """The synchronous ServicerContext calls the servicer makes, over a grpc.aio context."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+
+    def time_remaining(self) -> float | None:
+        return self._context.time_remaining()
+
+    def is_active(self) -> bool:
+        return not self._context.done()
+
+    def code(self) -> Any:
+        return self._context.code()
+
+    def abort_with_status(self, status: Any) -> None:
+        raise RuntimeError(f"status {status.code}: {status.details}")  # errors are not timed
+
+
+def _in_executor(handler: grpc.RpcMethodHandler, pool: futures.Executor) -> Any:
+    behavior = handler.unary_unary
+    loop = asyncio.get_running_loop()
+
+    async def unary(request: Any, context: Any) -> Any:
+        return await loop.run_in_executor(pool, behavior, request, _Context(context))
+
+    return handler._replace(unary_unary=unary)
+
+
+async def _serve_aio(stack: str, settings: Settings, port: int) -> None:
+    pool = futures.ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="gradserve-rpc")
+    handlers = method_handlers(GradientServicer(settings))
+    if stack == "aio-executor":
+        handlers = {
+            name: _in_executor(h, pool) if not (h.request_streaming or h.response_streaming) else h
+            for name, h in handlers.items()
+        }
+    server = grpc.aio.server(migration_thread_pool=pool, options=OPTIONS)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print(f"{stack} listening on 127.0.0.1:{bound}", flush=True)
+    await server.wait_for_termination()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--stack", choices=STACKS, required=True)
+    p.add_argument("--port", type=int, default=0)
+    args = p.parse_args()
+    settings = Settings(host="127.0.0.1", port=args.port, metrics_port=0)
+    if args.stack == "threads":
+        from gradserve.server import create_server
+
+        server, bound, _ = create_server(settings, interceptors=[])
+        print(f"threads listening on 127.0.0.1:{bound}", flush=True)
+        server.wait_for_termination()  # until the benchmark's SIGTERM
+        return 0
+    asyncio.run(_serve_aio(args.stack, settings, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
