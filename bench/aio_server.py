@@ -8,16 +8,19 @@ stack (grpc.aio needs interceptors of its own), so the three compare like with l
 - ``aio-pool``: a grpc.aio server running the same synchronous handlers in its
   ``migration_thread_pool``;
 - ``aio-executor``: a grpc.aio server whose unary handlers are coroutines awaiting the
-  synchronous handler in ``loop.run_in_executor`` (streams stay on the migration pool).
+  synchronous handler in ``loop.run_in_executor``.
 
-The servicer uses the synchronous context's ``is_active``; `_Context` gives it that over the
-asyncio one.
+Only the unary RPCs are adapted (all that R1-R3 call); streams are left as they are.
+
+The servicer asks its context ``is_active`` and ``code``, which neither grpc.aio's context nor
+the one it gives handlers in the migration pool has; `_Context` and `_PoolContext` add them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 from concurrent import futures
 from typing import Any
 
@@ -56,6 +59,41 @@ class _Context:
         raise RuntimeError(f"status {status.code}: {status.details}")  # errors are not timed
 
 
+class _PoolContext:
+    """The calls the servicer makes, over the context grpc.aio gives a synchronous handler."""
+
+    __slots__ = ("_context", "_done")
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._done = False
+        context.add_callback(self._finished)
+
+    def _finished(self) -> None:
+        self._done = True
+
+    def time_remaining(self) -> float | None:
+        return self._context.time_remaining()
+
+    def is_active(self) -> bool:
+        return not self._done
+
+    def code(self) -> Any:
+        return None
+
+    def abort_with_status(self, status: Any) -> None:
+        raise RuntimeError(f"status {status.code}: {status.details}")  # errors are not timed
+
+
+def _in_pool(handler: grpc.RpcMethodHandler) -> Any:
+    behavior = handler.unary_unary
+
+    def unary(request: Any, context: Any) -> Any:
+        return behavior(request, _PoolContext(context))
+
+    return handler._replace(unary_unary=unary)
+
+
 def _in_executor(handler: grpc.RpcMethodHandler, pool: futures.Executor) -> Any:
     behavior = handler.unary_unary
     loop = asyncio.get_running_loop()
@@ -69,11 +107,11 @@ def _in_executor(handler: grpc.RpcMethodHandler, pool: futures.Executor) -> Any:
 async def _serve_aio(stack: str, settings: Settings, port: int) -> None:
     pool = futures.ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="gradserve-rpc")
     handlers = method_handlers(GradientServicer(settings))
-    if stack == "aio-executor":
-        handlers = {
-            name: _in_executor(h, pool) if not (h.request_streaming or h.response_streaming) else h
-            for name, h in handlers.items()
-        }
+    wrap = _in_pool if stack == "aio-pool" else functools.partial(_in_executor, pool=pool)
+    handlers = {
+        name: wrap(h) if not (h.request_streaming or h.response_streaming) else h
+        for name, h in handlers.items()
+    }
     server = grpc.aio.server(migration_thread_pool=pool, options=OPTIONS)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
