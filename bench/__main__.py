@@ -1,38 +1,49 @@
-"""`python -m bench [--only W1,W3] [--quick] [--json PATH] [--threads N]`: run, print the table.
+"""`python -m bench [--only W1,W3] [--quick] [--json PATH] [--cores 1,all] [--threads N]`.
 
-Two things must happen before numpy (or torch, or jax) loads, so they happen here:
+Three things must happen before numpy (or torch, or jax) loads, so they happen here:
 - OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE may be set on this machine to keep old OpenBLAS builds
   correct; they slow a current numpy. The benchmark process (and the servers and children it
   starts) runs without them, so numpy uses the kernel it detects: the table reports which.
-- Thread pools. On a 2-core shared machine the spinning worker threads of OpenBLAS, PyTorch's
-  OpenMP and XLA's Eigen pool, all in one process, starve each other, and a contender's time
-  then depends on who ran just before it (numpy's W4 went from 15 ms alone to 180 ms
-  interleaved). So by default every library gets one thread (`--threads 1`), which compares
-  the libraries' work, not their thread pools; `--threads 0` keeps each library's default.
+- Cores. Every contender runs pinned to the same cores (`--cores`: 1, N or all; the affinity
+  mask is inherited by the servers and subprocesses the benchmark starts). XLA uses a second
+  core even with one thread asked for (issue 11: jax.jit's W4 took 11.0 ms pinned to one core,
+  6.0 ms free on two), so only pinning makes a single-core comparison fair. The default,
+  `--cores 1,all`, runs the benchmark once per setting, each in its own process, and prints
+  their ratios side by side.
+- Threads. Each library gets one thread per pinned core (`--threads` overrides; 0 keeps each
+  library's default): on one core, the spinning worker threads of OpenBLAS, PyTorch's OpenMP
+  and XLA's Eigen pool, all in one process, would starve each other (numpy's W4 went from 15 ms
+  alone to 180 ms interleaved); on all cores every library, gradserve's servers included
+  (GRADSERVE_BLAS_THREADS), may use them all.
 """
 
 import os
 import sys
 
+from bench.harness import CORE_SETTINGS, pin_cores, thread_environment
 
-def _threads(argv: list[str]) -> int:
+
+def _option(argv: list[str], name: str) -> str | None:
     for i, arg in enumerate(argv):
-        if arg == "--threads" and i + 1 < len(argv):
-            return int(argv[i + 1])
-        if arg.startswith("--threads="):
-            return int(arg.split("=", 1)[1])
-    return 1
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
     os.environ.pop(_var, None)
-_n = _threads(sys.argv[1:])
-if _n > 0:
-    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_var] = str(_n)
-    if _n == 1:
-        _xla = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_xla}".strip()
+_argv = sys.argv[1:]
+_settings = (_option(_argv, "--cores") or ",".join(CORE_SETTINGS)).split(",")
+if len(_settings) > 1:
+    from bench.cli import compare_cores
+
+    raise SystemExit(compare_cores(_argv, _settings))
+_cores = pin_cores(_settings[0])
+_threads = int(_option(_argv, "--threads") or len(_cores))
+if _threads > 0:
+    os.environ.update(thread_environment(_threads))
 
 from bench.cli import main  # noqa: E402  (after the environment is set)
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -14,9 +17,11 @@ from bench.harness import (
     RESULTS_DIR,
     Row,
     Settings,
+    cores_table,
     detail_table,
     environment,
     library_versions,
+    rows_of,
     summary_table,
     write_json,
 )
@@ -91,10 +96,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--rounds", type=int, help="interleaved samples per contender")
     p.add_argument(
+        "--cores",
+        default="1,all",
+        help="the cores every contender is pinned to: 1, N or all; several (1,all, the "
+        "default) run once each, side by side (see __main__)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="threads per library (BLAS, OpenMP, XLA); 0 keeps the defaults (see __main__)",
+        help="threads per library (BLAS, OpenMP, XLA; default one per core); 0 keeps the "
+        "libraries' defaults",
     )
     p.add_argument("--no-detail", action="store_true", help="print the summary table only")
     return p.parse_args(argv)
@@ -141,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     names = select(args.only)
     env = environment()
     env["libraries"] = library_versions()
-    env["settings"] = {"quick": settings.quick, "rounds": settings.rounds, "threads": args.threads}
+    cores = len(env["affinity"])
+    threads = cores if args.threads is None else args.threads
+    env["settings"] = {"quick": settings.quick, "rounds": settings.rounds, "threads": threads}
     env["thread_env"] = {
         k: os.environ[k]
         for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")
@@ -149,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(
         f"gradserve benchmarks, {env['date']}: {env['cpu']}, {env['cores']} cores, "
-        f"numpy {env.get('numpy')}, BLAS {env.get('blas')}, threads per library: "
-        f"{args.threads or 'library defaults'}"
+        f"numpy {env.get('numpy')}, BLAS {env.get('blas')}; pinned to cores "
+        f"{env['affinity']}, threads per library: {threads or 'library defaults'}"
     )
     env["load_average_start"] = os.getloadavg()
     rows = run(names, settings)
@@ -172,3 +185,44 @@ def main(argv: list[str] | None = None) -> int:
         write_json(path, rows, env)
     print(f"\nresults: {paths[-1]}")
     return 0
+
+
+def _without(argv: list[str], *options: str) -> list[str]:
+    """argv without the given options and their values."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        elif not arg.startswith(tuple(f"{o}=" for o in options)):
+            out.append(arg)
+    return out
+
+
+def compare_cores(argv: list[str], settings: list[str]) -> int:
+    """Run the benchmark once per core setting, each in a fresh process (the pinning and the
+    thread counts are set before the libraries load), then print their ratios side by side
+    and save every run's results in one file."""
+    args = parse_args(argv)
+    rest = _without(argv, "--cores", "--json")
+    runs: dict[str, dict] = {}
+    code = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for setting in settings:
+            out = Path(tmp) / f"{setting}.json"
+            cmd = [sys.executable, "-m", "bench", *rest, "--cores", setting, "--json", str(out)]
+            print(f"== --cores {setting}", flush=True)
+            code = max(code, subprocess.run(cmd).returncode)
+            if out.exists():
+                runs[setting] = json.loads(out.read_text())
+    print()
+    print(cores_table({s: rows_of(data) for s, data in runs.items()}))
+    paths = [RESULTS_DIR / f"cores-{time.strftime('%Y%m%d-%H%M%S')}.json"]
+    if args.json:
+        paths.append(args.json)
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(runs, indent=1))
+    print(f"\nresults: {paths[-1]}")
+    return code

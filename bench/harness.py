@@ -22,6 +22,39 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+CORE_SETTINGS = ("1", "all")  # what `--cores` compares by default, side by side
+
+
+# ----------------------------------------------------------------------------------------------
+# Cores and threads: set before numpy, torch or jax loads (bench/__main__.py)
+
+
+def pin_cores(setting: str) -> tuple[int, ...]:
+    """Pin this process to the cores `setting` names, of those it may run on now: "all", or
+    a count N (the first N). Every process it starts inherits the mask (servers, M1's and the
+    workers' clients), so every timed contender runs on the same cores."""
+    allowed = sorted(os.sched_getaffinity(0))
+    count = len(allowed) if setting == "all" else int(setting)
+    if not 1 <= count <= len(allowed):
+        raise SystemExit(f"--cores {setting}: this process may run on {len(allowed)} cores")
+    cores = tuple(allowed[:count])
+    os.sched_setaffinity(0, cores)
+    return cores
+
+
+def thread_environment(threads: int) -> dict[str, str]:
+    """The environment that gives each library `threads` threads: BLAS, OpenMP (torch), XLA's
+    Eigen pool only when 1 (XLA has no thread-count setting of its own), and the gradserve
+    servers' BLAS (GRADSERVE_BLAS_THREADS: the server's own default would keep 1 per RPC
+    thread)."""
+    env = {
+        var: str(threads) for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    }
+    env["GRADSERVE_BLAS_THREADS"] = str(threads)
+    if threads == 1:
+        xla = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {xla}".strip()
+    return env
 
 
 @dataclass
@@ -231,6 +264,33 @@ def summary_table(rows: Sequence[Row]) -> str:
     )
 
 
+def cores_table(runs: dict[str, Sequence[Row]]) -> str:
+    """One line per workload: gradserve, the target anchor and the ratio with each core
+    setting (runs: setting -> its rows), side by side."""
+    settings = list(runs)
+    by_id = [{row.id + row.workload: row for row in rows} for rows in runs.values()]
+    out = []
+    for key, first in by_id[0].items() if by_id else ():
+        line = [first.id, first.workload, first.target]
+        for rows in by_id:
+            row = rows.get(key)
+            if row is None:
+                line += ["-", "-", "-"]
+                continue
+            gs, anchor = row.figures.get(row.gradserve), row.figures.get(row.target_anchor or "")
+            line += [
+                f"{fmt_value(gs, row.unit)} / {fmt_value(anchor, row.unit)}",
+                fmt_ratio(row),
+                fmt_met(row),
+            ]
+        out.append(line)
+    headers = ["id", "workload", "target"]
+    for s in settings:
+        cores = "1 core" if s == "1" else f"{s} cores"
+        headers += [f"gradserve / anchor ({cores})", f"ratio ({cores})", f"status ({cores})"]
+    return _table(headers, out)
+
+
 def detail_table(rows: Sequence[Row]) -> str:
     """Every contender of every workload, with its spread and notes."""
     out = []
@@ -265,6 +325,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cores": os.cpu_count(),
+        "affinity": sorted(os.sched_getaffinity(0)),
         "cpu": _cpu_model(),
         "openblas_env": {
             k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ
@@ -308,6 +369,12 @@ def library_versions() -> dict[str, str]:
         except ImportError:
             continue
     return versions
+
+
+def rows_of(data: dict[str, Any]) -> list[Row]:
+    """The Rows of a results file written by `write_json`."""
+    names = {f.name for f in dataclasses.fields(Row)}
+    return [Row(**{k: v for k, v in row.items() if k in names}) for row in data["rows"]]
 
 
 def write_json(path: Path, rows: Sequence[Row], env: dict[str, Any]) -> None:

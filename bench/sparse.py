@@ -197,16 +197,9 @@ def _cold(make: Callable[[], Any], run: Callable[[Any], Any], repeats: int = 3) 
 
 
 def _clear_caches() -> None:
-    import sys
-
     from gradserve.autodiff.cache import PROGRAM_CACHE
-    from gradserve.autodiff.sparsity import structural_pattern
 
-    PROGRAM_CACHE.clear()  # compiled plans and derivative programs
-    structural_pattern.cache_clear()
-    jac = sys.modules["gradserve.autodiff.jacobian"]
-    for cached in (jac.colour_plan, jac.linear_head, jac.is_diagonal):
-        cached.cache_clear()
+    PROGRAM_CACHE.clear()  # compiled plans, derivative programs, patterns and colourings
 
 
 def _warm_under_a_second(id_: str, what: str, call: Callable[[], Any], settings: Settings) -> Row:

@@ -77,7 +77,7 @@ def mlp_classifier(client) -> None:
     )  # fmt: skip
     run = client.train(g, **common)
     for step in run:
-        if step.step == 75:  # stop mid-way: the latest checkpoint is at step 50
+        if step.step == 75:  # stop mid-way: the run's checkpoint is then step 75's
             break
     print(f"  stopped at step 75; checkpoint at step {run.checkpoint.step}")
     resumed = client.train(g, **common, resume=run.checkpoint)

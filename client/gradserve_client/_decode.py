@@ -83,38 +83,76 @@ def csr_array(message: pb.SparseMatrix, field: str) -> Any:
 
 
 class JacobianAssembler:
-    """Assembles the row blocks of StreamJacobian into dense J[of][wrt] arrays."""
+    """Assembles the row blocks of StreamJacobian (or StreamHessian) into J[of][wrt]: dense
+    rows into ndarrays, CSR runs of rows into scipy CSR arrays, whose arrays are concatenated
+    once at the end (memory proportional to the stored entries, never densified)."""
 
     def __init__(self) -> None:
         self._dense: dict[tuple[str, str], Array] = {}
+        self._runs: dict[tuple[str, str], list[tuple[int, Array, Array, Array]]] = {}
+        self._shapes: dict[tuple[str, str], tuple[int, int]] = {}  # (rows, cols) of a CSR one
         self._missing: dict[tuple[str, str], int] = {}  # rows not yet received
         self.graph_id = ""
 
     def add(self, block: pb.JacobianRowBlock) -> None:
-        """Copy one row block into its Jacobian."""
+        """Copy one row block into its Jacobian (dense), or keep its CSR run."""
         self.graph_id = block.graph_id or self.graph_id
         key = (block.of, block.wrt)
-        rows = tensor_codec.from_tensor(block.rows, field=f"{block.of}/{block.wrt}")
-        dense = self._dense.get(key)
+        field = f"{block.of}/{block.wrt}"
         shape = tuple(block.shape)
-        if dense is None:
-            dense = self._dense[key] = np.empty(shape, rows.dtype)
-            self._missing[key] = math.prod(shape[: len(shape) - (rows.ndim - 1)])
         start, count = block.row_start, block.row_count
-        if count:
-            dense.reshape(-1, rows[0].size)[start : start + count] = rows.reshape(count, -1)
+        kind = block.WhichOneof("structure")
+        if kind == "sparse":
+            run = csr_array(block.sparse, field)
+            if key not in self._runs:
+                cols = run.shape[1]
+                rows = math.prod(shape) // cols if cols else count
+                self._runs[key], self._shapes[key], self._missing[key] = [], (rows, cols), rows
+            self._runs[key].append((start, run.indptr, run.indices, run.data))
+        elif kind == "rows":
+            rows = tensor_codec.from_tensor(block.rows, field=field)
+            dense = self._dense.get(key)
+            if dense is None:
+                dense = self._dense[key] = np.empty(shape, rows.dtype)
+                self._missing[key] = math.prod(shape[: len(shape) - (rows.ndim - 1)])
+            if count:
+                dense.reshape(-1, rows[0].size)[start : start + count] = rows.reshape(count, -1)
+        else:
+            raise GradserveError(
+                f"a row block of d{block.of}/d{block.wrt} uses a representation this SDK does "
+                "not know; upgrade gradserve_client"
+            )
         self._missing[key] -= count
 
-    def result(self, of: Sequence[str], wrt: Sequence[str]) -> dict[str, dict[str, Array]]:
+    def result(self, of: Sequence[str], wrt: Sequence[str]) -> dict[str, dict[str, Any]]:
         """J[of][wrt]; raises `DataLoss` if the stream ended before every row arrived."""
-        out: dict[str, dict[str, Array]] = {}
+        out: dict[str, dict[str, Any]] = {}
         for o in of:
             for w in wrt:
-                dense = self._dense.get((o, w))
-                if dense is None or self._missing[(o, w)] > 0:
-                    raise DataLoss(f"StreamJacobian ended before all of d{o}/d{w} arrived")
-                out.setdefault(o, {})[w] = dense
+                key = (o, w)
+                if self._missing.get(key, 1) > 0:
+                    raise DataLoss(f"the stream ended before all of d{o}/d{w} arrived")
+                dense = self._dense.get(key)
+                out.setdefault(o, {})[w] = dense if dense is not None else self._csr(key)
         return out
+
+    def _csr(self, key: tuple[str, str]) -> Any:
+        """The CSR array of ``key``'s runs, in row order, each array copied once."""
+        from scipy import sparse as sp
+
+        runs = sorted(self._runs.pop(key), key=lambda run: run[0])
+        rows, cols = self._shapes[key]
+        indptr = np.empty(rows + 1, np.int64)
+        indptr[0] = row = offset = 0
+        for start, run_indptr, _, _ in runs:
+            if start != row:
+                raise DataLoss(f"the stream's rows of d{key[0]}/d{key[1]} are not consecutive runs")
+            count = run_indptr.size - 1
+            indptr[row + 1 : row + count + 1] = run_indptr[1:] + offset
+            row, offset = row + count, offset + int(run_indptr[-1])
+        indices = np.concatenate([run[2] for run in runs])
+        data = np.concatenate([run[3] for run in runs])
+        return sp.csr_array((data, indices, indptr), shape=(rows, cols))
 
 
 def select(

@@ -128,7 +128,7 @@ EVALUATE: Method[Call, dict[str, Array]] = Method(
 )
 
 
-# -- Jacobian, and StreamJacobian for a Jacobian over the unary limit
+# -- Jacobian, and StreamJacobian for a Jacobian over the unary limit (dense or CSR)
 
 
 def _jacobian_locally(local: InProcess, call: Call) -> Any:
@@ -142,7 +142,10 @@ STREAM_JACOBIAN: Method[Call, Any] = Method(
         "StreamJacobian", pb.StreamJacobianRequest, pb.JacobianRowBlock, "unary_stream"
     ),
     request=lambda call: _with_tensors(
-        pb.StreamJacobianRequest(of=call.of, wrt=call.wrt, mode=call.wire_mode), call
+        pb.StreamJacobianRequest(
+            of=call.of, wrt=call.wrt, mode=call.wire_mode, structured=call.sparse
+        ),
+        call,
     ),
     collect=JacobianAssembler,
     decode=lambda call, assembled: call.jacobians(assembled.result(call.of, call.wrt)),
@@ -190,7 +193,7 @@ JVP: Method[Call, Any] = Method(
 )
 
 
-# -- Hessian and Hvp
+# -- Hessian (StreamHessian over the unary limit) and Hvp
 
 
 def _hessian_locally(local: InProcess, call: Call) -> Any:
@@ -200,6 +203,15 @@ def _hessian_locally(local: InProcess, call: Call) -> Any:
     return call.hessians(blocks)
 
 
+STREAM_HESSIAN: Method[Call, Any] = Method(
+    rpc=gradient_rpc("StreamHessian", pb.StreamHessianRequest, pb.JacobianRowBlock, "unary_stream"),
+    request=lambda call: _with_tensors(
+        pb.StreamHessianRequest(of=call.of[0], wrt=call.wrt, structured=call.sparse), call
+    ),
+    collect=JacobianAssembler,
+    decode=lambda call, assembled: call.hessians(assembled.result(call.wrt, call.wrt)),
+    local=_hessian_locally,
+)
 HESSIAN: Method[Call, Any] = Method(
     rpc=gradient_rpc("Hessian", pb.HessianRequest, pb.HessianResponse),
     request=lambda call: _with_tensors(
@@ -207,6 +219,8 @@ HESSIAN: Method[Call, Any] = Method(
     ),
     decode=lambda call, response: call.hessians(decode_jacobian(response, call.sparse)),
     local=_hessian_locally,
+    fallback=STREAM_HESSIAN,
+    fallback_on=is_jacobian_too_large,
 )
 
 

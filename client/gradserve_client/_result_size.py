@@ -2,10 +2,16 @@
 by the RPC that can carry it.
 
 A Jacobian's size follows from the graph (the outputs' shapes) and the inputs (the `wrt`
-shapes). Over the client's ``max_result_bytes`` it is refused here, as the server would refuse
-it (`ResourceExhausted`), before anything is sent or allocated. Over the server's unary limit
-(GetServerInfo's ``max_jacobian_elements``, asked once per client) it is sent straight to the
-method's fallback, StreamJacobian; the fallback after JACOBIAN_TOO_LARGE stays as a safety net.
+shapes); a Hessian's from the `wrt` shapes. Over the client's ``max_result_bytes`` a dense one
+is refused here, as the server would refuse it (`ResourceExhausted`), before anything is sent or
+allocated. Over the server's unary limit (GetServerInfo's ``max_jacobian_elements``, asked once
+per client) it is sent straight to the method's fallback, StreamJacobian or StreamHessian; the
+fallback after JACOBIAN_TOO_LARGE stays as a safety net.
+
+A sparse result's stored entries are not known before asking, but are at most its dense
+elements: a sparse result whose dense size is over the unary limit goes to the stream too
+(which sends CSR runs of rows, often in one message), and it is never refused here: the
+server bounds its stored entries.
 """
 
 from __future__ import annotations
@@ -27,12 +33,17 @@ DEFAULT_MAX_RESULT_BYTES = 2 << 30
 
 
 @functools.cache
-def _dense_methods() -> tuple[m.Method[Any, Any], ...]:
-    """The methods whose result is one dense array per (of, wrt). (Imported late: `_methods`
-    imports `_channel`, which makes this module's `ResultBudget`.)"""
+def _sized_methods() -> dict[m.Method[Any, Any], str]:
+    """The methods whose result is one matrix per block, by what the result is. (Imported
+    late: `_methods` imports `_channel`, which makes this module's `ResultBudget`.)"""
     from . import _methods as m
 
-    return (m.JACOBIAN, m.STREAM_JACOBIAN)
+    return {
+        m.JACOBIAN: "Jacobian",
+        m.STREAM_JACOBIAN: "Jacobian",
+        m.HESSIAN: "Hessian",
+        m.STREAM_HESSIAN: "Hessian",
+    }
 
 
 def _size(n: int) -> str:
@@ -42,18 +53,22 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
-def dense_size(call: Any) -> tuple[int, int, tuple[int, ...]] | None:
-    """(elements, bytes, the largest block's shape) of the Jacobians ``call`` asks for, or
-    None when a shape is not known before asking (an output with -1 dimensions, an input left
-    to its default)."""
+def dense_size(call: Any, hessian: bool = False) -> tuple[int, int, tuple[int, ...]] | None:
+    """(elements, bytes, the largest block's shape) of the dense Jacobians (or, with
+    ``hessian``, Hessian blocks) ``call`` asks for, or None when a shape is not known before
+    asking (an output with -1 dimensions, an input left to its default)."""
     meta = call.meta
     elements = nbytes = 0
     largest: tuple[int, ...] = ()
-    for of in call.of:
-        shape = meta.output_shapes.get(of)
+    for row in call.wrt if hessian else call.of:
+        if hessian:
+            x = call.feeds.get(row)
+            shape, dtype = (None, None) if x is None else (x.shape, x.dtype)
+        else:
+            shape, dtype = meta.output_shapes.get(row), meta.output_dtypes.get(row)
         if shape is None or any(d < 0 for d in shape):
             return None
-        itemsize = meta.output_dtypes.get(of, np.dtype("float64")).itemsize
+        itemsize = np.dtype(dtype or "float64").itemsize
         for wrt in call.wrt:
             x = call.feeds.get(wrt)
             if x is None:
@@ -77,17 +92,20 @@ class ResultBudget:
         self.server_limits: Mapping[str, int] | None = None  # GetServerInfo's, once asked
 
     def elements(self, method: m.Method[Any, Any], call: Any) -> int | None:
-        """The elements of the dense result of ``call`` by ``method`` (None: not a dense result,
-        or a size not known before asking). Raises `ResourceExhausted` over the budget."""
-        if method not in _dense_methods() or call.sparse:  # sparse: bounded by stored entries
+        """The elements of the dense result of ``call`` by ``method`` (None: not a Jacobian or
+        Hessian, or a size not known before asking). Raises `ResourceExhausted` when a dense
+        result is over the budget (a sparse one is bounded by its stored entries, by the
+        server)."""
+        what = _sized_methods().get(method)
+        if what is None:
             return None
-        size = dense_size(call)
+        size = dense_size(call, hessian=what == "Hessian")
         if size is None:
             return None
         elements, nbytes, largest = size
-        if nbytes > self.max_result_bytes:
+        if nbytes > self.max_result_bytes and not call.sparse:
             raise ResourceExhausted(
-                f"the Jacobian asked for would take {_size(nbytes)} ({elements} elements; the"
+                f"the {what} asked for would take {_size(nbytes)} ({elements} elements; the"
                 f" largest block has shape {list(largest)}), more than this client's"
                 f" max_result_bytes={self.max_result_bytes} ({_size(self.max_result_bytes)}):"
                 " ask for a sparse result (sparse=True) if it is sparse, or for its row blocks"
@@ -104,8 +122,8 @@ class ResultBudget:
         return elements
 
     def route(self, method: m.Method[Any, Any], elements: int) -> m.Method[Any, Any]:
-        """``method``, or its fallback (StreamJacobian) when the server said its unary limit
-        cannot hold ``elements``."""
+        """``method``, or its fallback (StreamJacobian or StreamHessian) when the server said
+        its unary limit cannot hold ``elements`` (dense: a sparse result has at most as many)."""
         limit = (self.server_limits or {}).get("max_jacobian_elements", 0)
         if method.fallback is not None and 0 < limit < elements:
             return method.fallback

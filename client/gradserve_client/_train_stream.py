@@ -50,6 +50,24 @@ class TrainCall:
         self.meta, self.feeds, self.arrays = meta, feeds, arrays
         self.request, self.total, self.start = request, total, start
 
+    def replay(self, anchor: Checkpoint | None, step: int) -> TrainCall:
+        """The same run, from ``anchor`` (None: this call's own start) to ``step``, where it
+        ends with that step's checkpoint; it reports only its last step and sends no other
+        checkpoint. The run is deterministic, so that checkpoint is the one this call's run
+        had at ``step``."""
+        request = tpb.TrainRequest()
+        request.CopyFrom(self.request)
+        request.ClearField("graph_source")
+        request.ClearField("data")
+        request.max_steps = request.report_every = step
+        request.checkpoint_every = 0
+        feeds, start = self.feeds, self.start
+        if anchor is not None:
+            request.ClearField("params")
+            request.resume_from.CopyFrom(anchor.to_proto())
+            feeds, start = {}, anchor.step
+        return TrainCall(self.meta, feeds, self.arrays, request, step, start)
+
 
 def train_call(
     graph: GraphLike,

@@ -91,6 +91,8 @@ class Methods:
         ``(of.size, wrt.size)`` (both flattened in C order): the server detects its sparsity
         pattern from the graph and computes it with one pass per colour of the pattern, so a
         diagonal or banded Jacobian costs a few passes and memory proportional to its non-zeros.
+        One whose dense size is over the server's unary limit is streamed in CSR runs of rows
+        (StreamJacobian) and assembled here, never densified.
         """
         call = jacobian_call(graph, inputs, of, wrt, mode, sparse)
         return self._invoke(m.JACOBIAN, call, self.timeout)
@@ -123,7 +125,8 @@ class Methods:
         ``wrt`` one name an ndarray of shape ``wrt.shape + wrt.shape``, else the nested dict of
         blocks ``H[wi][wj]`` (shape ``wi.shape + wj.shape``). With ``sparse``, each block is a
         ``scipy.sparse.csr_array`` of shape ``(wi.size, wj.size)``, its pattern detected and
-        coloured as for `jacobian`.
+        coloured as for `jacobian`. A Hessian larger than the server's unary limit is fetched
+        with StreamHessian (dense rows, or CSR runs of rows with ``sparse``) and assembled here.
         """
         call = hessian_call(graph, inputs, of, wrt, sparse)
         return self._invoke(m.HESSIAN, call, self.timeout)
@@ -401,4 +404,9 @@ class Client(Methods, ChannelClient):
                     raise from_rpc_error(rpc_error) from None
                 return
 
-        return Run(events, train.cancel, total=call.total, start=call.start, progress=progress)
+        def replay(anchor: Checkpoint | None, step: int) -> Run:
+            return self._train(call.replay(anchor, step), False, timeout)
+
+        every = call.request.checkpoint_every
+        return Run(events, train.cancel, replay, total=call.total, start=call.start,
+                        checkpoint_every=every, progress=progress)  # fmt: skip

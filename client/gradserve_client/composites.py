@@ -1,14 +1,27 @@
-"""SDK functions that are compositions of opset ops rather than ops of their own."""
+"""SDK functions that are not one generated function per op: compositions of opset ops, and
+ops whose numpy signature the generator does not write (einsum's operands after its string)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import pairwise
 
-from .graph import Var
+from .graph import Operand, Var, emit, operand_list
 from .ops import mean
 
-__all__ = ["global_avg_pool", "split"]
+__all__ = ["einsum", "global_avg_pool", "split"]
+
+
+def einsum(subscripts: str, *operands: Operand) -> Var:
+    """numpy einsum, with numpy's signature: `einsum("ij,jk->ik", a, b)`. Subscripts explicit,
+    implicit ("ij,jk") or with "..." for leading axes; a letter repeated within an operand takes
+    its diagonal ("ii->i"); the trace is "ii->" (op ``einsum``)."""
+    if not isinstance(subscripts, str):
+        raise TypeError(
+            "einsum: the subscripts come first, as in numpy: einsum('ij,jk->ik', a, b), got "
+            f"{type(subscripts).__name__}"
+        )
+    return emit("einsum", operand_list(operands, "einsum"), {"subscripts": subscripts})
 
 
 def global_avg_pool(x: Var) -> Var:

@@ -159,4 +159,9 @@ class LocalClient(Methods):
         def cancel() -> None:
             stop.append(None)
 
-        return Run(events, cancel, total=run.total, start=run.start, progress=progress)
+        def replay(anchor: Checkpoint | None, step: int) -> Run:
+            return self._train(run.replay(anchor, step), False, timeout)
+
+        every = run.request.checkpoint_every
+        return Run(events, cancel, replay, total=run.total, start=run.start,
+                   checkpoint_every=every, progress=progress)  # fmt: skip

@@ -38,7 +38,6 @@ __all__ = [
     "cumsum",
     "divide",
     "dot",
-    "einsum",
     "elu",
     "equal",
     "erf",
@@ -68,6 +67,7 @@ __all__ = [
     "matmul",
     "max",
     "max_pool",
+    "max_pool_indices",
     "maximum",
     "mean",
     "min",
@@ -199,17 +199,19 @@ def avg_pool(
     auto_pad: str = "NOTSET",
     ceil_mode: bool = False,
     count_include_pad: bool = False,
+    dilations: int | Sequence[int] | None = None,
 ) -> Var:
     """Mean over windows of x (N, C, *S) (ONNX AveragePool); padding counts only with
     count_include_pad (op ``avg_pool``).
 
     Args:
-        kernel_shape: the window's size per spatial axis.
-        strides: the step per spatial axis (default 1s).
-        pads: ONNX order: begins, then ends (default 0s).
+        kernel_shape: the window's size per spatial axis, or one for all.
+        strides: the step per spatial axis, or one for all (default 1s).
+        pads: ONNX order: begins, then ends, or one for all (default 0s).
         auto_pad: SAME_UPPER/SAME_LOWER/VALID.
         ceil_mode: round the output size up, as torch.
         count_include_pad: divide by the window's size, padding included.
+        dilations: the spacing of the window's taps, or one for all (default 1s).
     """
     return emit(
         "avg_pool",
@@ -221,6 +223,7 @@ def avg_pool(
             "auto_pad": auto_pad,
             "ceil_mode": ceil_mode,
             "count_include_pad": count_include_pad,
+            "dilations": dilations,
         },
     )
 
@@ -278,10 +281,10 @@ def conv(
     C/groups, *K), optional bias b (O,) (op ``conv``).
 
     Args:
-        strides: the step per spatial axis (default 1s).
-        pads: ONNX order: begins, then ends (default 0s).
+        strides: the step per spatial axis, or one for all (default 1s).
+        pads: ONNX order: begins, then ends, or one for all (default 0s).
         auto_pad: SAME_UPPER/SAME_LOWER/VALID.
-        dilations: the spacing of the kernel's taps (default 1s).
+        dilations: the spacing of the window's taps, or one for all (default 1s).
         groups: channel groups (C and O divisible by it).
     """
     return emit(
@@ -339,16 +342,6 @@ def dot(x1: Operand, x2: Operand) -> Var:
     ``dot``).
     """
     return emit("dot", (x1, x2))
-
-
-def einsum(operands: Sequence[Operand], subscripts: str) -> Var:
-    """numpy einsum over one or more operands (explicit, implicit or '...' subscripts); no
-    letter repeated within an operand (op ``einsum``).
-
-    Args:
-        subscripts: numpy's, e.g. 'ij,jk->ik'.
-    """
-    return emit("einsum", operand_list(operands, "einsum"), {"subscripts": subscripts})
 
 
 def elu(x: Var, alpha: float = 1.0) -> Var:
@@ -563,12 +556,12 @@ def max_pool(
     the gradient evenly (op ``max_pool``).
 
     Args:
-        kernel_shape: the window's size per spatial axis.
-        strides: the step per spatial axis (default 1s).
-        pads: ONNX order: begins, then ends (default 0s).
+        kernel_shape: the window's size per spatial axis, or one for all.
+        strides: the step per spatial axis, or one for all (default 1s).
+        pads: ONNX order: begins, then ends, or one for all (default 0s).
         auto_pad: SAME_UPPER/SAME_LOWER/VALID.
         ceil_mode: round the output size up, as torch.
-        dilations: the spacing of the window's taps (default 1s).
+        dilations: the spacing of the window's taps, or one for all (default 1s).
     """
     return emit(
         "max_pool",
@@ -580,6 +573,43 @@ def max_pool(
             "auto_pad": auto_pad,
             "ceil_mode": ceil_mode,
             "dilations": dilations,
+        },
+    )
+
+
+def max_pool_indices(
+    x: Var,
+    kernel_shape: int | Sequence[int],
+    strides: int | Sequence[int] | None = None,
+    pads: int | Sequence[int] | None = None,
+    auto_pad: str = "NOTSET",
+    ceil_mode: bool = False,
+    dilations: int | Sequence[int] | None = None,
+    storage_order: bool = False,
+) -> Var:
+    """Where each window's max of x (N, C, *S) lies, as ONNX MaxPool's Indices: an int64 index
+    into x flattened, the first maximum among ties; no gradient (op ``max_pool_indices``).
+
+    Args:
+        kernel_shape: the window's size per spatial axis, or one for all.
+        strides: the step per spatial axis, or one for all (default 1s).
+        pads: ONNX order: begins, then ends, or one for all (default 0s).
+        auto_pad: SAME_UPPER/SAME_LOWER/VALID.
+        ceil_mode: round the output size up, as torch.
+        dilations: the spacing of the window's taps, or one for all (default 1s).
+        storage_order: 1: the spatial axes count column-major.
+    """
+    return emit(
+        "max_pool_indices",
+        (x,),
+        {
+            "kernel_shape": kernel_shape,
+            "strides": strides,
+            "pads": pads,
+            "auto_pad": auto_pad,
+            "ceil_mode": ceil_mode,
+            "dilations": dilations,
+            "storage_order": storage_order,
         },
     )
 
@@ -667,7 +697,8 @@ def pad(
     x: Var, pads: int | Sequence[int], mode: str = "constant", constant_value: float = 0.0
 ) -> Var:
     """numpy pad with ONNX's pads (all begins, then all ends); mode constant, reflect (without
-    the edge) or edge (repeating it) (op ``pad``).
+    the edge), edge (repeating it) or wrap (the other end's elements, periodically) (op
+    ``pad``).
 
     Args:
         pads: begin_0, begin_1, ..., then end_0, end_1, ... (ONNX's order).

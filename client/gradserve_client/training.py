@@ -13,15 +13,17 @@ optimizer step (torch's StepLR and CosineAnnealingLR, called after every ``optim
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import InvalidArgument
+from .errors import GradserveError, InvalidArgument
 from .proto import tensor_codec
 from .proto import training_pb2 as tpb
 from .proto.dataset_codec import dataset_id as dataset_id  # the SDK's name for it
@@ -425,6 +427,12 @@ class _State:
         raise RuntimeError("the run has not ended yet: iterate over it first")
 
 
+#: What a run gets from its client to recompute a checkpoint: ``replay(anchor, step)`` returns
+#: a run (not started) of the same training from ``anchor`` (None: the run's own start) that
+#: stops after ``step`` and ends with that step's checkpoint.
+Replay = Callable[[Checkpoint | None, int], Any]
+
+
 class _RunBase:
     """What `Run` and `AsyncRun` share: the state received so far, the start and end of the
     iteration (progress bar, cancelling a run left early), `cancel` and the read-outs."""
@@ -433,14 +441,19 @@ class _RunBase:
         self,
         events: Callable[[], Iterator[Event]] | Callable[[], AsyncIterator[Event]],
         cancel: Callable[[], None],
+        replay: Replay,
         *,
         total: int | None,
         start: int,
+        checkpoint_every: int | None,
         progress: bool,
     ) -> None:
         self._events = events
         self._cancel = cancel
+        self._replay = replay
         self._total, self._start, self._progress = total, start, progress
+        self._checkpoint_every = checkpoint_every
+        self._held: TrainStep | None = None
         self._state = _State()
 
     def _begin(self) -> _Progress | None:
@@ -450,25 +463,57 @@ class _RunBase:
         self._state.started = True
         return _Progress(self._progress, self._total, self._start)
 
+    def _steps(self, event: Event, progress: _Progress) -> list[TrainStep]:
+        """Take ``event``; the steps to hand to the caller now. A step whose checkpoint is due
+        (every ``checkpoint_every`` steps, and the last) is held until the event after it, its
+        checkpoint, so that `checkpoint` is that step's while the caller looks at it."""
+        held, self._held = self._held, None
+        step = self._state.take(event, progress)
+        steps = [held] if held is not None else []
+        if step is not None:
+            every = self._checkpoint_every
+            due = (every and step.step % every == 0) or step.step == self._total
+            if due and step.finite:
+                self._held = step
+            else:
+                steps.append(step)
+        return steps
+
     def _failed(self, exc: BaseException) -> None:
         if not isinstance(exc, GeneratorExit):
             self._state.error = exc
 
-    def _end(self, progress: _Progress) -> None:
-        """Stop iterating: close the bar; a run left before its end is stopped."""
-        progress.close()
-        self.cancel()
-
-    def cancel(self) -> None:
-        """Stop the run (the server stops within one step)."""
+    def _stop_stream(self) -> None:
+        """Cancel the stream of a run that has not ended (the server stops within one step)."""
         if self._state.result is None:
             self._state.stopped = self._state.error is None
             self._state.started = True
             self._cancel()
 
+    def _final_replay(self) -> Any:
+        """The replay (see `Replay`) that gives a stopped run the checkpoint of the last step
+        received, or None when it has it (or took no step, or failed or finished instead)."""
+        s = self._state
+        if not s.stopped or not s.history:
+            return None
+        last = s.history[-1].step
+        if s.checkpoint is not None and s.checkpoint.step >= last:
+            return None
+        return self._replay(s.checkpoint, last)
+
+    def _replay_failed(self, exc: Exception) -> None:
+        have = f"step {self._state.checkpoint.step}'s" if self._state.checkpoint else "none"
+        warnings.warn(
+            f"the run stopped after step {self._state.history[-1].step}, but its checkpoint"
+            f" could not be made ({exc}); run.checkpoint is the latest received ({have})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
     @property
     def checkpoint(self) -> Checkpoint | None:
-        """The latest checkpoint received (None before the first)."""
+        """The latest checkpoint: every ``checkpoint_every`` steps, and that of the last step
+        once the run has ended or was stopped (None before the first)."""
         return self._state.checkpoint
 
     @property
@@ -490,7 +535,7 @@ class _RunBase:
 class Run(_RunBase):
     """A training run: iterate over it for its `TrainStep`s (each reported step); then
     `params` holds the final parameters. Breaking out of the loop (or `cancel`) stops the run
-    on the server within one step; `checkpoint` keeps the latest checkpoint received.
+    on the server within one step, and `checkpoint` is then that of the last step received.
 
     A run is iterated once. Reading `params` before iterating runs it to the end.
     """
@@ -503,14 +548,31 @@ class Run(_RunBase):
             return
         try:
             for event in self._events():
-                step = self._state.take(event, progress)
-                if step is not None:
-                    yield step
+                yield from self._steps(event, progress)
+            if self._held is not None:  # a stream that ended without the step's checkpoint
+                yield self._held
         except BaseException as exc:
             self._failed(exc)
             raise
         finally:
-            self._end(progress)
+            progress.close()
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Stop the run: the server stops within one step, and `checkpoint` becomes the
+        checkpoint of the last step received (the server recomputes it from the latest
+        checkpoint, at most ``checkpoint_every - 1`` steps)."""
+        self._stop_stream()
+        replay = self._final_replay()
+        if replay is None:
+            return
+        try:
+            for _ in replay:
+                pass
+        except GradserveError as exc:
+            self._replay_failed(exc)
+        else:
+            self._state.checkpoint = replay.checkpoint
 
     def __enter__(self) -> Run:
         return self
@@ -534,9 +596,14 @@ class Run(_RunBase):
 
 class AsyncRun(_RunBase):
     """The asyncio twin of `Run`: ``async for step in run``; then `params`. Breaking out of
-    the loop (or ``run.cancel()``) stops the run."""
+    the loop (or ``run.cancel()``) stops the run; ``await run.stop()`` (or ``async with
+    run:``) also waits for the checkpoint of the last step received."""
 
     _events: Callable[[], AsyncIterator[Event]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stopping = asyncio.Lock()
 
     async def __aiter__(self) -> AsyncIterator[TrainStep]:
         progress = self._begin()
@@ -544,14 +611,44 @@ class AsyncRun(_RunBase):
             return
         try:
             async for event in self._events():
-                step = self._state.take(event, progress)
-                if step is not None:
+                for step in self._steps(event, progress):
                     yield step
+            if self._held is not None:  # a stream that ended without the step's checkpoint
+                yield self._held
         except BaseException as exc:
             self._failed(exc)
             raise
         finally:
-            self._end(progress)
+            progress.close()
+            await self.stop()
+
+    def cancel(self) -> None:
+        """Stop the run: the server stops within one step (`stop` also makes the checkpoint
+        of the last step received)."""
+        self._stop_stream()
+
+    async def stop(self) -> None:
+        """Stop the run, and return once `checkpoint` is the checkpoint of the last step
+        received (as `Run.cancel`). After ``break`` in ``async for``, asyncio closes the loop's
+        iterator later, on its own: await this before reading `checkpoint`."""
+        self._stop_stream()
+        async with self._stopping:
+            replay = self._final_replay()
+            if replay is None:
+                return
+            try:
+                async for _ in replay:
+                    pass
+            except GradserveError as exc:
+                self._replay_failed(exc)
+            else:
+                self._state.checkpoint = replay.checkpoint
+
+    async def __aenter__(self) -> AsyncRun:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     async def wait(self) -> dict[str, np.ndarray]:
         """Run to the end; the final parameters."""

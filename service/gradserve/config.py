@@ -104,7 +104,8 @@ class Settings(BaseSettings):
         1 << 31,
         ge=1,
         description="Most elements of the Jacobians of one StreamJacobian call (summed over its"
-        " of x wrt pairs), checked before the first block.",
+        " of x wrt pairs) or of the Hessian of one StreamHessian call; of a structured stream,"
+        " its stored entries. Checked before the first block.",
     )
     max_request_bytes: int = Field(
         0,

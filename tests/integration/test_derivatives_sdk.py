@@ -14,7 +14,7 @@ import pytest
 from gradserve_client.proto import gradient_service_pb2 as pb
 from gradserve_client.proto import tensor_codec
 from scipy import sparse as sp
-from wire import G, tensors
+from wire import G, rich_error, tensors
 
 RNG = np.random.default_rng(7)
 N = 12
@@ -223,19 +223,43 @@ def test_errors_name_the_field(server: Any, stub: Any) -> None:
     assert rpc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "kind" in rpc.value.details()
 
 
-def test_limits_are_resource_exhausted(make_server: Any) -> None:
+def test_over_the_unary_limit_the_server_refuses_and_the_sdk_streams(make_server: Any) -> None:
+    """A dense Hessian over max_jacobian_elements, and a structured Jacobian with more stored
+    entries, are JACOBIAN_TOO_LARGE as unary calls; the SDK sends them by their streams."""
     small = make_server(max_jacobian_elements=N * N)
     at = {"x": X0, "y": Y0}
+    channel, stub = small.stub()
+    with channel:
+        request = pb.HessianRequest(graph=scalar_function().to_proto(), inputs=tensors(at))
+        with pytest.raises(grpc.RpcError) as rpc:
+            stub.Hessian(request)  # 4 N^2 elements
+        error = rich_error(rpc.value)
+        assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error.reason == "JACOBIAN_TOO_LARGE" and "StreamHessian" in error.message
+        assert error.metadata["limit"] == "max_jacobian_elements"
+    closed = closed_hessian(X0, Y0)
     with gs.Client(small.address) as c:
-        c.hessian(scalar_function(), at, wrt="x")  # N * N elements: at the limit
-        with pytest.raises(gs.ResourceExhausted, match="max_jacobian_elements") as info:
-            c.hessian(scalar_function(), at, wrt=["x", "y"])
-        assert info.value.metadata["limit"] == "max_jacobian_elements"
+        np.testing.assert_allclose(c.hessian(scalar_function(), at, wrt="x"), closed["x"]["x"])
+        H = c.hessian(scalar_function(), at, wrt=["x", "y"])
         sparse = c.hessian(scalar_function(), at, wrt=["x", "y"], sparse=True)  # 3N stored
-        assert sum(block.nnz for row in sparse.values() for block in row.values()) <= 3 * N
+    for a in "xy":
+        for b in "xy":
+            np.testing.assert_allclose(H[a][b], closed[a][b], atol=1e-12)
+            np.testing.assert_allclose(sparse[a][b].toarray(), closed[a][b], atol=1e-12)
     tiny = make_server(max_jacobian_elements=N)
-    with gs.Client(tiny.address) as c, pytest.raises(gs.ResourceExhausted, match="stored"):
-        c.jacobian(tridiagonal(), {"x": X0}, of="r", wrt="x", sparse=True)
+    channel, stub = tiny.stub()
+    with channel:
+        request = pb.JacobianRequest(
+            graph=tridiagonal().to_proto(), inputs=tensors({"x": X0}), structured=True
+        )
+        with pytest.raises(grpc.RpcError) as rpc:
+            stub.Jacobian(request)
+        error = rich_error(rpc.value)
+        assert error.reason == "JACOBIAN_TOO_LARGE"
+        assert f"{3 * (N - 2)} stored entries" in error.message
+    with gs.Client(tiny.address) as c:
+        J = c.jacobian(tridiagonal(), {"x": X0}, of="r", wrt="x", sparse=True)
+    np.testing.assert_allclose(J.toarray(), tridiagonal_jacobian(X0), rtol=1e-12)
 
 
 def test_features_list_the_new_rpcs(server: Any) -> None:

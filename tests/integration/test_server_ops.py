@@ -65,6 +65,8 @@ SPECIAL = {
         WINDOW,
     ),
     "conv_patches_grad": ([_u(1, 2, 4, 2)], {**WINDOW, "shape": [4]}),
+    "conv_input_grad": ([_u(1, 2, 4), _u(2, 3, 2)], {**WINDOW, "shape": [4]}),
+    "conv_kernel_grad": ([_u(1, 3, 4), _u(1, 2, 4)], WINDOW),
     "max_pool": ([_u(1, 2, 4)], POOL),
     "max_pool_pick": ([POOLED, POOLED_MAX, _u(1, 2, 4)], POOL),
     "max_pool_grad": ([POOLED, POOLED_MAX, _u(1, 2, 2)], POOL),

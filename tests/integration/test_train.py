@@ -138,12 +138,12 @@ def test_exact_resume_with_shuffle(client):
         if step.step == 7:
             break
     ckpt = first.checkpoint
-    assert (ckpt.step, ckpt.epoch) == (5, 1)
+    assert (ckpt.step, ckpt.epoch) == (7, 1)  # the step it stopped at, recomputed from step 5's
     with pytest.raises(RuntimeError, match="stopped after step 7"):
         _ = first.params
     ckpt = pickle.loads(pickle.dumps(gs.Checkpoint.from_bytes(ckpt.to_bytes())))
     resumed = client.train(mlp_graph(), **kw, resume=ckpt)
-    assert [s.step for s in resumed] == list(range(6, 13))
+    assert [s.step for s in resumed] == list(range(8, 13))
     for k in params:
         assert np.array_equal(resumed.params[k], full.params[k])
     # a LocalClient checkpoint resumes on the server, and the other way round
@@ -247,7 +247,7 @@ def test_breaking_out_stops_the_server_loop_within_a_step(make_server):
             if step.step == 4:
                 break
         per_step = (time.monotonic() - t0) / 4
-        assert run.checkpoint.step == 2  # step 4's checkpoint follows its step event
+        assert run.checkpoint.step == 4  # step 4 was handed over with its checkpoint
         assert _wait(lambda: metrics.TRAIN_ACTIVE_STREAMS._value.get() == 0)
         ran = metrics.TRAIN_STEPS._value.get() - before
         assert ran <= 4 + 2, (ran, per_step)  # the step in flight, at most one more
@@ -611,3 +611,118 @@ def test_a_run_that_ends_before_its_first_checkpoint_resumes_exactly(client):
         whole = c.train(mlp_graph(), params=params, max_steps=100, **kw)
         for name, value in whole.params.items():
             np.testing.assert_array_equal(resumed.params[name], value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stopping: the checkpoint of the step the caller stopped at
+
+STOP_KW = dict(optimizer=gs.SGD(lr=0.05, momentum=0.9, nesterov=True), batch_size=16,
+               shuffle=True, seed=5, max_steps=100, checkpoint_every=100)  # fmt: skip
+
+
+def _stopped_then_resumed(c, start=None):
+    """Break out at step 38 (no checkpoint received yet): the run's checkpoint is step 38's.
+    Returns it and the parameters of the run resumed from it to step 100."""
+    params, data = problem(4)
+    run = c.train(mlp_graph(), params=params, data=data, **STOP_KW, resume=start)
+    for step in run:
+        if step.step == 38:
+            break
+    ckpt = run.checkpoint
+    resumed = c.train(mlp_graph(), params=params, data=data, **STOP_KW, resume=ckpt)
+    assert [s.step for s in resumed][:2] == [39, 40]
+    return ckpt, resumed.params
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(client):
+    """The whole run to step 100, and a run that ended at step 38 (max_steps) with its final
+    checkpoint: what a stop at step 38 must reproduce."""
+    params, data = problem(4)
+    whole = client.train(mlp_graph(), params=params, data=data, **STOP_KW)
+    ended = client.train(mlp_graph(), params=params, data=data, **{**STOP_KW, "max_steps": 38})
+    list(ended)
+    return whole.params, ended.checkpoint
+
+
+def _assert_step_38(ckpt, resumed, uninterrupted):
+    whole, at_38 = uninterrupted
+    assert ckpt is not None and (ckpt.step, ckpt.epoch) == (38, 9)
+    assert ckpt == at_38  # params, momentum buffers, cursor and fingerprint, byte for byte
+    momentum = tpb.Checkpoint.FromString(ckpt.to_bytes()).optimizer_state
+    assert {k for k in momentum if k.startswith("momentum_buffer/")} == {
+        f"momentum_buffer/{k}" for k in whole
+    }
+    for name, value in whole.items():
+        np.testing.assert_array_equal(resumed[name], value)
+
+
+def test_breaking_out_gives_the_checkpoint_of_that_step(client, uninterrupted):
+    ckpt, resumed = _stopped_then_resumed(client)
+    _assert_step_38(ckpt, resumed, uninterrupted)
+
+
+def test_local_client_stop_checkpoint_resumes_on_the_server(client, uninterrupted):
+    ckpt, resumed = _stopped_then_resumed(gs.LocalClient())
+    _assert_step_38(ckpt, resumed, uninterrupted)
+    params, data = problem(4)
+    on_server = client.train(mlp_graph(), params=params, data=data, **STOP_KW, resume=ckpt)
+    for name, value in uninterrupted[0].items():
+        np.testing.assert_array_equal(on_server.params[name], value)
+
+
+def test_async_stop_gives_the_checkpoint_of_that_step(server, uninterrupted):
+    params, data = problem(4)
+
+    async def go():
+        async with gs.AsyncClient(server.address) as ac:
+            run = ac.train(mlp_graph(), params=params, data=data, **STOP_KW)
+            async for step in run:
+                if step.step == 38:
+                    break
+            await run.stop()
+            ckpt = run.checkpoint
+            async with ac.train(mlp_graph(), params=params, data=data, **STOP_KW) as other:
+                async for step in other:
+                    if step.step == 38:
+                        break
+            resumed = ac.train(mlp_graph(), params=params, data=data, **STOP_KW, resume=ckpt)
+            return ckpt, other.checkpoint, await resumed.wait()
+
+    ckpt, other, resumed = asyncio.run(go())
+    assert other == ckpt
+    _assert_step_38(ckpt, resumed, uninterrupted)
+
+
+def test_stop_after_a_checkpoint_and_after_a_resume(client, uninterrupted):
+    """A stop recomputes from the latest checkpoint (here step 20's), or from the checkpoint
+    the run was resumed from; a step whose checkpoint is due is handed over with it."""
+    params, data = problem(4)
+    kw = {**STOP_KW, "checkpoint_every": 20}
+    run = client.train(mlp_graph(), params=params, data=data, **kw)
+    seen = {}
+    for step in run:
+        seen[step.step] = run.checkpoint.step if run.checkpoint else None
+        if step.step == 38:
+            break
+    assert seen[19] is None and seen[20] == 20 and seen[38] == 20
+    assert run.checkpoint.step == 38
+    # its parameters and optimizer state are those of the run that ended at step 38
+    assert run.checkpoint.params.keys() == uninterrupted[1].params.keys()
+    for name, value in uninterrupted[1].params.items():
+        np.testing.assert_array_equal(run.checkpoint.params[name], value)
+    start = client.train(mlp_graph(), params=params, data=data, **{**kw, "max_steps": 30})
+    list(start)
+    ckpt, resumed = _stopped_then_resumed(client, start=start.checkpoint)
+    _assert_step_38(ckpt, resumed, uninterrupted)
+
+
+def test_a_stop_before_any_step_or_after_the_end_has_nothing_to_recompute(client):
+    params, data = problem(4)
+    with client.train(mlp_graph(), params=params, data=data, **STOP_KW) as run:
+        pass
+    assert run.checkpoint is None and run.history == []
+    done = client.train(mlp_graph(), params=params, data=data, **{**STOP_KW, "max_steps": 5})
+    list(done)
+    done.cancel()
+    assert done.checkpoint.step == 5 and done.done

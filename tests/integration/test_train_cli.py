@@ -116,4 +116,4 @@ def test_the_training_example_runs_against_a_server(server):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "checkpoint at step 50" in result.stdout and "training accuracy" in result.stdout
+    assert "checkpoint at step 75" in result.stdout and "training accuracy" in result.stdout

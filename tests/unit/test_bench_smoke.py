@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
 from bench import cli, core
-from bench.harness import Contender, Row, Settings, summary_table, time_interleaved
+from bench.harness import (
+    Contender,
+    Row,
+    Settings,
+    cores_table,
+    summary_table,
+    thread_environment,
+    time_interleaved,
+)
 
 
 def test_interleaved_timing_gives_medians_and_ratio() -> None:
@@ -87,3 +97,37 @@ def test_quick_structured_workloads_time_gradserve_checked_against_numpy(monkeyp
         assert row.figures[row.gradserve] is not None, (row.id, row.notes)
     if workload == "s3":  # numpy by hand passed its check against the closed form: timed
         assert rows[0].figures["numpy (hand)"] is not None
+
+
+def test_pinned_cores_are_inherited_by_the_processes_the_bench_starts() -> None:
+    # Servers, M1's runs and the workers' clients are children: they must run on the same core.
+    child = "import os; print(sorted(os.sched_getaffinity(0)))"
+    code = (
+        "import os, subprocess, sys\n"
+        "from bench.harness import pin_cores\n"
+        "print(list(pin_cores('1')))\n"
+        f"subprocess.run([sys.executable, '-c', {child!r}])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    mine, theirs = out.stdout.split("\n")[:2]
+    assert mine == theirs and len(json.loads(mine)) == 1, out.stdout
+
+
+def test_threads_follow_the_cores() -> None:
+    one, two = thread_environment(1), thread_environment(2)
+    assert one["OPENBLAS_NUM_THREADS"] == one["GRADSERVE_BLAS_THREADS"] == "1"
+    assert "multi_thread_eigen=false" in one["XLA_FLAGS"]
+    assert two["OMP_NUM_THREADS"] == two["GRADSERVE_BLAS_THREADS"] == "2"
+    assert "XLA_FLAGS" not in two
+
+
+def test_core_settings_side_by_side() -> None:
+    def row(gs: float) -> Row:
+        r = Row("C1", "toy", "s", "gs", "torch", "≤ 1.5× torch", 1.5)
+        r.figures = {"gs": gs, "torch": 1.0}
+        return r
+
+    table = cores_table({"1": [row(1.2)], "all": [row(1.8)]})
+    header, _, line = table.splitlines()
+    assert "ratio (1 core)" in header and "ratio (all cores)" in header
+    assert "| 1.20x" in line and "| 1.80x" in line and "| met" in line and "NOT MET" in line

@@ -320,7 +320,9 @@ for _x, _w, _attrs in [
     ((1, 3, 5, 5), (2, 2, 3, 3), {}),  # channel mismatch
     ((1, 4, 5, 5), (3, 2, 3, 3), {"groups": 2}),  # groups do not divide O
     ((1, 3, 2, 2), (2, 3, 3, 3), {}),  # the kernel is larger than the input
-    ((1, 3, 5, 5), (2, 3, 3, 3), {"strides": [1]}),
+    ((1, 3, 5, 5), (2, 3, 3, 3), {"strides": [1]}),  # one value for all axes
+    ((1, 3, 9, 8), (2, 3, 3, 3), {"strides": 2, "pads": 1, "dilations": 2}),
+    ((1, 3, 5, 5), (2, 3, 3, 3), {"strides": [1, 1, 1]}),
     ((3, 5), (2, 3, 3), {}),  # no spatial axis
 ]:
     case(
@@ -331,13 +333,15 @@ case("conv", [((1, 2, 5), F32), ((3, 2, 2), F32), ((2,), F32)], gs.conv, "bad bi
 case("conv", [((1, 2, 5), F32), ((3, 2, 2), F64)], gs.conv, "dtype mismatch")
 case("conv", [((1, 2, 5), I64), ((3, 2, 2), I64)], gs.conv, "integers")
 
-for _op in ("max_pool", "avg_pool"):
+for _op in ("max_pool", "avg_pool", "max_pool_indices"):
     for _x, _attrs in [
         ((1, 2, 6, 5), {"kernel_shape": [2, 2]}),
+        ((1, 2, 6, 5), {"kernel_shape": 2, "strides": 2, "pads": 1}),  # one value for all axes
+        ((1, 2, 7, 6), {"kernel_shape": [2, 2], "dilations": [2, 1], "ceil_mode": True}),
         ((1, 2, 6, 5), {"kernel_shape": [3, 2], "strides": [2, 2], "ceil_mode": True}),
         ((1, 2, 6, 5), {"kernel_shape": [3, 3], "auto_pad": "SAME_UPPER", "strides": [2, 2]}),
         ((1, 2, 5), {"kernel_shape": [2], "pads": [1, 1]}),
-        ((1, 2, 5), {"kernel_shape": [2, 2]}),  # one value per spatial axis
+        ((1, 2, 5), {"kernel_shape": [2, 2]}),  # one value per spatial axis, or one for all
         ((1, 2, 5), {"kernel_shape": [7]}),
         ((2, 5), {"kernel_shape": [2]}),
     ]:
@@ -380,13 +384,16 @@ for _subs, _shapes, _dtype in [
     ("bij,bjk,bkl->bil", [(2, 2, 3), (2, 3, 1), (2, 1, 2)], F64),
     ("i->", [(3,)], F64),
     ("ij,jk->ik", [(2, 3), (4, 4)], F64),  # sizes disagree
-    ("ii->i", [(3, 3)], F64),  # diagonals are not supported
+    ("ii->i", [(3, 3)], F64),  # a diagonal
+    ("bii->bi", [(2, 3, 3)], F32),
+    ("ii->", [(3, 3)], F64),  # the trace
+    ("ii->i", [(3, 2)], F64),  # a diagonal of a non-square matrix
     ("ij->k", [(2, 3)], F64),
 ]:
     case(
         "einsum",
         [(_s, _dtype) for _s in _shapes],
-        lambda *xs, e=_subs: gs.einsum(list(xs), subscripts=e),
+        lambda *xs, e=_subs: gs.einsum(e, *xs),
         (_subs, _shapes, _dtype),
     )
 

@@ -27,7 +27,8 @@ from gradserve.autodiff import (
     vjp,
     vjp_values,
 )
-from gradserve.autodiff.jacobian import colour_plan
+from gradserve.autodiff.colouring import colour_columns, star_colouring
+from gradserve.autodiff.jacobian import colour_plan, symmetric_plan
 from hypothesis import given
 from hypothesis import strategies as st
 from test_properties import SETTINGS, programs
@@ -158,3 +159,119 @@ def test_second_order_errors_name_the_field():
         derivative_program(p, "f", "x", "hess")
     with pytest.raises(GraphError, match="y: of: must be a scalar"):
         derivative_program(two, "y", "x", "hvp")
+
+
+# ---- symmetry: star colouring ------------------------------------------------------------------
+
+
+def _graph(n: int, nodes: list[tuple]) -> Program:
+    return Program.build(
+        GraphDef(
+            (InputDef("x", "float64", (n,)),),
+            tuple(NodeDef(*node) for node in nodes),
+            ("f",),
+        )
+    )
+
+
+def banded(n: int, b: int) -> Program:
+    """f = sum over k = 1..b of sum(sin(x[k:] * x[:-k])): a Hessian of half-bandwidth b."""
+    nodes: list[tuple] = []
+    for k in range(1, b + 1):
+        nodes += [
+            (f"a{k}", "slice", ("x",), {"index": f"{k}:"}),
+            (f"b{k}", "slice", ("x",), {"index": f":-{k}"}),
+            (f"p{k}", "multiply", (f"a{k}", f"b{k}")),
+            (f"s{k}", "sin", (f"p{k}",)),
+            (f"t{k}" if k > 1 else "f1", "sum", (f"s{k}",)),
+        ]
+        if k > 1:
+            nodes.append((f"f{k}", "add", (f"f{k - 1}", f"t{k}")))
+    nodes.append(("f", "multiply", (f"f{b}", "one")))
+    nodes.insert(0, ("one", "constant", (), {"value": np.array(1.0)}))
+    return _graph(n, nodes)
+
+
+def arrowhead(n: int) -> Program:
+    """f = sum_j (x_j - x_0)^2 x_j over j >= 1: x_0 meets every other variable."""
+    return _graph(
+        n,
+        [
+            ("x0", "slice", ("x",), {"index": "0"}),
+            ("rest", "slice", ("x",), {"index": "1:"}),
+            ("d", "subtract", ("rest", "x0")),
+            ("d2", "square", ("d",)),
+            ("t", "multiply", ("d2", "rest")),
+            ("f", "sum", ("t",)),
+        ],
+    )
+
+
+def arrowhead_hessian(x: np.ndarray) -> np.ndarray:
+    h = np.zeros((x.size, x.size))
+    j = np.arange(1, x.size)
+    h[j, j] = 2 * x[1:] + 4 * (x[1:] - x[0])
+    h[j, 0] = h[0, j] = -2 * x[1:] - 2 * (x[1:] - x[0])
+    h[0, 0] = 2 * x[1:].sum()
+    return h
+
+
+def _recovers_directly(pattern: sp.csr_array, colours: np.ndarray, hubs: np.ndarray) -> bool:
+    """Every entry (i, j) is alone in its pass where the plan reads it: column j's colour in row
+    i, or (i a hub row, j not a hub) column i's colour in row j."""
+    dense = pattern.toarray()
+    for i, j in zip(*np.nonzero(dense), strict=True):
+        row, col = (j, i) if hubs[i] and not hubs[j] else (i, j)
+        if np.count_nonzero(dense[row] & (colours == colours[col])) != 1:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("b", [1, 2, 3, 5])
+def test_banded_hessians_take_2b_plus_1_passes_and_are_exact(b):
+    n = 40
+    p = banded(n, b)
+    d = vjp(p, ("f",), ("x",))
+    plan = symmetric_plan(d.program, d.results[0], "x")
+    assert plan.count == 2 * b + 1  # the lower bound: a row holds 2b + 1 entries
+    colours, hubs = star_colouring(plan.pattern)
+    assert _recovers_directly(plan.pattern, colours, hubs)
+    x = np.random.default_rng(b).uniform(-1, 1, n)
+    _, sparse = hessian(p, {"x": x}, "f", ["x"], sparse=True)
+    # Independently: reverse over reverse, one row at a time, no colouring.
+    feeds = {"x": x, d.seeds[0]: np.ones(())}
+    _, dense = jacobian(d.program, feeds, [d.results[0]], ["x"], mode="reverse", chunk_size=1)
+    np.testing.assert_allclose(sparse["x"]["x"].toarray(), dense[d.results[0]]["x"], rtol=1e-13)
+    assert sparse["x"]["x"].nnz == n * (2 * b + 1) - b * (b + 1)
+
+
+def test_an_arrowhead_hessian_takes_two_passes_not_n():
+    n = 300
+    p = arrowhead(n)
+    d = vjp(p, ("f",), ("x",))
+    of = d.results[0]
+    assert colour_plan(d.program, of, "x", "forward").count == n  # distance-2: row 0 is full
+    plan = symmetric_plan(d.program, of, "x")
+    assert plan.count == 2
+    colours, hubs = star_colouring(plan.pattern)
+    assert hubs.nonzero()[0].tolist() == [0]
+    assert _recovers_directly(plan.pattern, colours, hubs)
+    x = np.random.default_rng(7).uniform(-1, 1, n)
+    expected = arrowhead_hessian(x)
+    _, sparse = hessian(p, {"x": x}, "f", ["x"], sparse=True)
+    np.testing.assert_allclose(sparse["x"]["x"].toarray(), expected, rtol=1e-12, atol=1e-12)
+    _, dense = hessian(p, {"x": x}, "f", ["x"])
+    np.testing.assert_allclose(dense["x"]["x"], expected, rtol=1e-12, atol=1e-12)
+
+
+@SETTINGS
+@given(st.integers(2, 40), st.integers(0, 3), st.floats(0.0, 0.3), st.integers(0, 2**16))
+def test_star_colourings_recover_every_entry_of_random_symmetric_patterns(n, hubs, p, seed):
+    rng = np.random.default_rng(seed)
+    upper = rng.random((n, n)) < p
+    upper[rng.integers(0, n, hubs)] = True  # dense rows (and, symmetrised, columns)
+    dense = upper | upper.T | np.eye(n, dtype=bool)
+    pattern = sp.csr_array(dense)
+    colours, hub_mask = star_colouring(pattern)
+    assert _recovers_directly(pattern, colours, hub_mask)
+    assert colours.max() + 1 <= colour_columns(pattern).max() + 1  # never worse than distance-2

@@ -36,6 +36,7 @@ CLAIMED = (
     "HardSigmoid", "LeakyRelu", "Mod", "Pad", "Selu", "Softsign", "Tile",
     "AveragePool", "BatchNormalization", "Conv", "Einsum", "Gather", "GatherElements",
     "LayerNormalization", "MaxPool", "Constant", "ConstantOfShape", "Range",
+    "And", "HardSwish", "InstanceNormalization", "Mish", "Not", "Or", "PRelu", "Xor",
 )  # fmt: skip
 
 DTYPES = {"float32", "float64", "int64", "int32", "bool"}

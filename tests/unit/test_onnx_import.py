@@ -242,3 +242,151 @@ def test_batch_normalization_in_training_mode_matches_onnx_reference() -> None:
     got = gs.LocalClient().evaluate(gs.Graph.from_onnx(m), feeds)
     for name, want in zip(["y", "rm", "rv"], expected, strict=True):
         np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_pooling_pad_and_einsum_gaps_match_onnx_reference_and_differentiate() -> None:
+    """MaxPool's Indices, AveragePool with dilations (opset 19), Pad mode wrap and an Einsum
+    diagonal: values equal ONNX's reference evaluator, the Jacobian of the float outputs
+    equals central differences in both modes."""
+    from onnx.reference import ReferenceEvaluator
+
+    f64 = TensorProto.DOUBLE
+    nodes = [
+        helper.make_node("Slice", ["x", "zero", "four", "axes"], ["sq"]),
+        helper.make_node("Pad", ["x", "pads"], ["p"], mode="wrap"),
+        helper.make_node(
+            "MaxPool", ["p"], ["mp", "idx"], kernel_shape=[2, 2], strides=[1, 2], pads=[1, 0, 0, 1]
+        ),
+        helper.make_node(
+            "AveragePool", ["p"], ["ap"], kernel_shape=[2, 2], dilations=[2, 2], ceil_mode=1
+        ),
+        helper.make_node("Einsum", ["sq"], ["diag"], equation="bcii->bci"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0, 0, 1, 0, 0, 0, 2, 2], np.int64), "pads"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        numpy_helper.from_array(np.array([4], np.int64), "four"),
+        numpy_helper.from_array(np.array([3], np.int64), "axes"),
+    ]
+    floats = ["mp", "ap", "diag"]
+    outputs = [tensor(name, None, f64) for name in floats] + [
+        tensor("idx", None, TensorProto.INT64)
+    ]
+    m = model(nodes, [tensor("x", [1, 2, 4, 5], f64)], outputs, inits, opset=19)
+    x = RNG.permutation(40).reshape(1, 2, 4, 5) / 10.0  # distinct: no ties under max
+    expected = ReferenceEvaluator(m).run(None, {"x": x})
+    g = gs.Graph.from_onnx(m)
+    c = gs.LocalClient()
+    got = c.evaluate(g, {"x": x})
+    for name, want in zip([*floats, "idx"], expected, strict=True):
+        np.testing.assert_allclose(got[name], want, rtol=1e-12, err_msg=name)
+    check_jacobians(g, {"x": x}, floats)
+
+
+def check_jacobians(g: gs.Graph, feeds: dict, outputs: list[str], wrt: str = "x") -> None:
+    """The Jacobians of `outputs` w.r.t. `wrt`, in forward and reverse mode, equal central
+    differences."""
+    c, x = gs.LocalClient(), feeds[wrt]
+    eps, columns = 1e-6, {name: [] for name in outputs}
+    for e in np.eye(x.size).reshape(x.size, *x.shape):
+        up = c.evaluate(g, {**feeds, wrt: x + eps * e})
+        down = c.evaluate(g, {**feeds, wrt: x - eps * e})
+        for name in outputs:
+            columns[name].append((up[name] - down[name]) / (2 * eps))
+    for name in outputs:
+        numeric = np.stack(columns[name], axis=-1).reshape(up[name].shape + x.shape)
+        for mode in ("forward", "reverse"):
+            jac = c.jacobian(g, feeds, of=name, wrt=wrt, mode=mode)
+            np.testing.assert_allclose(jac, numeric, atol=1e-6, err_msg=f"{name} {mode}")
+
+
+def test_prelu_hardswish_mish_and_instance_norm_match_onnx_reference_and_differentiate() -> None:
+    from onnx.reference import ReferenceEvaluator
+
+    f64 = TensorProto.DOUBLE
+    nodes = [
+        helper.make_node("PRelu", ["x", "slope"], ["prelu"]),
+        helper.make_node("HardSwish", ["x"], ["hardswish"]),
+        helper.make_node("Mish", ["x"], ["mish"]),
+        helper.make_node("InstanceNormalization", ["x", "scale", "bias"], ["inorm"], epsilon=0.1),
+    ]
+    floats = ["prelu", "hardswish", "mish", "inorm"]
+    inits = [
+        numpy_helper.from_array(np.array([0.1, -0.3])[:, None, None], "slope"),
+        numpy_helper.from_array(np.array([1.5, -0.5]), "scale"),
+        numpy_helper.from_array(np.array([0.2, 0.3]), "bias"),
+    ]
+    m = model(
+        nodes,
+        [tensor("x", [2, 2, 3, 2], f64)],
+        [tensor(name, None, f64) for name in floats],
+        inits,
+        opset=18,
+    )
+    x = RNG.uniform(-4, 4, size=(2, 2, 3, 2))  # both sides of every kink, but not on one
+    x[np.abs(np.abs(x) - 3) < 0.1] += 0.5
+    x[np.abs(x) < 0.1] += 0.5
+    g = gs.Graph.from_onnx(m)
+    got = gs.LocalClient().evaluate(g, {"x": x})
+    for name, want in zip(floats, ReferenceEvaluator(m).run(None, {"x": x}), strict=True):
+        # HardSwish's alpha is 1/6 exactly here, a float32 in the reference: rtol 1e-6
+        np.testing.assert_allclose(got[name], want, rtol=1e-6, atol=1e-12, err_msg=name)
+    check_jacobians(g, {"x": x}, floats)
+
+
+def test_not_and_or_xor_broadcast_and_an_older_opset_reads_where_its_ops_are_unchanged() -> None:
+    """The logical ops are unchanged since opset 7 (Not since 1): their models at opset 11 are
+    read; a model at opset 12 whose Relu changed at 13 is refused, naming the node."""
+    b = TensorProto.BOOL
+    nodes = [
+        helper.make_node("Not", ["a"], ["not"]),
+        helper.make_node("And", ["a", "b"], ["and"]),
+        helper.make_node("Or", ["a", "b"], ["or"]),
+        helper.make_node("Xor", ["a", "b"], ["xor"]),
+    ]
+    outs = ["not", "and", "or", "xor"]
+    m = model(
+        nodes,
+        [tensor("a", [2, 3], b), tensor("b", [3], b)],
+        [tensor(o, None, b) for o in outs],
+        opset=11,
+    )
+    a, bb = RNG.random((2, 3)) < 0.5, np.array([True, False, True])
+    got = gs.LocalClient().evaluate(gs.Graph.from_onnx(m), {"a": a, "b": bb})
+    for name, want in zip(outs, [~a, a & bb, a | bb, a ^ bb], strict=True):
+        assert got[name].dtype == bool
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+    relu = model(
+        [helper.make_node("Relu", ["x"], ["y"], name="r")],
+        [tensor("x", [2])],
+        [tensor("y", [2])],
+        opset=12,
+    )
+    with pytest.raises(OnnxImportError, match="at opset 12 this operator") as err:
+        to_graph(relu)
+    assert (err.value.node, err.value.op_type) == ("r", "Relu")
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.INT32, TensorProto.INT64])
+def test_integer_div_truncates_and_integer_pow_stays_integer(dtype) -> None:
+    """ONNX's Div of integers truncates toward zero (C's, not numpy's floor division), exactly
+    for values up to 2**53 in magnitude; Pow of an integer base keeps its type."""
+    nodes = [
+        helper.make_node("Div", ["a", "b"], ["q"]),
+        helper.make_node("Pow", ["b", "e"], ["p"]),
+    ]
+    m = model(
+        nodes,
+        [tensor("a", [6], dtype), tensor("b", [6], dtype), tensor("e", [6], TensorProto.FLOAT)],
+        [tensor("q", [6], dtype), tensor("p", [6], dtype)],
+    )
+    np_dtype = np.int32 if dtype == TensorProto.INT32 else np.int64
+    big = 2**31 - 1 if dtype == TensorProto.INT32 else 2**53 - 1
+    a = np.array([-7, 7, -7, 7, big, -big], np_dtype)
+    b = np.array([2, 2, -2, -3, 3, big - 1], np_dtype)
+    e = np.array([3, 2, 1, 0, 1, 1], np.float32)
+    got = gs.LocalClient().evaluate(gs.Graph.from_onnx(m), {"a": a, "b": b, "e": e})
+    truncated = np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))
+    assert got["q"].dtype == np_dtype and got["p"].dtype == np_dtype
+    np.testing.assert_array_equal(got["q"], truncated)
+    np.testing.assert_array_equal(got["p"], [8, 4, -2, 1, 3, big - 1])

@@ -1,5 +1,6 @@
-"""einsum: forward against np.einsum (explicit, implicit, ellipsis, one to four operands), JVP and
-VJP against central differences in both modes, second derivatives, float32, errors."""
+"""einsum: forward against np.einsum (explicit, implicit, ellipsis, diagonals, one to four
+operands), JVP and VJP against central differences in both modes, second derivatives, float32,
+errors."""
 
 import numpy as np
 import pytest
@@ -23,6 +24,16 @@ CASES = [
     ("...j,...j", [(3, 2), (2,)]),  # ellipsis of different lengths
     ("ij,jk,kl->il", [(2, 3), (3, 2), (2, 2)]),
     ("ab,bc,cd,da->", [(2, 3), (3, 2), (2, 2), (2, 2)]),
+    # A letter repeated within an operand: a diagonal, the trace, a diagonal in a product.
+    ("ii->i", [(3, 3)]),
+    ("ii->", [(3, 3)]),
+    ("ii", [(3, 3)]),  # implicit: the trace, as numpy
+    ("bii->bi", [(2, 3, 3)]),
+    ("...ii->...i", [(2, 2, 3, 3)]),
+    ("iji->j", [(2, 3, 2)]),
+    ("iii->i", [(2, 2, 2)]),
+    ("ij,jj->i", [(2, 3), (3, 3)]),
+    ("iij,jk->ik", [(2, 2, 3), (3, 2)]),
 ]
 
 
@@ -35,7 +46,9 @@ def test_forward_and_derivatives(subscripts, shapes):
     check_derivatives(p, feeds)
 
 
-@pytest.mark.parametrize("subscripts,shapes", [CASES[0], CASES[2], CASES[11]])
+@pytest.mark.parametrize(
+    "subscripts,shapes", [CASES[0], CASES[2], CASES[11], ("ij,jj->i", [(2, 3), (3, 3)])]
+)
 def test_second_derivatives(subscripts, shapes):
     feeds = {f"x{i}": RNG.standard_normal(s) for i, s in enumerate(shapes)}
     # The Hessian of sum(einsum): zero for einsum(x, y) in x alone, so square the result.
@@ -89,7 +102,7 @@ def test_parse_expands_ellipsis_and_implicit_output():
     "subscripts,shapes,field",
     [
         ("ij,jk->ik", [(2, 3), (4, 4)], "inputs[1]"),  # letter sizes disagree
-        ("ii->i", [(3, 3)], "attrs.subscripts"),  # diagonals are not supported
+        ("ii->i", [(3, 2)], "inputs[0]"),  # a diagonal of axes of different sizes
         ("ij->k", [(2, 3)], "attrs.subscripts"),
         ("ij->ii", [(2, 3)], "attrs.subscripts"),
         ("ij,jk", [(2, 3)], "attrs.subscripts"),  # two terms, one operand
@@ -106,3 +119,20 @@ def test_subscripts_are_required():
     with pytest.raises(GraphError) as info:
         op_program("einsum", [(2,)])
     assert info.value.field == "attrs.subscripts"
+
+
+def test_sdk_einsum_has_numpys_signature():
+    import gradserve_client as gs
+
+    g = gs.Graph()
+    a, b = g.input("a", (2, 3)), g.input("b", (3, 3))
+    g.output("y", gs.einsum("ij,jj->i", a, b))
+    g.output("t", gs.einsum("ii", b))
+    feeds = {"a": RNG.standard_normal((2, 3)), "b": RNG.standard_normal((3, 3))}
+    got = gs.LocalClient().evaluate(g, feeds)
+    np.testing.assert_allclose(got["y"], np.einsum("ij,jj->i", feeds["a"], feeds["b"]))
+    np.testing.assert_allclose(got["t"], np.trace(feeds["b"]))
+    with pytest.raises(TypeError, match="subscripts come first"):
+        gs.einsum([a, b], "ij,jk->ik")
+    with pytest.raises(TypeError, match="non-empty"):
+        gs.einsum("ij")

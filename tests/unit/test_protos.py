@@ -151,6 +151,7 @@ def test_service_has_the_contract_rpcs() -> None:
         "Hvp": (False, False),
         "JacobianSparsity": (False, False),
         "DerivativeProgram": (False, False),
+        "StreamHessian": (False, True),
     }
 
 

@@ -29,9 +29,11 @@ from gradserve.autodiff import (
     jvp_values,
     vjp_values,
 )
+from gradserve.autodiff.cache import PROGRAM_CACHE
 from gradserve.autodiff.colouring import band_colouring, colour_columns, greedy_colouring
+from gradserve.autodiff.executor import Cancelled
 from gradserve.autodiff.jacobian import colour_plan
-from gradserve.autodiff.sparsity import INDEX_OPS, RULES
+from gradserve.autodiff.sparsity import INDEX_OPS, RULES, structural_pattern
 from hypothesis import given
 from hypothesis import strategies as st
 from test_properties import SETTINGS, programs
@@ -170,6 +172,8 @@ OP_CASES = {
     "conv_2d": ({"x": (1, 4, 5, 5), "w": (4, 2, 3, 3), "b": (4,)}, [("y", "conv", ("x", "w", "b"), {"strides": (2, 1), "pads": (1, 0, 1, 2), "dilations": (1, 2), "groups": 2})], "y"),
     "conv_1d": ({"x": (2, 3, 6), "w": (2, 3, 2)}, [("y", "conv", ("x", "w"), {"pads": (1, 1)})], "y"),
     "conv_depthwise": ({"x": (1, 2, 4, 4), "w": (2, 1, 2, 2)}, [("y", "conv", ("x", "w"), {"groups": 2, "auto_pad": "SAME_UPPER"})], "y"),
+    "conv_input_grad": ({"x": (1, 4, 2, 4), "w": (4, 1, 2, 2)}, [("y", "conv_input_grad", ("x", "w"), {"kernel_shape": (2, 2), "strides": (2, 1), "pads": (1, 0, 0, 1), "dilations": (1, 1), "shape": (3, 4), "groups": 2})], "y"),
+    "conv_kernel_grad": ({"x": (2, 4, 4, 4), "g": (2, 2, 3, 2)}, [("y", "conv_kernel_grad", ("x", "g"), {"kernel_shape": (2, 2), "strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 2), "groups": 2})], "y"),
     "conv_patches": ({"x": (1, 2, 4, 4)}, [("y", "conv_patches", ("x",), {"kernel_shape": (2, 2), "strides": (2, 1), "pads": (1, 0, 0, 1), "dilations": (1, 1), "pad_value": 0.5})], "y"),
     "conv_patches_grad": ({"x": (1, 2, 2, 4, 2, 2)}, [("y", "conv_patches_grad", ("x",), {"kernel_shape": (2, 2), "strides": (2, 1), "pads": (1, 0, 0, 1), "dilations": (1, 1), "shape": (4, 4)})], "y"),
     "avg_pool": ({"x": (1, 2, 5, 5)}, [("y", "avg_pool", ("x",), {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 0), "ceil_mode": 1})], "y"),
@@ -191,6 +195,11 @@ OP_CASES = {
     "cumsum_reverse": ({"x": (2, 4, 2)}, [("y", "cumsum", ("x",), {"axis": -2, "reverse": 1})], "y"),
     "cumsum_exclusive_reverse": ({"x": (5,)}, [("y", "cumsum", ("x",), {"axis": 0, "exclusive": 1, "reverse": 1})], "y"),
     "astype_float": ({"x": (3,)}, [("c", "astype", ("x",), {"dtype": "float32"}), ("y", "sin", ("c",))], "y"),
+    "einsum_diagonals": ({"x": (2, 3, 3), "b": (3, 3)}, [("y", "einsum", ("x", "b"), {"subscripts": "bii,jj->bij"})], "y"),
+    "einsum_trace": ({"x": (3, 3)}, [("y", "einsum", ("x",), {"subscripts": "ii"})], "y"),
+    "pad_wrap": ({"x": (2, 3)}, [("y", "pad", ("x",), {"pads": (1, 2, 3, 4), "mode": "wrap"})], "y"),
+    "pad_grad_wrap": ({"x": (6, 9)}, [("y", "pad_grad", ("x",), {"pads": (1, 2, 3, 4), "mode": "wrap"})], "y"),
+    "avg_pool_dilations": ({"x": (1, 1, 7, 6)}, [("y", "avg_pool", ("x",), {"kernel_shape": (2,), "dilations": (2, 3), "pads": (1,), "ceil_mode": 1})], "y"),
 }  # fmt: skip
 
 
@@ -546,11 +555,10 @@ def test_detection_stops_on_a_dense_block_and_the_jacobian_is_computed_densely(m
     # past MAX_LIVE_ENTRIES it stops (PatternTooLarge, a MemoryError: RESOURCE_EXHAUSTED on the
     # server) and a dense request computes without colouring.
     import gradserve.autodiff.sparsity as sparsity
-    from gradserve.autodiff.sparsity import PatternTooLarge, structural_pattern
+    from gradserve.autodiff.sparsity import PatternTooLarge
 
     monkeypatch.setattr(sparsity, "MAX_LIVE_ENTRIES", 100)
-    structural_pattern.cache_clear()
-    colour_plan.cache_clear()
+    PROGRAM_CACHE.clear()
     p = build(
         {"x": (20,), "W": (20, 20)}, [("y", "matmul", ("W", "x")), ("t", "tanh", ("y",))], "t"
     )
@@ -563,5 +571,49 @@ def test_detection_stops_on_a_dense_block_and_the_jacobian_is_computed_densely(m
     np.testing.assert_allclose(jac["t"]["x"], (1 - t**2)[:, None] * feeds["W"], rtol=1e-12)
     with pytest.raises(PatternTooLarge):
         jacobian(p, feeds, ["t"], ["x"], sparse=True)
-    structural_pattern.cache_clear()
-    colour_plan.cache_clear()
+    PROGRAM_CACHE.clear()
+
+
+# ---- the program cache and cancellation ----------------------------------------------------------
+
+
+def test_patterns_and_plans_live_in_the_byte_bounded_program_cache():
+    PROGRAM_CACHE.clear()
+    p = tridiagonal(1000)
+    plan = colour_plan(p, "y", "x")
+    assert structural_pattern(p, "y", "x") is plan.pattern  # one detection, shared
+    # Counted in bytes: the pattern and the plan's index arrays, not only the program.
+    assert PROGRAM_CACHE.nbytes >= plan.pattern.indices.nbytes + plan.gather.nbytes
+    limit = PROGRAM_CACHE.max_bytes
+    try:
+        PROGRAM_CACHE.set_limits(1)  # the bound covers them: all but the newest entry go
+        assert len(PROGRAM_CACHE) == 1
+        assert colour_plan(p, "y", "x") is not plan  # detected and coloured again
+    finally:
+        PROGRAM_CACHE.set_limits(limit)
+
+
+def test_detection_stops_when_cancelled_and_caches_nothing():
+    PROGRAM_CACHE.clear()
+    p = brusselator(8)
+    asked = []
+
+    def cancel_after_five() -> bool:
+        asked.append(1)
+        return len(asked) > 5
+
+    with pytest.raises(Cancelled):
+        structural_pattern(p, "f", "x", cancel=cancel_after_five)
+    assert len(asked) == 6  # checked between nodes, stopped at the first true
+    # Through a sparse Jacobian, detection is the first thing the cancel token stops.
+    x = np.random.default_rng(0).uniform(0, 1, (2, 8, 8))
+    with pytest.raises(Cancelled):
+        jacobian(p, {"x": x}, ["f"], ["x"], sparse=True, cancel=lambda: True)
+    asked.clear()
+    structural_pattern(p, "f", "x", cancel=lambda: bool(asked.append(1)))
+    assert len(asked) > 5, "a cancelled detection was cached: the next one did not run"
+    # Greedy colouring (rounds over a graph of up to 2^25 edges) asks between rounds.
+    with pytest.raises(Cancelled):
+        greedy_colouring(structural_pattern(p, "f", "x"), cancel=lambda: True)
+    _, jac = jacobian(p, {"x": x}, ["f"], ["x"], sparse=True)  # uncancelled: complete
+    assert jac["f"]["x"].nnz == 6 * x.size

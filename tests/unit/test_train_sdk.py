@@ -101,41 +101,82 @@ def test_checkpoint_is_opaque_and_serialisable(tmp_path):
     np.testing.assert_array_equal(ckpt.params["w"], np.arange(3.0))
 
 
-def _fake_run(n_steps: int, fail_at: int | None = None):
-    cancelled = []
+class _Ckpt:
+    def __init__(self, step: int, made_from: object = "stream") -> None:
+        self.step, self.made_from = step, made_from
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Ckpt) and (other.step, other.made_from) == (
+            self.step,
+            self.made_from,
+        )
+
+
+def _fake_run(n_steps: int, fail_at: int | None = None, every: int = 2):
+    """A run of ``n_steps`` with a checkpoint every ``every`` steps; its replays (recorded in
+    ``replays``) end with a checkpoint saying what it was recomputed from."""
+    cancelled, replays = [], []
 
     def events():
         for i in range(1, n_steps + 1):
             yield "step", TrainStep(i, 0, 1.0 / i, 1.0, 0.1, 0.0)
             if i == fail_at:
                 raise gs.FailedPrecondition("boom")
-            if i % 2 == 0:
-                yield "checkpoint", f"ckpt{i}"
+            if i % every == 0:
+                yield "checkpoint", _Ckpt(i)
         yield "result", ({"w": np.ones(2)}, TrainResult(n_steps, 1.0 / n_steps, 0.0))
 
-    return Run(
-        events, lambda: cancelled.append(1), total=n_steps, start=0, progress=False
-    ), cancelled
+    def replay(anchor, step):
+        replays.append((anchor, step))
+
+        def replayed():
+            yield "step", TrainStep(step, 0, 0.5, 1.0, 0.1, 0.0)
+            yield "checkpoint", _Ckpt(step, made_from=anchor)
+            yield "result", ({"w": np.zeros(2)}, TrainResult(step, 0.5, 0.0))
+
+        return Run(replayed, lambda: None, replay, total=step, start=0, checkpoint_every=0,
+                   progress=False)  # fmt: skip
+
+    run = Run(events, lambda: cancelled.append(1), replay, total=n_steps, start=0,
+              checkpoint_every=every, progress=False)  # fmt: skip
+    return run, cancelled, replays
 
 
 def test_run_semantics():
-    run, cancelled = _fake_run(5)
+    run, cancelled, replays = _fake_run(5)
     assert run.params["w"].tolist() == [1, 1]  # reading params runs it to the end
     assert [s.step for s in run.history] == [1, 2, 3, 4, 5] and run.done
-    assert run.checkpoint == "ckpt4" and not cancelled
+    assert run.checkpoint == _Ckpt(4) and not cancelled and not replays
     assert list(run) == []  # iterated once
 
-    run, cancelled = _fake_run(5)
+    run, cancelled, replays = _fake_run(5)
+    seen = [(step.step, run.checkpoint and run.checkpoint.step) for step in run]
+    assert seen == [(1, None), (2, 2), (3, 2), (4, 4), (5, 4)]  # a due step comes with its own
+
+    run, cancelled, replays = _fake_run(5)
     for step in run:
         if step.step == 3:
             break
-    assert cancelled == [1] and run.checkpoint == "ckpt2"
+    assert cancelled == [1] and replays == [(_Ckpt(2), 3)]
+    assert run.checkpoint == _Ckpt(3, made_from=_Ckpt(2))  # recomputed from step 2's
     with pytest.raises(RuntimeError, match="stopped after step 3"):
         _ = run.params
 
-    run, _ = _fake_run(5, fail_at=3)
+    run, cancelled, replays = _fake_run(5, every=10)
+    for step in run:
+        if step.step == 1:
+            break
+    assert replays == [(None, 1)] and run.checkpoint == _Ckpt(1, made_from=None)
+
+    run, cancelled, replays = _fake_run(5)
+    for step in run:
+        if step.step == 4:
+            break
+    assert run.checkpoint == _Ckpt(4) and not replays  # step 4 came with its checkpoint
+
+    run, _, replays = _fake_run(5, fail_at=3)
     with pytest.raises(gs.FailedPrecondition):
         list(run)
     with pytest.raises(RuntimeError, match="failed"):
         _ = run.params
-    assert run.checkpoint == "ckpt2"
+    assert run.checkpoint == _Ckpt(2) and not replays  # a failed run keeps what it received

@@ -25,7 +25,8 @@ from .ops import FOLD_ONLY, HANDLERS
 from .shapes import SHAPE_ARITHMETIC, shape_arithmetic
 
 #: The default-domain opsets the converter reads: 13 up to the newest the installed onnx
-#: package defines. Exports of torch.onnx (opsets 17 and 18) are what its tests use.
+#: package defines. Exports of torch.onnx (opsets 17 and 18) are what its tests use. A model
+#: of an older opset is read when each of its operators is defined there as at opset 13.
 OPSETS = range(13, onnx.defs.onnx_opset_version() + 1)
 
 #: The ONNX op types that can be converted (FOLD_ONLY ones only when known at import).
@@ -72,12 +73,22 @@ def _opset(model: onnx.ModelProto) -> int:
     version = versions.get("", versions.get("ai.onnx"))
     if version is None:
         raise OnnxImportError("the model imports no opset of the default ONNX domain")
-    if version not in OPSETS:
+    if version >= OPSETS.stop or version < 1:
         raise OnnxImportError(
             f"opset {version} of the default domain is not supported; use an opset from "
             f"{OPSETS.start} to {OPSETS.stop - 1}"
         )
     return version
+
+
+def _as_at_the_first_opset(op_type: str, opset: int) -> bool:
+    """Whether `op_type` at `opset` (before 13) is the operator it is at opset 13."""
+    try:
+        then = onnx.defs.get_schema(op_type, opset).since_version
+        first = onnx.defs.get_schema(op_type, OPSETS.start).since_version
+    except onnx.defs.SchemaError:
+        return False
+    return then == first
 
 
 def _dtype(elem_type: int) -> str | None:
@@ -188,6 +199,13 @@ def _convert_node(
     handler = HANDLERS.get(proto.op_type)
     if handler is None and proto.op_type not in FOLD_ONLY:
         raise OnnxImportError("this operator is not supported", name, proto.op_type)
+    if opset < OPSETS.start and not _as_at_the_first_opset(proto.op_type, opset):
+        raise OnnxImportError(
+            f"at opset {opset} this operator is not the one of opset {OPSETS.start}, from which "
+            f"gradserve reads models; export with opset {OPSETS.start} or later",
+            name,
+            proto.op_type,
+        )
     inputs: list[Value | None] = []
     for i, src in enumerate(proto.input):
         if src and src not in values:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..opset import INT_DTYPES
 from ._model import Node, Value
 from .shapes import reshape_target
 
@@ -57,7 +58,7 @@ _UNARY = {
     "Sign": "sign", "Reciprocal": "reciprocal", "Erf": "erf", "Softsign": "softsign",
 }  # fmt: skip
 _BINARY = {
-    "Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide", "Equal": "equal",
+    "Add": "add", "Sub": "subtract", "Mul": "multiply", "Equal": "equal",
     "Less": "less", "LessOrEqual": "less_equal", "Greater": "greater",
     "GreaterOrEqual": "greater_equal",
 }  # fmt: skip
@@ -85,10 +86,29 @@ for _onnx, _gs in _BINARY.items():
     handler(_onnx)(_binary(_gs))
 
 
+def _in_float64(n: Node, gs_op: str, operands: list[Value], dtype: str) -> Value:
+    """An integer Div or Pow: computed in float64 and cast back to `dtype`, which truncates
+    toward zero as ONNX's integer Div does. Exact while the values stay below 2**53 in
+    magnitude (the float64 quotient of such integers never rounds across an integer)."""
+    floats = [_astype(n, v, "float64", None) for v in operands]
+    return n.emit("astype", [n.emit(gs_op, floats)], 0, dtype=dtype)
+
+
+@handler("Div")
+def _div(n: Node) -> Value:
+    n.check_attrs(())
+    a, b = n.input(0), n.input(1)
+    if a.dtype in INT_DTYPES:
+        return _in_float64(n, "divide", [a, b], a.dtype)
+    return n.emit("divide", [a, b], 0)
+
+
 @handler("Pow")
 def _pow(n: Node) -> Value:
     n.check_attrs(())
     base, exponent = n.input(0), n.input(1)
+    if base.dtype in INT_DTYPES:  # the result has the base's type, whatever the exponent's
+        return _in_float64(n, "power", [base, exponent], base.dtype)
     if exponent.const is not None:  # ONNX allows an exponent of another type
         exponent = Value.of(exponent.const.astype(base.dtype))
     return n.emit("power", [base, _astype(n, exponent, base.dtype, None)], 0)
@@ -137,6 +157,46 @@ def _hardsigmoid(n: Node) -> Value:
     n.check_attrs(("alpha", "beta"))
     alpha, beta = float(n.attr("alpha", 0.2)), float(n.attr("beta", 0.5))
     return n.emit("hardsigmoid", [n.input(0)], 0, alpha=alpha, beta=beta)
+
+
+@handler("PRelu")
+def _prelu(n: Node) -> Value:
+    """x where x > 0, else slope * x: at 0 the derivative is the slope's, as torch's PReLU."""
+    n.check_attrs(())
+    x, slope = n.input(0), n.input(1)
+    positive = n.emit("greater", [x, n.constant(0, x.dtype)])
+    return n.emit("where", [positive, x, n.emit("multiply", [slope, x])], 0)
+
+
+@handler("HardSwish")
+def _hardswish(n: Node) -> Value:
+    n.check_attrs(())
+    x = n.input(0)
+    return n.emit("multiply", [x, n.emit("hardsigmoid", [x], alpha=1 / 6, beta=0.5)], 0)
+
+
+@handler("Mish")
+def _mish(n: Node) -> Value:
+    n.check_attrs(())
+    x = n.input(0)
+    return n.emit("multiply", [x, n.emit("tanh", [n.emit("softplus", [x])])], 0)
+
+
+@handler("Not")
+def _not(n: Node) -> Value:
+    n.check_attrs(())
+    return n.emit("equal", [n.input(0), n.constant(False, "bool")], 0)
+
+
+@handler("And", "Or", "Xor")
+def _logical(n: Node) -> Value:
+    """And is where(a, b, False), Or where(a, True, b), Xor a != b (all broadcast)."""
+    n.check_attrs(())
+    a, b = n.input(0), n.input(1)
+    if n.op_type == "Xor":
+        return n.emit("not_equal", [a, b], 0)
+    fill = n.constant(n.op_type == "Or", "bool")
+    return n.emit("where", [a, b, fill] if n.op_type == "And" else [a, fill, b], 0)
 
 
 @handler("Gelu")
@@ -280,19 +340,18 @@ def _window_attrs(n: Node, keys: tuple[str, ...]) -> dict[str, object]:
 
 
 @handler("MaxPool")
-def _max_pool(n: Node) -> Value:
+def _max_pool(n: Node) -> list[Value]:
+    """max_pool, and its Indices output (if used) by max_pool_indices."""
     n.check_attrs(
         ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides")
     )
-    if len(n.outputs) > 1 and n.outputs[1]:
-        raise n.fail("the Indices output is not supported", "output 1")
-    if n.attr("storage_order", 0):
-        raise n.fail(
-            "storage_order=1 (column-major indices) is not supported", "attribute 'storage_order'"
-        )
     attrs = _window_attrs(n, ("dilations", "kernel_shape", "pads", "strides"))
     attrs["ceil_mode"] = int(n.attr("ceil_mode", 0))
-    return n.emit("max_pool", [n.input(0)], 0, **attrs)
+    out = [n.emit("max_pool", [n.input(0)], 0, **attrs)]
+    if len(n.outputs) > 1 and n.outputs[1]:
+        order = int(n.attr("storage_order", 0))
+        out.append(n.emit("max_pool_indices", [n.input(0)], 1, storage_order=order, **attrs))
+    return out
 
 
 @handler("AveragePool")
@@ -308,9 +367,7 @@ def _avg_pool(n: Node) -> Value:
             "strides",
         )
     )
-    if any(d != 1 for d in n.attr("dilations", [])):
-        raise n.fail("dilations other than 1 are not supported", "attribute 'dilations'")
-    attrs = _window_attrs(n, ("kernel_shape", "pads", "strides"))
+    attrs = _window_attrs(n, ("dilations", "kernel_shape", "pads", "strides"))
     attrs["ceil_mode"] = int(n.attr("ceil_mode", 0))
     attrs["count_include_pad"] = int(n.attr("count_include_pad", 0))
     return n.emit("avg_pool", [n.input(0)], 0, **attrs)
@@ -357,6 +414,23 @@ def _batch_norm(n: Node) -> list[Value]:
             new = n.emit("multiply", [batch, n.constant(1 - momentum, x.dtype)])
             out.append(n.emit("add", [kept, new], k))
     return out
+
+
+@handler("InstanceNormalization")
+def _instance_norm(n: Node) -> Value:
+    """Each sample's channel normalised over its spatial axes, then scaled and shifted per
+    channel: mean, var and element-wise ops (torch exports GroupNorm as this too)."""
+    n.check_attrs(("epsilon",))
+    x, scale, bias = n.input(0), n.input(1), n.input(2)
+    rank = n.rank(x)
+    channel = [-1] + [1] * (rank - 2)
+    axes = list(range(2, rank))
+    centred = n.emit("subtract", [x, n.emit("mean", [x], axis=axes, keepdims=1)])
+    variance = n.emit("var", [x], axis=axes, keepdims=1)
+    epsilon = n.constant(float(n.attr("epsilon", 1e-5)), x.dtype)
+    normed = n.emit("divide", [centred, n.emit("sqrt", [n.emit("add", [variance, epsilon])])])
+    scaled = n.emit("multiply", [normed, n.emit("reshape", [scale], shape=channel)])
+    return n.emit("add", [scaled, n.emit("reshape", [bias], shape=channel)], 0)
 
 
 @handler("LayerNormalization")
@@ -621,9 +695,9 @@ def _pad(n: Node) -> Value:
     n.check_attrs(("mode",))
     x = n.input(0)
     mode = n.attr("mode", "constant")
-    if mode not in ("constant", "reflect", "edge"):
+    if mode not in ("constant", "reflect", "edge", "wrap"):
         raise n.fail(
-            f"mode={mode!r} is not supported (constant, reflect, edge)", "attribute 'mode'"
+            f"mode={mode!r} is not an ONNX mode (constant, reflect, edge, wrap)", "attribute 'mode'"
         )
     pads = n.static_ints(1, "pads")
     if n.has(3):

@@ -1,5 +1,7 @@
-"""Window ops over (N, C, *spatial) values, as ONNX's: conv, max_pool, avg_pool, and the
-internal window ops their derivatives emit. `window` is their geometry, shared with the server.
+"""Window ops over (N, C, *spatial) values, as ONNX's: conv, max_pool (and its indices),
+avg_pool, and the internal window ops their derivatives emit. `window` is their geometry,
+shared with the server; one value given for strides, pads, dilations or a pool's kernel_shape
+is for every spatial axis (as torch's `stride=2`).
 
 Pads are ONNX's [begin_0, ..., end_0, ...]; `auto_pad` SAME_UPPER / SAME_LOWER pads so that the
 output has ceil(S / stride) elements (the odd pad at the end / at the beginning), VALID pads
@@ -51,10 +53,14 @@ class Window:
 
 
 def _per_axis(value: Shape | None, n: int, default: int, field: str) -> Shape:
+    """One value per axis: the default for all if absent, and one value given is for all (as
+    torch's `stride=2` for a 2-D conv, which the SDK sends as [2])."""
     if value is None:
         return (default,) * n
+    if len(value) == 1:
+        return tuple(value) * n
     if len(value) != n:
-        raise RuleError(field, f"needs {n} values (one per spatial axis), got {len(value)}")
+        raise RuleError(field, f"needs {n} values, or one for all, got {len(value)}")
     return value
 
 
@@ -70,6 +76,7 @@ def window(
 ) -> Window:
     """The geometry of a window op, or RuleError naming the bad attribute."""
     n = len(spatial)
+    kernel = _per_axis(kernel, n, 1, "attrs.kernel_shape")
     strides = _per_axis(strides, n, 1, "attrs.strides")
     dilations = _per_axis(dilations, n, 1, "attrs.dilations")
     for name, values in (("kernel_shape", kernel), ("strides", strides), ("dilations", dilations)):
@@ -128,10 +135,11 @@ WINDOW_ATTRS = {
     "dilations": AttrSpec("ints", required=True, doc="the spacing of the window's taps"),
 }
 GEOMETRY_ATTRS = {
-    "strides": AttrSpec("ints", doc="the step per spatial axis (default 1s)"),
-    "pads": AttrSpec("ints", doc="ONNX order: begins, then ends (default 0s)"),
+    "strides": AttrSpec("ints", doc="the step per spatial axis, or one for all (default 1s)"),
+    "pads": AttrSpec("ints", doc="ONNX order: begins, then ends, or one for all (default 0s)"),
     "auto_pad": AttrSpec("string", "NOTSET", choices=AUTO_PADS, doc="SAME_UPPER/SAME_LOWER/VALID"),
 }
+DILATIONS = AttrSpec("ints", doc="the spacing of the window's taps, or one for all (default 1s)")
 
 
 # ---- the internal window ops --------------------------------------------------------------------
@@ -248,7 +256,7 @@ define(
     "(O, C/groups, *K), optional bias b (O,)",
     attrs={
         **GEOMETRY_ATTRS,
-        "dilations": AttrSpec("ints", doc="the spacing of the kernel's taps (default 1s)"),
+        "dilations": DILATIONS,
         "groups": AttrSpec("int", 1, doc="channel groups (C and O divisible by it)"),
     },
 )
@@ -280,12 +288,6 @@ def _pool_type(types: Sequence[TensorType], **attrs) -> TensorType:
     _positive_kernel(attrs["kernel_shape"])
     if x.shape is None:
         return TensorType(None, x.dtype)
-    if len(attrs["kernel_shape"]) != len(x.shape) - 2:
-        raise RuleError(
-            "attrs.kernel_shape",
-            f"needs {len(x.shape) - 2} values (one per spatial axis of {list(x.shape)}), got "
-            f"{len(attrs['kernel_shape'])}",
-        )
     return TensorType(x.shape[:2] + pool_geometry(x.shape, attrs).out, x.dtype)
 
 
@@ -310,14 +312,13 @@ def _selection_type(types: Sequence[TensorType], what: str, **attrs) -> TensorTy
 
 
 POOL_ATTRS = {
-    "kernel_shape": AttrSpec("ints", required=True, doc="the window's size per spatial axis"),
+    "kernel_shape": AttrSpec(
+        "ints", required=True, doc="the window's size per spatial axis, or one for all"
+    ),
     **GEOMETRY_ATTRS,
     "ceil_mode": AttrSpec("int", 0, choices=(0, 1), doc="round the output size up, as torch"),
 }
-MAX_POOL_ATTRS = {
-    **POOL_ATTRS,
-    "dilations": AttrSpec("ints", doc="the spacing of the window's taps (default 1s)"),
-}
+MAX_POOL_ATTRS = {**POOL_ATTRS, "dilations": DILATIONS}
 
 define(
     "max_pool",
@@ -340,6 +341,20 @@ for _name, _operands, _what, _doc in (
         internal=True,
     )
 define(
+    "max_pool_indices",
+    "x",
+    lambda types, storage_order=0, **attrs: TensorType(_pool_type(types, **attrs).shape, "int64"),
+    "where each window's max of x (N, C, *S) lies, as ONNX MaxPool's Indices: an int64 index "
+    "into x flattened, the first maximum among ties; no gradient",
+    attrs={
+        **MAX_POOL_ATTRS,
+        "storage_order": AttrSpec(
+            "int", 0, choices=(0, 1), doc="1: the spatial axes count column-major"
+        ),
+    },
+    differentiable=False,
+)
+define(
     "avg_pool",
     "x",
     _pool_type,
@@ -350,5 +365,6 @@ define(
         "count_include_pad": AttrSpec(
             "int", 0, choices=(0, 1), doc="divide by the window's size, padding included"
         ),
+        "dilations": DILATIONS,
     },
 )

@@ -2,8 +2,9 @@
 
 `subscripts` is numpy's: explicit ("ij,jk->ik") or implicit ("ij,jk", the output being the
 letters that appear once, in alphabetical order), with "..." for leading axes (right-aligned
-across operands). A letter appears at most once per operand (no diagonals or traces) and has
-one size everywhere (no size-1 broadcasting, which numpy allows only for "..." axes anyway).
+across operands). A letter repeated within an operand takes its diagonal ("ii->i", "bii->bi",
+the trace "ii->"). A letter has one size everywhere (no size-1 broadcasting, which numpy allows
+only for "..." axes anyway).
 """
 
 from __future__ import annotations
@@ -46,8 +47,6 @@ def parse_subscripts(subscripts: str, ranks: tuple[int, ...]) -> tuple[tuple[str
             term = term.replace("...", ell[n_ellipsis - k :])
         if len(term) != rank:
             raise ValueError(f"operand {i}: {term!r} names {len(term)} axes, its rank is {rank}")
-        if len(set(term)) != len(term):
-            raise ValueError(f"operand {i}: {term!r} repeats a letter (diagonals not supported)")
         expanded.append(term)
     letters = "".join(expanded)
     if arrow:
@@ -95,7 +94,8 @@ define(
     "einsum",
     "operands ...",
     _einsum_type,
-    "numpy einsum over one or more operands (explicit, implicit or '...' subscripts); no "
-    "letter repeated within an operand",
+    "numpy einsum over one or more operands (explicit, implicit or '...' subscripts; a "
+    "letter repeated within an operand takes a diagonal)",
     attrs={"subscripts": AttrSpec("string", required=True, doc="numpy's, e.g. 'ij,jk->ik'")},
+    sdk=False,  # gs.einsum(subscripts, *operands), numpy's signature (composites.py)
 )

@@ -338,8 +338,8 @@ def _pad_type(
                 raise RuleError(
                     "attrs.pads", f"reflect pads of axis {axis} must be below its size {d}"
                 )
-            if mode == "edge" and d == 0:
-                raise RuleError("attrs.pads", f"cannot edge-pad the empty axis {axis}")
+            if mode in ("edge", "wrap") and d == 0:
+                raise RuleError("attrs.pads", f"cannot {mode}-pad the empty axis {axis}")
         shape.append(-1 if d < 0 else d + b + e)
     return TensorType(tuple(shape), x.dtype)
 
@@ -353,21 +353,24 @@ def _pad_grad_type(types: Sequence[TensorType], pads: Shape, mode: str = "consta
         raise RuleError("attrs.pads", f"{list(pads)} are not pads for rank {n}")
     shape = []
     for d, b, e in zip(g.shape, pads[:n], pads[n:], strict=True):
-        if d >= 0 and d - b - e < (1 if mode == "reflect" and (b or e) else 0):
+        if d >= 0 and d - b - e < (1 if mode != "constant" and (b or e) else 0):
             raise RuleError("attrs.pads", f"{list(pads)} are too large for {list(g.shape)}")
         shape.append(-1 if d < 0 else d - b - e)
     return TensorType(tuple(shape), g.dtype)
 
 
 PAD_MODE = AttrSpec(
-    "string", "constant", choices=("constant", "reflect", "edge"), doc="how to fill the pads"
+    "string",
+    "constant",
+    choices=("constant", "reflect", "edge", "wrap"),
+    doc="how to fill the pads",
 )
 define(
     "pad",
     "x",
     _pad_type,
     "numpy pad with ONNX's pads (all begins, then all ends); mode constant, reflect (without "
-    "the edge) or edge (repeating it)",
+    "the edge), edge (repeating it) or wrap (the other end's elements, periodically)",
     attrs={
         "pads": AttrSpec(
             "ints",
@@ -382,7 +385,7 @@ define(
     "pad_grad",
     "x",
     _pad_grad_type,
-    "the transpose of pad: the pads cut off, and in modes reflect and edge added onto the "
+    "the transpose of pad: the pads cut off, and in modes reflect, edge and wrap added onto the "
     "elements they copy",
     attrs={"pads": AttrSpec("ints", required=True), "mode": PAD_MODE},
     internal=True,

@@ -160,7 +160,7 @@ class SparseMatrix(_message.Message):
     def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ..., indptr: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., indices: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., values: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class StreamJacobianRequest(_message.Message):
-    __slots__ = ("graph", "graph_id", "onnx_model", "inputs", "of", "wrt", "mode", "rows_per_message")
+    __slots__ = ("graph", "graph_id", "onnx_model", "inputs", "of", "wrt", "mode", "rows_per_message", "structured")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +176,7 @@ class StreamJacobianRequest(_message.Message):
     WRT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     ROWS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_FIELD_NUMBER: _ClassVar[int]
     graph: _graph_pb2.Graph
     graph_id: str
     onnx_model: bytes
@@ -184,10 +185,11 @@ class StreamJacobianRequest(_message.Message):
     wrt: _containers.RepeatedScalarFieldContainer[str]
     mode: JacobianMode
     rows_per_message: int
-    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., onnx_model: _Optional[bytes] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., of: _Optional[_Iterable[str]] = ..., wrt: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[JacobianMode, str]] = ..., rows_per_message: _Optional[int] = ...) -> None: ...
+    structured: bool
+    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., onnx_model: _Optional[bytes] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., of: _Optional[_Iterable[str]] = ..., wrt: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[JacobianMode, str]] = ..., rows_per_message: _Optional[int] = ..., structured: _Optional[bool] = ...) -> None: ...
 
 class JacobianRowBlock(_message.Message):
-    __slots__ = ("graph_id", "of", "wrt", "shape", "row_start", "row_count", "rows")
+    __slots__ = ("graph_id", "of", "wrt", "shape", "row_start", "row_count", "rows", "sparse")
     GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
     OF_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +197,7 @@ class JacobianRowBlock(_message.Message):
     ROW_START_FIELD_NUMBER: _ClassVar[int]
     ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_FIELD_NUMBER: _ClassVar[int]
     graph_id: str
     of: str
     wrt: str
@@ -202,7 +205,8 @@ class JacobianRowBlock(_message.Message):
     row_start: int
     row_count: int
     rows: _tensor_pb2.Tensor
-    def __init__(self, graph_id: _Optional[str] = ..., of: _Optional[str] = ..., wrt: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., row_start: _Optional[int] = ..., row_count: _Optional[int] = ..., rows: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    sparse: SparseMatrix
+    def __init__(self, graph_id: _Optional[str] = ..., of: _Optional[str] = ..., wrt: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., row_start: _Optional[int] = ..., row_count: _Optional[int] = ..., rows: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., sparse: _Optional[_Union[SparseMatrix, _Mapping]] = ...) -> None: ...
 
 class VjpRequest(_message.Message):
     __slots__ = ("graph", "graph_id", "onnx_model", "inputs", "cotangents", "wrt")
@@ -408,6 +412,31 @@ class HessianRequest(_message.Message):
     wrt: _containers.RepeatedScalarFieldContainer[str]
     structured: bool
     def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., of: _Optional[str] = ..., wrt: _Optional[_Iterable[str]] = ..., structured: _Optional[bool] = ...) -> None: ...
+
+class StreamHessianRequest(_message.Message):
+    __slots__ = ("graph", "graph_id", "inputs", "of", "wrt", "structured", "rows_per_message")
+    class InputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OF_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    graph: _graph_pb2.Graph
+    graph_id: str
+    inputs: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    of: str
+    wrt: _containers.RepeatedScalarFieldContainer[str]
+    structured: bool
+    rows_per_message: int
+    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., of: _Optional[str] = ..., wrt: _Optional[_Iterable[str]] = ..., structured: _Optional[bool] = ..., rows_per_message: _Optional[int] = ...) -> None: ...
 
 class HessianResponse(_message.Message):
     __slots__ = ("graph_id", "blocks", "value")

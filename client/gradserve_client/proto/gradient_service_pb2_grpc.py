@@ -106,6 +106,11 @@ class GradientStub:
                 request_serializer=gradserve_dot_v1_dot_gradient__service__pb2.DerivativeProgramRequest.SerializeToString,
                 response_deserializer=gradserve_dot_v1_dot_gradient__service__pb2.DerivativeProgramResponse.FromString,
                 _registered_method=True)
+        self.StreamHessian = channel.unary_stream(
+                '/gradserve.v1.Gradient/StreamHessian',
+                request_serializer=gradserve_dot_v1_dot_gradient__service__pb2.StreamHessianRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradient__service__pb2.JacobianRowBlock.FromString,
+                _registered_method=True)
 
 
 class GradientServicer:
@@ -133,7 +138,8 @@ class GradientServicer:
 
     def StreamJacobian(self, request, context):
         """StreamJacobian returns the same Jacobians in row blocks, for results larger than one
-        message. (The streamed message is named for what it is rather than StreamJacobianResponse.)
+        message: dense rows, or CSR row blocks when the request asks for structure. (The streamed
+        message is named for what it is rather than StreamJacobianResponse.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -210,6 +216,15 @@ class GradientServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamHessian(self, request, context):
+        """StreamHessian returns the Hessian blocks H[wi][wj] in row blocks (`of` = wi, `wrt` = wj),
+        dense or CSR as StreamJacobian sends them, for Hessians larger than one message. Its
+        limits, errors and cancellation are StreamJacobian's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GradientServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -277,6 +292,11 @@ def add_GradientServicer_to_server(servicer, server):
                     servicer.DerivativeProgram,
                     request_deserializer=gradserve_dot_v1_dot_gradient__service__pb2.DerivativeProgramRequest.FromString,
                     response_serializer=gradserve_dot_v1_dot_gradient__service__pb2.DerivativeProgramResponse.SerializeToString,
+            ),
+            'StreamHessian': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamHessian,
+                    request_deserializer=gradserve_dot_v1_dot_gradient__service__pb2.StreamHessianRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradient__service__pb2.JacobianRowBlock.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -636,6 +656,33 @@ class Gradient:
             '/gradserve.v1.Gradient/DerivativeProgram',
             gradserve_dot_v1_dot_gradient__service__pb2.DerivativeProgramRequest.SerializeToString,
             gradserve_dot_v1_dot_gradient__service__pb2.DerivativeProgramResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamHessian(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gradserve.v1.Gradient/StreamHessian',
+            gradserve_dot_v1_dot_gradient__service__pb2.StreamHessianRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradient__service__pb2.JacobianRowBlock.FromString,
             options,
             channel_credentials,
             insecure,

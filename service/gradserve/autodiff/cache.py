@@ -1,10 +1,12 @@
 """The program cache: one LRU, bounded in bytes and in entries, for what the core derives from
-Programs (compiled plans, derivative and selected programs, input signatures).
+Programs (compiled plans, derivative and selected programs, input signatures, sparsity patterns
+and colourings).
 
 Every entry is keyed by Programs and keeps them alive, so its size counts the Programs in its
-key and in its value (their constants' bytes plus `NODE_BYTES` a node) and, for a compiled plan,
-the values folded at compile time. Shared constants are counted once per entry: the bound errs
-on the safe side. `set_limits` sets the bounds (the server: --program-cache-bytes).
+key and in its value (their constants' bytes plus `NODE_BYTES` a node), for a compiled plan the
+values folded at compile time, and the arrays a value holds (a pattern, a colouring). Shared
+constants are counted once per entry: the bound errs on the safe side. `set_limits` sets the
+bounds (the server: --program-cache-bytes).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import numpy as np
+import scipy.sparse as sp
 
 from gradserve.autodiff.ir import NodeDef, Program
 
@@ -40,11 +43,16 @@ def program_bytes(program: Program) -> int:
 
 def entry_bytes(value: Any) -> int:
     """The bytes an argument or result keeps alive: Programs, the Program of a Derivative or an
-    Executable (and an Executable's folded values), tuples of them; 0 for anything else."""
+    Executable (and an Executable's folded values), arrays, CSR arrays, anything with an
+    `nbytes` (a colouring plan), tuples of them; 0 for anything else."""
     if isinstance(value, Program):
         return program_bytes(value)
     if isinstance(value, tuple):
         return sum(entry_bytes(v) for v in value)
+    if isinstance(value, sp.csr_array):
+        return value.data.nbytes + value.indices.nbytes + value.indptr.nbytes
+    if isinstance(getattr(value, "nbytes", None), int):
+        return value.nbytes
     program = getattr(value, "program", None)
     if isinstance(program, Program):
         return program_bytes(program) + getattr(value, "folded_bytes", 0)
@@ -73,12 +81,13 @@ class ProgramCache:
         return len(self._order)
 
     def memoize(self, fn: F) -> F:
-        """``fn`` (positional arguments, hashable), its results kept in this cache."""
+        """``fn`` (positional arguments, hashable), its results kept in this cache. Keyword
+        arguments are context, not key (a cancel callback): passed on, never hashed."""
         store: dict[Any, tuple[Any, int]] = {}  # key -> (result, ticket)
         order = self._order
 
         @functools.wraps(fn)
-        def cached(*args: Any) -> Any:
+        def cached(*args: Any, **context: Any) -> Any:
             key = args[0] if len(args) == 1 else args
             hit = store.get(key)
             if hit is not None:
@@ -87,7 +96,7 @@ class ProgramCache:
                 except KeyError:  # evicted by another thread just now
                     pass
                 return hit[0]
-            value = fn(*args)
+            value = fn(*args, **context)
             self._add(store, key, value, entry_bytes(args) + entry_bytes(value))
             return value
 

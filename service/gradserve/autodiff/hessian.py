@@ -4,12 +4,14 @@ Both are forward-over-reverse, the order the JAX autodiff cookbook recommends: t
 a program (`transforms.vjp`), and a Hessian is the Jacobian of that program, pushed forward.
 `hessian` therefore inherits everything `jacobian` does: the pattern of the gradient program's
 Jacobian is detected and coloured (a banded Hessian costs O(bandwidth) passes, dense or
-sparse), and cached. `hvp` is one JVP of the gradient program: H is never formed.
+sparse), and cached; its diagonal blocks d grad_w / d w are symmetric, so they are
+star-coloured (`colouring.star_colouring`: an arrowhead Hessian takes 2 passes, not n).
+`hvp` is one JVP of the gradient program: H is never formed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -18,7 +20,7 @@ from gradserve.autodiff.api import Arrays, Cancel, check_array, check_inputs
 from gradserve.autodiff.executor import compile_program
 from gradserve.autodiff.ir import GraphError, Program
 from gradserve.autodiff.jacobian import jacobian
-from gradserve.autodiff.transforms import Derivative, gradient, hvp_transform, select
+from gradserve.autodiff.transforms import Derivative, gradient, hvp_transform, jvp, select
 
 
 def _feeds(program: Program, d: Derivative, inputs: Arrays) -> dict[str, np.ndarray]:
@@ -40,7 +42,14 @@ def hessian(
     d = gradient(program, of, wrt)
     feeds = _feeds(program, d, inputs)
     _, blocks = jacobian(
-        d.program, feeds, d.results, tuple(wrt), mode="forward", cancel=cancel, sparse=sparse
+        d.program,
+        feeds,
+        d.results,
+        tuple(wrt),
+        mode="forward",
+        cancel=cancel,
+        sparse=sparse,
+        symmetric=tuple(zip(d.results, wrt, strict=True)),
     )
     (value,) = compile_program(select(d.program, d.values)).run(feeds, cancel)
     return value, {wi: blocks[g] for wi, g in zip(wrt, d.results, strict=True)}
@@ -70,3 +79,32 @@ def hvp(
     out = compile_program(h.program).run(feeds, cancel)
     products = out[len(h.values) + 1 :]  # after the values, the tangent of `of` itself
     return out[0], dict(zip(wrt, products, strict=True))
+
+
+def hessian_rows(
+    program: Program,
+    inputs: Arrays,
+    of: str,
+    wrt: Sequence[str],
+    rows: str,
+    cols: str,
+    rows_per_block: int,
+    cancel: Cancel = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Row blocks of H[rows][cols] (shape (count,) + cols.shape, `rows` and `cols` among
+    `wrt`), one forward-over-reverse pass per block, so that a Hessian larger than one message
+    can be streamed. By symmetry, row r of H[rows][cols] is the tangent of the gradient by
+    `cols` along the unit vector r of `rows`."""
+    d = gradient(program, of, wrt)
+    feeds = _feeds(program, d, inputs)
+    grad = d.results[list(wrt).index(cols)]
+    n = program.types[rows].size
+    dtype = program.types[rows].dtype
+    for start in range(0, n, rows_per_block):
+        count = min(rows_per_block, n - start)
+        t = jvp(d.program, (rows,), (grad,), count)
+        seeds = np.zeros((count, n), dtype)
+        seeds[np.arange(count), np.arange(start, start + count)] = 1
+        seeds = seeds.reshape((count, *program.types[rows].shape))
+        _, tangents = compile_program(t.program).run({**feeds, t.seeds[0]: seeds}, cancel)
+        yield start, tangents

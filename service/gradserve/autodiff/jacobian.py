@@ -12,15 +12,15 @@ is decompressed into CSR. Pattern and colouring are cached with the program.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
 from gradserve.autodiff.api import Arrays, Cancel, check_inputs
-from gradserve.autodiff.colouring import colour_columns, colour_rows
+from gradserve.autodiff.cache import cached, entry_bytes
+from gradserve.autodiff.colouring import colour_columns, colour_rows, star_colouring
 from gradserve.autodiff.executor import compile_program
 from gradserve.autodiff.ir import GraphError, InputDef, Program
 from gradserve.autodiff.registry import OPS
@@ -57,13 +57,13 @@ def chunk_rows(
     return max(1, min(batch, budget // max(widest, 1)))
 
 
-@functools.lru_cache(maxsize=1024)
+@cached
 def _widest(program: Program, of: tuple[str, ...], wrt: tuple[str, ...]) -> int:
     """The size of the widest value between `wrt` and `of` (a walk of the program: cached)."""
     return max((program.types[v].size for v in active_values(program, of, wrt)), default=1)
 
 
-@functools.lru_cache(maxsize=1024)
+@cached
 def is_diagonal(program: Program, of: str, wrt: str) -> bool:
     """True when d of / d wrt is diagonal: only element-wise ops on wrt-shaped values between.
     A walk of the nodes, no sparse work: the pattern of the commonest structure, for free."""
@@ -94,43 +94,78 @@ class ColourPlan:
     """How to compute one block by colouring: its pattern, the direction (forward: colours of
     columns, one tangent each; reverse: colours of rows, one cotangent each) and the colours.
 
-    For decompression, each stored entry's colour, the index it has in its (co)tangent's
-    result (its row in forward mode, its column in reverse), and the entries sorted by colour
-    (`order`, with `bounds[k]` where colour k starts): a chunk of colours is a slice of it."""
+    `colours` (the smallest dtype that holds them) colour the seeded indices (columns in forward
+    mode, rows in reverse); `gather` says where each stored entry of the pattern, in CSR order,
+    is read from the stacked results: colour * their width + index, so that a chunk of colours
+    [a, b) is the index range [a * width, b * width). A symmetric plan
+    (`colouring.star_colouring`) reads some entries across the diagonal."""
 
     pattern: sp.csr_array
     forward: bool
-    colours: np.ndarray
     count: int
-    entry_colour: np.ndarray
-    target: np.ndarray
-    order: np.ndarray
-    bounds: np.ndarray
+    colours: np.ndarray
+    gather: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return entry_bytes(self.pattern) + self.colours.nbytes + self.gather.nbytes
 
 
-@functools.lru_cache(maxsize=256)
-def colour_plan(program: Program, of: str, wrt: str, mode: str = "auto") -> ColourPlan:
+def _plan(
+    pattern: sp.csr_array, forward: bool, colours: np.ndarray, hubs: np.ndarray | None = None
+) -> ColourPlan:
+    """The plan of a colouring (`hubs`: the rows of a symmetric pattern whose entries off the
+    hub columns are read across the diagonal, from the hub's own column)."""
+    m, n = pattern.shape
+    count = 0 if pattern.nnz == 0 else int(colours.max()) + 1
+    read = m if forward else n
+    index = np.int32 if max(count, 1) * max(m, n) < 2**31 and pattern.nnz < 2**31 else np.int64
+    colours = colours.astype(index)
+    rows = np.repeat(np.arange(m, dtype=index), np.diff(pattern.indptr))
+    cols = pattern.indices.astype(index, copy=False)
+    own, target = (cols, rows) if forward else (rows, cols)
+    gather = colours[own]
+    gather *= read
+    gather += target
+    if hubs is not None:  # symmetric: (i, j), i a hub row and j not a hub, is (j, i)
+        across = hubs[rows] & ~hubs[cols]
+        gather[across] = colours[rows[across]] * read + cols[across]
+    return ColourPlan(pattern, forward, count, colours.astype(np.min_scalar_type(count)), gather)
+
+
+@cached
+def colour_plan(
+    program: Program, of: str, wrt: str, mode: str = "auto", *, cancel: Cancel = None
+) -> ColourPlan:
     """The pattern of d of / d wrt and its colouring in `mode`'s direction (in auto, the one
-    with fewer colours), cached with the program: a second call pays only the passes."""
+    with fewer colours), cached with the program: a second call pays only the passes. A
+    diagonal block is one JVP whichever the mode (one pass either way, and the forward one is
+    what other calls on the block share)."""
     if is_diagonal(program, of, wrt):
-        pattern = sp.csr_array(sp.eye_array(program.types[wrt].size, dtype=bool, format="csr"))
-    else:
-        pattern = structural_pattern(program, of, wrt)
+        n = program.types[wrt].size
+        pattern = sp.csr_array(sp.eye_array(n, dtype=bool, format="csr"))
+        return _plan(pattern, True, np.zeros(n, np.intp))
+    pattern = structural_pattern(program, of, wrt, cancel=cancel)
     candidates = []
     if mode != "reverse":
-        candidates.append((True, colour_columns(pattern)))
+        candidates.append((True, colour_columns(pattern, cancel)))
     if mode != "forward":
-        candidates.append((False, colour_rows(pattern)))
+        candidates.append((False, colour_rows(pattern, cancel)))
     forward, colours = min(candidates, key=lambda c: c[1].max(initial=-1))
-    count = 0 if pattern.nnz == 0 else int(colours.max()) + 1
-    m, n = pattern.shape
-    index = np.int32 if max(m, n, pattern.nnz) < 2**31 else np.intp
-    rows = np.repeat(np.arange(m, dtype=index), np.diff(pattern.indptr))
-    own, target = (pattern.indices, rows) if forward else (rows, pattern.indices)
-    entry_colour = colours.astype(np.min_scalar_type(max(count, 1)))[own]
-    order = np.argsort(entry_colour, kind="stable").astype(index)
-    bounds = np.searchsorted(entry_colour[order], np.arange(count + 1))
-    return ColourPlan(pattern, forward, colours, count, entry_colour, target, order, bounds)
+    return _plan(pattern, forward, colours)
+
+
+@cached
+def symmetric_plan(program: Program, of: str, wrt: str, *, cancel: Cancel = None) -> ColourPlan:
+    """The plan of a block known to be symmetric (the Hessian d grad / d wrt, `of` the gradient
+    of wrt): forward, star-coloured, each entry read where one pass holds it alone."""
+    if is_diagonal(program, of, wrt):
+        return colour_plan(program, of, wrt, "forward")
+    pattern = structural_pattern(program, of, wrt, cancel=cancel)
+    pattern = sp.csr_array(pattern + pattern.T)  # detection may be conservative on one side
+    pattern.sum_duplicates()
+    colours, hubs = star_colouring(pattern, cancel)
+    return _plan(pattern, True, colours, hubs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +181,7 @@ class LinearHead:
     program: Program
 
 
-@functools.lru_cache(maxsize=256)
+@cached
 def linear_head(program: Program, wrt: str) -> LinearHead | None:
     users = [node for node in program.nodes if wrt in node.inputs]
     if len(users) != 1 or users[0].op != "matmul" or program.types[wrt].ndim != 1:
@@ -196,16 +231,18 @@ def _coloured_block(
     pattern = plan.pattern
     m, n = pattern.shape
     data = np.empty(pattern.nnz, types[of].dtype)
-    width = n if plan.forward else m
+    seeded, read = (n, m) if plan.forward else (m, n)
+    colours = plan.colours
     step = chunk_size or chunk_rows(program, (of,), (wrt,), plan.count, pattern.nnz)
     value = None
     for start in range(0, plan.count, step):
         batch = min(step, plan.count - start)
-        in_chunk = (plan.colours >= start) & (plan.colours < start + batch)
-        seeds = np.zeros((batch, width), types[wrt if plan.forward else of].dtype)
-        seeds[plan.colours[in_chunk] - start, np.flatnonzero(in_chunk)] = 1
+        seeds = np.zeros((batch, seeded), types[wrt if plan.forward else of].dtype)
+        chosen = np.flatnonzero((colours >= start) & (colours < start + batch))
+        seeds[colours[chosen] - start, chosen] = 1
+        del chosen
         # One (co)tangent needs no batch axis, and the transform without a batch argument is
-        # the one other calls have cached (lru_cache keys f(a) and f(a, None) apart).
+        # the one other calls have cached (the program cache keys f(a) and f(a, None) apart).
         axis = (batch,) if batch > 1 else ()
         if plan.forward:
             d = jvp(program, (wrt,), (of,), *axis)
@@ -213,14 +250,19 @@ def _coloured_block(
         else:
             d = vjp(program, (of,), (wrt,), *axis)
             seeds = seeds.reshape(axis + types[of].shape)
+        value = None  # the last chunk's is returned: no older one lives through a pass
         value, compressed = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
         del seeds
-        compressed = compressed.reshape(batch, -1)
-        entries = plan.order[plan.bounds[start] : plan.bounds[start + batch]]
-        if batch == 1:
-            data[entries] = compressed[0, plan.target[entries]]
+        compressed = compressed.reshape(-1)
+        if batch == plan.count:  # one chunk holds every entry
+            np.take(compressed, plan.gather, out=data)
         else:
-            data[entries] = compressed[plan.entry_colour[entries] - start, plan.target[entries]]
+            which = (plan.gather >= start * read) & (plan.gather < (start + batch) * read)
+            offsets = plan.gather[which]
+            offsets -= start * read
+            data[which] = compressed[offsets]
+            del which, offsets
+        del compressed
     return value, sp.csr_array((data, pattern.indices, pattern.indptr), shape=(m, n))
 
 
@@ -234,13 +276,17 @@ def _structured(
     sparse: bool,
     chunk_size: int | None,
     cancel: Cancel,
+    symmetric: bool,
 ) -> tuple[np.ndarray | None, np.ndarray | sp.csr_array] | None:
     """(value of `of` or None, the block) through a linear head or by colouring, or None
     when neither saves half of the dense computation's `passes` and `sparse` is not asked."""
-    plan = colour_plan(program, of, wrt, mode)
+    if symmetric:
+        plan = symmetric_plan(program, of, wrt, cancel=cancel)
+    else:
+        plan = colour_plan(program, of, wrt, mode, cancel=cancel)
     shape = program.types[of].shape + program.types[wrt].shape
-    head = linear_head(program, wrt) if of != wrt else None
-    inner = head and colour_plan(head.program, of, head.value, mode)
+    head = linear_head(program, wrt) if of != wrt and not symmetric else None
+    inner = head and colour_plan(head.program, of, head.value, mode, cancel=cancel)
     if inner and 2 * inner.count <= min(passes, plan.count):
         value, flat = _through_linear_head(program, feeds, of, head, inner, chunk_size, cancel)
         if not sparse:
@@ -264,11 +310,13 @@ def jacobian(
     chunk_size: int | None = None,
     cancel: Cancel = None,
     sparse: bool = False,
+    symmetric: Collection[tuple[str, str]] = (),
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray | sp.csr_array]]]:
     """(values of `of`, J[of][wrt] with shape of.shape + wrt.shape), or with `sparse` as CSR
     arrays of shape (of.size, wrt.size). A block whose pattern needs at most half the passes
     of the dense computation (of MIN_PASSES_TO_COLOUR or more) is computed by colouring, and
-    densified unless `sparse`."""
+    densified unless `sparse`. The (of, wrt) blocks in `symmetric` are known to be symmetric
+    (a Hessian's, `hessian.py`): they are star-coloured and computed forward."""
     check_targets(program, of, wrt)
     requested = mode
     mode = choose_mode(program, of, wrt, mode)
@@ -288,7 +336,16 @@ def jacobian(
             if sparse or passes >= MIN_PASSES_TO_COLOUR or is_diagonal(program, o, w):
                 try:
                     found = _structured(
-                        program, feeds, o, w, requested, passes, sparse, chunk_size, cancel
+                        program,
+                        feeds,
+                        o,
+                        w,
+                        requested,
+                        passes,
+                        sparse,
+                        chunk_size,
+                        cancel,
+                        (o, w) in symmetric,
                     )
                 except PatternTooLarge:
                     if sparse:  # asked for a sparse result of a dense block: over the limit

@@ -19,7 +19,6 @@ Nothing of size of.size x wrt.size is ever formed; memory follows the non-zeros.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,7 +31,11 @@ from gradserve_client.opset.core import normalize_axes
 from gradserve_client.opset.einsum import parse_subscripts
 from gradserve_client.opset.reductions import axes_of
 
+from gradserve.autodiff.api import Cancel
+from gradserve.autodiff.cache import cached
+from gradserve.autodiff.executor import Cancelled
 from gradserve.autodiff.ir import Program, TensorType
+from gradserve.autodiff.ops.einsum import diagonal
 from gradserve.autodiff.registry import OPS
 from gradserve.autodiff.transforms import check_targets, needed_by
 
@@ -310,6 +313,42 @@ def _conv(ps, types, out, attrs):
     return result
 
 
+def _conv_grads_views(g: TensorType, attrs: dict, per_group: int, kernels: tuple[int, ...]):
+    """What the rules of conv_input_grad and conv_kernel_grad see: the letters of the spatial
+    and the kernel axes, the cotangent grouped (N, G, O/G, *S'), the grouped windows (N, G,
+    C/G, *S', *K) and the window attrs. Both are einsums of those, as conv's rule is."""
+    n, groups = len(kernels), attrs["groups"]
+    (batch, channels), windows = g.shape[:2], g.shape[2:]
+    grouped = TensorType((batch, groups, channels // groups, *windows), g.dtype)
+    cols = TensorType((batch, groups, per_group, *windows, *kernels), g.dtype)
+    geometry = {k: attrs[k] for k in ("kernel_shape", "strides", "pads", "dilations")}
+    return "pqrstuvw"[:n], "ijklmxyz"[:n], grouped, cols, geometry
+
+
+def _conv_input_grad(ps, types, out, attrs):
+    """Each window's share, an einsum of g and w, added back where the window was taken from."""
+    g, w = types
+    s, k, grouped, cols, geometry = _conv_grads_views(g, attrs, w.shape[1], w.shape[2:])
+    kernel = TensorType((attrs["groups"], g.shape[1] // attrs["groups"], *w.shape[1:]), w.dtype)
+    shares = _einsum(ps, [grouped, kernel], cols, {"subscripts": f"ngo{s},goc{k}->ngc{s}{k}"})
+    if shares is None:
+        return None
+    flat = TensorType((cols.shape[0], out.shape[1], *cols.shape[3:]), cols.dtype)
+    return RULES["conv_patches_grad"]([shares], [flat], out, {**geometry, "shape": attrs["shape"]})
+
+
+def _conv_kernel_grad(ps, types, out, attrs):
+    """The einsum of g with the windows of x over the samples and the windows."""
+    x, g = types
+    per_group = x.shape[1] // attrs["groups"]
+    s, k, grouped, cols, geometry = _conv_grads_views(g, attrs, per_group, out.shape[2:])
+    windows = None if ps[0] is None else _windows(ps[0], x.shape, geometry)
+    kernel = TensorType((attrs["groups"], g.shape[1] // attrs["groups"], *out.shape[1:]), g.dtype)
+    return _einsum(
+        [ps[1], windows], [grouped, cols], kernel, {"subscripts": f"ngo{s},ngc{s}{k}->goc{k}"}
+    )
+
+
 def _einsum(ps, types, out, attrs):
     """out[I] unites, over each operand, its elements that agree with I on the output's letters
     (any value of the letters it sums)."""
@@ -318,12 +357,14 @@ def _einsum(ps, types, out, attrs):
     for p, t, term in zip(ps, types, terms, strict=True):
         if p is None:
             continue
+        on_diagonal, term = diagonal(np.arange(t.size).reshape(t.shape), term)  # "ii": x[i, i]
+        p, shape = _gather(p, on_diagonal), on_diagonal.shape
         summed = tuple(i for i, c in enumerate(term) if c not in letters)
-        reduced = _reduce(p, t.shape, summed)
+        reduced = _reduce(p, shape, summed)
         kept = [c for c in term if c in letters]
-        ids = np.arange(reduced.shape[0]).reshape([t.shape[term.index(c)] for c in kept])
+        ids = np.arange(reduced.shape[0]).reshape([shape[term.index(c)] for c in kept])
         ids = np.transpose(ids, sorted(range(len(kept)), key=lambda i: letters.index(kept[i])))
-        view = [t.shape[term.index(c)] if c in term else 1 for c in letters]
+        view = [shape[term.index(c)] if c in term else 1 for c in letters]
         result = _union(result, _gather(reduced, np.broadcast_to(ids.reshape(view), out.shape)))
     return result
 
@@ -417,6 +458,8 @@ RULES: dict[str, Rule] = {
     "outer": _outer,
     "einsum": _einsum,
     "conv": _conv,
+    "conv_input_grad": _conv_input_grad,
+    "conv_kernel_grad": _conv_kernel_grad,
     **dict.fromkeys(("max_pool", "avg_pool"), _pooling(0)),
     "max_pool_pick": _pooling(2),
     "max_pool_grad": _transposed_index("conv_patches", _pool_window, operand=2),
@@ -491,10 +534,12 @@ class PatternTooLarge(MemoryError):
     enough to compute without colouring (a MemoryError: the server's RESOURCE_EXHAUSTED)."""
 
 
-@functools.lru_cache(maxsize=256)
-def structural_pattern(program: Program, of: str, wrt: str) -> Pattern:
-    """`jacobian_sparsity`, cached and shared: callers must not modify it. Raises
-    `PatternTooLarge` past MAX_LIVE_ENTRIES live entries."""
+@cached
+def structural_pattern(program: Program, of: str, wrt: str, *, cancel: Cancel = None) -> Pattern:
+    """`jacobian_sparsity`, cached in the program cache (keyed by the program, so by its graph
+    and input shapes, `of` and `wrt`) and shared: callers must not modify it. Raises
+    `PatternTooLarge` past MAX_LIVE_ENTRIES live entries, and `Cancelled` as soon as `cancel()`
+    is true (checked between nodes, as the executor checks between steps)."""
     check_targets(program, (of,), (wrt,))
     types = program.types
     n = types[wrt].size
@@ -503,6 +548,8 @@ def structural_pattern(program: Program, of: str, wrt: str) -> Pattern:
     nodes = [node for node in program.nodes if node.name in needed]
     last_use = {s: i for i, node in enumerate(nodes) for s in node.inputs}
     for i, node in enumerate(nodes):
+        if cancel is not None and cancel():
+            raise Cancelled
         ps = [patterns.get(s) for s in node.inputs]
         p = node_pattern(
             node.op, ps, [types[s] for s in node.inputs], types[node.name], node.attrs, n
@@ -523,10 +570,12 @@ def structural_pattern(program: Program, of: str, wrt: str) -> Pattern:
         return _empty(types[of].size, n)
     result = sp.csr_array(result)
     result.sum_duplicates()  # sorted, unique column indices in every row
-    return result
+    # A copy that owns arrays of its own size: a sparse sum's arrays are views of buffers sized
+    # for both operands' entries (a tridiagonal pattern's: 1.6 x its own), kept with the cache.
+    return result.copy()
 
 
-def jacobian_sparsity(program: Program, of: str, wrt: str) -> sp.csr_array:
+def jacobian_sparsity(program: Program, of: str, wrt: str, cancel: Cancel = None) -> sp.csr_array:
     """The structural pattern of d of / d wrt: a boolean CSR array of shape (of.size, wrt.size),
     both flattened in C order. True wherever the derivative can be non-zero at some point."""
-    return structural_pattern(program, of, wrt).copy()
+    return structural_pattern(program, of, wrt, cancel=cancel).copy()

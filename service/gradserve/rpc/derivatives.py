@@ -1,5 +1,6 @@
 """The RPCs of structured and second-order derivatives (design section 10): structured Jacobian
-blocks, Hessian, Hvp, JacobianSparsity and DerivativeProgram.
+blocks, Hessian, Hvp, JacobianSparsity and DerivativeProgram, and the row-block streams of
+Jacobians and Hessians (StreamJacobian, StreamHessian), dense or CSR.
 
 They share every RPC's steps (``requests``: graph resolution, input decoding, name checks) and
 follow Jacobian's rules: limits are checked before anything large is computed, core errors name
@@ -9,20 +10,29 @@ the deadline passes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import scipy.sparse as sp
 from gradserve_client.proto import gradient_service_pb2 as pb
 from gradserve_client.proto.tensor_codec import fill_tensor
 
 from gradserve import autodiff
-from gradserve.autodiff.hessian import hessian, hvp
-from gradserve.autodiff.sparsity import jacobian_sparsity
+from gradserve.autodiff.hessian import hessian, hessian_rows, hvp
+from gradserve.autodiff.sparsity import jacobian_sparsity, structural_pattern
 from gradserve.autodiff.transforms import derivative_program
 from gradserve.rpc import requests
 from gradserve.rpc.codec import decode_tensors, encode_tensor, encode_tensors, graph_to_proto
-from gradserve.rpc.errors import InvalidArgument, LimitExceeded, core_errors
+from gradserve.rpc.errors import (
+    JACOBIAN_TOO_LARGE,
+    LIMIT_EXCEEDED,
+    InvalidArgument,
+    LimitExceeded,
+    StreamTooLarge,
+    core_errors,
+)
 from gradserve.rpc.requests import Call
 
 if TYPE_CHECKING:
@@ -32,7 +42,15 @@ if TYPE_CHECKING:
 Cancel = Callable[[], bool] | None
 
 #: What GetServerInfo lists for these RPCs.
-FEATURES = ("structured_jacobian", "hessian", "hvp", "jacobian_sparsity", "derivative_program")
+FEATURES = (
+    "structured_jacobian",
+    "hessian",
+    "hvp",
+    "jacobian_sparsity",
+    "derivative_program",
+    "stream_structured_jacobian",
+    "stream_hessian",
+)
 
 KINDS = {
     pb.DERIVATIVE_KIND_VJP: "vjp",
@@ -41,7 +59,17 @@ KINDS = {
 }
 
 
+#: Bytes of a message that are not its values (names, shapes, framing).
+ROW_BLOCK_OVERHEAD = 64 * 1024
+#: Bytes of one int64 index of a CSR matrix.
+INDEX_BYTES = 8
+
+
 # ---- blocks on the wire ------------------------------------------------------------------------
+
+
+def _itemsize(types: Mapping[str, Any], name: str) -> int:
+    return np.dtype(types[name].dtype).itemsize
 
 
 def fill_sparse(message: pb.SparseMatrix, csr: Any, values: bool = True) -> None:
@@ -77,14 +105,33 @@ def add_block(blocks: Any, of: str, wrt: str, shape: Sequence[int], value: Any) 
         fill_sparse(block.sparse, value)
 
 
-def _check_stored(entries: int, what: str, limit: int) -> None:
-    """A structured result is bounded by its stored entries, as a dense one by its elements."""
-    if limit and entries > limit:
-        raise LimitExceeded(
-            f"the {what} has {entries} stored entries, more than max_jacobian_elements={limit} "
-            "for one response; ask for fewer outputs or inputs, or raise --max-jacobian-elements",
-            limit="max_jacobian_elements",
-        )
+def csr_bytes(rows: int, entries: int, itemsize: int) -> int:
+    """The bytes of a (rows, ...) CSR matrix in a message: an int64 indptr entry per row (and
+    one more), an int64 column index and a value per stored entry."""
+    return (rows + 1) * INDEX_BYTES + entries * (INDEX_BYTES + itemsize)
+
+
+def _check_stored(
+    servicer: GradientServicer, entries: int, nbytes: int, what: str, stream: str = ""
+) -> None:
+    """A structured response is bounded by its stored entries (as a dense one by its elements,
+    max_jacobian_elements) and by the message size its CSR arrays take. Over either, a result
+    that ``stream`` can send is JACOBIAN_TOO_LARGE, for the client to stream instead."""
+    settings = servicer.settings
+    if settings.max_jacobian_elements and entries > settings.max_jacobian_elements:
+        setting = "max_jacobian_elements"
+    elif nbytes > settings.max_message_bytes - ROW_BLOCK_OVERHEAD:
+        setting = "max_message_bytes"
+    else:
+        return
+    instead = f"use {stream} with structured=true, which sends it in row blocks, " if stream else ""
+    raise LimitExceeded(
+        f"the {what} has {entries} stored entries ({nbytes} bytes), more than"
+        f" {setting}={getattr(settings, setting)} allows in one response; {instead}ask for fewer"
+        f" outputs or inputs, or raise --{setting.replace('_', '-')}",
+        limit=setting,
+        reason=JACOBIAN_TOO_LARGE if stream else LIMIT_EXCEEDED,
+    )
 
 
 # ---- Jacobian with structured=true ---------------------------------------------------------------
@@ -100,14 +147,15 @@ def structured_jacobian(
 ) -> pb.JacobianResponse:
     """Jacobian blocks computed by sparsity detection and colouring, sent diagonal or CSR."""
     program = call.program
-    limit = servicer.settings.max_jacobian_elements
+    types = program.types
     with core_errors(program):
-        stored = sum(jacobian_sparsity(program, o, w).nnz for o in of for w in wrt)
-        _check_stored(stored, "sparse Jacobian", limit)
+        patterns = [(o, structural_pattern(program, o, w)) for o in of for w in wrt]
+        stored = sum(p.nnz for _, p in patterns)
+        nbytes = sum(csr_bytes(p.shape[0], p.nnz, _itemsize(types, o)) for o, p in patterns)
+        _check_stored(servicer, stored, nbytes, "sparse Jacobian", "StreamJacobian")
         values, jac = autodiff.jacobian(
             program, call.inputs, of, wrt, mode, cancel=cancel, sparse=True
         )
-    types = program.types
     response = pb.JacobianResponse(graph_id=call.graph_id, outputs=encode_tensors(values))
     for o in of:
         for w in wrt:
@@ -158,16 +206,20 @@ def hessian_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.
     if not request.structured and limit and elements > limit:
         raise LimitExceeded(
             f"the Hessian has {elements} elements, more than max_jacobian_elements={limit} for "
-            "one response; ask for it sparse (structured), for fewer wrt inputs, or raise "
-            "--max-jacobian-elements",
+            "one response; use StreamHessian, which sends it in row blocks, ask for it sparse "
+            "(structured), or raise --max-jacobian-elements",
             limit="max_jacobian_elements",
+            reason=JACOBIAN_TOO_LARGE,
         )
     with core_errors(program):
         value, blocks = hessian(
             program, call.inputs, of, wrt, sparse=request.structured, cancel=cancel
         )
     if request.structured:
-        _check_stored(sum(blocks[a][b].nnz for a in wrt for b in wrt), "sparse Hessian", limit)
+        matrices = [(a, blocks[a][b]) for a in wrt for b in wrt]
+        stored = sum(h.nnz for _, h in matrices)
+        nbytes = sum(csr_bytes(h.shape[0], h.nnz, _itemsize(types, a)) for a, h in matrices)
+        _check_stored(servicer, stored, nbytes, "sparse Hessian", "StreamHessian")
     response = pb.HessianResponse(graph_id=call.graph_id, value=encode_tensor(np.asarray(value)))
     for a in wrt:
         for b in wrt:
@@ -217,13 +269,14 @@ def jacobian_sparsity_rpc(servicer: GradientServicer, request: Any) -> pb.Jacobi
     of, wrt = requests.of_wrt(program, request)
     types = program.types
     response = pb.JacobianSparsityResponse(graph_id=call.graph_id)
-    stored = 0
+    stored = nbytes = 0
     with core_errors(program):
         for o in of:
             for w in wrt:
                 pattern = jacobian_sparsity(program, o, w)
                 stored += pattern.nnz
-                _check_stored(stored, "sparsity pattern", servicer.settings.max_jacobian_elements)
+                nbytes += csr_bytes(pattern.shape[0], pattern.nnz, 0)
+                _check_stored(servicer, stored, nbytes, "sparsity pattern")
                 pattern.sort_indices()
                 block = response.blocks.add(of=o, wrt=w, shape=types[o].shape + types[w].shape)
                 fill_sparse(block.sparse, pattern, values=False)
@@ -246,3 +299,194 @@ def derivative_program_rpc(
     with core_errors(program):
         derived = derivative_program(program, of, wrt, kind)
     return pb.DerivativeProgramResponse(graph_id=call.graph_id, program=graph_to_proto(derived))
+
+
+# ---- StreamJacobian and StreamHessian: row blocks ----------------------------------------------
+#
+# Both stream the blocks (a, b) of a result, J[of][wrt] or H[wi][wj], each a matrix of
+# a.size rows (a's dtype) by b.size columns, in consecutive runs of rows, each run as large as
+# one message holds: dense rows computed one run at a time, or a CSR result computed whole
+# (memory proportional to its stored entries) and sliced by stored entries. Everything is
+# checked before the first message, so a refused request streams nothing; a client that goes
+# away (or a deadline that passes) stops the stream between two runs, and the core's cancel
+# callback stops the computation within one.
+
+Rows = Callable[[str, str, int], Iterator[tuple[int, np.ndarray]]]
+
+
+def stream_jacobian(
+    servicer: GradientServicer, request: Any, cancel: Cancel
+) -> Iterator[pb.JacobianRowBlock]:
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
+    mode = requests.jacobian_mode(request)  # the structured stream; dense rows are reverse mode
+    of, wrt = requests.of_wrt(call.program, request)
+    pairs = [(o, w) for o in of for w in wrt]
+    hint = _rows_hint(request)
+    program, inputs = call.program, call.inputs
+    if not request.structured:
+
+        def rows(o: str, w: str, count: int) -> Iterator[tuple[int, np.ndarray]]:
+            return autodiff.jacobian_rows(program, inputs, o, w, count, cancel)
+
+        counted = "the Jacobians asked for have {} elements"
+        return _dense_stream(servicer, call, pairs, hint, rows, counted)
+    with core_errors(program):  # the stored entries are bounded before anything is computed
+        stored = sum(structural_pattern(program, o, w).nnz for o, w in pairs)
+    _check_stream(servicer, stored, "the sparse Jacobians asked for have {} stored entries")
+    with core_errors(program):
+        _, jac = autodiff.jacobian(program, inputs, of, wrt, mode, cancel=cancel, sparse=True)
+    return _sparse_stream(servicer, call, {(o, w): jac[o][w] for o, w in pairs}, hint)
+
+
+def stream_hessian(
+    servicer: GradientServicer, request: Any, cancel: Cancel
+) -> Iterator[pb.JacobianRowBlock]:
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
+    program, inputs = call.program, call.inputs
+    of = _scalar_of(program, request.of)
+    wrt = _wrt(program, request.wrt)
+    pairs = [(a, b) for a in wrt for b in wrt]
+    hint = _rows_hint(request)
+    if not request.structured:
+
+        def rows(a: str, b: str, count: int) -> Iterator[tuple[int, np.ndarray]]:
+            return hessian_rows(program, inputs, of, wrt, a, b, count, cancel)
+
+        counted = "the Hessian asked for has {} elements"
+        return _dense_stream(servicer, call, pairs, hint, rows, counted)
+    with core_errors(program):
+        _, blocks = hessian(program, inputs, of, wrt, sparse=True, cancel=cancel)
+    matrices = {(a, b): blocks[a][b] for a, b in pairs}
+    stored = sum(h.nnz for h in matrices.values())
+    _check_stream(servicer, stored, "the sparse Hessian asked for has {} stored entries")
+    return _sparse_stream(servicer, call, matrices, hint)
+
+
+def _rows_hint(request: Any) -> int:
+    if request.rows_per_message < 0:
+        raise InvalidArgument("rows_per_message", "must be >= 0 (0: let the server choose)")
+    return int(request.rows_per_message)
+
+
+def _check_stream(servicer: GradientServicer, count: int, counted: str) -> None:
+    """``counted`` formats ``count``: what a stream holds, bounded by its setting."""
+    limit = servicer.settings.max_stream_jacobian_elements
+    if count > limit:
+        raise StreamTooLarge(count, limit, counted)
+
+
+def _row_too_large(a: str, b: str, nbytes: int, servicer: GradientServicer) -> LimitExceeded:
+    limit = servicer.settings.max_message_bytes
+    return LimitExceeded(
+        f"one row of d {a} / d {b} is {nbytes} bytes, more than max_message_bytes={limit} "
+        "allows; raise --max-message-bytes",
+        limit="max_message_bytes",
+    )
+
+
+def _block(call: Call, a: str, b: str, start: int, count: int, **values: Any) -> Any:
+    types = call.program.types
+    return pb.JacobianRowBlock(
+        graph_id=call.graph_id,
+        of=a,
+        wrt=b,
+        shape=types[a].shape + types[b].shape,
+        row_start=start,
+        row_count=count,
+        **values,
+    )
+
+
+def _dense_stream(
+    servicer: GradientServicer,
+    call: Call,
+    pairs: Sequence[tuple[str, str]],
+    hint: int,
+    rows: Rows,
+    counted: str,
+) -> Iterator[pb.JacobianRowBlock]:
+    """Dense row blocks: ``rows(a, b, count)`` computes runs of ``count`` rows of block (a, b),
+    as many as fit one message (at most ``hint`` if set). ``counted`` names their elements."""
+    types = call.program.types
+    elements = sum(types[a].size * types[b].size for a, b in pairs)
+    _check_stream(servicer, elements, counted)
+    budget = servicer.settings.max_message_bytes - ROW_BLOCK_OVERHEAD
+    counts = []
+    for a, b in pairs:
+        row_bytes = types[b].size * _itemsize(types, a)
+        if row_bytes > budget:
+            raise _row_too_large(a, b, row_bytes, servicer)
+        count = max(1, budget // max(row_bytes, 1))
+        counts.append(min(count, hint) if hint else count)
+    return _dense_blocks(call, pairs, counts, rows)
+
+
+def _dense_blocks(
+    call: Call, pairs: Sequence[tuple[str, str]], counts: Sequence[int], rows: Rows
+) -> Iterator[pb.JacobianRowBlock]:
+    types = call.program.types
+    for (a, b), count in zip(pairs, counts, strict=True):
+        if types[a].size == 0:  # still tell the client the shape
+            empty = np.zeros((0, *types[b].shape), types[a].dtype)
+            yield _block(call, a, b, 0, 0, rows=encode_tensor(empty))
+            continue
+        with core_errors(call.program):
+            for start, block in rows(a, b, count):
+                yield _block(call, a, b, start, block.shape[0], rows=encode_tensor(block))
+
+
+def _sparse_stream(
+    servicer: GradientServicer,
+    call: Call,
+    matrices: Mapping[tuple[str, str], Any],
+    hint: int,
+) -> Iterator[pb.JacobianRowBlock]:
+    """CSR row blocks of computed CSR matrices, each run of rows as many as one message holds
+    by their stored entries (at most ``hint`` if set)."""
+    budget = servicer.settings.max_message_bytes - ROW_BLOCK_OVERHEAD
+    types = call.program.types
+    runs = {}
+    for (a, b), matrix in matrices.items():
+        matrix.sort_indices()
+        # cost[r]: the bytes of rows [0, r) in a message; each run takes at most `budget`.
+        per_entry = INDEX_BYTES + _itemsize(types, a)
+        cost = np.arange(matrix.shape[0] + 1) * INDEX_BYTES + matrix.indptr * per_entry
+        widest = int(np.diff(cost).max(initial=0))
+        if widest > budget:
+            raise _row_too_large(a, b, widest, servicer)
+        runs[a, b] = _runs(cost, budget, hint)
+    return _sparse_blocks(call, matrices, runs)
+
+
+def _runs(cost: np.ndarray, budget: int, hint: int) -> list[int]:
+    """The row boundaries [0, ..., rows] of runs whose ``cost`` each fits ``budget`` (a matrix
+    without rows has one empty run: its message still tells the client the shape)."""
+    rows = cost.size - 1
+    if rows == 0:
+        return [0, 0]
+    bounds = [0]
+    while bounds[-1] < rows:
+        start = bounds[-1]
+        end = int(np.searchsorted(cost, cost[start] + budget, side="right")) - 1
+        end = max(end, start + 1)
+        bounds.append(min(end, start + hint, rows) if hint else min(end, rows))
+    return bounds
+
+
+def _sparse_blocks(
+    call: Call, matrices: Mapping[tuple[str, str], Any], runs: Mapping[tuple[str, str], list[int]]
+) -> Iterator[pb.JacobianRowBlock]:
+    for (a, b), matrix in matrices.items():
+        for start, end in itertools.pairwise(runs[a, b]):
+            first, last = matrix.indptr[start], matrix.indptr[end]
+            run = sp.csr_array(
+                (
+                    matrix.data[first:last],
+                    matrix.indices[first:last],
+                    matrix.indptr[start : end + 1] - first,
+                ),
+                shape=(end - start, matrix.shape[1]),
+            )
+            block = _block(call, a, b, start, end - start)
+            fill_sparse(block.sparse, run)
+            yield block

@@ -122,14 +122,14 @@ class JacobianTooLarge(LimitExceeded):
 
 
 class StreamTooLarge(LimitExceeded):
-    """A StreamJacobian over max_stream_jacobian_elements, refused before its first block."""
+    """A StreamJacobian (or StreamHessian) over max_stream_jacobian_elements, refused before
+    its first block; ``counted`` says what: dense elements, or a sparse stream's stored entries."""
 
-    def __init__(self, elements: int, limit: int) -> None:
+    def __init__(self, elements: int, limit: int, counted: str) -> None:
         super().__init__(
-            f"the Jacobians asked for have {elements} elements, more than"
-            f" max_stream_jacobian_elements={limit} for one StreamJacobian; ask for fewer `of` or"
-            " `wrt` (or smaller ones) per call, or raise the server's"
-            " --max-stream-jacobian-elements",
+            f"{counted.format(elements)}, more than max_stream_jacobian_elements={limit} for one"
+            " stream; ask for fewer `of` or `wrt` (or smaller ones) per call, or raise the"
+            " server's --max-stream-jacobian-elements",
             limit="max_stream_jacobian_elements",
         )
         self.metadata["elements"] = str(elements)

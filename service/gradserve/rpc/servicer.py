@@ -24,8 +24,6 @@ from gradserve.rpc.datasets import DatasetCache
 from gradserve.rpc.errors import (
     InvalidArgument,
     JacobianTooLarge,
-    LimitExceeded,
-    StreamTooLarge,
     rpc_method,
 )
 from gradserve.rpc.errors import core_errors as _core_errors
@@ -39,9 +37,6 @@ from gradserve.rpc.requests import (
     of_wrt,
 )
 from gradserve.rpc.wire import DIRECT_ENCODE_BYTES, EncodedEvaluateResponse
-
-# Bytes of a JacobianRowBlock that are not row values (names, shapes, framing).
-_ROW_BLOCK_OVERHEAD = 64 * 1024
 
 
 class GradientServicer:
@@ -103,54 +98,7 @@ class GradientServicer:
 
     @rpc_method
     def StreamJacobian(self, request, context) -> Iterator[pb.JacobianRowBlock]:
-        call = self._prepare(request)
-        jacobian_mode(request)  # validated; rows are always computed in reverse mode
-        of, wrt = of_wrt(call.program, request)
-        if request.rows_per_message < 0:
-            raise InvalidArgument("rows_per_message", "must be >= 0 (0: let the server choose)")
-        types = call.program.types
-        budget = self.settings.max_message_bytes - _ROW_BLOCK_OVERHEAD
-        cancel = cancel_callback(context)
-        # Check everything before the first message, so a bad request streams nothing.
-        elements = sum(types[o].size * types[w].size for o in of for w in wrt)
-        if elements > self.settings.max_stream_jacobian_elements:
-            raise StreamTooLarge(elements, self.settings.max_stream_jacobian_elements)
-        plans = []
-        for o in of:
-            for w in wrt:
-                row_bytes = types[w].size * np.dtype(types[o].dtype).itemsize
-                if row_bytes > budget:
-                    raise LimitExceeded(
-                        f"one Jacobian row of d {o} / d {w} is {row_bytes} bytes, more than "
-                        f"max_message_bytes={self.settings.max_message_bytes} allows; "
-                        "raise --max-message-bytes",
-                        limit="max_message_bytes",
-                    )
-                rows = max(1, budget // max(row_bytes, 1))
-                if request.rows_per_message:
-                    rows = min(rows, request.rows_per_message)
-                plans.append((o, w, rows))
-        for o, w, rows in plans:
-            shape = types[o].shape + types[w].shape
-            m = types[o].size
-            if m == 0:  # still tell the client the shape
-                empty = np.zeros((0, *types[w].shape), types[o].dtype)
-                yield pb.JacobianRowBlock(
-                    graph_id=call.graph_id, of=o, wrt=w, shape=shape, rows=encode_tensor(empty)
-                )
-                continue
-            with _core_errors(call.program):
-                blocks = autodiff.jacobian_rows(call.program, call.inputs, o, w, rows, cancel)
-                for start, block in blocks:
-                    yield pb.JacobianRowBlock(
-                        graph_id=call.graph_id,
-                        of=o,
-                        wrt=w,
-                        shape=shape,
-                        row_start=start,
-                        row_count=block.shape[0],
-                        rows=encode_tensor(block),
-                    )
+        yield from derivatives.stream_jacobian(self, request, cancel_callback(context))
 
     @rpc_method
     def Vjp(self, request, context):
@@ -207,6 +155,10 @@ class GradientServicer:
     @rpc_method
     def Hessian(self, request, context):
         return derivatives.hessian_rpc(self, request, cancel_callback(context))
+
+    @rpc_method
+    def StreamHessian(self, request, context) -> Iterator[pb.JacobianRowBlock]:
+        yield from derivatives.stream_hessian(self, request, cancel_callback(context))
 
     @rpc_method
     def Hvp(self, request, context):

@@ -1,23 +1,29 @@
 """Convolution (ONNX Conv: NCHW / OIHW, N-D) and the window ops that pooling shares.
 
-A window op sees `x` (N, C, *S) through the internal `conv_patches` op: the windows of the
-(padded) input as a strided view (N, C, *S', *K) made by sliding_window_view, no copy. conv is
-then one `contract` of the patches with the kernel: a batched GEMM over the groups (one GEMM for
-groups=1), the patches copied once into GEMM layout as im2col would; no loop over pixels.
+A window op sees `x` (N, C, *S) through `patches`: the windows of the (padded) input as a strided
+view (N, C, *S', *K) made by sliding_window_view, no copy. Pooling reduces over them; conv
+copies them once into GEMM layout (`columns`, im2col) and multiplies by the kernel: one GEMM per
+group, no loop over pixels.
 
-Derivatives are programs of four ops, each with its own rules:
-- `conv` itself, linear in x: the JVP w.r.t. x is conv of the tangent;
-- `conv_patches` (linear, or affine with a pad value) and its transpose `conv_patches_grad`,
-  which adds each window back where it came from (col2im: a loop over the kernel offsets, not
-  the pixels); each is the other's VJP;
-- `einsum`: the JVP w.r.t. the kernel, and both VJPs, are einsums of the patches, the kernel and
-  the cotangent. The VJP w.r.t. x is a transposed convolution (einsum, then col2im) and the one
-  w.r.t. the kernel a correlation of input and cotangent.
-So second derivatives work by composition. A (co)tangent's batch axis is folded into N for the
-per-sample ops and is one more einsum letter for the others.
+conv's derivatives are two internal ops, each one GEMM too:
+- `conv_input_grad` (the VJP w.r.t. x, a transposed convolution): the kernel's transpose times
+  the cotangent gives each window's share, which is added back where the window came from
+  (col2im, one add per kernel offset over runs of S'_last x N contiguous elements, the batch
+  axis innermost). Measured against the other lowering, a convolution of the dilated, padded
+  cotangent with the flipped kernel: that copies O/C x S/S' times more (its im2col reads the
+  cotangent, O x K values per input pixel), which made it 1.2-10x slower for LeNet's layers and
+  about as fast for a 3x3 layer with C = O;
+- `conv_kernel_grad` (the VJP w.r.t. the kernel): the cotangent times the columns of x.
+conv, conv_input_grad and conv_kernel_grad are bilinear and their VJPs are each other, so the
+three are closed under differentiation (second derivatives by composition). A (co)tangent's
+batch axes are folded into N where the op treats samples independently, and otherwise into a
+channel axis, inside each group (`through_channels`), so every rule emits one op of the three.
+
+`conv_patches` and its transpose `conv_patches_grad` (col2im over (..., *S', *K) windows) are
+the window ops of avg_pool's VJP; each is the other's VJP.
 
 The operands, attributes, type rules and the window geometry (`window`) are the opset's
-(`gradserve_client.opset.conv`).
+(`gradserve_client.opset.conv`, `.internal`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ import numpy as np
 from gradserve_client.opset.conv import Window, window
 from numpy.lib.stride_tricks import sliding_window_view
 
-from gradserve.autodiff.ops.einsum import contract
 from gradserve.autodiff.registry import implement
 from gradserve.autodiff.symbolic import Sym, broadcast_to, op, reshape
 
@@ -68,6 +73,23 @@ def window_slices(
     )
 
 
+def add_windows(
+    out: np.ndarray,
+    lead: int,
+    window_at: Callable[[tuple[int, ...]], np.ndarray],
+    kernel_shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    dilations: tuple[int, ...],
+    windows: tuple[int, ...],
+) -> None:
+    """col2im: add `window_at(offset)`, the elements at `offset` of every window (spatial shape
+    `windows`), back where they were taken from in `out`, whose spatial axes follow its first
+    `lead` axes. One strided add per kernel offset."""
+    for offset in np.ndindex(*kernel_shape):
+        where = window_slices(offset, strides, dilations, windows)
+        out[(slice(None),) * lead + where] += window_at(offset)
+
+
 def patches_grad(
     g: np.ndarray,
     *,
@@ -83,9 +105,9 @@ def patches_grad(
     lead = g.shape[: g.ndim - 2 * n]
     out_sp = g.shape[len(lead) : len(lead) + n]
     out = np.zeros(lead + padded_shape(shape, pads), g.dtype)
-    for offset in np.ndindex(*kernel_shape):
-        where = window_slices(offset, strides, dilations, out_sp)
-        out[(Ellipsis, *where)] += g[(Ellipsis, *offset)]
+    add_windows(
+        out, len(lead), lambda o: g[(Ellipsis, *o)], kernel_shape, strides, dilations, out_sp
+    )
     return crop(out, shape, pads)
 
 
@@ -130,10 +152,7 @@ implement(
 )
 
 
-# ---- conv --------------------------------------------------------------------------------------
-
-_SPATIAL = "pqrstuvw"  # einsum letters of the output's spatial axes
-_KERNEL = "ijklmxyz"  # and of the kernel's
+# ---- conv and its two derivative ops: the kernels ----------------------------------------------
 
 
 def _geometry(x_shape: tuple[int, ...], w_shape: tuple[int, ...], attrs: dict) -> Window:
@@ -147,79 +166,190 @@ def _geometry(x_shape: tuple[int, ...], w_shape: tuple[int, ...], attrs: dict) -
     )
 
 
-def _letters(n: int) -> tuple[str, str]:
-    return _SPATIAL[:n], _KERNEL[:n]
+def columns(x: np.ndarray, geom: Window, groups: int) -> np.ndarray:
+    """im2col: the windows of x (N, C, *S) copied once into GEMM layout (G, C/G * K, N * S'),
+    K and S' the sizes of the kernel and the output. The copy reads along x's last axis; with
+    the kernel offsets innermost instead it is several times slower."""
+    n = len(geom.kernel)
+    view = patches(x, **geom.attrs)  # (N, C, *S', *K)
+    order = (1, *range(2 + n, 2 + 2 * n), 0, *range(2, 2 + n))  # (C, *K, N, *S')
+    rows = x.shape[1] // groups * math.prod(geom.kernel)
+    return view.transpose(order).reshape(groups, rows, x.shape[0] * math.prod(geom.out))
 
 
-def _grouped(shape: tuple[int, ...], groups: int) -> tuple[int, ...]:
-    """(N, C, ...) as (N, G, C / G, ...); also (O, Cg, ...) as (G, O / G, Cg, ...)."""
-    return (shape[0], groups, shape[1] // groups, *shape[2:])
+def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, groups=1, **attrs):
+    geom = _geometry(x.shape, w.shape, attrs)
+    n_out = w.shape[0]
+    kernel = w.reshape(groups, n_out // groups, math.prod(w.shape[1:]))
+    out = np.matmul(kernel, columns(x, geom, groups))  # (G, O/G, N * S')
+    out = np.moveaxis(out.reshape(n_out, x.shape[0], *geom.out), 0, 1)
+    if b is None:
+        return np.ascontiguousarray(out)
+    bias = b.reshape((-1,) + (1,) * len(geom.out))
+    return np.add(out, bias, out=np.empty(out.shape, out.dtype))  # one pass: layout and bias
 
 
-def _conv(
-    x: np.ndarray,
+def _input_grad(
+    g: np.ndarray,
     w: np.ndarray,
-    b: np.ndarray | None = None,
     *,
+    kernel_shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    pads: tuple[int, ...],
+    dilations: tuple[int, ...],
+    shape: tuple[int, ...],
     groups: int = 1,
-    **attrs,
 ) -> np.ndarray:
-    geom = _geometry(x.shape, w.shape, attrs)
-    s, k = _letters(len(geom.kernel))
-    cols = patches(x, **geom.attrs).reshape(_grouped(x.shape[:2], groups) + geom.out + geom.kernel)
-    kernel = w.reshape((groups, w.shape[0] // groups, *w.shape[1:]))
-    out = contract((f"ngc{s}{k}", f"goc{k}"), f"ngo{s}", cols, kernel)
-    out = out.reshape((x.shape[0], w.shape[0], *geom.out))
-    if b is not None:
-        out = out + b.reshape((-1,) + (1,) * len(geom.out))
-    return out
-
-
-def _conv_parts(x: Sym, w: Sym, groups: int, attrs: dict) -> tuple[Window, str, str, Sym, Sym]:
-    """The geometry, the letters, the grouped patches of x and the grouped kernel."""
-    geom = _geometry(x.shape, w.shape, attrs)
-    s, k = _letters(len(geom.kernel))
-    cols = op.reshape(
-        op.conv_patches(x, **geom.attrs),
-        shape=_grouped(x.shape[:2], groups) + geom.out + geom.kernel,
+    """conv_input_grad: (N, C, *shape) from the cotangent g (N, O, *S') and the kernel w."""
+    geom = window(shape, kernel_shape, strides, pads, dilations)
+    (n, n_out), per_group = g.shape[:2], w.shape[1]
+    og, k = n_out // groups, math.prod(kernel_shape)
+    # The batch axis goes innermost, so that each window's add below runs over S'_last * N
+    # contiguous elements (S'_last alone is a few elements: 2-3x slower).
+    gm = np.moveaxis(g, 0, -1).reshape(groups, og, math.prod(geom.out) * n)
+    kernel = w.reshape(groups, og, per_group, k).transpose(0, 3, 2, 1)
+    kernel = kernel.reshape(groups, k * per_group, og)
+    cols = np.matmul(kernel, gm).reshape(groups, *kernel_shape, per_group, *geom.out, n)
+    padded = np.zeros((groups, per_group, *padded_shape(shape, pads), n), g.dtype)
+    add_windows(
+        padded, 2, lambda o: cols[(slice(None), *o)], kernel_shape, strides, dilations, geom.out
     )
-    kernel = op.reshape(w, shape=(groups, w.shape[0] // groups, *w.shape[1:]))
-    return geom, s, k, cols, kernel
+    padded = np.moveaxis(padded.reshape(groups * per_group, *padded.shape[2:]), -1, 0)
+    return np.ascontiguousarray(crop(padded, shape, pads))
 
 
-def _conv_jvp(ts: list[Sym | None], ans: Sym, x: Sym, w: Sym, *b: Sym, groups=1, **attrs) -> Sym:
-    tx, tw, *tb = ts
-    out = None
-    if tx is not None:
-        out = per_sample(tx, lambda t: op.conv(t, w, groups=groups, **attrs))
-    if tw is not None:
-        _, s, k, cols, _ = _conv_parts(x, w, groups, attrs)
-        bl = "b" if tw.em.batch else ""
-        tk = reshape(tw, (groups, w.shape[0] // groups, *w.shape[1:]))
-        term = op.einsum([cols, tk], subscripts=f"ngc{s}{k},{bl}goc{k}->{bl}ngo{s}")
-        term = reshape(term, ans.shape)
-        out = term if out is None else out + term
-    if tb and tb[0] is not None:
-        term = broadcast_to(reshape(tb[0], (1, w.shape[0]) + (1,) * (ans.ndim - 2)), ans.shape)
-        out = term if out is None else out + term
-    assert out is not None
-    return out
+def _kernel_grad(
+    x: np.ndarray,
+    g: np.ndarray,
+    *,
+    kernel_shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    pads: tuple[int, ...],
+    dilations: tuple[int, ...],
+    groups: int = 1,
+) -> np.ndarray:
+    """conv_kernel_grad: (O, C/G, *K) from x (N, C, *S) and the cotangent g (N, O, *S')."""
+    geom = window(x.shape[2:], kernel_shape, strides, pads, dilations)
+    n, n_out = g.shape[:2]
+    og = n_out // groups
+    spatial = math.prod(geom.out)
+    gm = g.reshape(n, groups, og, spatial).transpose(1, 2, 0, 3).reshape(groups, og, n * spatial)
+    out = np.matmul(gm, columns(x, geom, groups).swapaxes(1, 2))  # (G, O/G, C/G * K)
+    return out.reshape(n_out, x.shape[1] // groups, *kernel_shape)
 
 
-def _conv_vjp(g: Sym, ans: Sym, x: Sym, w: Sym, *b: Sym, groups=1, **attrs) -> tuple:
-    geom, s, k, cols, kernel = _conv_parts(x, w, groups, attrs)
-    bl = "b" if g.em.batch else ""
-    gg = reshape(g, _grouped(ans.shape, groups))
-    gw = op.einsum([gg, cols], subscripts=f"{bl}ngo{s},ngc{s}{k}->{bl}goc{k}")
-    gcols = op.einsum([gg, kernel], subscripts=f"{bl}ngo{s},goc{k}->{bl}ngc{s}{k}")
-    gcols = op.reshape(gcols, shape=(-1, *x.shape[1:2], *geom.out, *geom.kernel))
-    gx = op.reshape(
-        op.conv_patches_grad(gcols, shape=x.shape[2:], **geom.attrs), shape=g.em.batch + x.shape
+# ---- their rules --------------------------------------------------------------------------------
+# All three are bilinear: a JVP applies the op with one operand replaced by its tangent, and
+# each VJP is another of the three with the cotangent in one operand. `_emit` applies an op to
+# operands one of which (`batched`) may carry the pass's batch axes.
+
+_ATTRS = {  # what each op takes of the resolved geometry
+    "conv": ("strides", "pads", "dilations", "groups"),
+    "conv_input_grad": ("kernel_shape", "strides", "pads", "dilations", "shape", "groups"),
+    "conv_kernel_grad": ("kernel_shape", "strides", "pads", "dilations", "groups"),
+}
+# Where a batched operand's batch axes go, per op and operand: None, into N (the op treats
+# samples independently); or (axis, grouped) of the operand and of the result: into that
+# channel axis, inside each group when `grouped` (conv's output channels for a batched kernel).
+_FOLDS = {
+    "conv": (None, ((0, True), (1, True))),
+    "conv_input_grad": (None, ((1, False), (1, True))),
+    "conv_kernel_grad": (((1, True), (1, False)), ((1, True), (0, True))),
+}
+
+
+def _emit(name: str, a: Sym, b: Sym, geo: dict, batched: int) -> Sym:
+    attrs = {k: geo[k] for k in _ATTRS[name]}
+
+    def apply(t: Sym) -> Sym:
+        return getattr(op, name)(*((t, b) if batched == 0 else (a, t)), **attrs)
+
+    t = (a, b)[batched]
+    fold = _FOLDS[name][batched]
+    if fold is None:
+        return per_sample(t, apply)
+    (into, grouped_in), (out, grouped_out) = fold
+    groups = geo["groups"]
+    return through_channels(
+        t, apply, (into, groups if grouped_in else 1), (out, groups if grouped_out else 1)
     )
-    grads = [gx, reshape(gw, w.shape)]
+
+
+def through_channels(
+    t: Sym, fn: Callable[[Sym], Sym], into: tuple[int, int], out: tuple[int, int]
+) -> Sym:
+    """fn (linear in its argument) applied to a (co)tangent whose batch axes B go into a channel
+    axis: `into` = (axis, groups) of t, whose channels (G * c) become G * B * c, and `out` =
+    (axis, groups) of fn's result, whose G * B * c channels are taken apart again."""
+    batch = t.em.batch
+    if not batch:
+        return fn(t)
+    nb, size = len(batch), math.prod(batch)
+    (a, g), primal = into, t.shape[nb:]
+    split = op.reshape(t, shape=(size, *primal[:a], g, primal[a] // g, *primal[a + 1 :]))
+    axes = (*range(1, a + 2), 0, *range(a + 2, split.ndim))  # B after the group axis
+    folded = op.reshape(
+        op.transpose(split, axes=axes), shape=(*primal[:a], primal[a] * size, *primal[a + 1 :])
+    )
+    res = fn(folded)
+    (a, g), shape = out, res.shape
+    c = shape[a] // (g * size)
+    split = op.reshape(res, shape=(*shape[:a], g, size, c, *shape[a + 1 :]))
+    axes = (a + 1, *range(a + 1), *range(a + 2, split.ndim))  # B first
+    return op.reshape(
+        op.transpose(split, axes=axes), shape=(*batch, *shape[:a], g * c, *shape[a + 1 :])
+    )
+
+
+def _jvp(name: str, ts: list[Sym | None], xs: tuple[Sym, Sym], geo: dict) -> list[Sym]:
+    """The terms of a bilinear op's JVP: the op with each tangent in its operand's place."""
+    return [
+        _emit(name, *(t if j == i else x for j, x in enumerate(xs)), geo, i)
+        for i, t in enumerate(ts)
+        if t is not None
+    ]
+
+
+def _conv_geo(x: Sym, w: Sym, attrs: dict) -> dict:
+    geom = _geometry(x.shape, w.shape, attrs)
+    return {**geom.attrs, "shape": x.shape[2:], "groups": attrs.get("groups", 1)}
+
+
+def _conv_jvp(ts: list[Sym | None], ans: Sym, x: Sym, w: Sym, *b: Sym, **attrs) -> Sym:
+    terms = _jvp("conv", ts[:2], (x, w), _conv_geo(x, w, attrs))
+    if b and ts[2] is not None:
+        bias = reshape(ts[2], (1, w.shape[0]) + (1,) * (ans.ndim - 2))
+        terms.append(broadcast_to(bias, ans.shape))
+    return sum(terms[1:], terms[0])
+
+
+def _conv_vjp(g: Sym, ans: Sym, x: Sym, w: Sym, *b: Sym, **attrs) -> tuple[Sym, ...]:
+    geo = _conv_geo(x, w, attrs)
+    grads = [_emit("conv_input_grad", g, w, geo, 0), _emit("conv_kernel_grad", x, g, geo, 1)]
     if b:
         grads.append(op.sum(g, axis=(-ans.ndim, *range(2 - ans.ndim, 0))))
     return tuple(grads)
 
 
+def _input_grad_jvp(ts: list[Sym | None], ans: Sym, g: Sym, w: Sym, **geo) -> Sym:
+    terms = _jvp("conv_input_grad", ts, (g, w), geo)
+    return sum(terms[1:], terms[0])
+
+
+def _input_grad_vjp(ct: Sym, ans: Sym, g: Sym, w: Sym, **geo) -> tuple[Sym, Sym]:
+    return _emit("conv", ct, w, geo, 0), _emit("conv_kernel_grad", ct, g, geo, 0)
+
+
+def _kernel_grad_jvp(ts: list[Sym | None], ans: Sym, x: Sym, g: Sym, **geo) -> Sym:
+    terms = _jvp("conv_kernel_grad", ts, (x, g), {**geo, "shape": x.shape[2:]})
+    return sum(terms[1:], terms[0])
+
+
+def _kernel_grad_vjp(ct: Sym, ans: Sym, x: Sym, g: Sym, **geo) -> tuple[Sym, Sym]:
+    geo = {**geo, "shape": x.shape[2:]}
+    return _emit("conv_input_grad", g, ct, geo, 1), _emit("conv", x, ct, geo, 1)
+
+
 implement("conv", _conv, jvp=_conv_jvp, vjp=_conv_vjp)
+implement("conv_input_grad", _input_grad, jvp=_input_grad_jvp, vjp=_input_grad_vjp)
+implement("conv_kernel_grad", _kernel_grad, jvp=_kernel_grad_jvp, vjp=_kernel_grad_vjp)

@@ -2,9 +2,9 @@
 
 `subscripts` is numpy's: explicit ("ij,jk->ik") or implicit ("ij,jk", the output being the
 letters that appear once, in alphabetical order), with "..." for leading axes (right-aligned
-across operands). Two restrictions keep the rules exact and short: a letter appears at most once
-per operand (no diagonals or traces) and a letter has one size everywhere (no size-1
-broadcasting, which numpy allows only for "..." axes anyway).
+across operands). A letter repeated within an operand takes its diagonal ("ii->i", "bii->bi",
+the trace "ii->"); a letter has one size everywhere (no size-1 broadcasting, which numpy allows
+only for "..." axes anyway).
 
 The forward (`contract`, also the kernel of `conv`) splits each pair's letters into batch
 (in both operands and kept), contracted (in both, not kept), and kept on one side, folds them
@@ -12,20 +12,27 @@ into one (batch, m, k) @ (batch, k, n) matmul, and reshapes back: BLAS does the 
 np.einsum without a BLAS path would loop in C. The contraction order of three or more operands
 is numpy's greedy `einsum_path`.
 
+The forward first sees each operand through its diagonals (`diagonal`: a strided view, one axis
+per distinct letter), so `contract` never meets a repeated letter.
+
 einsum is multilinear, so its rules are einsums: the JVP sums one einsum per operand with that
 operand replaced by its tangent; the VJP of an operand contracts the cotangent with the others
-(a letter summed within that operand alone is broadcast back). A batch axis of a (co)tangent is
-one more letter, so the rules are batch-polymorphic and differentiable again.
+(a letter summed within that operand alone is broadcast back). For an operand with a diagonal,
+the VJP's result names each repeat of a letter with a letter of its own, tied to the first by a
+constant identity tensor (one more operand): the cotangent lands on the diagonal, zeros
+elsewhere. A batch axis of a (co)tangent is one more letter, so the rules are batch-polymorphic
+and differentiable again.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from gradserve_client.opset.einsum import LETTERS, parse_subscripts
+from numpy.lib.stride_tricks import as_strided
 
 from gradserve.autodiff.registry import implement
 from gradserve.autodiff.symbolic import Sym, op
@@ -90,11 +97,14 @@ def _path(terms: tuple[str, ...], out: str, shapes: tuple[tuple[int, ...], ...])
 def contract(terms: Sequence[str], out: str, *arrays: np.ndarray) -> np.ndarray:
     """einsum over parsed subscripts (no repeated letter within a term)."""
     operands = list(zip(arrays, terms, strict=True))
-    for pair in _path(tuple(terms), out, tuple(a.shape for a in arrays)):
-        (a, ta), (b, tb) = (operands[i] for i in pair)
-        operands = [o for i, o in enumerate(operands) if i not in pair]
+    for step in _path(tuple(terms), out, tuple(a.shape for a in arrays)):
+        picked = [operands[i] for i in step]  # usually a pair; a step of outer products may be more
+        operands = [o for i, o in enumerate(operands) if i not in step]
         keep = set(out).union(*(t for _, t in operands))
-        operands.append(_pair(a, ta, b, tb, keep))
+        while len(picked) > 1:
+            (a, ta), (b, tb), *picked = picked
+            picked.insert(0, _pair(a, ta, b, tb, keep.union(*(t for _, t in picked))))
+        operands.append(picked[0])
     ((x, tx),) = operands
     x, tx = _sum_alone(x, tx, set(out))
     return np.transpose(x, [tx.index(c) for c in out])
@@ -103,21 +113,51 @@ def contract(terms: Sequence[str], out: str, *arrays: np.ndarray) -> np.ndarray:
 # ---- the op ------------------------------------------------------------------------------------
 
 
+def diagonal(x: np.ndarray, term: str) -> tuple[np.ndarray, str]:
+    """x seen through its diagonals (a read-only strided view): one axis per distinct letter of
+    `term`, in the order they first appear, and those letters."""
+    distinct = "".join(dict.fromkeys(term))
+    if distinct == term:
+        return x, term
+    shape = tuple(x.shape[term.index(c)] for c in distinct)
+    strides = tuple(
+        sum(st for t, st in zip(term, x.strides, strict=True) if t == c) for c in distinct
+    )
+    return as_strided(x, shape, strides, writeable=False), distinct
+
+
 def _parsed(xs: Sequence[Sym], subscripts: str) -> tuple[tuple[str, ...], str]:
     return parse_subscripts(subscripts, tuple(x.ndim for x in xs))
 
 
 def _einsum(*arrays: np.ndarray, subscripts: str) -> np.ndarray:
     terms, out = parse_subscripts(subscripts, tuple(a.ndim for a in arrays))
-    return contract(terms, out, *arrays)
+    views, letters = zip(*map(diagonal, arrays, terms), strict=True)
+    return contract(letters, out, *views)
+
+
+def _spare_letters(terms: Sequence[str], out: str) -> Iterator[str]:
+    used = set(out).union(*terms)
+    return (c for c in LETTERS if c not in used)
 
 
 def _batch_letter(g: Sym, terms: Sequence[str], out: str) -> str:
     """The letter of the (co)tangent's batch axis ('' without one)."""
-    if not g.em.batch:
-        return ""
-    used = set(out).union(*terms)
-    return next(c for c in LETTERS if c not in used)
+    return next(_spare_letters(terms, out)) if g.em.batch else ""
+
+
+def _undiagonal(x: Sym, term: str, spare: Iterator[str]) -> tuple[str, list[Sym], list[str]]:
+    """`term` with each repeat of a letter renamed to a spare letter, and the identity tensors
+    (constants, with their terms) that tie each renamed letter to the first."""
+    renamed, identities, terms = "", [], []
+    for i, c in enumerate(term):
+        if c not in term[:i]:
+            renamed += c
+            continue
+        renamed += next(spare)
+        terms.append(c + renamed[-1])
+        identities.append(x.lift(np.eye(x.shape[i])))
+    return renamed, identities, terms
 
 
 def _emit(operands: Sequence[Sym], terms: Sequence[str], out: str) -> Sym:
@@ -140,16 +180,19 @@ def _einsum_jvp(ts: list[Sym | None], ans: Sym, *xs: Sym, subscripts: str) -> Sy
 
 def _einsum_vjp(g: Sym, ans: Sym, *xs: Sym, subscripts: str) -> tuple[Sym, ...]:
     terms, out = _parsed(xs, subscripts)
-    b = _batch_letter(g, terms, out)
+    spare = _spare_letters(terms, out)
+    b = next(spare) if g.em.batch else ""
     grads = []
     for i, x in enumerate(xs):
-        others = [term for j, term in enumerate(terms) if j != i]
+        term, identities, tied = _undiagonal(x, terms[i], spare)
+        others = [t for j, t in enumerate(terms) if j != i] + tied
         reached = set(out).union(*others)
-        target = "".join(c for c in terms[i] if c in reached)
-        ct = _emit([*(y for j, y in enumerate(xs) if j != i), g], [*others, b + out], b + target)
-        if target != terms[i]:  # letters summed within x alone: their gradient is broadcast
+        target = "".join(c for c in term if c in reached)
+        operands = [*(y for j, y in enumerate(xs) if j != i), *identities, g]
+        ct = _emit(operands, [*others, b + out], b + target)
+        if target != term:  # letters summed within x alone: their gradient is broadcast
             shape = g.em.batch + tuple(
-                n if c in reached else 1 for c, n in zip(terms[i], x.shape, strict=True)
+                n if c in reached else 1 for c, n in zip(term, x.shape, strict=True)
             )
             ct = op.broadcast_to(op.reshape(ct, shape=shape), shape=g.em.batch + x.shape)
         grads.append(ct)

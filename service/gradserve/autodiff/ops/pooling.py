@@ -5,8 +5,8 @@ kernel axes, so the forward allocates only its result (and the padded input); th
 attributes, type rules and geometry are the opset's (`gradserve_client.opset.conv`).
 `ceil_mode` rounds the output size up, as torch does: a last window that would start in the end
 padding is dropped, and the part of a window beyond the padded input counts as padding that
-`count_include_pad` does not count. avg_pool divides by the number of elements of its window
-inside the input (or, with count_include_pad, inside the padded input).
+`count_include_pad` does not count. avg_pool divides by the number of taps of its window (every
+`dilations`-th element) inside the input (or, with count_include_pad, inside the padded input).
 
 Rules. avg_pool is linear: its JVP is avg_pool of the tangent and its VJP spreads the cotangent
 over each window, divided by the window's count, and adds it back with `conv_patches_grad`.
@@ -21,6 +21,7 @@ curvature from the selection).
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from gradserve_client.opset.conv import Window
@@ -88,6 +89,35 @@ def _max_pool_grad(x: np.ndarray, ans: np.ndarray, g: np.ndarray, **attrs) -> np
     return crop(out, spatial, geom.pads)
 
 
+def _max_pool_indices(x: np.ndarray, *, storage_order: int = 0, **attrs) -> np.ndarray:
+    """ONNX MaxPool's Indices: per window, the flat index into x of its first maximum (in the
+    window's row-major order), the spatial axes counted column-major with storage_order=1."""
+    geom = _geometry(x.shape, attrs)
+    cols = patches(x, **geom.attrs, pad_value=-np.inf)
+    spatial = x.shape[2:]
+    n = len(spatial)
+    steps = [math.prod(spatial[:i] if storage_order else spatial[i + 1 :]) for i in range(n)]
+    best = np.full(cols.shape[: 2 + n], -np.inf, x.dtype)
+    found = np.zeros(best.shape, bool)
+    where = np.zeros(best.shape, np.int64)
+    for offset in np.ndindex(*geom.kernel):
+        inside, flat = np.ones((), bool), np.zeros((), np.int64)
+        for i, (o, s, d, m) in enumerate(
+            zip(offset, geom.strides, geom.dilations, geom.out, strict=True)
+        ):
+            at = (np.arange(m) * s - geom.pads[i] + o * d).reshape((m,) + (1,) * (n - 1 - i))
+            inside = inside & (at >= 0) & (at < spatial[i])
+            flat = flat + at * steps[i]
+        element = cols[(Ellipsis, *offset)]
+        take = inside & (~found | (element > best) | (np.isnan(element) & ~np.isnan(best)))
+        best = np.where(take, element, best)
+        where = np.where(take, flat, where)
+        found |= inside
+    planes = np.arange(x.shape[0] * x.shape[1]).reshape(x.shape[:2] + (1,) * n)
+    return where + planes * math.prod(spatial)
+
+
+implement("max_pool_indices", _max_pool_indices)
 implement(
     "max_pool",
     _max_pool,
@@ -121,12 +151,12 @@ def _counts(shape: tuple[int, ...], geom: Window, base: Window, include_pad: int
     include_pad inside the explicitly padded input (never ceil_mode's extra end padding)."""
     n = len(geom.kernel)
     total = np.ones((), np.int64)
-    for i, (size, k, s, m) in enumerate(
-        zip(shape, geom.kernel, geom.strides, geom.out, strict=True)
+    for i, (size, k, s, d, m) in enumerate(
+        zip(shape, geom.kernel, geom.strides, geom.dilations, geom.out, strict=True)
     ):
         lo, hi = (-base.pads[i], size + base.pads[n + i]) if include_pad else (0, size)
-        starts = np.arange(m) * s - geom.pads[i]
-        count = np.clip(starts + k, lo, hi) - np.clip(starts, lo, hi)
+        taps = (np.arange(m) * s - geom.pads[i])[:, None] + np.arange(k) * d
+        count = ((taps >= lo) & (taps < hi)).sum(axis=1)
         total = np.multiply.outer(total, count)
     return total
 

@@ -133,7 +133,7 @@ implement(
 
 # ---- pad, flip, tile, repeat ---------------------------------------------------------------
 # pad is affine: its JVP is pad of the tangent with a zero fill. Its transpose, the internal
-# pad_grad, cuts the pads off and (reflect, edge) adds them onto the elements they copy.
+# pad_grad, cuts the pads off and (reflect, edge, wrap) adds them onto the elements they copy.
 
 
 def _batched_pads(batch: tuple[int, ...], pads: tuple[int, ...]) -> tuple[int, ...]:
