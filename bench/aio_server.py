@@ -13,7 +13,7 @@ stack (grpc.aio needs interceptors of its own), so the three compare like with l
 Only the unary RPCs are adapted (all that R1-R3 call); streams are left as they are.
 
 The servicer asks its context ``is_active`` and ``code``, which neither grpc.aio's context nor
-the one it gives handlers in the migration pool has; `_Context` and `_PoolContext` add them.
+the one it gives handlers in the migration pool has; `_Context` adds them.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+from collections.abc import Callable
 from concurrent import futures
 from typing import Any
 
@@ -39,57 +40,35 @@ OPTIONS = [
 
 
 class _Context:
-    """The synchronous ServicerContext calls the servicer makes, over a grpc.aio context."""
-
-    __slots__ = ("_context",)
-
-    def __init__(self, context: Any) -> None:
-        self._context = context
-
-    def time_remaining(self) -> float | None:
-        return self._context.time_remaining()
-
-    def is_active(self) -> bool:
-        return not self._context.done()
-
-    def code(self) -> Any:
-        return self._context.code()
-
-    def abort_with_status(self, status: Any) -> None:
-        raise RuntimeError(f"status {status.code}: {status.details}")  # errors are not timed
-
-
-class _PoolContext:
-    """The calls the servicer makes, over the context grpc.aio gives a synchronous handler."""
+    """The synchronous ServicerContext calls the servicer makes, over grpc.aio's contexts;
+    ``done()`` tells whether the call has ended. Errors are not timed: no status is kept."""
 
     __slots__ = ("_context", "_done")
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, done: Callable[[], bool]) -> None:
         self._context = context
-        self._done = False
-        context.add_callback(self._finished)
-
-    def _finished(self) -> None:
-        self._done = True
+        self._done = done
 
     def time_remaining(self) -> float | None:
         return self._context.time_remaining()
 
     def is_active(self) -> bool:
-        return not self._done
+        return not self._done()
 
-    def code(self) -> Any:
+    def code(self) -> None:
         return None
 
     def abort_with_status(self, status: Any) -> None:
-        raise RuntimeError(f"status {status.code}: {status.details}")  # errors are not timed
+        raise RuntimeError(f"status {status.code}: {status.details}")
 
 
 def _in_pool(handler: grpc.RpcMethodHandler) -> Any:
     behavior = handler.unary_unary
 
     def unary(request: Any, context: Any) -> Any:
-        return behavior(request, _PoolContext(context))
+        ended: list[bool] = []
+        context.add_callback(lambda: ended.append(True))
+        return behavior(request, _Context(context, lambda: bool(ended)))
 
     return handler._replace(unary_unary=unary)
 
@@ -99,7 +78,8 @@ def _in_executor(handler: grpc.RpcMethodHandler, pool: futures.Executor) -> Any:
     loop = asyncio.get_running_loop()
 
     async def unary(request: Any, context: Any) -> Any:
-        return await loop.run_in_executor(pool, behavior, request, _Context(context))
+        sync_context = _Context(context, context.done)
+        return await loop.run_in_executor(pool, behavior, request, sync_context)
 
     return handler._replace(unary_unary=unary)
 
