@@ -6,12 +6,16 @@ Contenders, each a whole training run, interleaved round by round:
   the stream set-up (a fresh Client per run; the server is started once, outside the timing);
 - `LocalClient.train` (in-process);
 - PyTorch eager with torch.optim.SGD; a JAX jit training step; a hand-written numpy loop.
-The figure is steps per second (higher is better).
+The figure is steps per second (higher is better). The notes also give each contender's CPU
+seconds per step (the benchmark process's, plus the server process's for the streamed run), which
+a busy machine distorts less than the wall clock: a contender's share of the cores is not its
+cost.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -180,6 +184,13 @@ def gradserve_trainer(
     return run
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class FreshServer:
     """A gradserve server restarted (untimed) before each streamed run, so that every run
     pays for its dataset upload and graph compilation: nothing is cached from the last one."""
@@ -187,13 +198,18 @@ class FreshServer:
     def __init__(self) -> None:
         self._stack = ExitStack()
         self.target = ""
+        self.pid = 0
 
     def prepare(self) -> None:
-        from bench.servers import gradserve_server
+        from bench.servers import gradserve_command, started_server
 
         self._stack.close()
         self._stack = ExitStack()
-        self.target = self._stack.enter_context(gradserve_server())
+        started = self._stack.enter_context(started_server(gradserve_command()))
+        self.target, self.pid = started.target, started.proc.pid
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.pid)
 
     def close(self) -> None:
         self._stack.close()
@@ -207,6 +223,7 @@ def run(settings: Settings) -> list[Row]:
     reference = numpy_train(data, params, steps)
     runners: dict[str, Callable[[int], Any]] = {}
     prepare: dict[str, Callable[[], None]] = {}  # untimed set-up before each run
+    server_cpu: dict[str, Callable[[], float]] = {}  # CPU seconds of a contender's server
     first_step: dict[str, list[float]] = {GS_STREAM: [], GS_LOCAL: []}
     notes: dict[str, str] = {}
 
@@ -242,6 +259,7 @@ def run(settings: Settings) -> list[Row]:
                 stack.callback(server.close)
                 server.prepare()
                 prepare[GS_STREAM] = server.prepare
+                server_cpu[GS_STREAM] = server.cpu_seconds
                 check(
                     GS_STREAM,
                     gradserve_trainer(
@@ -256,19 +274,26 @@ def run(settings: Settings) -> list[Row]:
         check(NUMPY, lambda n: numpy_train(data, params, n))
 
         times: dict[str, list[float]] = {k: [] for k in runners}
+        cpu: dict[str, list[float]] = {k: [] for k in runners}
         for _ in range(rounds):
             for name, fn in runners.items():
                 if name in prepare:
                     prepare[name]()
-                t0 = time.perf_counter()
+                other = server_cpu.get(name, lambda: 0.0)
+                c0, s0, t0 = time.process_time(), other(), time.perf_counter()
                 fn(steps)
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0 + other() - s0)
 
     figures: dict[str, float | None] = dict.fromkeys([GS_STREAM, GS_LOCAL, TORCH, JAX, NUMPY])
     spread: dict[str, float] = {}
     for name, values in times.items():
         figures[name] = steps / statistics.median(values)
         spread[name] = relative_iqr(values)
+    for name, values in cpu.items():
+        per_step = statistics.median(values) / steps
+        where = " (client and server)" if name in server_cpu else ""
+        notes[name] = f"{notes.get(name, '')} CPU {per_step * 1e3:.2f} ms/step{where}".strip()
     for name, values in first_step.items():
         timed = values[1:]  # the first was the untimed correctness run
         if timed and name in times:

@@ -1,36 +1,39 @@
-"""WK: a server with `--workers 1` against `--workers 2`, under concurrent Jacobian requests.
+"""WK and SH: one Jacobian of about a second shared among server processes (``parallel=K``).
 
-Several client processes (each its own `gs.Client`, so each its own connection, which
-SO_REUSEPORT spreads over the server processes) send Jacobian requests of a two-layer tanh net
-whose weights are constants of the graph (the graph travels once, then its graph_id; each
-request carries x and returns the 256x256 Jacobian). Figure: requests per second over all
-clients; the row reports the speed-up of 2 workers over 1. Rounds alternate 1 and 2 workers.
+The Jacobian is that of y = tanh(W2 tanh(W1 x)), x and y of 768 and a hidden layer of 2304,
+the weights constants of the graph (sent once, then its graph_id): 768 cotangents through two
+768x2304 layers, 12 chunks of 64 rows for the server, 4.5 MiB of result. One `gs.Client` in
+this process makes the calls, timed in interleaved rounds (`time_interleaved`).
 
-Note: on this 2-core machine the clients share the cores with the server processes, and numpy's
-BLAS may use 2 threads per process, so the speed-up is bounded well below 2.
+- WK: `c.jacobian(..., parallel=2)` to `gradserve serve --workers 2` against the same call to
+  `--workers 1` (both servers run throughout; an idle one costs nothing). The shares go over
+  two connections, on different processes of --workers 2. Also timed: the plain call
+  (parallel=1) to --workers 1.
+- SH: `parallel=3` over a round_robin channel to three replicas (three `gradserve serve`, an
+  ``ipv4:`` list of their addresses) against the plain call to one of them.
+
+The servers run with the benchmark's BLAS threads (one, by default), so a process computes on
+one core: on this 2-core machine two processes can at best halve the time, and three replicas
+cannot do better than two.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
-import statistics
-import subprocess
-import sys
-import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
 
-from bench.harness import Row, Settings
-from bench.servers import ServerUnavailable, gradserve_command, started_server
+from bench.harness import Contender, Row, Settings, time_interleaved
+from bench.servers import ServerUnavailable, Started, gradserve_command, started_server
 
-N, HIDDEN = 256, 1024
+N, HIDDEN = 768, 2304
 
 
 def graph() -> Any:
-    """y = tanh(W2 tanh(W1 x)): a 256x256 Jacobian (512 KiB) that costs the server far more
-    than its transport (256 cotangents through two 1024x256 layers)."""
     import gradserve_client as gs
 
     rng = np.random.default_rng(7)
@@ -40,58 +43,6 @@ def graph() -> Any:
     W2 = g.constant(rng.standard_normal((N, HIDDEN)) / np.sqrt(HIDDEN))
     g.output("y", gs.tanh(W2 @ gs.tanh(W1 @ x)))
     return g
-
-
-def client_main(target: str, calls: int) -> None:
-    """A client process: connect, warm up, say ready, wait for 'go', make `calls` requests."""
-    import gradserve_client as gs
-
-    g = graph()
-    x = np.random.default_rng(8).standard_normal(N)
-    with gs.Client(target) as c:
-        c.jacobian(g, {"x": x}, of="y", wrt="x")
-        print("ready", flush=True)
-        sys.stdin.readline()
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            c.jacobian(g, {"x": x}, of="y", wrt="x")
-        print(json.dumps({"seconds": time.perf_counter() - t0, "calls": calls}), flush=True)
-
-
-def measure(target: str, clients: int, calls: int) -> float:
-    """Requests per second of `clients` processes together, from 'go' to the last reply."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "bench.workers", "client", target, str(calls)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(clients)
-    ]
-    try:
-        for p in procs:
-            assert p.stdout is not None
-            line = p.stdout.readline()
-            if line.strip() != "ready":
-                err = p.stderr.read() if p.stderr else ""
-                raise RuntimeError(f"client did not start: {line!r} {err[-300:]}")
-        t0 = time.perf_counter()
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        for p in procs:
-            _, err = p.communicate(timeout=600)
-            if p.returncode != 0:
-                raise RuntimeError(f"client failed: {err[-300:]}")
-        return clients * calls / (time.perf_counter() - t0)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -104,67 +55,90 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _forked(server: Any, wait: float = 3.0) -> bool:
-    """True once the server has child processes (the extra workers)."""
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if server.descendants():
-            return True
-        time.sleep(0.1)
-    return False
+def _processes(servers: list[Started]) -> list[int]:
+    return [pid for s in servers for pid in (s.proc.pid, *s.descendants())]
 
 
-def run(settings: Settings) -> Row:
-    clients = 2 if settings.quick else 4
+def _timed(
+    row: Row, contenders: list[Contender], servers: list[Started], settings: Settings
+) -> None:
+    """Time the contenders into the row, with each server process's CPU seconds meanwhile."""
+    pids = _processes(servers)
+    before = {pid: _cpu_seconds(pid) for pid in pids}
+    long_calls = dataclasses.replace(settings, rounds=min(settings.rounds, 9), warmup=1)
+    row.figures, row.spread, row.notes = time_interleaved(contenders, long_calls)
+    row.extra["server_cpu_seconds"] = {p: round(_cpu_seconds(p) - before[p], 2) for p in pids}
+
+
+def _jacobian(client: Any, parallel: int) -> Callable[[], Any]:
+    g = graph()
+    inputs = {"x": np.random.default_rng(8).standard_normal(N)}
+    return lambda: client.jacobian(g, inputs, of="y", wrt="x", parallel=parallel)
+
+
+def wk(settings: Settings) -> Row:
+    import gradserve_client as gs
+
     row = Row(
         "WK",
-        f"Jacobian req/s, --workers 2 vs 1 ({clients} client processes)",
-        "req/s",
-        "gradserve --workers 2",
-        "gradserve --workers 1",
-        "report the speed-up",
-        None,
-        higher_is_better=True,
+        "1 s Jacobian, parallel=2: --workers 2 vs --workers 1",
+        "s",
+        "--workers 2, parallel=2",
+        "--workers 1, parallel=2",
+        ">= 1.6x faster",
+        1 / 1.6,
     )
-    row.figures = {"gradserve --workers 2": None, "gradserve --workers 1": None}
-    calls = 3 if settings.quick else 25
-    rounds = 1 if settings.quick else 3
-    samples: dict[int, list[float]] = {1: [], 2: []}
-    cpu: dict[int, list[list[float]]] = {1: [], 2: []}
-    try:
-        for _ in range(rounds):
-            for workers in (1, 2):
-                with started_server(gradserve_command("--workers", str(workers))) as server:
-                    if workers > 1 and not _forked(server):
-                        said = " | ".join(ln for ln in server.lines if "worker" in ln.lower())
-                        row.notes["gradserve --workers 2"] = (
-                            f"--workers 2 did not fork: the server stayed one process. {said}"
-                        )[:300]
-                        return row
-                    pids = [server.proc.pid, *server.descendants()]
-                    before = {pid: _cpu_seconds(pid) for pid in pids}
-                    samples[workers].append(measure(server.target, clients, calls))
-                    cpu[workers].append(sorted(round(_cpu_seconds(p) - before[p], 2) for p in pids))
-    except ServerUnavailable as exc:
-        row.notes["gradserve --workers 2"] = f"--workers not available: {exc}"[:200]
-        return row
-    for workers, values in samples.items():
-        row.figures[f"gradserve --workers {workers}"] = statistics.median(values)
-    row.extra = {
-        "samples": samples,
-        "server_cpu_seconds_per_process": cpu,
-        "clients": clients,
-        "calls_per_client": calls,
-    }
-    for workers in (1, 2):
-        row.notes[f"gradserve --workers {workers}"] = (
-            f"server CPU s per process, per round: {cpu[workers]}"
-        )
+    with ExitStack() as stack:
+        try:
+            two, one = (
+                stack.enter_context(started_server(gradserve_command("--workers", str(n))))
+                for n in (2, 1)
+            )
+        except ServerUnavailable as exc:
+            row.notes[row.gradserve] = str(exc)[:200]
+            return row
+        c2 = stack.enter_context(gs.Client(two.target))
+        c1 = stack.enter_context(gs.Client(one.target))
+        contenders = [
+            Contender("--workers 2, parallel=2", _jacobian(c2, 2)),
+            Contender("--workers 1, parallel=2", _jacobian(c1, 2)),
+            Contender("--workers 1, parallel=1", _jacobian(c1, 1)),
+        ]
+        _timed(row, contenders, [two, one], settings)
+        row.extra["lane_processes"] = list(c2._lane_processes)
     return row
 
 
-if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "client":
-        client_main(sys.argv[2], int(sys.argv[3]))
-    else:
-        sys.exit("usage: python -m bench.workers client HOST:PORT CALLS")
+def sh(settings: Settings) -> Row:
+    import gradserve_client as gs
+
+    row = Row(
+        "SH",
+        "1 s Jacobian, parallel=3 on 3 replicas (round_robin) vs 1 replica",
+        "s",
+        "3 replicas, parallel=3",
+        "1 replica, parallel=1",
+        "<= 0.75x the time",
+        0.75,
+    )
+    with ExitStack() as stack:
+        try:
+            replicas = [stack.enter_context(started_server(gradserve_command())) for _ in range(3)]
+        except ServerUnavailable as exc:
+            row.notes[row.gradserve] = str(exc)[:200]
+            return row
+        target = "ipv4:" + ",".join(r.target for r in replicas)
+        shared = stack.enter_context(gs.Client(target, load_balancing="round_robin"))
+        shared.health()  # round_robin connects to every replica
+        single = stack.enter_context(gs.Client(replicas[0].target))
+        contenders = [
+            Contender("3 replicas, parallel=3", _jacobian(shared, 3)),
+            Contender("1 replica, parallel=1", _jacobian(single, 1)),
+            Contender("1 replica, parallel=3", _jacobian(single, 3)),
+        ]
+        _timed(row, contenders, replicas, settings)
+    return row
+
+
+def run(settings: Settings) -> list[Row]:
+    return [wk(settings), sh(settings)]

@@ -36,10 +36,11 @@ kinks; `tests/unit/test_derivative_facts.py` checks each one):
   lo where x < lo, to hi where x > hi; where lo > hi the result is hi, and so is the gradient;
 - slopes at 0: leaky_relu alpha, elu alpha, selu gamma * alpha; hardsigmoid's slope is 0 at its
   two kinks; `mod`/`fmod` have d/dx2 = -floor(x1 / x2) / -trunc(x1 / x2) between their jumps;
-- `pad` in modes reflect and edge: a padded element's cotangent is added to the element it
-  copies; `astype` passes derivatives through float-to-float casts only (a cast to an integer
+- `pad` in modes reflect, edge and wrap: a padded element's cotangent is added to the element
+  it copies; `astype` passes derivatives through float-to-float casts only (a cast to an integer
   has derivative 0); `argmax`/`argmin` return the first index among ties and have no gradient.
 - `max_pool`: tied maxima of a window share its (co)tangent evenly, padding never wins;
+  `max_pool_indices` gives the first of them (ONNX's Indices);
   `avg_pool` with `ceil_mode` counts as torch does (`tests/unit/test_ops_conv.py`);
 - `take`, `take_along_axis`: an index out of range gives NaN in a float result (and no gradient)
   and is an error for an integer or bool table (`tests/unit/test_ops_indexing.py`).

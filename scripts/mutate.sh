@@ -23,7 +23,8 @@ MODULES=(
     "gradserve/rpc/auth.py gradserve.rpc.auth.* tests/unit/test_auth.py"
     "gradserve/rpc/requests.py gradserve.rpc.requests.x_cancel_callback* tests/unit/test_cancel.py"
     "gradserve/training/loop.py gradserve.training.loop.* tests/unit/training"
-    "gradserve/rpc/codec.py gradserve.rpc.codec.* tests/unit/test_rpc_codec.py"
+    "gradserve/rpc/codec.py gradserve.rpc.codec.* tests/unit/test_rpc_codec.py
+     tests/unit/test_validation_cancel.py tests/unit/test_call_sites.py"
     "gradserve_client/proto/tensor_codec.py gradserve_client.proto.tensor_codec.*
      tests/unit/test_tensor_codec.py tests/unit/test_rpc_wire.py"
 )

@@ -1,8 +1,10 @@
 """Channels: `TLS`, the channel options (message limits, gRPC's retry policy, load balancing),
-the call metadata, and `ChannelClient`, the constructor `Client` and `AsyncClient` share."""
+the call metadata, and `ChannelClient`, the constructor `Client` and `AsyncClient` share, with
+the channels that the shares of a parallel call go over."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 SERVICE = "gradserve.v1.Gradient"
+#: Channels share their connections to one address by default (gRPC's global subchannel
+#: pool); with a pool of its own, a channel opens a TCP connection of its own.
+OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,21 +156,37 @@ class ChannelClient:
             extra=options,
         )
         self._channel = open_channel(target, tls, opts, interceptors, asyncio=self._ASYNCIO)
+        self._open_lane = functools.partial(
+            open_channel, target, tls, [*opts, OWN_CONNECTION], interceptors, asyncio=self._ASYNCIO
+        )
+        # Channels of their own for the shares of parallel calls, and the server process each
+        # reached (AsyncClient._share_lanes).
+        self._lanes: list[Any] = []
+        self._lane_processes: list[str] = []
+        self._balanced = bool(load_balancing)
+        self._features: frozenset[str] | None = None  # the server's, once asked
         self.target = target
         self.timeout = timeout
         self._metadata = call_metadata(token)
         self._graph_ids = GraphIds()
         self._results = ResultBudget(max_result_bytes)
-        self._multicallables: dict[Rpc, Any] = {}
+        self._multicallables: dict[tuple[Rpc, int | None], Any] = {}
 
-    def _multicallable(self, rpc: Rpc) -> Any:
-        """The channel's multicallable of an RPC, made on first use."""
-        callable_ = self._multicallables.get(rpc)
+    def _multicallable(self, rpc: Rpc, lane: int | None = None) -> Any:
+        """The multicallable of an RPC on the client's channel (or on lane ``lane``), made on
+        first use."""
+        callable_ = self._multicallables.get((rpc, lane))
         if callable_ is None:
-            callable_ = self._multicallables[rpc] = getattr(self._channel, rpc.kind)(
-                rpc.path,
-                request_serializer=rpc.serialize,
-                response_deserializer=rpc.deserialize,
-                _registered_method=True,
-            )
+            channel = self._channel if lane is None else self._lanes[lane]
+            callable_ = self._multicallables[rpc, lane] = multicallable(channel, rpc)
         return callable_
+
+
+def multicallable(channel: Any, rpc: Rpc) -> Any:
+    """The channel's multicallable of an RPC."""
+    return getattr(channel, rpc.kind)(
+        rpc.path,
+        request_serializer=rpc.serialize,
+        response_deserializer=rpc.deserialize,
+        _registered_method=True,
+    )

@@ -124,8 +124,11 @@ class JacobianAssembler:
             )
         self._missing[key] -= count
 
-    def result(self, of: Sequence[str], wrt: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """J[of][wrt]; raises `DataLoss` if the stream ended before every row arrived."""
+    def result(
+        self, of: Sequence[str], wrt: Sequence[str], sparse: bool = False
+    ) -> dict[str, dict[str, Any]]:
+        """J[of][wrt], CSR arrays if ``sparse`` was asked; raises `DataLoss` if the stream
+        ended before every row arrived."""
         out: dict[str, dict[str, Any]] = {}
         for o in of:
             for w in wrt:
@@ -133,6 +136,11 @@ class JacobianAssembler:
                 if self._missing.get(key, 1) > 0:
                     raise DataLoss(f"the stream ended before all of d{o}/d{w} arrived")
                 dense = self._dense.get(key)
+                if dense is not None and sparse:
+                    raise GradserveError(
+                        f"the server streamed d{o}/d{w} dense, not structured: it is older than"
+                        " this SDK; ask with sparse=False"
+                    )
                 out.setdefault(o, {})[w] = dense if dense is not None else self._csr(key)
         return out
 

@@ -33,14 +33,16 @@ class OperatorInfo:
 
 @dataclass(frozen=True, slots=True)
 class ServerInfo:
-    """What `Client.server_info` returns: the version, opset, limits (0 = none), features and
-    the BLAS threads of each server process (0 = unknown)."""
+    """What `Client.server_info` returns: the version, opset, limits (0 = none), features,
+    the BLAS threads of each server process (0 = unknown) and the process that answered
+    ("host:pid"; "" = unknown)."""
 
     version: str
     opset: int
     limits: Mapping[str, int]
     features: tuple[str, ...]
     blas_threads: int = 0
+    process: str = ""
 
 
 def decode_operators(response: pb.ListOperatorsResponse) -> list[OperatorInfo]:
@@ -75,4 +77,5 @@ def decode_server_info(response: pb.GetServerInfoResponse) -> ServerInfo:
         limits={f.name: getattr(limits, f.name) for f in limits.DESCRIPTOR.fields},
         features=tuple(response.features),
         blas_threads=response.blas_threads,
+        process=response.process,
     )

@@ -27,7 +27,7 @@ from .opset.listing import operators_response
 from .proto import gradient_service_pb2 as pb
 from .proto import tensor_codec
 from .proto import training_pb2 as tpb
-from .training import dataset_chunks, dataset_id
+from .training import dataset_id, dataset_wire_chunks
 
 C = TypeVar("C")
 T = TypeVar("T")
@@ -148,7 +148,7 @@ STREAM_JACOBIAN: Method[Call, Any] = Method(
         call,
     ),
     collect=JacobianAssembler,
-    decode=lambda call, assembled: call.jacobians(assembled.result(call.of, call.wrt)),
+    decode=lambda call, assembled: call.jacobians(assembled.result(call.of, call.wrt, call.sparse)),
     local=_jacobian_locally,
 )
 JACOBIAN: Method[Call, Any] = Method(
@@ -209,7 +209,7 @@ STREAM_HESSIAN: Method[Call, Any] = Method(
         pb.StreamHessianRequest(of=call.of[0], wrt=call.wrt, structured=call.sparse), call
     ),
     collect=JacobianAssembler,
-    decode=lambda call, assembled: call.hessians(assembled.result(call.wrt, call.wrt)),
+    decode=lambda call, assembled: call.hessians(assembled.result(call.wrt, call.wrt, call.sparse)),
     local=_hessian_locally,
 )
 HESSIAN: Method[Call, Any] = Method(
@@ -287,8 +287,9 @@ TRAIN = gradient_rpc("Train", tpb.TrainRequest, tpb.TrainEvent, "unary_stream")
 
 
 PUT_DATASET: Method[Mapping[str, Array], str] = Method(
-    rpc=gradient_rpc("PutDataset", tpb.DatasetChunk, tpb.DatasetInfo, "stream_unary"),
-    request=dataset_chunks,
+    # the chunks are serialized already (dataset_wire_chunks)
+    rpc=Rpc(f"/{SERVICE}/PutDataset", "stream_unary", bytes, tpb.DatasetInfo.FromString),
+    request=dataset_wire_chunks,
     decode=lambda data, response: response.dataset_id,
     local=lambda local, data: dataset_id(data),  # the content id; LocalClient sends data inline
     graph=False,

@@ -36,7 +36,7 @@ class TrainCall:
     and data, the parameters (none when resuming) and data as arrays, and the step count and
     first step for the progress bar."""
 
-    __slots__ = ("arrays", "feeds", "meta", "request", "start", "total")
+    __slots__ = ("_data", "arrays", "feeds", "meta", "request", "start", "total")
 
     def __init__(
         self,
@@ -49,6 +49,13 @@ class TrainCall:
     ) -> None:
         self.meta, self.feeds, self.arrays = meta, feeds, arrays
         self.request, self.total, self.start = request, total, start
+        self._data: TrainData | None = None
+
+    def data(self) -> TrainData:
+        """How the data travels (its content id computed once, also for `replay`)."""
+        if self._data is None:
+            self._data = TrainData(self.arrays)
+        return self._data
 
     def replay(self, anchor: Checkpoint | None, step: int) -> TrainCall:
         """The same run, from ``anchor`` (None: this call's own start) to ``step``, where it
@@ -66,7 +73,9 @@ class TrainCall:
             request.ClearField("params")
             request.resume_from.CopyFrom(anchor.to_proto())
             feeds, start = {}, anchor.step
-        return TrainCall(self.meta, feeds, self.arrays, request, step, start)
+        replayed = TrainCall(self.meta, feeds, self.arrays, request, step, start)
+        replayed._data = self._data
+        return replayed
 
 
 def train_call(
@@ -164,7 +173,7 @@ class RemoteTrain:
 
     def __init__(self, call: TrainCall, graph_ids: GraphIds) -> None:
         self.call = call
-        self.data = TrainData(call.arrays)
+        self.data = call.data()
         self._ids = graph_ids
         self._sent_id: str | None = None
         self._calls: list[Any] = []

@@ -10,6 +10,7 @@ are defined once, in aio.py; `LocalClient` shares them (`Methods`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _methods as m
+from . import _parallel
 from ._args import (
     Names,
     arrays,
@@ -29,9 +31,9 @@ from ._args import (
     jvp_call,
     vjp_call,
 )
-from ._channel import ChannelClient
+from ._channel import ChannelClient, multicallable
 from ._graphs import GraphLike
-from ._info import OperatorInfo, ServerInfo
+from ._info import OperatorInfo, ServerInfo, decode_server_info
 from ._train_stream import RETRY, TRAIN_ATTEMPTS, UPLOAD, RemoteTrain, TrainCall, train_call
 from .errors import GradserveError, from_rpc_error
 from .graph import Graph
@@ -42,6 +44,10 @@ __all__ = ["Client"]
 C = TypeVar("C")
 T = TypeVar("T")
 
+#: How many connections a parallel call's lane tries for one that reaches a server process no
+#: other lane is on (each new connection lands on a --workers process at random).
+LANE_TRIES = 12
+
 
 class Methods:
     """The public methods, each one line: resolve the arguments, then `_invoke` its `Method`.
@@ -49,7 +55,9 @@ class Methods:
 
     timeout: float | None = None
 
-    def _invoke(self, method: m.Method[C, T], call: C, timeout: float | None) -> T:
+    def _invoke(
+        self, method: m.Method[C, T], call: C, timeout: float | None, parallel: int = 1
+    ) -> T:
         raise NotImplementedError
 
     def _train(self, call: TrainCall, progress: bool, timeout: float | None) -> Run:
@@ -78,6 +86,7 @@ class Methods:
         wrt: Names = None,
         mode: str = "auto",
         sparse: bool = False,
+        parallel: int = 1,
     ) -> Any:
         """The Jacobians d(of)/d(wrt), each of shape ``of.shape + wrt.shape`` (numerator layout).
 
@@ -93,9 +102,15 @@ class Methods:
         diagonal or banded Jacobian costs a few passes and memory proportional to its non-zeros.
         One whose dense size is over the server's unary limit is streamed in CSR runs of rows
         (StreamJacobian) and assembled here, never densified.
+
+        With ``parallel=K``, K requests each compute a share of the result (of its rows,
+        columns or colours), sent at once and summed here into the same result: over a channel
+        with ``load_balancing="round_robin"`` they spread over the replicas, and otherwise each
+        goes over a connection of its own, which a server's ``--workers`` spread over its
+        processes. `LocalClient` computes the result whole.
         """
         call = jacobian_call(graph, inputs, of, wrt, mode, sparse)
-        return self._invoke(m.JACOBIAN, call, self.timeout)
+        return self._invoke(m.JACOBIAN, call, self.timeout, _parallel.checked(parallel))
 
     def jacobian_sparsity(
         self,
@@ -120,6 +135,7 @@ class Methods:
         of: str | None = None,
         wrt: Names = None,
         sparse: bool = False,
+        parallel: int = 1,
     ) -> Any:
         """The Hessian of the scalar output ``of`` (default: the graph's only output): with
         ``wrt`` one name an ndarray of shape ``wrt.shape + wrt.shape``, else the nested dict of
@@ -127,9 +143,10 @@ class Methods:
         ``scipy.sparse.csr_array`` of shape ``(wi.size, wj.size)``, its pattern detected and
         coloured as for `jacobian`. A Hessian larger than the server's unary limit is fetched
         with StreamHessian (dense rows, or CSR runs of rows with ``sparse``) and assembled here.
+        ``parallel`` shares the work among concurrent requests, as for `jacobian`.
         """
         call = hessian_call(graph, inputs, of, wrt, sparse)
-        return self._invoke(m.HESSIAN, call, self.timeout)
+        return self._invoke(m.HESSIAN, call, self.timeout, _parallel.checked(parallel))
 
     def hvp(
         self,
@@ -307,8 +324,9 @@ class Client(Methods, ChannelClient):
     # -- lifecycle
 
     def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
+        """Close the channel (and those of parallel calls)."""
+        for channel in (self._channel, *self._lanes):
+            channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -321,10 +339,14 @@ class Client(Methods, ChannelClient):
 
     # -- calls
 
-    def _invoke(self, method: m.Method[C, T], call: C, timeout: float | None) -> T:
+    def _invoke(
+        self, method: m.Method[C, T], call: C, timeout: float | None, parallel: int = 1
+    ) -> T:
         """A method call: by another method if its `route` says so, or by its `fallback` if
         the server's limits cannot hold its dense result (whose size, over max_result_bytes, is
-        refused here), and by its `fallback` when the first answer is an error it is for."""
+        refused here), and by its `fallback` when the first answer is an error it is for. With
+        ``parallel`` > 1, shared among that many concurrent calls when the method and the
+        server can (`_parallel`)."""
         method = method.route(call) or method
         elements = self._results.elements(method, call)  # refused here over max_result_bytes
         if elements is not None:
@@ -332,6 +354,8 @@ class Client(Methods, ChannelClient):
                 self._results.server_limits = self._server_limits()
             method = self._results.route(method, elements)
         try:
+            if parallel > 1 and self._can_share(method):
+                return self._shared(method, call, timeout, parallel)
             return self._send(method, call, timeout)
         except GradserveError as exc:
             if method.fallback is None or not method.fallback_on(exc):
@@ -346,25 +370,89 @@ class Client(Methods, ChannelClient):
             return {}
         return info.limits
 
-    def _send(self, method: m.Method[C, T], call: C, timeout: float | None) -> T:
-        """One request: its graph by id when known, resent in full on NOT_FOUND."""
+    def _can_share(self, method: m.Method[Any, Any]) -> bool:
+        """Whether a call of ``method`` can be shared: a Jacobian or Hessian (not one routed to
+        StreamJacobian), on a server that honours ``part`` (GetServerInfo, asked once)."""
+        if method not in _parallel.SHAPES:
+            return False
+        if self._features is None:
+            try:
+                self._features = frozenset((self.server_info()).features)
+            except GradserveError:
+                self._features = frozenset()
+        return _parallel.FEATURE in self._features
+
+    def _shared(self, method: m.Method[C, T], call: C, timeout: float | None, parallel: int) -> T:
+        """``method``'s result from ``parallel`` concurrent calls, one share of it each."""
+        lanes = self._share_lanes(parallel)
+        shares = _parallel.shares(method, parallel)  # type: ignore[arg-type]
+        sends = [
+            functools.partial(self._send, share, call, timeout, lane)
+            for share, lane in zip(shares, lanes, strict=True)
+        ]
+        answers = _parallel.concurrently(sends, self._ASYNCIO)
+        return _parallel.merged(method, call, answers)  # type: ignore[arg-type]
+
+    def _share_lanes(self, count: int) -> list[int | None]:
+        """The lane of each of ``count`` shares of a parallel call. With a load-balancing
+        policy, the client's channel (None): round_robin sends consecutive calls to different
+        replicas. Without, a channel each, with a connection of its own: a server's
+        ``--workers`` share its port by SO_REUSEPORT, which spreads connections, not calls."""
+        if self._balanced:
+            return [None] * count
+        while len(self._lanes) < count:
+            self._add_lane()
+        return list(range(count))
+
+    def _add_lane(self) -> None:
+        """Open one more lane, on a server process that no other lane is on if one is found
+        in LANE_TRIES connections (SO_REUSEPORT hashes each connection to a process); once a
+        lane had to share a process, every process has one, and the first connection is kept."""
+        taken = self._lane_processes
+        tries = LANE_TRIES if len(set(taken)) == len(taken) else 1
+        for attempt in range(tries):
+            channel = self._open_lane()
+            info = multicallable(channel, m.SERVER_INFO.rpc)
+            try:
+                response = info(m.SERVER_INFO.request(None), timeout=self.timeout,
+                                      metadata=self._metadata)  # fmt: skip
+                process = decode_server_info(response).process
+            except grpc.RpcError:
+                process = ""  # the share's own call will report what is wrong
+            if not process or process not in taken or attempt == tries - 1:
+                self._lanes.append(channel)
+                taken.append(process)
+                return
+            channel.close()
+
+    def _send(
+        self, method: m.Method[C, T], call: C, timeout: float | None, lane: int | None = None
+    ) -> T:
+        """One request (over the client's channel, or one of `_share_lanes`): its graph by id
+        when known, resent in full on NOT_FOUND."""
         request = method.request(call)
         if not method.graph:
-            return method.decode(call, self._rpc(method, request, timeout))
+            return method.decode(call, self._rpc(method, request, timeout, lane))
         meta = call.meta  # type: ignore[attr-defined]
         sent_id = self._graph_ids.attach(request, meta)
         try:
-            response = self._rpc(method, request, timeout)
+            response = self._rpc(method, request, timeout, lane)
         except GradserveError as exc:
             if not self._graph_ids.resend(request, meta, sent_id, exc):
                 raise
-            response = self._rpc(method, request, timeout)
+            response = self._rpc(method, request, timeout, lane)
         self._graph_ids.remember(meta, response.graph_id)
         return method.decode(call, response)
 
-    def _rpc(self, method: m.Method[Any, Any], request: Any, timeout: float | None) -> Any:
+    def _rpc(
+        self,
+        method: m.Method[Any, Any],
+        request: Any,
+        timeout: float | None,
+        lane: int | None = None,
+    ) -> Any:
         """The RPC: its response, or a server stream's responses folded by `Method.collect`."""
-        rpc = self._multicallable(method.rpc)
+        rpc = self._multicallable(method.rpc, lane)
         try:
             if method.collect is None:
                 return rpc(request, timeout=timeout, metadata=self._metadata)

@@ -17,6 +17,7 @@ import numpy as np
 from . import _methods as m
 from ._args import Call
 from ._graphs import GraphMeta
+from ._result_size import DEFAULT_MAX_RESULT_BYTES, ResultBudget
 from ._train_stream import TrainCall
 from .client import Methods
 from .errors import GradserveError, error_class
@@ -38,9 +39,14 @@ class LocalClient(Methods):
     Each graph is converted and validated once (per version of a `Graph`) and its compiled
     programs are cached by the core, so a call costs little more than the computation itself.
     Requires the ``gradserve`` package (the server side of this distribution).
+
+    Args:
+        max_result_bytes: the largest dense result (a Jacobian) asked for (default 2 GiB):
+            above it the call raises `ResourceExhausted` before anything is computed, as
+            `Client` does.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
         try:
             import gradserve.autodiff as core
         except ImportError as exc:  # pragma: no cover - the client-only install
@@ -53,6 +59,7 @@ class LocalClient(Methods):
         self._in_process = InProcess(_MAX_GRAPHS)
         self._errors = InProcess.ERRORS
         self._graphs: dict[str, Any] = {}  # GraphMeta.key -> the server's CachedGraph
+        self._results = ResultBudget(max_result_bytes)
 
     def __enter__(self) -> LocalClient:
         return self
@@ -118,8 +125,12 @@ class LocalClient(Methods):
         run = functools.partial(fn, **kwargs) if kwargs else fn
         return self._run(run, call.meta, program, call.feeds, *args)
 
-    def _invoke(self, method: m.Method[Any, T], call: Any, timeout: float | None) -> T:
+    def _invoke(
+        self, method: m.Method[Any, T], call: Any, timeout: float | None, parallel: int = 1
+    ) -> T:
+        # In process the core computes the whole result: shares would only add passes' set-up.
         assert method.local is not None, method.rpc.path
+        self._results.elements(method, call)  # refused here over max_result_bytes
         return method.local(self, call)
 
     def _train(self, run: TrainCall, progress: bool, timeout: float | None) -> Run:

@@ -5,7 +5,7 @@ their routing by the SDK, their limits, and their cancellation between blocks.""
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 import tracemalloc
 from typing import Any
@@ -270,6 +270,23 @@ def test_the_unary_refusal_of_a_large_sparse_jacobian_is_a_safety_net(make_serve
     np.testing.assert_array_equal(J.toarray(), tridiagonal_csr(at).toarray())
 
 
+def test_the_async_client_streams_and_assembles_the_same(make_server: Any) -> None:
+    n = 20_000
+    x = RNG.normal(size=n)
+    g, at, closed = logsumexp(300, 40)
+    small = make_server(max_message_bytes=SMALL_MESSAGES)
+
+    async def main() -> tuple[Any, Any]:
+        async with gs.AsyncClient(small.address) as c:
+            J = await c.jacobian(tridiagonal(n), {"x": x}, of="r", wrt="x", sparse=True)
+            H = await c.hessian(g, at, wrt="y")
+        return J, H
+
+    J, H = asyncio.run(main())
+    assert_same_csr(J, tridiagonal_csr(x))
+    np.testing.assert_allclose(H, closed["y"]["y"], rtol=1e-8, atol=1e-12)
+
+
 # ---- Hessians: StreamHessian -------------------------------------------------------------------
 
 
@@ -479,25 +496,29 @@ def _settled(computed: list[int]) -> int:
 def test_a_cancelled_stream_hessian_stops_computing_between_blocks(
     make_server: Any, monkeypatch: Any
 ) -> None:
+    """400 messages of one row each: cancelled after the first, the server computes only
+    the few that flow control let it send ahead."""
     computed = _counting_hessian_rows(monkeypatch)
     g, at, _ = logsumexp(400, 40)
     running = make_server(worker_threads=1, max_concurrent_rpcs=1)
     channel, stub = running.stub()
     with channel:
         request = pb.StreamHessianRequest(
-            graph=g.to_proto(), inputs=tensors(at), rows_per_message=1
+            graph=g.to_proto(), inputs=tensors(at), wrt=["x"], rows_per_message=1
         )
-        stream = stub.StreamHessian(request)  # 800 blocks of one row
+        stream = stub.StreamHessian(request)
         next(stream)
         stream.cancel()
-        assert _settled(computed) < 20
+        assert _settled(computed) < 200
         # the one worker is free again: the next call is served
-        assert stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=2).version
+        assert stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=5).version
 
 
 def test_a_deadline_stops_stream_hessian_between_blocks(make_server: Any, monkeypatch: Any) -> None:
+    """4000 messages of one row each, seconds of work: a 1 s deadline ends the stream and the
+    server computes no further rows."""
     computed = _counting_hessian_rows(monkeypatch)
-    g, at, _ = logsumexp(400, 40)
+    g, at, _ = logsumexp(1000, 100)
     running = make_server()
     channel, stub = running.stub()
     received = 0
@@ -505,11 +526,8 @@ def test_a_deadline_stops_stream_hessian_between_blocks(make_server: Any, monkey
         request = pb.StreamHessianRequest(
             graph=g.to_proto(), inputs=tensors(at), rows_per_message=1
         )
-        slow = threading.Event()
         with pytest.raises(grpc.RpcError) as exc:
-            for _ in stub.StreamHessian(request, timeout=0.5):
+            for _ in stub.StreamHessian(request, timeout=1):
                 received += 1
-                slow.wait(0.05)  # a slow reader: the deadline passes mid-stream
         assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert 0 < received < 800
-    assert _settled(computed) < 800
+    assert 0 < received <= _settled(computed) < 4000

@@ -68,6 +68,7 @@ SPECIAL = {
     "conv_input_grad": ([_u(1, 2, 4), _u(2, 3, 2)], {**WINDOW, "shape": [4]}),
     "conv_kernel_grad": ([_u(1, 3, 4), _u(1, 2, 4)], WINDOW),
     "max_pool": ([_u(1, 2, 4)], POOL),
+    "max_pool_indices": ([_u(1, 2, 4)], POOL),
     "max_pool_pick": ([POOLED, POOLED_MAX, _u(1, 2, 4)], POOL),
     "max_pool_grad": ([POOLED, POOLED_MAX, _u(1, 2, 2)], POOL),
     "avg_pool": ([_u(1, 2, 5)], {"kernel_shape": [2], "ceil_mode": 1, "strides": [2]}),

@@ -99,6 +99,21 @@ def test_quick_structured_workloads_time_gradserve_checked_against_numpy(monkeyp
         assert rows[0].figures["numpy (hand)"] is not None
 
 
+def test_quick_training_rows_time_both_gradserve_clients_and_their_cpu(monkeypatch) -> None:
+    from bench import train
+
+    monkeypatch.setattr(train, "torch_trainer", lambda data, params: None)
+    monkeypatch.setattr(train, "jax_trainer", lambda data, params: None)
+    stream, local = train.run(Settings.make(quick=True))
+    assert (stream.id, local.id) == ("W5", "W5b")
+    for name in (train.GS_STREAM, train.GS_LOCAL, train.NUMPY):
+        assert stream.figures[name] > 0, stream.notes
+        assert re.search(r"CPU \d+\.\d\d ms/step", stream.notes[name]), stream.notes[name]
+    assert "(client and server)" in stream.notes[train.GS_STREAM]
+    assert "differ" not in stream.notes[train.GS_STREAM]  # it trained what numpy trains
+    assert stream.notes[train.TORCH] == "not installed" and local.ratio > 0
+
+
 def test_pinned_cores_are_inherited_by_the_processes_the_bench_starts() -> None:
     # Servers, M1's runs and the workers' clients are children: they must run on the same core.
     child = "import os; print(sorted(os.sched_getaffinity(0)))"

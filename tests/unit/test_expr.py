@@ -6,7 +6,15 @@ import gradserve_client as gs
 import numpy as np
 import numpy.typing as npt
 import pytest
-from gradserve_client.expr import ExprError, parse_expression, parse_value
+from gradserve_client.expr import (
+    FUNCTIONS,
+    MAX_LENGTH,
+    ExprError,
+    _functions,
+    parse_expression,
+    parse_value,
+)
+from gradserve_client.opset import ALIASES, SPECS
 
 X = {"x": np.array(0.7), "v": np.array([1.0, 2.0])}
 
@@ -215,3 +223,50 @@ def test_parse_value_messages(text: str, message: str) -> None:
 def test_parse_value_takes_python_tuples_with_spaces() -> None:
     # literal_eval, not JSON: a tuple (which JSON cannot read), after stripping the spaces
     assert parse_value(" (1, 2) ").tolist() == [1.0, 2.0]
+
+
+def test_a_source_of_61_characters_is_shortened() -> None:
+    text = "(" + "x + " * 13 + "xx).real"  # 61 characters
+    assert len(text) == 61
+    with pytest.raises(ExprError) as info:
+        parse_expression(text, X)
+    assert str(info.value).endswith(repr(text[:57] + "..."))
+
+
+def test_the_length_limit_and_its_messages() -> None:
+    at_limit = "[" + "x," * (MAX_LENGTH // 2 - 2) + "xx]"
+    assert len(at_limit) == MAX_LENGTH
+    with pytest.raises(ExprError) as info:  # parsed (not refused by length): xx is unbound
+        parse_expression(at_limit, X)
+    assert str(info.value) == "unknown name 'xx': bind it with --at xx=VALUE"
+    with pytest.raises(ExprError) as info:
+        parse_expression(at_limit + " ", X)
+    assert str(info.value) == f"the expression is longer than {MAX_LENGTH} characters"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("+" * 3000 + "x", "the expression cannot be parsed (too deeply nested?)"),  # the parser
+        ("-" * 1500 + "x", "the expression is too deeply nested"),  # the builder's recursion
+        ("await x", "not allowed in an expression: Await in 'await x'"),  # not in _WHAT
+        ("conv(x)", "conv takes 2 to 3 argument(s), got 1"),
+        ("sin(x, x)", "sin takes 1 argument(s), got 2"),
+    ],
+)
+def test_more_refusal_messages_in_full(text: str, message: str) -> None:
+    with pytest.raises(ExprError) as info:
+        parse_expression(text, X)
+    assert str(info.value) == message
+
+
+def test_the_function_table_is_the_opsets_public_non_variadic_ops() -> None:
+    """FUNCTIONS is built at import; `_functions()` is what builds it."""
+    table = _functions()
+    assert table == FUNCTIONS
+    public = {s.name for s in SPECS.values() if s.sdk and not s.internal and not s.variadic}
+    assert set(table) == public | {a for a, t in ALIASES.items() if t in public}
+    assert table["ln"] == table["log"] == (gs.log, (1, 1), frozenset())
+    assert table["sum"] == (gs.sum, (1, 1), frozenset({"axis", "keepdims"}))
+    assert table["conv"][1] == (2, 3)
+    assert "stack" not in table and "safe_multiply" not in table and "constant" not in table

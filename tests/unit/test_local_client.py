@@ -96,3 +96,28 @@ def test_server_description(local: gs.LocalClient) -> None:
     assert ops["concatenate"].arity == -1 and not ops["greater"].differentiable
     assert local.health() == "SERVING"
     assert "local" in local.server_info().features
+
+
+def _elementwise(n: int) -> gs.Graph:
+    g = gs.Graph()
+    x = g.input("x", shape=(n,))
+    g.output("y", gs.sin(x) * 2.0)
+    return g
+
+
+def test_a_dense_result_over_max_result_bytes_is_refused_before_computing() -> None:
+    """The same budget as Client's (2 GiB by default, RESULT_TOO_LARGE), checked before the
+    core is asked: the 10^6 x 10^6 Jacobian (7.3 TiB) is refused at once."""
+    with pytest.raises(gs.ResourceExhausted) as info:
+        gs.LocalClient().jacobian(_elementwise(10**6), {"x": np.zeros(10**6)}, "y", "x")
+    err = info.value
+    assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED and err.reason == "RESULT_TOO_LARGE"
+    assert "7.3 TiB" in err.message and "max_result_bytes=2147483648 (2.0 GiB)" in err.message
+    assert err.metadata["limit"] == "max_result_bytes"
+    small = gs.LocalClient(max_result_bytes=1 << 10)
+    eight = small.jacobian(_elementwise(8), {"x": np.zeros(8)}, "y", "x")  # 512 bytes
+    np.testing.assert_allclose(eight, 2 * np.eye(8))
+    with pytest.raises(gs.ResourceExhausted, match=r"3.1 KiB .* max_result_bytes=1024 "):
+        small.jacobian(_elementwise(20), {"x": np.zeros(20)}, of="y", wrt="x")
+    with pytest.raises(ValueError, match="max_result_bytes must be positive"):
+        gs.LocalClient(max_result_bytes=0)

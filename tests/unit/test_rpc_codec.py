@@ -4,10 +4,13 @@ and constants) at their boundary, and decode errors naming the field, without a 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+from gradserve.autodiff import OPSET, Program
 from gradserve.rpc import codec
 from gradserve.rpc.errors import InvalidArgument, LimitExceeded
 from gradserve_client.proto import graph_pb2, tensor_codec, tensor_pb2
+from onnx import helper
 
 F64 = tensor_pb2.DTYPE_FLOAT64
 
@@ -32,7 +35,10 @@ def test_max_graph_nodes_is_the_most_nodes_allowed() -> None:
     with pytest.raises(LimitExceeded) as info:
         codec.graph_from_proto(graph(6), max_nodes=5, max_elements=10)
     assert info.value.metadata == {"limit": "max_graph_nodes"}
-    assert "the graph has 6 nodes, more than max_graph_nodes=5" in info.value.message
+    assert info.value.message == (
+        "the graph has 6 nodes, more than max_graph_nodes=5; split the computation into"
+        " smaller graphs or raise --max-graph-nodes"
+    )
 
 
 def test_max_tensor_elements_for_inputs() -> None:
@@ -42,8 +48,11 @@ def test_max_tensor_elements_for_inputs() -> None:
     with pytest.raises(LimitExceeded) as info:
         codec.decode_tensors(inputs, "inputs", max_elements=3)
     assert info.value.metadata == {"limit": "max_tensor_elements"}
-    assert info.value.message.startswith('inputs["x"] has 4 elements in shape (4,), more than')
-    assert "--max-tensor-elements" in info.value.message
+    assert info.value.message == (
+        'inputs["x"] has 4 elements in shape (4,), more than the limit of 3:'
+        " max_tensor_elements. Send a smaller tensor, or raise the server's"
+        " --max-tensor-elements"
+    )
 
 
 def test_max_tensor_elements_for_constants() -> None:
@@ -55,18 +64,22 @@ def test_max_tensor_elements_for_constants() -> None:
 
 
 @pytest.mark.parametrize(
-    ("tensor", "field"),
+    ("tensor", "field", "why"),
     [
-        (tensor_pb2.Tensor(dtype=0, shape=[1], data=b"\0" * 8), 'inputs["x"].dtype'),
-        (tensor_pb2.Tensor(dtype=F64, shape=[2], data=b"\0" * 8), 'inputs["x"].data'),
-        (tensor_pb2.Tensor(dtype=F64, shape=[-1], data=b""), 'inputs["x"].shape'),
+        (tensor_pb2.Tensor(dtype=0, shape=[1], data=b"\0" * 8), 'inputs["x"].dtype', "dtype "),
+        (tensor_pb2.Tensor(dtype=F64, shape=[2], data=b"\0" * 8), 'inputs["x"].data', "bytes"),
+        (tensor_pb2.Tensor(dtype=F64, shape=[-1], data=b""), 'inputs["x"].shape', "negative"),
     ],
     ids=["dtype", "data", "shape"],
 )
-def test_decode_errors_name_the_field(tensor: tensor_pb2.Tensor, field: str) -> None:
+def test_decode_errors_name_the_field(tensor: tensor_pb2.Tensor, field: str, why: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         codec.decode_tensors({"x": tensor}, "inputs", max_elements=100)
-    assert info.value.violations[0][0] == field
+    ((named, description),) = info.value.violations
+    assert named == field and why in description
+    with pytest.raises(tensor_codec.TensorDecodeError) as core:
+        tensor_codec.from_tensor(tensor)
+    assert description == core.value.reason
 
 
 def test_input_specs_are_checked() -> None:
@@ -75,10 +88,32 @@ def test_input_specs_are_checked() -> None:
     ].shape == (-1, 2)
     with pytest.raises(InvalidArgument) as info:
         codec.graph_from_proto(graph(1, shape=(-2,)), max_nodes=5, max_elements=4)
-    assert info.value.violations[0][0] == 'graph.inputs["x"].shape'
+    assert info.value.violations == [
+        ('graph.inputs["x"].shape', "dimensions must be >= 0, or -1 for any size; got [-2]")
+    ]
+    assert info.value.reason == "INVALID_GRAPH"
     with pytest.raises(InvalidArgument) as info:
         codec.graph_from_proto(graph(1, dtype=99), max_nodes=5, max_elements=4)
-    assert info.value.violations[0][0] == 'graph.inputs["x"].dtype'
+    with pytest.raises(ValueError) as dtype_error:
+        tensor_codec.dtype_name(99)
+    assert info.value.violations == [('graph.inputs["x"].dtype', str(dtype_error.value))]
+    assert info.value.reason == "INVALID_GRAPH"
+
+
+def test_input_defaults_are_decoded_under_the_limit() -> None:
+    g = graph(1)
+    g.inputs.add(name="w", dtype=F64, shape=[2]).default.CopyFrom(
+        tensor_codec.to_tensor(np.array([1.5, -2.0]))
+    )
+    (_, w) = codec.graph_from_proto(g, max_nodes=5, max_elements=2).inputs
+    np.testing.assert_array_equal(w.default, [1.5, -2.0])
+    with pytest.raises(LimitExceeded) as info:
+        codec.graph_from_proto(g, max_nodes=5, max_elements=1)
+    assert info.value.message.startswith('graph.inputs["w"].default has 2 elements')
+    g.inputs[1].default.data = b"\0" * 3
+    with pytest.raises(InvalidArgument) as bad:
+        codec.graph_from_proto(g, max_nodes=5, max_elements=2)
+    assert bad.value.violations[0][0] == 'graph.inputs["w"].default.data'
 
 
 def test_attrs_of_every_kind() -> None:
@@ -95,6 +130,51 @@ def test_attrs_of_every_kind() -> None:
     with pytest.raises(InvalidArgument) as info:
         codec.graph_from_proto(g, max_nodes=5, max_elements=4)
     assert info.value.violations == [('graph.nodes["n0"].attrs.empty', "no value set")]
+    assert info.value.reason == "INVALID_GRAPH"
+
+
+def test_a_program_as_a_graph_message_reads_back_into_the_same_program() -> None:
+    """graph_to_proto (DerivativeProgram's answer) and graph_from_proto are inverses: the
+    same Program (digest), the same attributes and node sources."""
+    g = graph(2, constant=np.arange(3.0))
+    g.nodes[0].source = "model.py:3 in f"
+    g.nodes.add(name="s", op="sum", inputs=["c"]).attrs["axis"].ints.values.append(0)
+    g.outputs.append("s")
+    program = Program.build(codec.graph_from_proto(g, max_nodes=9, max_elements=9))
+    message = codec.graph_to_proto(program)
+    assert message.opset == OPSET and list(message.outputs) == ["n1", "s"]
+    assert [(i.name, i.dtype, list(i.shape)) for i in message.inputs] == [("x", F64, [3])]
+    assert {n.name: n.source for n in message.nodes}["n0"] == "model.py:3 in f"
+    again = Program.build(codec.graph_from_proto(message, max_nodes=9, max_elements=9))
+    assert again.digest == program.digest
+    assert [(n.name, n.op, n.inputs, n.source) for n in again.nodes] == [
+        (n.name, n.op, n.inputs, n.source) for n in program.nodes
+    ]
+    np.testing.assert_array_equal(
+        {n.name: n for n in again.nodes}["c"].attrs["value"], np.arange(3.0)
+    )
+    assert {n.name: n for n in again.nodes}["s"].attrs["axis"] == (0,)
+
+
+def test_onnx_models_are_converted_and_refusals_name_the_onnx_node() -> None:
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Sin", ["x"], ["y"], name="the_sin")],
+            "g",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.DOUBLE, [3])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.DOUBLE, [3])],
+        )
+    )
+    message = codec.graph_from_onnx(model.SerializeToString())
+    assert [(n.op, list(n.inputs)) for n in message.nodes] == [("sin", ["x"])]
+    assert list(message.outputs) == ["y"]
+    model.graph.node[0].op_type = "NoSuchOp"
+    with pytest.raises(InvalidArgument) as info:
+        codec.graph_from_onnx(model.SerializeToString())
+    ((field, description),) = info.value.violations
+    assert field == 'onnx_model.graph.node["the_sin"]'
+    assert "NoSuchOp" in description and "not supported" in description
+    assert info.value.reason == "INVALID_GRAPH"
 
 
 def test_encode_round_trips() -> None:

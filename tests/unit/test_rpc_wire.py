@@ -8,6 +8,7 @@ from google.protobuf.message import DecodeError
 from gradserve.rpc import wire
 from gradserve_client.proto import gradient_service_pb2 as pb
 from gradserve_client.proto import tensor_codec, tensor_pb2
+from gradserve_client.proto import training_pb2 as tpb
 from gradserve_client.proto.tensor_codec import WireFormatError
 
 ARRAYS = {
@@ -132,3 +133,52 @@ def test_tensor_chunks_match_protobuf(shape: tuple[int, ...]) -> None:
     message = pb.EvaluateRequest(inputs={"x": tensor_codec.to_tensor(value)})
     chunks = tensor_codec.tensor_map_wire_chunks(3, {"x": value})
     assert b"".join(bytes(c) for c in chunks) == message.SerializeToString()
+
+
+def _chunk_fields(chunk) -> tuple:
+    return chunk.name, chunk.dtype, tuple(chunk.shape), bytes(chunk.data)
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_read_dataset_chunk_agrees_with_protobuf(first: bool) -> None:
+    data = np.random.default_rng(0).normal(size=(wire.DIRECT_PARSE_BYTES // 8 + 3,)).tobytes()
+    fields = dict(dtype=tensor_pb2.DTYPE_FLOAT64, shape=[-1 + 2**40, 3]) if first else {}
+    message = tpb.DatasetChunk(name="Xé", data=data, **fields)
+    serialized = message.SerializeToString() + b"\x28\x07"  # and an unknown field, skipped
+    chunk = wire.read_dataset_chunk(serialized)
+    assert _chunk_fields(chunk) == _chunk_fields(tpb.DatasetChunk.FromString(serialized))
+    assert isinstance(chunk.data, memoryview)  # a view of the payload, not a copy
+    deserialize = wire.dataset_chunk_deserializer(tpb.DatasetChunk.FromString)
+    assert isinstance(deserialize(serialized), wire.DatasetChunkView)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x0a\x01X\x0a\x01Y",
+        b"\x10\x01\x10\x02",
+        b"\x22\x05abc",
+        b"\x0a\x02\xff\xfe",
+        b"\x12\x01X",
+        b"\x10" + tensor_codec._varint(-1),
+    ],
+    ids=["name-twice", "dtype-twice", "truncated", "not-utf8", "wire-type", "negative-dtype"],
+)
+def test_what_the_chunk_reader_refuses_protobuf_reads_or_refuses(data: bytes) -> None:
+    with pytest.raises(WireFormatError):
+        wire.read_dataset_chunk(data)
+    large = (
+        data
+        + b"\x2a"
+        + tensor_codec._varint(wire.DIRECT_PARSE_BYTES)
+        + bytes(wire.DIRECT_PARSE_BYTES)
+    )  # padded past the threshold with an unknown field
+    deserialize = wire.dataset_chunk_deserializer(tpb.DatasetChunk.FromString)
+    try:
+        want = tpb.DatasetChunk.FromString(large)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            deserialize(large)
+    else:
+        result = deserialize(large)
+        assert isinstance(result, tpb.DatasetChunk) and result == want

@@ -132,3 +132,15 @@ def test_a_stream_missing_rows_is_data_loss() -> None:
 def test_a_row_block_in_an_unknown_representation_is_an_error() -> None:
     with pytest.raises(gs.GradserveError, match="upgrade gradserve_client"):
         JacobianAssembler().add(pb.JacobianRowBlock(of="y", wrt="x", shape=[2, 2], row_count=2))
+
+
+def test_dense_rows_where_a_sparse_result_was_asked_are_an_error() -> None:
+    """An older server ignores `structured` on the stream: the SDK says so instead of handing
+    back an ndarray where a csr_array was asked for."""
+    block = pb.JacobianRowBlock(of="y", wrt="x", shape=[2, 2], row_count=2)
+    fill_tensor(block.rows, np.eye(2))
+    assembler = JacobianAssembler()
+    assembler.add(block)
+    np.testing.assert_array_equal(assembler.result(["y"], ["x"])["y"]["x"], np.eye(2))
+    with pytest.raises(gs.GradserveError, match="older than this SDK"):
+        assembler.result(["y"], ["x"], sparse=True)

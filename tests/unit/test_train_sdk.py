@@ -17,8 +17,26 @@ from gradserve_client.training import (
     TrainStep,
     dataset_chunks,
     dataset_id,
+    dataset_wire_chunks,
     total_steps,
 )
+
+
+def test_wire_chunks_are_what_protobuf_writes():
+    rng = np.random.default_rng(1)
+    data = {"X": rng.normal(size=(9, 4)).astype(np.float32), "y": np.arange(9),
+            "s": np.array([], np.float64).reshape(0, 3), "é": np.ones(2, bool)}  # fmt: skip
+    want = []
+    for name in sorted(data):
+        a = data[name]
+        raw = a.astype(a.dtype.newbyteorder("<")).tobytes()
+        dtype = gs.proto.tensor_codec.dtype_from_numpy(a.dtype)
+        for start in range(0, max(len(raw), 1), 40):
+            first = dict(dtype=dtype, shape=a.shape) if start == 0 else {}
+            chunk = tpb.DatasetChunk(name=name, data=raw[start : start + 40], **first)
+            want.append(chunk.SerializeToString())
+    assert list(dataset_wire_chunks(data, chunk_bytes=40)) == want
+    assert [c.SerializeToString() for c in dataset_chunks(data, chunk_bytes=40)] == want
 
 
 def test_dataset_id_is_the_servers_and_chunking_round_trips():

@@ -116,8 +116,15 @@ class Graph:
             spec.default.CopyFrom(tensor_codec.to_tensor(default))
         return spec.name
 
-    def add_node(self, name: str, op: str, inputs: Sequence[str], attrs: Mapping[str, Any]) -> str:
-        node = self.proto.nodes.add(name=self.name(name), op=op, inputs=list(inputs))
+    def add_node(
+        self,
+        name: str,
+        op: str,
+        inputs: Sequence[str],
+        attrs: Mapping[str, Any],
+        source: str = "",
+    ) -> str:
+        node = self.proto.nodes.add(name=self.name(name), op=op, inputs=list(inputs), source=source)
         for key, value in attrs.items():
             node.attrs[key].CopyFrom(attr_to_proto(value))
         return node.name
@@ -146,6 +153,8 @@ class Node:
         self.graph = graph
         self.opset = opset
         self.attrs = {a.name: attr_value(a) for a in proto.attribute}
+        # Every gradserve node made for it says so in its errors (graph.proto Node.source).
+        self.source = f"ONNX node {self.name!r} ({self.op_type})"
 
     # -- refusing
 
@@ -218,7 +227,9 @@ class Node:
         array = value.const
         if array.dtype.name not in DTYPES:
             raise self.fail(f"an operand is {array.dtype.name}, which gradserve does not support")
-        value.ref = self.graph.add_node(f"{self.name}/const", "constant", (), {"value": array})
+        value.ref = self.graph.add_node(
+            f"{self.name}/const", "constant", (), {"value": array}, self.source
+        )
         return value.ref
 
     def emit(
@@ -232,7 +243,7 @@ class Node:
         helper node (``output=None``)."""
         args = [self.ref(v) for v in operands]
         name = f"{self.outputs[0]}/{op}" if output is None else self.outputs[output]
-        ref = self.graph.add_node(name, op, args, attrs)
+        ref = self.graph.add_node(name, op, args, attrs, self.source)
         shape = self.out_shapes[output] if output is not None else None
         dtype = self.out_dtypes[output] if output is not None else None
         if op == "astype":

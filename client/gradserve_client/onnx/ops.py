@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..opset import INT_DTYPES
 from ._model import Node, Value
 from .shapes import reshape_target
 
@@ -98,7 +97,7 @@ def _in_float64(n: Node, gs_op: str, operands: list[Value], dtype: str) -> Value
 def _div(n: Node) -> Value:
     n.check_attrs(())
     a, b = n.input(0), n.input(1)
-    if a.dtype in INT_DTYPES:
+    if np.dtype(a.dtype).kind == "i":
         return _in_float64(n, "divide", [a, b], a.dtype)
     return n.emit("divide", [a, b], 0)
 
@@ -107,7 +106,7 @@ def _div(n: Node) -> Value:
 def _pow(n: Node) -> Value:
     n.check_attrs(())
     base, exponent = n.input(0), n.input(1)
-    if base.dtype in INT_DTYPES:  # the result has the base's type, whatever the exponent's
+    if np.dtype(base.dtype).kind == "i":  # the result has the base's type, whatever the exponent's
         return _in_float64(n, "power", [base, exponent], base.dtype)
     if exponent.const is not None:  # ONNX allows an exponent of another type
         exponent = Value.of(exponent.const.astype(base.dtype))

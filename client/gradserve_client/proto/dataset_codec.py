@@ -20,7 +20,7 @@ def le_bytes(array: np.ndarray) -> memoryview:
     a = np.ascontiguousarray(array)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    return memoryview(a).cast("B")
+    return memoryview(a.reshape(-1).view(np.uint8))  # (cast("B") refuses a 0 in the shape)
 
 
 def dataset_id(arrays: Mapping[str, np.ndarray]) -> str:

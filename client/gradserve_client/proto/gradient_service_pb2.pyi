@@ -86,7 +86,7 @@ class EvaluateResponse(_message.Message):
     def __init__(self, graph_id: _Optional[str] = ..., outputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ...) -> None: ...
 
 class JacobianRequest(_message.Message):
-    __slots__ = ("graph", "graph_id", "onnx_model", "inputs", "of", "wrt", "mode", "structured")
+    __slots__ = ("graph", "graph_id", "onnx_model", "inputs", "of", "wrt", "mode", "structured", "part")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class JacobianRequest(_message.Message):
     WRT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     STRUCTURED_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     graph: _graph_pb2.Graph
     graph_id: str
     onnx_model: bytes
@@ -110,7 +111,16 @@ class JacobianRequest(_message.Message):
     wrt: _containers.RepeatedScalarFieldContainer[str]
     mode: JacobianMode
     structured: bool
-    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., onnx_model: _Optional[bytes] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., of: _Optional[_Iterable[str]] = ..., wrt: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[JacobianMode, str]] = ..., structured: _Optional[bool] = ...) -> None: ...
+    part: WorkPart
+    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., onnx_model: _Optional[bytes] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., of: _Optional[_Iterable[str]] = ..., wrt: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[JacobianMode, str]] = ..., structured: _Optional[bool] = ..., part: _Optional[_Union[WorkPart, _Mapping]] = ...) -> None: ...
+
+class WorkPart(_message.Message):
+    __slots__ = ("index", "count")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    count: int
+    def __init__(self, index: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class JacobianResponse(_message.Message):
     __slots__ = ("graph_id", "blocks", "outputs")
@@ -361,18 +371,20 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("version", "opset", "limits", "features", "blas_threads")
+    __slots__ = ("version", "opset", "limits", "features", "blas_threads", "process")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OPSET_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     BLAS_THREADS_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
     version: str
     opset: int
     limits: ServerLimits
     features: _containers.RepeatedScalarFieldContainer[str]
     blas_threads: int
-    def __init__(self, version: _Optional[str] = ..., opset: _Optional[int] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., features: _Optional[_Iterable[str]] = ..., blas_threads: _Optional[int] = ...) -> None: ...
+    process: str
+    def __init__(self, version: _Optional[str] = ..., opset: _Optional[int] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., features: _Optional[_Iterable[str]] = ..., blas_threads: _Optional[int] = ..., process: _Optional[str] = ...) -> None: ...
 
 class ServerLimits(_message.Message):
     __slots__ = ("max_message_bytes", "max_graph_nodes", "max_tensor_elements", "max_jacobian_elements", "max_request_bytes", "max_stream_jacobian_elements")
@@ -391,7 +403,7 @@ class ServerLimits(_message.Message):
     def __init__(self, max_message_bytes: _Optional[int] = ..., max_graph_nodes: _Optional[int] = ..., max_tensor_elements: _Optional[int] = ..., max_jacobian_elements: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_stream_jacobian_elements: _Optional[int] = ...) -> None: ...
 
 class HessianRequest(_message.Message):
-    __slots__ = ("graph", "graph_id", "inputs", "of", "wrt", "structured")
+    __slots__ = ("graph", "graph_id", "inputs", "of", "wrt", "structured", "part")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -405,13 +417,15 @@ class HessianRequest(_message.Message):
     OF_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
     STRUCTURED_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     graph: _graph_pb2.Graph
     graph_id: str
     inputs: _containers.MessageMap[str, _tensor_pb2.Tensor]
     of: str
     wrt: _containers.RepeatedScalarFieldContainer[str]
     structured: bool
-    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., of: _Optional[str] = ..., wrt: _Optional[_Iterable[str]] = ..., structured: _Optional[bool] = ...) -> None: ...
+    part: WorkPart
+    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., of: _Optional[str] = ..., wrt: _Optional[_Iterable[str]] = ..., structured: _Optional[bool] = ..., part: _Optional[_Union[WorkPart, _Mapping]] = ...) -> None: ...
 
 class StreamHessianRequest(_message.Message):
     __slots__ = ("graph", "graph_id", "inputs", "of", "wrt", "structured", "rows_per_message")

@@ -318,6 +318,15 @@ def read_varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
+def read_span(buf: Any, pos: int, end: int) -> tuple[int, int]:
+    """(start, stop) of the length-delimited field value whose length is at ``buf[pos]``;
+    raises WireFormatError if it runs past ``end``."""
+    n, pos = read_varint(buf, pos, end)
+    if pos + n > end:
+        raise WireFormatError("truncated field")
+    return pos, pos + n
+
+
 def skip_field(buf: Any, wire_type: int, pos: int, end: int) -> int:
     """The position after an unknown field's value; raises WireFormatError for groups."""
     if wire_type == 0:

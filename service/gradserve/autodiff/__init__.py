@@ -18,9 +18,17 @@ from gradserve.autodiff.api import (
     value_and_grad,
     vjp_values,
 )
-from gradserve.autodiff.executor import Cancelled, compile_program
+from gradserve.autodiff.executor import compile_program
 from gradserve.autodiff.hessian import hessian, hvp
-from gradserve.autodiff.ir import GraphDef, GraphError, InputDef, NodeDef, Program, TensorType
+from gradserve.autodiff.ir import (
+    Cancelled,
+    GraphDef,
+    GraphError,
+    InputDef,
+    NodeDef,
+    Program,
+    TensorType,
+)
 from gradserve.autodiff.jacobian import jacobian, jacobian_rows
 from gradserve.autodiff.registry import OPS, OPSET, OpDef
 from gradserve.autodiff.sparsity import jacobian_sparsity

@@ -27,16 +27,12 @@ import numpy as np
 
 from gradserve.autodiff import memory
 from gradserve.autodiff.cache import cached
-from gradserve.autodiff.ir import Program
+from gradserve.autodiff.ir import Cancelled, Program
 from gradserve.autodiff.registry import OPS
 
 # Larger values computed from constants alone (zeros too) are computed at every run, under the
 # memory check.
 FOLD_MAX_ELEMENTS = 1 << 16
-
-
-class Cancelled(Exception):
-    """The caller's `cancel` callback asked the computation to stop."""
 
 
 # (bound numpy callable, argument slots, result slot, slots freed after it, slot whose buffer

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from gradserve.autodiff.api import Arrays, Cancel, check_array, check_inputs
 from gradserve.autodiff.executor import compile_program
 from gradserve.autodiff.ir import GraphError, Program
-from gradserve.autodiff.jacobian import jacobian
+from gradserve.autodiff.jacobian import Part, jacobian
 from gradserve.autodiff.transforms import Derivative, gradient, hvp_transform, jvp, select
 
 
@@ -36,9 +36,11 @@ def hessian(
     wrt: Sequence[str],
     sparse: bool = False,
     cancel: Cancel = None,
+    part: Part = None,
 ) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray | sp.csr_array]]]:
     """(value of `of`, {wi: {wj: d2 of / d wi d wj}}): dense blocks of shape wi.shape +
-    wj.shape, or with `sparse` CSR arrays of shape (wi.size, wj.size)."""
+    wj.shape, or with `sparse` CSR arrays of shape (wi.size, wj.size); with a `part`, that
+    share of the gradient's Jacobian (`jacobian.jacobian`)."""
     d = gradient(program, of, wrt)
     feeds = _feeds(program, d, inputs)
     _, blocks = jacobian(
@@ -50,6 +52,7 @@ def hessian(
         cancel=cancel,
         sparse=sparse,
         symmetric=tuple(zip(d.results, wrt, strict=True)),
+        part=part,
     )
     (value,) = compile_program(select(d.program, d.values)).run(feeds, cancel)
     return value, {wi: blocks[g] for wi, g in zip(wrt, d.results, strict=True)}

@@ -8,12 +8,29 @@ Validation never recurses, so a 100,000-node chain is as easy as a 3-node one.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
 from gradserve_client.opset import DTYPES, AttrValue, TensorType
+
+#: A cancel callback: True once the caller wants the work stopped (a deadline, a client gone).
+Cancel = Callable[[], bool] | None
+
+#: How many nodes validation (and decoding, rpc/codec.py) handles between two looks at the
+#: caller's cancel callback: a 40,000-node graph stops within a few milliseconds of its deadline.
+CANCEL_EVERY_NODES = 512
+
+
+class Cancelled(Exception):
+    """The caller's `cancel` callback asked the computation (or validation) to stop."""
+
+
+def check_cancel(cancel: Cancel, i: int) -> None:
+    """Raise Cancelled if ``cancel`` says so; asked only every CANCEL_EVERY_NODES-th node."""
+    if cancel is not None and i % CANCEL_EVERY_NODES == 0 and cancel():
+        raise Cancelled
 
 
 class GraphError(ValueError):
@@ -45,6 +62,8 @@ class NodeDef:
     op: str
     inputs: tuple[str, ...]
     attrs: Mapping[str, AttrValue] = field(default_factory=dict)
+    # Where the client made it (graph.proto Node.source), for errors only: not hashed.
+    source: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +128,23 @@ class Program:
         self._hash = hash(self.digest)
 
     @classmethod
-    def build(cls, graph: GraphDef, *, max_nodes: int | None = None) -> Program:
-        """Validate `graph` and return it as a Program, or raise `GraphError` naming the culprit."""
+    def build(
+        cls,
+        graph: GraphDef,
+        *,
+        max_nodes: int | None = None,
+        cancel: Cancel = None,
+    ) -> Program:
+        """Validate `graph` and return it as a Program, or raise `GraphError` naming the culprit
+        (and where the client built it, if its node has a `source`). Raises Cancelled when
+        ``cancel`` (asked every CANCEL_EVERY_NODES nodes) says so."""
+        try:
+            return cls._build(graph, max_nodes, cancel)
+        except GraphError as exc:
+            raise _with_source(exc, graph.nodes) from None
+
+    @classmethod
+    def _build(cls, graph: GraphDef, max_nodes: int | None, cancel: Cancel) -> Program:
         from gradserve.autodiff.registry import OPS
 
         if max_nodes is not None and len(graph.nodes) > max_nodes:
@@ -143,12 +177,14 @@ class Program:
                     raise GraphError(node.name, f"inputs[{i}]", f"unknown value {src!r}")
         order = _topological_order(graph.nodes, by_name)
         nodes = []
-        for node in order:
+        for i, node in enumerate(order):
+            check_cancel(cancel, i)
             opdef = OPS[node.op]
             attrs = opdef.check_attrs(node)
             in_types = [types[src] for src in node.inputs]
             types[node.name] = opdef.infer_node(node.name, in_types, attrs)
-            nodes.append(NodeDef(node.name, node.op, tuple(node.inputs), MappingProxyType(attrs)))
+            attrs = MappingProxyType(attrs)
+            nodes.append(NodeDef(node.name, node.op, tuple(node.inputs), attrs, node.source))
         if not graph.outputs:
             raise GraphError("", "outputs", "the graph has no outputs")
         for i, out in enumerate(graph.outputs):
@@ -188,6 +224,14 @@ def _short(value: AttrValue) -> str:
     if isinstance(value, np.ndarray):
         return repr(value.item()) if value.size == 1 else f"<{value.dtype}{list(value.shape)}>"
     return repr(value)
+
+
+def _with_source(exc: GraphError, nodes: Iterable[NodeDef]) -> GraphError:
+    """``exc``, its reason followed by where the client built its node (if it says)."""
+    source = next((n.source for n in nodes if n.name == exc.node), "")
+    if not source:
+        return exc
+    return GraphError(exc.node, exc.field, f"{exc.reason} (built at {source})")
 
 
 def _check_default(spec: InputDef) -> None:

@@ -8,12 +8,18 @@ Structure first: each block's sparsity pattern is detected from the graph (`spar
 coloured (`colouring.py`); when the colours are at most half the dense passes (a diagonal J
 takes one pass, a tridiagonal one three), one pass per colour computes a compressed J, which
 is decompressed into CSR. Pattern and colouring are cached with the program.
+
+A `part` (index, count) runs one share of those passes, so that several calls (processes,
+replicas) compute one Jacobian together: the chunks are those of the whole computation, so the
+shares' entries are bit for bit the whole one's, and the other shares' entries are left zero
+(dense) or out (CSR).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,6 +40,9 @@ MIN_CHUNK_ELEMENTS = 1 << 16
 # A dense request with fewer passes than this is not worth a pattern detection (a walk of the
 # graph with sparse-matrix work per node) to save some of them, unless it is diagonal.
 MIN_PASSES_TO_COLOUR = 16
+
+#: A share of the passes: (index, count), index in [0, count); None is the whole computation.
+Part: TypeAlias = "tuple[int, int] | None"
 
 
 def choose_mode(program: Program, of: Sequence[str], wrt: Sequence[str], mode: str) -> str:
@@ -81,6 +90,16 @@ def is_diagonal(program: Program, of: str, wrt: str) -> bool:
             return False
         active.add(node.name)
     return of in active
+
+
+def chunk_starts(total: int, step: int, part: Part = None) -> range:
+    """The first (co)tangent of each chunk of `step` out of `total` that `part` runs: the
+    chunks split into `count` contiguous runs, run `index` (every chunk without a part)."""
+    starts = range(0, total, step)
+    if part is None:
+        return starts
+    index, count = part
+    return starts[len(starts) * index // count : len(starts) * (index + 1) // count]
 
 
 def _one_hot(start: int, rows: int, width: int, dtype: str) -> np.ndarray:
@@ -224,9 +243,11 @@ def _coloured_block(
     plan: ColourPlan,
     chunk_size: int | None,
     cancel: Cancel,
+    part: Part = None,
 ) -> tuple[np.ndarray | None, sp.csr_array]:
     """(value of `of`, or None when nothing ran; J[of][wrt] as CSR (of.size, wrt.size)): one
-    batched pass per chunk of colours, each (co)tangent the sum of its colour's unit vectors."""
+    batched pass per chunk of colours, each (co)tangent the sum of its colour's unit vectors;
+    with a `part`, the entries of its chunks only."""
     types = program.types
     pattern = plan.pattern
     m, n = pattern.shape
@@ -235,7 +256,8 @@ def _coloured_block(
     colours = plan.colours
     step = chunk_size or chunk_rows(program, (of,), (wrt,), plan.count, pattern.nnz)
     value = None
-    for start in range(0, plan.count, step):
+    starts = chunk_starts(plan.count, step, part)
+    for start in starts:
         batch = min(step, plan.count - start)
         seeds = np.zeros((batch, seeded), types[wrt if plan.forward else of].dtype)
         chosen = np.flatnonzero((colours >= start) & (colours < start + batch))
@@ -263,6 +285,12 @@ def _coloured_block(
             data[which] = compressed[offsets]
             del which, offsets
         del compressed
+    if part is not None:  # only the entries of this share's chunks of colours
+        first, stop = (starts[0], min(starts[-1] + step, plan.count)) if starts else (0, 0)
+        mine = (plan.gather >= first * read) & (plan.gather < stop * read)
+        rows = np.repeat(np.arange(m), np.diff(pattern.indptr))[mine]
+        indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=m))))
+        return value, sp.csr_array((data[mine], pattern.indices[mine], indptr), shape=(m, n))
     return value, sp.csr_array((data, pattern.indices, pattern.indptr), shape=(m, n))
 
 
@@ -277,9 +305,12 @@ def _structured(
     chunk_size: int | None,
     cancel: Cancel,
     symmetric: bool,
+    part: Part = None,
 ) -> tuple[np.ndarray | None, np.ndarray | sp.csr_array] | None:
     """(value of `of` or None, the block) through a linear head or by colouring, or None
-    when neither saves half of the dense computation's `passes` and `sparse` is not asked."""
+    when neither saves half of the dense computation's `passes` and `sparse` is not asked.
+    The chain rule at a linear head mixes the inner block's columns, so with a `part` the
+    first share computes that block whole and the others leave it out."""
     if symmetric:
         plan = symmetric_plan(program, of, wrt, cancel=cancel)
     else:
@@ -288,6 +319,9 @@ def _structured(
     head = linear_head(program, wrt) if of != wrt and not symmetric else None
     inner = head and colour_plan(head.program, of, head.value, mode, cancel=cancel)
     if inner and 2 * inner.count <= min(passes, plan.count):
+        if part is not None and part[0] > 0:
+            empty = sp.csr_array(plan.pattern.shape, dtype=program.types[of].dtype)
+            return None, empty if sparse else np.zeros(shape, program.types[of].dtype)
         value, flat = _through_linear_head(program, feeds, of, head, inner, chunk_size, cancel)
         if not sparse:
             return value, flat.reshape(shape)
@@ -296,7 +330,7 @@ def _structured(
         data = flat[np.repeat(np.arange(flat.shape[0]), np.diff(pattern.indptr)), pattern.indices]
         return value, sp.csr_array((data, pattern.indices, pattern.indptr), flat.shape)
     if sparse or 2 * plan.count <= passes:
-        value, block = _coloured_block(program, feeds, of, wrt, plan, chunk_size, cancel)
+        value, block = _coloured_block(program, feeds, of, wrt, plan, chunk_size, cancel, part)
         return value, block if sparse else block.toarray().reshape(shape)
     return None
 
@@ -311,12 +345,14 @@ def jacobian(
     cancel: Cancel = None,
     sparse: bool = False,
     symmetric: Collection[tuple[str, str]] = (),
+    part: Part = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray | sp.csr_array]]]:
     """(values of `of`, J[of][wrt] with shape of.shape + wrt.shape), or with `sparse` as CSR
     arrays of shape (of.size, wrt.size). A block whose pattern needs at most half the passes
     of the dense computation (of MIN_PASSES_TO_COLOUR or more) is computed by colouring, and
     densified unless `sparse`. The (of, wrt) blocks in `symmetric` are known to be symmetric
-    (a Hessian's, `hessian.py`): they are star-coloured and computed forward."""
+    (a Hessian's, `hessian.py`): they are star-coloured and computed forward. With a `part`,
+    only that share's entries (see the module docstring)."""
     check_targets(program, of, wrt)
     requested = mode
     mode = choose_mode(program, of, wrt, mode)
@@ -346,13 +382,15 @@ def jacobian(
                         chunk_size,
                         cancel,
                         (o, w) in symmetric,
+                        part,
                     )
                 except PatternTooLarge:
                     if sparse:  # asked for a sparse result of a dense block: over the limit
                         raise
                     # dense: colouring would not save passes, computed as dense below
             if found is None:
-                result[o][w] = np.empty(types[o].shape + types[w].shape, types[o].dtype)
+                empty = np.empty if part is None else np.zeros  # a share leaves the rest zero
+                result[o][w] = empty(types[o].shape + types[w].shape, types[o].dtype)
                 dense.append((o, w))
                 continue
             value, result[o][w] = found
@@ -363,7 +401,7 @@ def jacobian(
             ws = [w for o2, w in dense if o2 == o]
             m = types[o].size
             for start, rows, value, grads in _reverse_blocks(
-                program, feeds, o, ws, chunk_size, cancel
+                program, feeds, o, ws, chunk_size, cancel, part
             ):
                 values[o] = value
                 for w in ws:
@@ -375,7 +413,7 @@ def jacobian(
             step = chunk_size or chunk_rows(
                 program, os_, (w,), n, n * sum(types[o].size for o in os_)
             )
-            for start in range(0, n, step):
+            for start in chunk_starts(n, step, part):
                 rows = min(step, n - start)
                 d = jvp(program, (w,), tuple(os_), rows)
                 seeds = _one_hot(start, rows, n, types[w].dtype).reshape((rows, *types[w].shape))
@@ -399,12 +437,14 @@ def _reverse_blocks(
     wrt: Sequence[str],
     chunk_size: int | None,
     cancel: Cancel,
+    part: Part = None,
 ) -> Iterator[tuple[int, int, np.ndarray, dict[str, np.ndarray]]]:
-    """(first row, row count, value of `of`, {wrt: rows of J}) for consecutive row blocks."""
+    """(first row, row count, value of `of`, {wrt: rows of J}) for consecutive row blocks
+    (those of `part`)."""
     m = program.types[of].size
     n = sum(program.types[w].size for w in wrt)
     step = chunk_size or chunk_rows(program, (of,), wrt, m, m * n)
-    for start in range(0, m, step):
+    for start in chunk_starts(m, step, part):
         rows = min(step, m - start)
         d = vjp(program, (of,), tuple(wrt), rows)
         seeds = _one_hot(start, rows, m, program.types[of].dtype)

@@ -15,6 +15,7 @@ from gradserve_client.proto import graph_pb2, tensor_codec, tensor_pb2
 from gradserve_client.proto.attr_codec import attr_to_proto
 
 from gradserve.autodiff import OPSET, GraphDef, InputDef, NodeDef, Program
+from gradserve.autodiff.ir import Cancel, check_cancel
 from gradserve.rpc.errors import INVALID_GRAPH, InvalidArgument, LimitExceeded
 
 __all__ = [
@@ -34,7 +35,7 @@ def _input_field(prefix: str, name: str) -> str:
 def decode_tensor(tensor: tensor_pb2.Tensor, field: str, max_elements: int) -> np.ndarray:
     """One Tensor as a read-only array; errors name ``field`` (e.g. ``inputs["x"]``)."""
     try:
-        return tensor_codec.from_tensor(tensor, max_elements=max_elements, field=field)
+        return tensor_codec.from_tensor(tensor, max_elements=max_elements)
     except tensor_codec.TensorTooLargeError as exc:
         raise LimitExceeded(
             f"{field} has {exc.reason}: max_tensor_elements. Send a smaller tensor, or raise "
@@ -84,8 +85,15 @@ def _attr(node: str, key: str, value: graph_pb2.AttrValue, max_elements: int) ->
     raise InvalidArgument(field, "no value set", reason=INVALID_GRAPH)
 
 
-def graph_from_proto(pb: graph_pb2.Graph, *, max_nodes: int, max_elements: int) -> GraphDef:
-    """The GraphDef of a Graph message (unvalidated: Program.build checks it)."""
+def graph_from_proto(
+    pb: graph_pb2.Graph,
+    *,
+    max_nodes: int,
+    max_elements: int,
+    cancel: Cancel = None,
+) -> GraphDef:
+    """The GraphDef of a Graph message (unvalidated: Program.build checks it). Raises the core's
+    Cancelled when ``cancel`` (asked every CANCEL_EVERY_NODES nodes) says so."""
     if len(pb.nodes) > max_nodes:
         raise LimitExceeded(
             f"the graph has {len(pb.nodes)} nodes, more than max_graph_nodes={max_nodes}; "
@@ -112,16 +120,12 @@ def graph_from_proto(pb: graph_pb2.Graph, *, max_nodes: int, max_elements: int) 
             field = f'graph.inputs["{spec.name or i}"].default'
             default = decode_tensor(spec.default, field, max_elements)
         inputs.append(InputDef(spec.name, dtype, shape, default))
-    nodes = tuple(
-        NodeDef(
-            n.name,
-            n.op,
-            tuple(n.inputs),
-            {k: _attr(n.name, k, v, max_elements) for k, v in sorted(n.attrs.items())},
-        )
-        for n in pb.nodes
-    )
-    return GraphDef(tuple(inputs), nodes, tuple(pb.outputs))
+    nodes = []
+    for i, n in enumerate(pb.nodes):
+        check_cancel(cancel, i)
+        attrs = {k: _attr(n.name, k, v, max_elements) for k, v in sorted(n.attrs.items())}
+        nodes.append(NodeDef(n.name, n.op, tuple(n.inputs), attrs, n.source))
+    return GraphDef(tuple(inputs), tuple(nodes), tuple(pb.outputs))
 
 
 def graph_from_onnx(model: bytes) -> graph_pb2.Graph:
@@ -142,7 +146,9 @@ def graph_to_proto(program: Program) -> graph_pb2.Graph:
             name=spec.name, dtype=tensor_codec.dtype_from_name(spec.dtype), shape=spec.shape
         )
     for node in program.nodes:
-        added = message.nodes.add(name=node.name, op=node.op, inputs=node.inputs)
+        added = message.nodes.add(
+            name=node.name, op=node.op, inputs=node.inputs, source=node.source
+        )
         for key, value in node.attrs.items():
             added.attrs[key].CopyFrom(attr_to_proto(value))
     return message

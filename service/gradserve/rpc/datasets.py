@@ -113,9 +113,10 @@ def assemble(chunks: Iterable, *, max_elements: int, max_bytes: int) -> tuple[st
                 hasher.update(
                     dataset_array_header(name, tensor_codec.dtype_name(chunk.dtype), shape)
                 )
-        current.add(chunk.data)
+        data = chunk.data  # (read once: a protobuf message copies a bytes field at each read)
+        current.add(data)
         if in_order:
-            hasher.update(chunk.data)
+            hasher.update(data)
     if current is None:
         raise InvalidArgument("chunks", "the upload has no chunks")
     done[current.name] = current.array()

@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 from gradserve_client.proto import gradient_service_pb2 as pb
 from gradserve_client.proto.tensor_codec import fill_tensor
 
 from gradserve import autodiff
 from gradserve.autodiff.hessian import hessian, hessian_rows, hvp
+from gradserve.autodiff.jacobian import Part
 from gradserve.autodiff.sparsity import jacobian_sparsity, structural_pattern
 from gradserve.autodiff.transforms import derivative_program
 from gradserve.rpc import requests
@@ -50,6 +50,7 @@ FEATURES = (
     "derivative_program",
     "stream_structured_jacobian",
     "stream_hessian",
+    "work_part",  # Jacobian and Hessian requests honour `part` (older servers ignore it)
 )
 
 KINDS = {
@@ -75,11 +76,22 @@ def _itemsize(types: Mapping[str, Any], name: str) -> int:
 def fill_sparse(message: pb.SparseMatrix, csr: Any, values: bool = True) -> None:
     """Set an empty SparseMatrix in place to a scipy CSR array (without its values for a
     pattern): each array is copied once, into its message."""
-    message.rows, message.cols = csr.shape
-    fill_tensor(message.indptr, csr.indptr.astype(np.int64, copy=False))
-    fill_tensor(message.indices, csr.indices.astype(np.int64, copy=False))
-    if values:
-        fill_tensor(message.values, csr.data)
+    fill_csr(message, csr.shape, csr.indptr, csr.indices, csr.data if values else None)
+
+
+def fill_csr(
+    message: pb.SparseMatrix,
+    shape: tuple[int, int],
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray | None,
+) -> None:
+    """`fill_sparse` from the CSR arrays themselves (a run of rows: slices, indptr from 0)."""
+    message.rows, message.cols = shape
+    fill_tensor(message.indptr, indptr.astype(np.int64, copy=False))
+    fill_tensor(message.indices, indices.astype(np.int64, copy=False))
+    if data is not None:
+        fill_tensor(message.values, data)
 
 
 def _is_diagonal(csr: Any) -> bool:
@@ -134,6 +146,17 @@ def _check_stored(
     )
 
 
+def work_part(request: Any) -> Part:
+    """The share of the result a Jacobian or Hessian request asks for (its WorkPart), checked;
+    None for the whole result."""
+    index, count = request.part.index, request.part.count
+    if count <= 1 and index == 0:
+        return None
+    if index >= count:
+        raise InvalidArgument("part.index", f"must be less than part.count, got {index} of {count}")
+    return index, count
+
+
 # ---- Jacobian with structured=true ---------------------------------------------------------------
 
 
@@ -144,17 +167,19 @@ def structured_jacobian(
     wrt: Sequence[str],
     mode: str,
     cancel: Cancel,
+    part: Part = None,
 ) -> pb.JacobianResponse:
-    """Jacobian blocks computed by sparsity detection and colouring, sent diagonal or CSR."""
+    """Jacobian blocks computed by sparsity detection and colouring, sent diagonal or CSR
+    (of a `part`, its entries only)."""
     program = call.program
     types = program.types
     with core_errors(program):
-        patterns = [(o, structural_pattern(program, o, w)) for o in of for w in wrt]
+        patterns = [(o, structural_pattern(program, o, w, cancel=cancel)) for o in of for w in wrt]
         stored = sum(p.nnz for _, p in patterns)
         nbytes = sum(csr_bytes(p.shape[0], p.nnz, _itemsize(types, o)) for o, p in patterns)
         _check_stored(servicer, stored, nbytes, "sparse Jacobian", "StreamJacobian")
         values, jac = autodiff.jacobian(
-            program, call.inputs, of, wrt, mode, cancel=cancel, sparse=True
+            program, call.inputs, of, wrt, mode, cancel=cancel, sparse=True, part=part
         )
     response = pb.JacobianResponse(graph_id=call.graph_id, outputs=encode_tensors(values))
     for o in of:
@@ -196,7 +221,7 @@ def _wrt(program: Program, names: Sequence[str]) -> tuple[str, ...]:
 
 
 def hessian_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.HessianResponse:
-    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings, cancel)
     program = call.program
     of = _scalar_of(program, request.of)
     wrt = _wrt(program, request.wrt)
@@ -213,7 +238,13 @@ def hessian_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.
         )
     with core_errors(program):
         value, blocks = hessian(
-            program, call.inputs, of, wrt, sparse=request.structured, cancel=cancel
+            program,
+            call.inputs,
+            of,
+            wrt,
+            sparse=request.structured,
+            cancel=cancel,
+            part=work_part(request),
         )
     if request.structured:
         matrices = [(a, blocks[a][b]) for a in wrt for b in wrt]
@@ -228,7 +259,7 @@ def hessian_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.
 
 
 def hvp_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.HvpResponse:
-    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings, cancel)
     program = call.program
     of = _scalar_of(program, request.of)
     vectors = decode_tensors(request.vectors, "vectors", servicer.settings.max_tensor_elements)
@@ -263,8 +294,10 @@ def _check_vectors(program: Program, wrt: Sequence[str], vectors: Mapping[str, n
 # ---- JacobianSparsity and DerivativeProgram -------------------------------------------------
 
 
-def jacobian_sparsity_rpc(servicer: GradientServicer, request: Any) -> pb.JacobianSparsityResponse:
-    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
+def jacobian_sparsity_rpc(
+    servicer: GradientServicer, request: Any, cancel: Cancel
+) -> pb.JacobianSparsityResponse:
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings, cancel)
     program = call.program
     of, wrt = requests.of_wrt(program, request)
     types = program.types
@@ -273,7 +306,7 @@ def jacobian_sparsity_rpc(servicer: GradientServicer, request: Any) -> pb.Jacobi
     with core_errors(program):
         for o in of:
             for w in wrt:
-                pattern = jacobian_sparsity(program, o, w)
+                pattern = jacobian_sparsity(program, o, w, cancel)
                 stored += pattern.nnz
                 nbytes += csr_bytes(pattern.shape[0], pattern.nnz, 0)
                 _check_stored(servicer, stored, nbytes, "sparsity pattern")
@@ -284,12 +317,12 @@ def jacobian_sparsity_rpc(servicer: GradientServicer, request: Any) -> pb.Jacobi
 
 
 def derivative_program_rpc(
-    servicer: GradientServicer, request: Any
+    servicer: GradientServicer, request: Any, cancel: Cancel
 ) -> pb.DerivativeProgramResponse:
     kind = KINDS.get(request.kind)
     if kind is None:
         raise InvalidArgument("kind", "set kind: DERIVATIVE_KIND_VJP, _JVP or _HVP")
-    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings, cancel)
     program = call.program
     of, wrt = requests.of_wrt(program, request)
     if kind == "hvp":
@@ -317,7 +350,7 @@ Rows = Callable[[str, str, int], Iterator[tuple[int, np.ndarray]]]
 def stream_jacobian(
     servicer: GradientServicer, request: Any, cancel: Cancel
 ) -> Iterator[pb.JacobianRowBlock]:
-    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings, cancel)
     mode = requests.jacobian_mode(request)  # the structured stream; dense rows are reverse mode
     of, wrt = requests.of_wrt(call.program, request)
     pairs = [(o, w) for o in of for w in wrt]
@@ -331,7 +364,7 @@ def stream_jacobian(
         counted = "the Jacobians asked for have {} elements"
         return _dense_stream(servicer, call, pairs, hint, rows, counted)
     with core_errors(program):  # the stored entries are bounded before anything is computed
-        stored = sum(structural_pattern(program, o, w).nnz for o, w in pairs)
+        stored = sum(structural_pattern(program, o, w, cancel=cancel).nnz for o, w in pairs)
     _check_stream(servicer, stored, "the sparse Jacobians asked for have {} stored entries")
     with core_errors(program):
         _, jac = autodiff.jacobian(program, inputs, of, wrt, mode, cancel=cancel, sparse=True)
@@ -341,7 +374,7 @@ def stream_jacobian(
 def stream_hessian(
     servicer: GradientServicer, request: Any, cancel: Cancel
 ) -> Iterator[pb.JacobianRowBlock]:
-    call = requests.prepare(request, servicer.graph_cache, servicer.settings)
+    call = requests.prepare(request, servicer.graph_cache, servicer.settings, cancel)
     program, inputs = call.program, call.inputs
     of = _scalar_of(program, request.of)
     wrt = _wrt(program, request.wrt)
@@ -479,14 +512,12 @@ def _sparse_blocks(
     for (a, b), matrix in matrices.items():
         for start, end in itertools.pairwise(runs[a, b]):
             first, last = matrix.indptr[start], matrix.indptr[end]
-            run = sp.csr_array(
-                (
-                    matrix.data[first:last],
-                    matrix.indices[first:last],
-                    matrix.indptr[start : end + 1] - first,
-                ),
-                shape=(end - start, matrix.shape[1]),
-            )
             block = _block(call, a, b, start, end - start)
-            fill_sparse(block.sparse, run)
+            fill_csr(
+                block.sparse,
+                (end - start, matrix.shape[1]),
+                matrix.indptr[start : end + 1] - first,
+                matrix.indices[first:last],
+                matrix.data[first:last],
+            )
             yield block

@@ -25,6 +25,7 @@ from gradserve_client.proto import graph_pb2
 
 from gradserve.autodiff import OPSET, GraphDef, GraphError, Program
 from gradserve.autodiff.cache import NODE_BYTES, constant_bytes
+from gradserve.autodiff.ir import Cancel
 from gradserve.rpc.codec import graph_from_onnx, graph_from_proto
 from gradserve.rpc.errors import (
     GRAPH_NOT_FOUND,
@@ -65,7 +66,9 @@ class CachedGraph:
         programs = len(self._programs) + (self.program is not None)
         return self._constant_bytes + NODE_BYTES * len(self.graph.nodes) * (1 + programs)
 
-    def program_for(self, shapes: Mapping[str, tuple[int, ...]], max_nodes: int) -> Program:
+    def program_for(
+        self, shapes: Mapping[str, tuple[int, ...]], max_nodes: int, cancel: Cancel = None
+    ) -> Program:
         """The Program for these input shapes (the one Program of a static graph)."""
         if self.program is not None:
             return self.program
@@ -86,7 +89,7 @@ class CachedGraph:
                     "missing a value for this input (its shape has a -1 dimension)",
                 )
         try:
-            program = Program.build(concrete, max_nodes=max_nodes)
+            program = Program.build(concrete, max_nodes=max_nodes, cancel=cancel)
         except GraphError as exc:
             raise from_graph_error(exc, self.input_names) from None
         with self._lock:
@@ -143,8 +146,11 @@ class GraphCache:
         self._hit()
         return entry
 
-    def put_proto(self, pb: graph_pb2.Graph, *, max_nodes: int, max_elements: int) -> CachedGraph:
-        """The cached graph for a full Graph message: validated and added on a miss."""
+    def put_proto(
+        self, pb: graph_pb2.Graph, *, max_nodes: int, max_elements: int, cancel: Cancel = None
+    ) -> CachedGraph:
+        """The cached graph for a full Graph message: decoded, validated and added on a miss;
+        the core's Cancelled if ``cancel`` says so meanwhile."""
         wire_key = hashlib.sha256(pb.SerializeToString(deterministic=True)).hexdigest()
         entry = self._by_bytes(wire_key)
         if entry is not None:
@@ -156,19 +162,21 @@ class GraphCache:
                 f"opset {pb.opset} is not supported; this server implements opset {OPSET}",
                 reason=INVALID_GRAPH,
             )
-        graph = graph_from_proto(pb, max_nodes=max_nodes, max_elements=max_elements)
+        graph = graph_from_proto(pb, max_nodes=max_nodes, max_elements=max_elements, cancel=cancel)
         if graph.has_dynamic_shapes:
             program = None
             graph_id = graph.digest
         else:
             try:
-                program = Program.build(graph, max_nodes=max_nodes)
+                program = Program.build(graph, max_nodes=max_nodes, cancel=cancel)
             except GraphError as exc:
                 raise from_graph_error(exc, (i.name for i in graph.inputs)) from None
             graph_id = program.digest
         return self._insert(CachedGraph(graph_id, graph, program, wire_key))
 
-    def put_onnx(self, model: bytes, *, max_nodes: int, max_elements: int) -> CachedGraph:
+    def put_onnx(
+        self, model: bytes, *, max_nodes: int, max_elements: int, cancel: Cancel = None
+    ) -> CachedGraph:
         """The cached graph of a serialized ONNX model: converted and added on a miss, so a
         client that sends the same model again pays for hashing it, not for converting it."""
         onnx_key = "onnx:" + hashlib.sha256(model).hexdigest()
@@ -176,7 +184,7 @@ class GraphCache:
         if entry is not None:
             return entry
         pb = graph_from_onnx(model)
-        entry = self.put_proto(pb, max_nodes=max_nodes, max_elements=max_elements)
+        entry = self.put_proto(pb, max_nodes=max_nodes, max_elements=max_elements, cancel=cancel)
         with self._lock:
             if entry.graph_id in self._by_id:
                 self._by_wire[onnx_key] = entry.graph_id

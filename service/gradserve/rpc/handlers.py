@@ -43,6 +43,8 @@ def method_handlers(servicer: Any) -> dict[str, grpc.RpcMethodHandler]:
         deserializer = request_cls.FromString
         if method.name == "Evaluate":  # large payloads read in place (see wire.py)
             deserializer = wire.evaluate_request_deserializer(deserializer)
+        elif method.name == "PutDataset":
+            deserializer = wire.dataset_chunk_deserializer(deserializer)
         handlers[method.name] = kind(
             getattr(servicer, method.name),
             request_deserializer=deserializer,

@@ -17,6 +17,7 @@ import numpy as np
 from gradserve_client.proto import gradient_service_pb2 as pb
 
 from gradserve.autodiff import Program, memory
+from gradserve.autodiff.ir import Cancel
 from gradserve.config import Settings
 from gradserve.rpc.codec import decode_tensors
 from gradserve.rpc.errors import InvalidArgument
@@ -63,8 +64,11 @@ def cancel_callback(
     return cancelled
 
 
-def resolve(request: Any, cache: GraphCache, settings: Settings) -> CachedGraph:
-    """The graph of a request with a ``graph_source`` (graph, graph_id or onnx_model)."""
+def resolve(
+    request: Any, cache: GraphCache, settings: Settings, cancel: Cancel = None
+) -> CachedGraph:
+    """The graph of a request with a ``graph_source`` (graph, graph_id or onnx_model); a full
+    graph is decoded and validated under ``cancel`` (the call's deadline)."""
     # Every plan this request runs is checked against the budget first. grpc runs each RPC
     # in a context of its own (its stream's messages too), so this holds for this one only.
     memory.set_limit(settings.max_request_bytes)
@@ -74,6 +78,7 @@ def resolve(request: Any, cache: GraphCache, settings: Settings) -> CachedGraph:
             request.graph,
             max_nodes=settings.max_graph_nodes,
             max_elements=settings.max_tensor_elements,
+            cancel=cancel,
         )
     if source == "graph_id" and request.graph_id:
         return cache.get(request.graph_id)
@@ -82,6 +87,7 @@ def resolve(request: Any, cache: GraphCache, settings: Settings) -> CachedGraph:
             request.onnx_model,
             max_nodes=settings.max_graph_nodes,
             max_elements=settings.max_tensor_elements,
+            cancel=cancel,
         )
     raise InvalidArgument("graph", "set graph (the full graph), graph_id or onnx_model")
 
@@ -101,11 +107,13 @@ class Call:
         return self.entry.graph_id
 
 
-def prepare(request: Any, cache: GraphCache, settings: Settings) -> Call:
-    """The request's graph, its decoded ``inputs`` and the Program for their shapes."""
-    entry = resolve(request, cache, settings)
+def prepare(request: Any, cache: GraphCache, settings: Settings, cancel: Cancel = None) -> Call:
+    """The request's graph, its decoded ``inputs`` and the Program for their shapes; graph
+    decoding and validation stop (the core's Cancelled) once ``cancel()`` is true."""
+    entry = resolve(request, cache, settings, cancel)
     inputs = decode_tensors(request.inputs, "inputs", settings.max_tensor_elements)
-    program = entry.program_for({k: v.shape for k, v in inputs.items()}, settings.max_graph_nodes)
+    shapes = {k: v.shape for k, v in inputs.items()}
+    program = entry.program_for(shapes, settings.max_graph_nodes, cancel)
     return Call(entry, program, inputs)
 
 

@@ -8,6 +8,8 @@ raised, never set on the context: ``errors.rpc_method`` maps them to statuses.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 
 import numpy as np
@@ -17,6 +19,7 @@ from gradserve_client.proto import gradient_service_pb2 as pb
 from gradserve import __version__, autodiff, blas
 from gradserve.autodiff import OPSET
 from gradserve.autodiff.cache import PROGRAM_CACHE
+from gradserve.autodiff.ir import Cancel
 from gradserve.config import Settings
 from gradserve.rpc import derivatives, requests, training
 from gradserve.rpc.codec import decode_tensors, encode_tensor, encode_tensors
@@ -51,8 +54,8 @@ class GradientServicer:
         self.dataset_cache = DatasetCache(settings.dataset_cache_bytes)  # PutDataset uploads
         self.version = __version__
 
-    def _prepare(self, request) -> Call:
-        return requests.prepare(request, self.graph_cache, self.settings)
+    def _prepare(self, request, cancel: Cancel = None) -> Call:
+        return requests.prepare(request, self.graph_cache, self.settings, cancel)
 
     def _decode(self, tensors, prefix: str) -> dict[str, np.ndarray]:
         return decode_tensors(tensors, prefix, self.settings.max_tensor_elements)
@@ -61,7 +64,7 @@ class GradientServicer:
 
     @rpc_method
     def Evaluate(self, request, context):
-        call = self._prepare(request)
+        call = self._prepare(request, cancel_callback(context))
         with _core_errors(call.program):
             values = autodiff.evaluate(
                 call.program, call.inputs, tuple(request.outputs), cancel_callback(context)
@@ -72,12 +75,13 @@ class GradientServicer:
 
     @rpc_method
     def Jacobian(self, request, context):
-        call = self._prepare(request)
+        call = self._prepare(request, cancel_callback(context))
         mode = jacobian_mode(request)
         of, wrt = of_wrt(call.program, request)
+        part = derivatives.work_part(request)
         if request.structured:
             cancel = cancel_callback(context)
-            return derivatives.structured_jacobian(self, call, of, wrt, mode, cancel)
+            return derivatives.structured_jacobian(self, call, of, wrt, mode, cancel, part)
         types = call.program.types
         elements = sum(types[o].size * types[w].size for o in of for w in wrt)
         limit = self.settings.max_jacobian_elements
@@ -85,7 +89,7 @@ class GradientServicer:
             raise JacobianTooLarge(elements, limit)
         with _core_errors(call.program):
             values, jac = autodiff.jacobian(
-                call.program, call.inputs, of, wrt, mode, cancel=cancel_callback(context)
+                call.program, call.inputs, of, wrt, mode, cancel=cancel_callback(context), part=part
             )
         blocks = [
             pb.JacobianBlock(of=o, wrt=w, shape=jac[o][w].shape, dense=encode_tensor(jac[o][w]))
@@ -102,7 +106,7 @@ class GradientServicer:
 
     @rpc_method
     def Vjp(self, request, context):
-        call = self._prepare(request)
+        call = self._prepare(request, cancel_callback(context))
         cotangents = self._decode(request.cotangents, "cotangents")
         program = call.program
         names(program, tuple(cotangents), "cotangents", ())
@@ -119,7 +123,7 @@ class GradientServicer:
 
     @rpc_method
     def Jvp(self, request, context):
-        call = self._prepare(request)
+        call = self._prepare(request, cancel_callback(context))
         tangents = self._decode(request.tangents, "tangents")
         program = call.program
         for name in tangents:
@@ -166,11 +170,11 @@ class GradientServicer:
 
     @rpc_method
     def JacobianSparsity(self, request, context):
-        return derivatives.jacobian_sparsity_rpc(self, request)
+        return derivatives.jacobian_sparsity_rpc(self, request, cancel_callback(context))
 
     @rpc_method
     def DerivativeProgram(self, request, context):
-        return derivatives.derivative_program_rpc(self, request)
+        return derivatives.derivative_program_rpc(self, request, cancel_callback(context))
 
     @rpc_method
     def ListOperators(self, request, context):
@@ -192,6 +196,7 @@ class GradientServicer:
             ),
             features=self.features(),
             blas_threads=blas.current_threads(),
+            process=f"{socket.gethostname()}:{os.getpid()}",
         )
 
     def features(self) -> list[str]:

@@ -1,4 +1,5 @@
-"""Evaluate's large messages, read and written in the protobuf wire format by hand.
+"""Evaluate's large messages and PutDataset's chunks, read and written in the protobuf wire
+format by hand.
 
 Under the upb runtime a round trip of one tensor through protobuf messages copies its bytes
 about five times on the server: parse, reading ``Tensor.data``, ``tobytes``, building the
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 from gradserve_client.proto import gradient_service_pb2 as pb
 from gradserve_client.proto import graph_pb2, tensor_codec
-from gradserve_client.proto.tensor_codec import WireFormatError, read_varint, skip_field
+from gradserve_client.proto.tensor_codec import WireFormatError, read_span, read_varint, skip_field
 
 # Requests at least this large are read by hand (their tensors viewed, not copied), and
 # responses whose values are at least this large written by hand; below, protobuf is faster.
@@ -94,19 +95,76 @@ def read_evaluate_request(data: bytes) -> EvaluateRequestView:
     return request
 
 
-def evaluate_request_deserializer(fallback: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    """A request deserializer for Evaluate: large payloads read in place, others (and what the
-    reader does not take) by ``fallback`` (protobuf's)."""
+def in_place_deserializer(
+    reader: Callable[[bytes], Any], fallback: Callable[[bytes], Any]
+) -> Callable[[bytes], Any]:
+    """A request deserializer: payloads of `DIRECT_PARSE_BYTES` or more read in place by
+    ``reader``, others (and what the reader does not take) by ``fallback`` (protobuf's)."""
 
     def deserialize(data: bytes) -> Any:
         if len(data) >= DIRECT_PARSE_BYTES:
             try:
-                return read_evaluate_request(data)
+                return reader(data)
             except WireFormatError:
                 pass
         return fallback(data)
 
     return deserialize
+
+
+def evaluate_request_deserializer(fallback: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """Evaluate's request deserializer: large payloads read in place, others by ``fallback``."""
+    return in_place_deserializer(read_evaluate_request, fallback)
+
+
+class DatasetChunkView:
+    """A DatasetChunk read in place: ``name``, ``dtype``, ``shape`` and ``data``, a memoryview
+    of the received bytes (which `datasets.assemble` copies once, into the array)."""
+
+    __slots__ = ("data", "dtype", "name", "shape")
+
+    def __init__(self, name: str, dtype: int, shape: list[int], data: Any) -> None:
+        self.name, self.dtype, self.shape, self.data = name, dtype, shape, data
+
+
+def read_dataset_chunk(data: bytes) -> DatasetChunkView:
+    """The DatasetChunk in ``data``; raises WireFormatError for what it does not take (a field
+    given twice, an unexpected wire type, a dtype beyond int32's positive range)."""
+    view = memoryview(data)
+    end = len(view)
+    pos = 0
+    name, dtype, shape, payload = "", 0, [], b""
+    seen: set[int] = set()
+    while pos < end:
+        tag, pos = read_varint(view, pos, end)
+        field, wire_type = tag >> 3, tag & 7
+        if field not in (1, 2, 3, 4):
+            pos = skip_field(view, wire_type, pos, end)
+            continue
+        if field in seen or wire_type != (0 if field == 2 else 2):
+            raise WireFormatError(f"field {field} given twice or with another wire type")
+        seen.add(field)
+        if field == 2:
+            dtype, pos = read_varint(view, pos, end)
+            if dtype >= 1 << 31:
+                raise WireFormatError("a negative or large dtype is read by protobuf")
+            continue
+        pos, stop = read_span(view, pos, end)
+        if field == 1:
+            name = _text(view, pos, stop)
+        elif field == 3:
+            while pos < stop:
+                d, pos = read_varint(view, pos, stop)
+                shape.append(d if d < 1 << 63 else d - (1 << 64))
+        else:
+            payload = view[pos:stop]
+        pos = stop
+    return DatasetChunkView(name, dtype, shape, payload)
+
+
+def dataset_chunk_deserializer(fallback: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """PutDataset's request deserializer: large chunks read in place, others by ``fallback``."""
+    return in_place_deserializer(read_dataset_chunk, fallback)
 
 
 class EncodedEvaluateResponse:

@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // A Node.js client for gradserve: @grpc/grpc-js plus @grpc/proto-loader, loading the repository's
 // protos/ at run time (no generated code). It calls health, Evaluate, Jacobian, StreamJacobian
-// and Train against a live server and checks every number against a closed form; "onnx" sends
-// an .onnx file exported from PyTorch (tests/data/onnx) as the graph source.
+// (dense rows and CSR runs) and Train against a live server and checks every number against a
+// closed form; "onnx" sends an .onnx file exported from PyTorch (tests/data/onnx) as the graph
+// source.
 //
 //   node tests/interop/node/client.mjs --target 127.0.0.1:50051 [--only evaluate,train]
 //
@@ -127,6 +128,14 @@ function decode(what, tensor) {
   else if (tensor.dtype === "DTYPE_FLOAT32") for (let i = 0; i < n; i++) values[i] = data.readFloatLE(i * 4);
   else fail(`${what}: expected a float tensor, got ${tensor.dtype}`);
   return { shape, values };
+}
+
+/** An INT64 Tensor message (a CSR matrix's indptr or indices) as a Number[]. */
+function decodeInt64(what, tensor) {
+  if (!tensor || tensor.dtype !== "DTYPE_INT64") fail(`${what}: expected an INT64 tensor`);
+  const n = product(tensor.shape.map(Number));
+  if (tensor.data.length !== n * 8) fail(`${what}: ${tensor.data.length} bytes for ${n} int64s`);
+  return Array.from({ length: n }, (_, i) => Number(tensor.data.readBigInt64LE(i * 8)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -385,7 +394,44 @@ async function checkStreamJacobian(rpc) {
     mode: "JACOBIAN_MODE_AUTO",
   });
   assertAllClose("Jacobian(graph_id) vs StreamJacobian", decode("J", unary.blocks[0].dense).values, assembled);
-  return `StreamJacobian: ${n}x${n} in ${blocks.length} row blocks, assembled, = diag(sum x) + x 1^T`;
+
+  // Asked for structure, the stream sends CSR runs of rows: d(x*x)/dx = diag(2x).
+  const squares = {
+    inputs: [input("x", [n])],
+    nodes: [node("q", "multiply", ["x", "x"])],
+    outputs: ["q"],
+    opset: "0",
+  };
+  const runs = await rpc.stream("StreamJacobian", {
+    graph: squares,
+    inputs: { x: f64([n], xs) },
+    structured: true,
+    rows_per_message: String(rowsPerMessage),
+  });
+  let row = 0;
+  for (const [k, run] of runs.entries()) {
+    const what = `structured StreamJacobian block ${k}`;
+    if (run.structure !== "sparse") fail(`${what}: ${run.structure}, want sparse`);
+    const start = Number(run.row_start);
+    const count = Number(run.row_count);
+    if (start !== row || Number(run.sparse.rows) !== count || Number(run.sparse.cols) !== n) {
+      fail(`${what}: rows ${start}+${count} as ${run.sparse.rows}x${run.sparse.cols}, want ${row}+..x${n}`);
+    }
+    const indptr = decodeInt64(`${what} indptr`, run.sparse.indptr);
+    const indices = decodeInt64(`${what} indices`, run.sparse.indices);
+    const values = decode(`${what} values`, run.sparse.values).values;
+    const wantIndptr = Array.from({ length: count + 1 }, (_, i) => i); // one entry a row, from 0
+    const wantIndices = Array.from({ length: count }, (_, i) => start + i);
+    if (indptr.join() !== wantIndptr.join()) fail(`${what}: indptr [${indptr}], want [${wantIndptr}]`);
+    if (indices.join() !== wantIndices.join()) fail(`${what}: indices [${indices}], want [${wantIndices}]`);
+    assertAllClose(`${what} values`, values, wantIndices.map((i) => 2 * xs[i]));
+    row = start + count;
+  }
+  if (row !== n) fail(`structured StreamJacobian: rows cover [0, ${row}), want [0, ${n})`);
+  return (
+    `StreamJacobian: ${n}x${n} in ${blocks.length} row blocks, assembled, = diag(sum x) + x 1^T;` +
+    ` structured: diag(2x) in ${runs.length} CSR runs`
+  );
 }
 
 // Linear regression: pred = w*X + b, loss = mse(pred, Y), with Y = 2X - 0.5 exactly.

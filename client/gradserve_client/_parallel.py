@@ -1,0 +1,125 @@
+"""One Jacobian or Hessian shared among K concurrent calls: the ``parallel=K`` of `jacobian`
+and `hessian`.
+
+Each call asks for one share of the result (the request's ``part``, a WorkPart): the server runs
+the chunks of passes it would run for the whole request (rows in reverse mode, columns in
+forward mode, colours of a structured block), split into K contiguous runs, and only this
+share's run. Every entry of the result comes from exactly one share, and the others leave it
+zero (dense) or out (sparse), so the sum of the K answers is the single call's result. The
+calls go out at once (asyncio tasks, or threads for `Client`), each over its own connection or
+spread by the channel's load balancing (`ChannelClient._share_lanes`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeAlias
+
+import numpy as np
+
+from . import _methods as m
+from ._args import Call
+from ._decode import decode_jacobian
+from .errors import InvalidArgument
+
+#: The GetServerInfo feature of a server that honours ``part`` (an older one would ignore it
+#: and answer the whole result to every share).
+FEATURE = "work_part"
+#: The most shares of one call: each is a request in flight, and a connection of its own.
+MAX_PARALLEL = 64
+
+#: Blocks by name pair: J[of][wrt], or H[wi][wj].
+Blocks: TypeAlias = "dict[str, dict[str, Any]]"
+
+#: The methods whose call can be shared, and how their blocks become the user's result.
+SHAPES: dict[m.Method[Call, Any], Callable[[Call, Blocks], Any]] = {
+    m.JACOBIAN: Call.jacobians,
+    m.HESSIAN: Call.hessians,
+}
+
+
+def checked(parallel: int) -> int:
+    """``parallel``, refused unless an int in [1, MAX_PARALLEL]."""
+    if isinstance(parallel, bool) or not isinstance(parallel, int):
+        reason = f"expected an int, got {type(parallel).__name__}"
+    elif not 1 <= parallel <= MAX_PARALLEL:
+        reason = f"must be between 1 and {MAX_PARALLEL}, got {parallel}"
+    else:
+        return parallel
+    raise InvalidArgument(f"parallel: {reason}", field_violations=[("parallel", reason)])
+
+
+def shares(method: m.Method[Call, Any], count: int) -> list[m.Method[Call, Blocks]]:
+    """The ``count`` methods that each ask for one share of ``method``'s result and decode it
+    as its blocks (no fallback: the whole call falls back, not a share)."""
+    return [
+        dataclasses.replace(
+            method, request=_with_part(method.request, i, count), decode=_blocks, fallback=None
+        )
+        for i in range(count)
+    ]
+
+
+def _with_part(request: Callable[[Call], Any], index: int, count: int) -> Callable[[Call], Any]:
+    def share_request(call: Call) -> Any:
+        message = request(call)
+        message.part.index, message.part.count = index, count
+        return message
+
+    return share_request
+
+
+def _blocks(call: Call, response: Any) -> Blocks:
+    return decode_jacobian(response, call.sparse)
+
+
+def merged(method: m.Method[Call, Any], call: Call, answers: Sequence[Blocks]) -> Any:
+    """The result of ``method`` from the blocks of every share, shaped as the user asked."""
+    first = answers[0]
+    total = {a: {b: _sum([answer[a][b] for answer in answers]) for b in first[a]} for a in first}
+    return SHAPES[method](call, total)
+
+
+def _sum(blocks: Sequence[Any]) -> Any:
+    """One block from its shares, which hold disjoint entries. Dense: their sum (each entry is
+    one share's value plus zeros; a -0.0 comes back as 0.0). CSR: every share's entries in
+    (row, column) order, explicit zeros kept, as the whole block stores them."""
+    if isinstance(blocks[0], np.ndarray):
+        total = np.array(blocks[0])  # a copy: decoded arrays are read-only views
+        for block in blocks[1:]:
+            total += block
+        return total
+    from scipy import sparse as sp
+
+    parts = [block.tocoo() for block in blocks]
+    rows = np.concatenate([p.row for p in parts]).astype(np.int64)
+    cols = np.concatenate([p.col for p in parts]).astype(np.int64)
+    data = np.concatenate([p.data for p in parts])
+    order = np.lexsort((cols, rows))
+    shape = blocks[0].shape
+    indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=shape[0]))))
+    return sp.csr_array((data[order], cols[order], indptr), shape=shape)
+
+
+def concurrently(calls: Sequence[Callable[[], Any]], asyncio_: bool) -> Any:
+    """Run the calls at once and return their results in order: for ``asyncio_`` the calls
+    make coroutines and this is an awaitable (the others are cancelled when one fails); else
+    each runs in a thread of its own and this is the list."""
+    if asyncio_:
+        return _gathered(calls)
+    with ThreadPoolExecutor(len(calls), thread_name_prefix="gradserve-share") as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [future.result() for future in futures]
+
+
+async def _gathered(calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    tasks = [asyncio.ensure_future(call()) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise

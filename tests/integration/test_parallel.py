@@ -1,0 +1,209 @@
+"""``parallel=K``: one Jacobian (dense or sparse) or Hessian shared among K concurrent calls.
+
+Three in-process servers on loopback behind one ``round_robin`` channel (an ``ipv4:`` list of
+their addresses): the assembled result equals one server's bit for bit, and every replica
+computed a share (each server records the WorkPart of every request it served). Without load
+balancing, the shares go over separate connections: of one server (distinct client ports), and
+of ``--workers 2`` (both processes serve shares of one Jacobian, by their access logs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import gradserve_client as gs
+import grpc
+import numpy as np
+import pytest
+from conftest import RunningServer
+from gradserve.autodiff.jacobian import jacobian
+from gradserve.config import Settings
+from gradserve.rpc import GradientServicer
+from gradserve.server import create_server
+from gradserve_client.proto import gradient_service_pb2 as pb
+from gradserve_client.proto.tensor_codec import fill_tensor_map
+
+N = M = 400  # 3 chunks of 164 passes or fewer (jacobian.chunk_rows): each of 3 shares has work
+
+
+class RecordingServicer(GradientServicer):
+    """Records (rpc, part.index, part.count, client peer) of every Jacobian and Hessian."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.served: list[tuple[str, int, int, str]] = []
+
+    def Jacobian(self, request, context):
+        self.served.append(("Jacobian", request.part.index, request.part.count, context.peer()))
+        return super().Jacobian(request, context)
+
+    def Hessian(self, request, context):
+        self.served.append(("Hessian", request.part.index, request.part.count, context.peer()))
+        return super().Hessian(request, context)
+
+
+@pytest.fixture
+def replicas():
+    started = []
+    for _ in range(3):
+        settings = Settings(host="127.0.0.1", port=0, metrics_port=0)
+        servicer = RecordingServicer(settings)
+        server, port, health = create_server(settings, servicer=servicer)
+        started.append(RunningServer(server, port, servicer, health, settings))
+    yield started
+    for running in started:
+        running.server.stop(None)
+
+
+def problem():
+    rng = np.random.default_rng(3)
+    g = gs.Graph()
+    x = g.input("x", shape=(N,))
+    W = rng.standard_normal((M, N)) / np.sqrt(N)
+    w = g.constant(W)
+    g.output("y", gs.tanh(w @ gs.sin(x)))  # dense
+    g.output("b", x[1:] * x[:-1])  # a band: sparse
+    g.output("loss", gs.sum(gs.tanh(w @ x) ** 2))
+    return g, {"x": rng.standard_normal(N)}, W
+
+
+def results(c, g, inputs, parallel):
+    return {
+        "dense": c.jacobian(g, inputs, of="y", wrt="x", parallel=parallel),
+        "forward": c.jacobian(g, inputs, of="y", wrt="x", mode="forward", parallel=parallel),
+        "sparse": c.jacobian(g, inputs, of=["y", "b"], wrt="x", sparse=True, parallel=parallel),
+        "hessian": c.hessian(g, inputs, of="loss", wrt="x", parallel=parallel),
+        "sparse hessian": c.hessian(g, inputs, of="loss", wrt="x", sparse=True, parallel=parallel),
+    }
+
+
+def assert_same(got, want):
+    for name in want:
+        a, b = got[name], want[name]
+        if isinstance(b, dict):
+            for o in b:
+                for w in b[o]:
+                    x, y = a[o][w], b[o][w]
+                    assert x.shape == y.shape and np.array_equal(x.indptr, y.indptr), (name, o)
+                    assert np.array_equal(x.indices, y.indices), (name, o)
+                    assert np.array_equal(x.data, y.data), (name, o)
+        elif hasattr(b, "tocsr"):
+            assert np.array_equal(a.indices, b.indices) and np.array_equal(a.data, b.data), name
+        else:
+            assert a.shape == b.shape and np.array_equal(a, b), name
+
+
+def test_three_replicas_share_one_jacobian_and_hessian_exactly(replicas):
+    g, inputs, W = problem()
+    with gs.Client(replicas[0].address) as one:
+        want = results(one, g, inputs, 1)
+    # What the shares must add up to is right: the closed forms.
+    x = inputs["x"]
+    closed = (1 - np.tanh(W @ np.sin(x)) ** 2)[:, None] * W * np.cos(x)
+    assert np.allclose(want["dense"], closed, rtol=1e-12, atol=1e-14)
+    band = want["sparse"]["b"]["x"].toarray()
+    assert np.array_equal(np.diag(band), x[1:]) and np.array_equal(np.diag(band, 1), x[:-1])
+    t = np.tanh(W @ x)
+    hessian = 2 * (W.T * ((1 - t**2) ** 2 - 2 * t**2 * (1 - t**2))) @ W
+    assert np.allclose(want["hessian"], hessian, rtol=1e-10, atol=1e-12)
+    # Every share of the dense results has entries to compute, so every replica works.
+    program = (
+        replicas[0]
+        .servicer.graph_cache.put_proto(g.to_proto(), max_nodes=99, max_elements=N * M)
+        .program
+    )
+    for of, mode in (("y", "reverse"), ("y", "forward")):
+        for i in range(3):
+            _, share = jacobian(program, inputs, [of], ["x"], mode, part=(i, 3))
+            assert np.count_nonzero(share[of]["x"]) > 0
+    for r in replicas:
+        r.servicer.served.clear()
+    target = "ipv4:" + ",".join(r.address for r in replicas)
+    with gs.Client(target, load_balancing="round_robin") as c:
+        c.health()  # round_robin connects to every address
+        assert_same(results(c, g, inputs, 3), want)
+    for r in replicas:
+        shares = [s for s in r.servicer.served if s[2] == 3]
+        assert shares, f"replica {r.address} served no share"
+    served = [s[:3] for r in replicas for s in r.servicer.served]
+    for rpc, calls in (("Jacobian", 3), ("Hessian", 2)):
+        indices = sorted(i for name, i, k in served if name == rpc and k == 3)
+        assert indices == sorted(list(range(3)) * calls), (rpc, served)
+
+
+def test_async_client_shares_over_replicas(replicas):
+    g, inputs, _ = problem()
+    with gs.Client(replicas[0].address) as one:
+        want = one.jacobian(g, inputs, of="y", wrt="x")
+    target = "ipv4:" + ",".join(r.address for r in replicas)
+
+    async def shared():
+        async with gs.AsyncClient(target, load_balancing="round_robin") as c:
+            await c.health()
+            return await c.jacobian(g, inputs, of="y", wrt="x", parallel=3)
+
+    assert np.array_equal(asyncio.run(shared()), want)
+
+
+def test_without_load_balancing_each_share_has_a_connection(replicas):
+    g, inputs, _ = problem()
+    server = replicas[0]
+    with gs.Client(server.address) as c:
+        want = c.jacobian(g, inputs, of="y", wrt="x")
+        server.servicer.served.clear()
+        got = c.jacobian(g, inputs, of="y", wrt="x", parallel=3)
+        again = c.jacobian(g, inputs, of="y", wrt="x", parallel=3)  # the same connections
+    assert np.array_equal(got, want) and np.array_equal(again, want)
+    first, second = server.servicer.served[:3], server.servicer.served[3:]
+    assert sorted(s[1] for s in first) == [0, 1, 2]
+    assert len({s[3] for s in first}) == 3, first  # three client ports: three connections
+    assert {s[3] for s in first} == {s[3] for s in second}
+
+
+def test_parallel_is_checked(replicas):
+    g, inputs, _ = problem()
+    with gs.Client(replicas[0].address) as c:
+        for bad in (0, -1, 65, 2.0, True):
+            with pytest.raises(gs.InvalidArgument, match="parallel") as err:
+                c.jacobian(g, inputs, of="y", wrt="x", parallel=bad)
+            assert err.value.field_violations[0][0] == "parallel"
+
+
+def test_a_bad_part_is_invalid_argument(replicas):
+    g, inputs, _ = problem()
+    channel, stub = replicas[0].stub()
+    with channel:
+        request = pb.JacobianRequest(graph=g.to_proto(), of=["y"], wrt=["x"])
+        fill_tensor_map(request.inputs, inputs)
+        request.part.index, request.part.count = 3, 3
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Jacobian(request)
+    assert err.value.code().name == "INVALID_ARGUMENT"
+    assert "part.index" in err.value.details()
+
+
+def test_two_workers_both_serve_shares_of_one_jacobian(server_process):
+    g, inputs, _ = problem()
+    proc = server_process("--workers", "2", "--log-level", "debug")
+    pids = set(map(int, re.search(r"pids (\d+) (\d+)\)", proc.banner).groups()))
+    with gs.Client(proc.address) as c:
+        want = c.jacobian(g, inputs, of="y", wrt="x")
+        got = c.jacobian(g, inputs, of="y", wrt="x", parallel=2)
+    assert np.array_equal(got, want)
+    assert proc.stop() == 0
+    jacobians = re.findall(r"pid=(\d+) msg=rpc method=/gradserve.v1.Gradient/Jacobian", proc.stderr)
+    assert len(jacobians) == 3, proc.stderr
+    assert set(map(int, jacobians[1:])) == pids, proc.stderr  # the two shares, one per worker
+
+
+def test_a_server_without_work_part_gets_one_whole_call(replicas):
+    g, inputs, _ = problem()
+    server = replicas[0]
+    with gs.Client(server.address) as c:
+        want = c.jacobian(g, inputs, of="y", wrt="x")
+    server.servicer.features = lambda: ["stream_jacobian"]  # as an older server says
+    server.servicer.served.clear()
+    with gs.Client(server.address) as c:
+        assert np.array_equal(c.jacobian(g, inputs, of="y", wrt="x", parallel=3), want)
+    assert [s[2] for s in server.servicer.served] == [0]  # one call, no part
