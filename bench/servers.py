@@ -110,5 +110,14 @@ def gradserve_server(*extra: str) -> AbstractContextManager[str]:
     return process_server(gradserve_command(*extra))
 
 
+#: The server stacks `bench.aio_server` runs gradserve's servicer on.
+STACKS = ("threads", "aio-pool", "aio-executor")
+
+
+def stack_server(stack: str) -> AbstractContextManager[str]:
+    """gradserve's servicer on another server stack (`bench.aio_server`), no interceptors."""
+    return process_server([sys.executable, "-m", "bench.aio_server", "--stack", stack])
+
+
 def echo_server() -> AbstractContextManager[str]:
     return process_server([sys.executable, "-m", "bench.echo_server"])

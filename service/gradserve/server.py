@@ -23,7 +23,7 @@ from gradserve.config import Settings
 from gradserve.process import STOP_SIGNALS, start_metrics, stop_signals_blocked
 from gradserve.rpc import SERVICE_NAME, GradientServicer, add_to_server
 from gradserve.rpc.auth import TokenAuthInterceptor, read_tokens
-from gradserve.rpc.interceptors import CountingThreadPool
+from gradserve.rpc.interceptors import Chain, CountingThreadPool, Wrapping
 
 log = logging.getLogger("gradserve.server")
 
@@ -36,12 +36,12 @@ HEALTH_SERVICES = ("", SERVICE_NAME)
 HEADROOM = 16
 
 
-def default_interceptors(settings: Settings) -> list[grpc.ServerInterceptor]:
+def default_interceptors(settings: Settings) -> list[Wrapping]:
     """The interceptors every server gets, outermost first: metrics and access logs (so that
     calls refused by the next two are counted), bearer tokens, the concurrency limit."""
     from gradserve.rpc.interceptors import ConcurrencyLimitInterceptor, MetricsInterceptor
 
-    interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor()]
+    interceptors: list[Wrapping] = [MetricsInterceptor()]
     if settings.auth_token_file is not None:
         interceptors.append(TokenAuthInterceptor(read_tokens(settings.auth_token_file)))
     if settings.max_concurrent_rpcs:
@@ -86,13 +86,14 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
 def create_server(
     settings: Settings,
     *,
-    interceptors: Sequence[grpc.ServerInterceptor] | None = None,
+    interceptors: Sequence[Wrapping] | None = None,
     servicer: GradientServicer | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Build, bind and start a server; returns (server, bound port, health servicer).
 
-    ``interceptors`` defaults to ``default_interceptors(settings)``. The graph and dataset
-    caches' hit and miss hooks and ``gradserve_max_concurrent_rpcs`` are wired to the metrics.
+    ``interceptors`` defaults to ``default_interceptors(settings)``; they run as one
+    (``interceptors.Chain``), outermost first. The graph and dataset caches' hit and miss
+    hooks and ``gradserve_max_concurrent_rpcs`` are wired to the metrics.
     """
     if interceptors is None:
         interceptors = default_interceptors(settings)
@@ -101,7 +102,7 @@ def create_server(
     pool = thread_pool_size(settings)
     server = grpc.server(
         CountingThreadPool(max_workers=pool, thread_name_prefix="gradserve-rpc"),
-        interceptors=list(interceptors),
+        interceptors=[Chain(interceptors)] if interceptors else [],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -47,10 +48,12 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         return False
 
     def intercept_service(self, continuation, handler_call_details):
-        details = handler_call_details
+        return self.wrap(handler_call_details, continuation(handler_call_details))
+
+    def wrap(self, details: grpc.HandlerCallDetails, handler: Any) -> Any:
+        """``handler``, or one that refuses the call in its shape (see interceptors.Chain)."""
         if details.method.startswith(OPEN_SERVICES) or self._valid(details.invocation_metadata):
-            return continuation(handler_call_details)
-        handler = continuation(handler_call_details)
+            return handler
         if handler is None:
             return None
         return self._deny[(handler.request_streaming, handler.response_streaming)]

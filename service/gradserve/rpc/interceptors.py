@@ -2,7 +2,7 @@
 
 ``server.default_interceptors`` orders them, outermost first: ``MetricsInterceptor`` (so that
 calls refused by authentication or by the limit are counted too), then authentication, then
-``ConcurrencyLimitInterceptor``.
+``ConcurrencyLimitInterceptor``; the server runs them as one, ``Chain``.
 
 ``MetricsInterceptor`` records, for every RPC of every service (health included):
 ``gradserve_requests_total{method,code}`` (``code`` is the status *name*, ``method`` the full
@@ -30,9 +30,9 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -392,10 +392,13 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         return children
 
     def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+        return self.wrap(handler_call_details, continuation(handler_call_details))
+
+    def wrap(self, details: grpc.HandlerCallDetails, handler: Any) -> Any:
+        """The measured ``handler`` of this call (see `Chain`)."""
         if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED, not counted
             return None
-        method = handler_call_details.method
+        method = details.method
         _handover.arrival = _Arrival(self._method_metrics(method))
         return _cached_wrap(self._wrapped, method, handler, self._measured)
 
@@ -498,8 +501,11 @@ class ConcurrencyLimitInterceptor(grpc.ServerInterceptor):
         context.abort_with_status(status_of(self._refusal, context, method))
 
     def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
+        return self.wrap(handler_call_details, continuation(handler_call_details))
+
+    def wrap(self, details: grpc.HandlerCallDetails, handler: Any) -> Any:
+        """The limited ``handler`` of this call (see `Chain`)."""
+        method = details.method
         if handler is None or method.startswith(OPEN_SERVICES):
             return handler
         return _cached_wrap(self._wrapped, method, handler, self._limited)
@@ -545,3 +551,29 @@ class ConcurrencyLimitInterceptor(grpc.ServerInterceptor):
             return limited
 
         return wrap_behavior(handler, wrap)
+
+
+class Wrapping(Protocol):
+    """An interceptor as a function of the handler it intercepts (all of this module's and
+    `auth.TokenAuthInterceptor`)."""
+
+    def wrap(self, details: grpc.HandlerCallDetails, handler: Any) -> Any: ...
+
+
+class Chain(grpc.ServerInterceptor):
+    """The server's one interceptor: ``interceptors`` (outermost first) applied in one call.
+
+    grpc runs each interceptor of a server through a continuation of its own, a closure and a
+    call more per interceptor and RPC; here the handler is looked up once and each
+    interceptor, innermost first, wraps (or replaces) it.
+    """
+
+    def __init__(self, interceptors: Sequence[Wrapping]) -> None:
+        self.interceptors = tuple(interceptors)
+        self._inside_out = self.interceptors[::-1]
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        for interceptor in self._inside_out:
+            handler = interceptor.wrap(handler_call_details, handler)
+        return handler
