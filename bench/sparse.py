@@ -474,6 +474,18 @@ def h1(settings: Settings, n: int = 1000) -> list[Row]:
 # H2: HVP of the W4 MLP loss with respect to the 256x256 weight
 
 
+# On a loaded machine two OpenBLAS threads spin on each other inside each 512x256x256 GEMM
+# (the HVP's CPU time grows 4x): the same call on one BLAS thread shows what that costs.
+GS_ONE_BLAS_THREAD = "gradserve core API, 1 BLAS thread"
+
+
+def _one_blas_thread(call: Callable[[], Any]) -> Any:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return call()
+
+
 def h2(settings: Settings) -> list[Row]:
     from gradserve.autodiff import hvp
 
@@ -517,6 +529,15 @@ def h2(settings: Settings) -> list[Row]:
     if expected is None:
         expected = gs_call()[1]["W2"]
     contenders.append(_checked(GS_CORE, gs_call, lambda r: r[1]["W2"], expected, 1e-9))
+    contenders.append(
+        _checked(
+            GS_ONE_BLAS_THREAD,
+            lambda: _one_blas_thread(gs_call),
+            lambda r: r[1]["W2"],
+            expected,
+            1e-9,
+        )
+    )
     contenders.append(
         _checked(torch_name, torch_hvp, lambda r: r.numpy(), expected, 1e-9)
         if torch is not None
