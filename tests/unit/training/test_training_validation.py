@@ -279,20 +279,6 @@ def test_gradient_function_errors_say_what_is_wrong(make_problem):
         assert str(info.value) == message
 
 
-def test_gradients_of_another_dtype_update_in_the_parameters_dtype(mlp_grad, make_problem):
-    params, data = make_problem()
-
-    def single(p, b):
-        loss, grads = mlp_grad(p, b)
-        return loss, {k: g.astype(np.float32) for k, g in grads.items()}
-
-    result = list(train(single, params, data, config()))[-1]
-    assert {v.dtype for v in result.params.values()} == {np.dtype(np.float64)}
-    expected = list(train(mlp_grad, params, data, config()))[-1]
-    for name, value in result.params.items():
-        np.testing.assert_allclose(value, expected.params[name], rtol=1e-5)
-
-
 # A checkpoint is resumable as long as its fingerprint is the same: any change to what goes
 # into it (its keys, their order, the encoding) would refuse every checkpoint clients hold.
 GOLDEN = "253afe49ef0ce47841a278fb1d66dd9b30c1d38e8433d7f4f172353a03e08f41"
