@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gradserve_client.proto import gradient_service_pb2 as pb
 from gradserve_client.proto import tensor_pb2
 from gradserve_client.proto.tensor_codec import (
     DTYPE_NAMES,
     TensorDecodeError,
     TensorTooLargeError,
+    WireFormatError,
+    _varint,
     dtype_from_name,
     dtype_from_numpy,
     dtype_name,
     dtype_to_numpy,
+    fill_tensor_map,
     from_tensor,
     from_tensors,
+    read_span,
+    read_tensor,
+    read_tensor_map_entry,
+    read_varint,
+    skip_field,
     to_tensor,
     to_tensors,
 )
@@ -196,3 +205,151 @@ def test_map_helpers_name_the_key() -> None:
         to_tensors({"s": "text"})
     with pytest.raises(TensorDecodeError, match="tensor 'bad'"):
         from_tensors({"bad": _raw(tensor_pb2.DTYPE_FLOAT32, [2], 4)})
+
+
+def test_errors_without_a_field_and_their_reason() -> None:
+    error = TensorDecodeError("", "bad shape")
+    assert (str(error), error.field, error.reason) == ("tensor: bad shape", "", "bad shape")
+    with pytest.raises(TensorDecodeError) as info:
+        from_tensor(_raw(tensor_pb2.DTYPE_UNSPECIFIED, [1], 8))
+    assert str(info.value).startswith("tensor: dtype unspecified is not one of float32")
+    assert info.value.field == ""
+
+
+@pytest.mark.parametrize(
+    ("tensor", "reason"),
+    [
+        (_raw(tensor_pb2.DTYPE_UNSPECIFIED, [1], 8), "dtype unspecified is not one of"),
+        (_raw(tensor_pb2.DTYPE_FLOAT64, [-1, 2], 0), "shape (-1, 2) has a negative dimension"),
+        (
+            tensor_pb2.Tensor(dtype=tensor_pb2.DTYPE_BOOL, shape=[2], data=b"\x00\x02"),
+            "bool data must be bytes 0 or 1",
+        ),
+    ],
+    ids=["dtype", "negative", "bool"],
+)
+def test_every_decode_error_names_its_field(tensor: tensor_pb2.Tensor, reason: str) -> None:
+    with pytest.raises(TensorDecodeError) as info:
+        from_tensor(tensor, field="x")
+    assert info.value.field == "x"
+    assert info.value.reason.startswith(reason)
+    assert str(info.value) == f"tensor 'x': {info.value.reason}"
+
+
+def test_unsupported_wire_dtypes_name_the_supported_ones() -> None:
+    supported = "supported: float32, float64, int64, int32, bool"
+    for helper in (dtype_name, dtype_to_numpy):
+        with pytest.raises(ValueError) as info:
+            helper(7)
+        assert str(info.value) == f"unsupported wire dtype 7; {supported}"
+
+
+def test_unsupported_numpy_dtypes_say_how_to_convert() -> None:
+    with pytest.raises(TypeError) as info:
+        dtype_from_numpy(np.float16)
+    assert str(info.value) == (
+        "values of dtype float16 cannot be sent as a tensor; supported dtypes: "
+        "float32, float64, int64, int32, bool (convert with .astype(...) first)"
+    )
+    # The target dtype is checked before the cast (numpy refuses to cast floats to datetimes).
+    with pytest.raises(TypeError, match=r"^datetimes cannot be sent as a tensor"):
+        to_tensor([1.0], dtype="datetime64[s]")
+
+
+def test_map_decoding_applies_the_element_limit() -> None:
+    tensors = to_tensors({"a": np.zeros(3), "b": np.zeros(4)})
+    assert set(from_tensors(tensors, max_elements=4)) == {"a", "b"}
+    with pytest.raises(TensorTooLargeError, match=r"tensor 'b': 4 elements .* limit of 3"):
+        from_tensors(tensors, max_elements=3)
+
+
+def test_fill_tensor_map_encodes_like_to_tensors() -> None:
+    values = {
+        "scalar": 2.5,
+        "ints": [[1, 2], [3, 4]],
+        "strided_big_endian": np.arange(12, dtype=">i4").reshape(3, 4)[:, ::2],
+        "empty": np.zeros((0, 2), np.float32),
+    }
+    message = pb.EvaluateRequest()
+    fill_tensor_map(message.inputs, values)
+    assert dict(message.inputs) == to_tensors(values)
+    for name, value in values.items():
+        np.testing.assert_array_equal(from_tensor(message.inputs[name]), np.asarray(value))
+
+
+# ---- the hand-written reader of large requests (read_tensor & co.) ----------------------------
+
+
+def _read(data: bytes) -> tuple[int, tuple[int, ...], bytes]:
+    raw = read_tensor(memoryview(data), 0, len(data))
+    return raw.dtype, raw.shape, bytes(raw.data)
+
+
+def _protobuf(data: bytes) -> tuple[int, tuple[int, ...], bytes]:
+    message = tensor_pb2.Tensor.FromString(data)
+    return message.dtype, tuple(message.shape), message.data
+
+
+VALUES = np.arange(3.0).tobytes()
+UNKNOWN = {  # one unknown field of each wire type: varint, fixed64, fixed32, length-delimited
+    "varint": b"\x20" + _varint(300),
+    "fixed64": b"\x29" + bytes(range(8)),
+    "fixed32": b"\x35" + bytes(range(4)),
+    "length": b"\x3a\x03abc",
+    "data-as-varint": b"\x18\x05",  # field 3 with the wrong wire type is unknown too
+}
+
+
+@pytest.mark.parametrize("unknown", UNKNOWN.values(), ids=UNKNOWN.keys())
+@pytest.mark.parametrize("where", ["first", "between", "last"])
+def test_the_reader_skips_unknown_fields_as_protobuf_does(unknown: bytes, where: str) -> None:
+    head, data = b"\x08\x02\x12\x01\x03", b"\x1a\x18" + VALUES
+    layout = {"first": unknown + head + data, "between": head + unknown + data}
+    serialized = layout.get(where, head + data + unknown)
+    assert _read(serialized) == _protobuf(serialized) == (2, (3,), VALUES)
+
+
+@pytest.mark.parametrize("dtype", [0, 1, 99, 2**31 - 1, -1, -(2**31), 2**32 + 5])
+def test_the_reader_reads_dtypes_as_int32_enums(dtype: int) -> None:
+    serialized = b"\x08" + _varint(dtype)
+    assert _read(serialized) == _protobuf(serialized)
+
+
+def test_the_reader_defaults_like_protobuf() -> None:
+    assert _read(b"") == _protobuf(b"") == (0, (), b"")
+    entry = b"\x0a\x01x"  # a map entry with a key and no value
+    key, raw = read_tensor_map_entry(memoryview(entry), 0, len(entry))
+    assert (key, raw.dtype, raw.shape, bytes(raw.data)) == ("x", 0, (), b"")
+    assert pb.EvaluateRequest.FromString(b"\x1a\x03" + entry).inputs["x"] == tensor_pb2.Tensor()
+    key, _ = read_tensor_map_entry(memoryview(b"\x12\x00"), 0, 2)  # and no key
+    assert key == ""
+
+
+def test_a_span_may_end_exactly_at_the_end() -> None:
+    assert read_span(memoryview(b"\x02ab"), 0, 3) == (1, 3)
+    assert skip_field(memoryview(b"\x02ab"), 2, 0, 3) == 3
+
+
+@pytest.mark.parametrize(
+    ("read", "data", "message"),
+    [
+        (read_varint, b"\x80", "truncated or overlong varint"),
+        (read_varint, b"\xff" * 10 + b"\x01", "truncated or overlong varint"),
+        (read_span, b"\x03ab", "truncated field"),
+        (lambda view, pos, end: skip_field(view, 3, pos, end), b"", "wire type 3"),
+        (lambda view, pos, end: skip_field(view, 1, pos, end), bytes(7), "truncated field"),
+        (lambda view, pos, end: skip_field(view, 5, pos, end), bytes(3), "truncated field"),
+        (lambda view, pos, end: skip_field(view, 2, pos, end), b"\x02a", "truncated field"),
+        (read_tensor, b"\x12\x05\x01", "truncated shape"),
+        (read_tensor, b"\x1a\x05ab", "truncated data"),
+        (read_tensor_map_entry, b"\x0a\x05ab", "truncated map entry"),
+        (read_tensor_map_entry, b"\x0a\x01\xff", "map key is not UTF-8"),
+        (read_tensor_map_entry, b"\x12\x00\x12\x00", "map entry value given twice"),
+        (read_tensor_map_entry, b"\x08\x01", "unknown field in a map entry"),
+        (read_tensor_map_entry, b"\x1a\x00", "unknown field in a map entry"),
+    ],
+)
+def test_what_the_reader_refuses_it_says_why(read, data: bytes, message: str) -> None:
+    with pytest.raises(WireFormatError) as info:
+        read(memoryview(data), 0, len(data))
+    assert str(info.value) == message

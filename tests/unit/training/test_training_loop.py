@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 
 import numpy as np
 import pytest
@@ -225,7 +227,8 @@ def test_non_finite_step_is_reported_and_not_applied(bad, mlp_grad, make_problem
         for event in train(poisoned, params, data, cfg):
             seen.append(event)
     assert info.value.step == 3
-    assert "step 3" in str(info.value)
+    what = {"nan": "loss (nan)", "inf": "loss (inf)", "grad": "gradient norm (nan)"}[str(bad)]
+    assert str(info.value) == f"non-finite {what} at step 3"
     last = seen[-1]
     assert isinstance(last, StepEvent) and last.step == 3 and not last.finite
     # The last checkpoint is the state after step 2: step 3's gradient was never applied.
@@ -260,3 +263,62 @@ def test_shuffled_batching_is_recomputable_per_epoch():
         tail = list(iter_batches(data, 4, shuffle=True, seed=5, epoch=epoch, start=2))
         assert np.array_equal(tail[0]["y"], batches[2]["y"])
     assert epoch_order(n, shuffle=False, seed=5, epoch=0) is None
+
+
+def test_checkpoints_carry_their_steps_loss_and_the_final_one_its_epoch(mlp_grad, make_problem):
+    params, data = make_problem()
+    cfg = config(OPTIMIZERS[0], report_every=1, checkpoint_every=5)
+    events = list(train(mlp_grad, params, data, cfg))
+    losses = {e.step: e.loss for e in events if isinstance(e, StepEvent)}
+    ckpts = [e.checkpoint for e in events if isinstance(e, CheckpointEvent)]
+    # 12 steps of 4 batches an epoch: at step 5, at step 10, and a final one after step 12,
+    # at the end of the last epoch, which points at the start of the next.
+    assert [(c.step, c.epoch, c.cursor) for c in ckpts] == [(5, 1, 1), (10, 2, 2), (12, 3, 0)]
+    assert [c.loss for c in ckpts] == [losses[5], losses[10], losses[12]]
+
+
+def test_resume_from_the_end_takes_no_step(mlp_grad, make_problem):
+    params, data = make_problem()
+    cfg = config(OPTIMIZERS[2])
+    end = [
+        e.checkpoint for e in train(mlp_grad, params, data, cfg) if isinstance(e, CheckpointEvent)
+    ]
+    events = list(train(mlp_grad, params, data, cfg, resume=end[-1]))
+    assert len(events) == 1  # no step, no checkpoint: only the result of the checkpoint
+    assert (events[0].steps, events[0].final_loss) == (12, end[-1].loss)
+    assert_params_equal(events[0].params, end[-1].params)
+
+
+def test_a_checkpoint_at_step_0_is_accepted(mlp_grad, make_problem):
+    params, data = make_problem()
+    cfg = config(OPTIMIZERS[0], checkpoint_every=1, epochs=None, max_steps=2)
+    first = next(
+        e.checkpoint for e in train(mlp_grad, params, data, cfg) if isinstance(e, CheckpointEvent)
+    )
+    start = dataclasses.replace(first, step=0, epoch=0, cursor=0, params=params)
+    assert final(train(mlp_grad, params, data, cfg, resume=start)).steps == 2
+
+
+def test_result_elapsed_is_the_runs_wall_time(mlp_grad, make_problem):
+    params, data = make_problem()
+    began = time.perf_counter()
+    result = final(train(mlp_grad, params, data, config(OPTIMIZERS[0])))
+    assert 0 < result.elapsed_seconds <= time.perf_counter() - began
+
+
+def test_gradients_are_cast_to_the_parameters_dtype(mlp_grad, make_problem):
+    params, data = make_problem(dtype=np.float32)
+
+    def double(p, b):  # float64 gradients of float32 parameters
+        loss, grads = mlp_grad(p, b)
+        return loss, {k: g.astype(np.float64) for k, g in grads.items()}
+
+    cfg = config(OPTIMIZERS[2], report_every=1)
+    runs = [list(train(fn, params, data, cfg)) for fn in (double, mlp_grad)]
+    steps = [
+        [(e.step, e.loss, e.grad_norm) for e in run[:-1] if isinstance(e, StepEvent)]
+        for run in runs
+    ]
+    assert steps[0] == steps[1]
+    assert_params_equal(runs[0][-1].params, runs[1][-1].params)
+    assert {v.dtype for v in runs[0][-1].params.values()} == {np.dtype(np.float32)}
