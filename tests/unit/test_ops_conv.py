@@ -14,7 +14,7 @@ from gradcheck import (
     op_program,
     program,
 )
-from gradserve.autodiff import evaluate, vjp_values
+from gradserve.autodiff import evaluate, jvp_values, vjp_values
 from gradserve.autodiff.transforms import vjp
 
 RNG = np.random.default_rng(0)
@@ -308,9 +308,28 @@ def test_window_ops_batched_twice():
     )
 
 
-def test_max_pool_derivative_ops_are_each_others_transpose():
-    x = RNG.permutation(32).reshape(1, 2, 4, 4) / 3.0
-    attrs = {"kernel_shape": [2, 2], "pads": [1, 1, 0, 0], "strides": [2, 1]}
+def test_max_pool_ties_share_the_cotangent_evenly_in_tiles():
+    # strides = kernel: the windows tile x (the one-step path), the last row in no window
+    x = np.array([[[[1.0, 1.0, 0.0, 3.0], [1.0, 0.0, 3.0, 3.0], [5.0, 4.0, 2.0, 2.0]]]])
+    p = op_program("max_pool", [x.shape], {"kernel_shape": [2, 2], "strides": [2, 2]})
+    np.testing.assert_array_equal(evaluate(p, {"x0": x})["y"], [[[[1, 3]]]])
+    _, grads = vjp_values(p, {"x0": x}, {"y": np.array([[[[3.0, 6.0]]]])}, ["x0"])
+    expected = [[1.0, 1.0, 0.0, 2.0], [1.0, 0.0, 2.0, 2.0], [0.0, 0.0, 0.0, 0.0]]
+    np.testing.assert_array_equal(grads["x0"][0, 0], expected)
+    _, tangents = jvp_values(p, {"x0": x}, {"x0": np.arange(12.0).reshape(x.shape)}, ["y"])
+    np.testing.assert_allclose(tangents["y"], [[[[(0 + 1 + 4) / 3, (3 + 6 + 7) / 3]]]])
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"kernel_shape": [2, 2], "pads": [1, 1, 0, 0], "strides": [2, 1]},
+        {"kernel_shape": [2, 2], "strides": [2, 2]},  # tiles
+        {"kernel_shape": [2, 1], "strides": [2, 1]},  # tiles
+    ],
+)
+def test_max_pool_derivative_ops_are_each_others_transpose(attrs):
+    x = RNG.permutation(2 * 5 * 4).reshape(1, 2, 5, 4) / 3.0
     top = evaluate(op_program("max_pool", [x.shape], attrs), {"x0": x})["y"]
     for name, v_shape in (("max_pool_pick", x.shape), ("max_pool_grad", top.shape)):
         p = program(
@@ -322,9 +341,10 @@ def test_max_pool_derivative_ops_are_each_others_transpose():
 
 
 @pytest.mark.filterwarnings("error")
-def test_max_pool_nan_takes_the_gradient():
+@pytest.mark.parametrize("strides", [[1, 1], [2, 2]])
+def test_max_pool_nan_takes_the_gradient(strides):
     x = np.array([[[[1.0, np.nan], [0.0, 2.0]]]])
-    p = op_program("max_pool", [x.shape], {"kernel_shape": [2, 2]})
+    p = op_program("max_pool", [x.shape], {"kernel_shape": [2, 2], "strides": strides})
     assert np.isnan(evaluate(p, {"x0": x})["y"]).all()
     _, grads = vjp_values(p, {"x0": x}, {"y": np.ones((1, 1, 1, 1))}, ["x0"])
     np.testing.assert_array_equal(grads["x0"][0, 0], [[0, 1], [0, 0]])
