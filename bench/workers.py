@@ -1,8 +1,10 @@
 """WK and SH: one Jacobian of about a second shared among server processes (``parallel=K``).
 
-The Jacobian is that of y = tanh(W2 tanh(W1 x)), x and y of 768 and a hidden layer of 2304,
-the weights constants of the graph (sent once, then its graph_id): 768 cotangents through two
-768x2304 layers, 12 chunks of 64 rows for the server, 4.5 MiB of result. One `gs.Client` in
+The Jacobian is that of y = f(f(...f(x))), LAYERS times the block f(x) = tanh(W2 tanh(W1 x)),
+x and y of 768 and a hidden layer of 2304, the two weights constants of the graph shared by
+every block (sent once, then its graph_id): 768 cotangents through 2 x LAYERS 768x2304 layers,
+12 chunks of 64 rows for the server, 4.5 MiB of result. LAYERS makes a plain call take about a
+second on one quiet core (one block takes 0.1-0.16 s). One `gs.Client` in
 this process makes the calls, timed in interleaved rounds (`time_interleaved`).
 
 - WK: `c.jacobian(..., parallel=2)` to `gradserve serve --workers 2` against the same call to
@@ -12,9 +14,14 @@ this process makes the calls, timed in interleaved rounds (`time_interleaved`).
 - SH: `parallel=3` over a round_robin channel to three replicas (three `gradserve serve`, an
   ``ipv4:`` list of their addresses) against the plain call to one of them.
 
-The servers run with the benchmark's BLAS threads (one, by default), so a process computes on
-one core: on this 2-core machine two processes can at best halve the time, and three replicas
-cannot do better than two.
+The servers keep their own BLAS policy (`--blas-threads 0`: cores / workers / concurrent
+RPCs, one thread each here), not the benchmark's GRADSERVE_BLAS_THREADS, because the rows
+compare server configurations as deployed: with two BLAS threads in each of two processes
+the cores would be oversubscribed. So a call computes on one core; on this 2-core machine two
+processes can at best halve the time, and three replicas cannot do better than two. One
+process with parallel=2 also runs its two shares at once, on two RPC threads (numpy releases
+the GIL in its loops and GEMMs), so `--workers 1, parallel=2` is about as fast as
+`--workers 2`.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ import numpy as np
 from bench.harness import Contender, Row, Settings, time_interleaved
 from bench.servers import ServerUnavailable, Started, gradserve_command, started_server
 
-N, HIDDEN = 768, 2304
+N, HIDDEN, LAYERS = 768, 2304, 6
+OWN_BLAS = ("--blas-threads", "0")
 
 
 def graph() -> Any:
@@ -41,7 +49,10 @@ def graph() -> Any:
     x = g.input("x", shape=(N,))
     W1 = g.constant(rng.standard_normal((HIDDEN, N)) / np.sqrt(N))
     W2 = g.constant(rng.standard_normal((N, HIDDEN)) / np.sqrt(HIDDEN))
-    g.output("y", gs.tanh(W2 @ gs.tanh(W1 @ x)))
+    y = x
+    for _ in range(LAYERS):
+        y = gs.tanh(W2 @ gs.tanh(W1 @ y))
+    g.output("y", y)
     return g
 
 
@@ -91,7 +102,9 @@ def wk(settings: Settings) -> Row:
     with ExitStack() as stack:
         try:
             two, one = (
-                stack.enter_context(started_server(gradserve_command("--workers", str(n))))
+                stack.enter_context(
+                    started_server(gradserve_command("--workers", str(n), *OWN_BLAS))
+                )
                 for n in (2, 1)
             )
         except ServerUnavailable as exc:
@@ -123,7 +136,9 @@ def sh(settings: Settings) -> Row:
     )
     with ExitStack() as stack:
         try:
-            replicas = [stack.enter_context(started_server(gradserve_command())) for _ in range(3)]
+            replicas = [
+                stack.enter_context(started_server(gradserve_command(*OWN_BLAS))) for _ in range(3)
+            ]
         except ServerUnavailable as exc:
             row.notes[row.gradserve] = str(exc)[:200]
             return row
