@@ -15,6 +15,8 @@ Three things must happen before numpy (or torch, or jax) loads, so they happen h
   and XLA's Eigen pool, all in one process, would starve each other (numpy's W4 went from 15 ms
   alone to 180 ms interleaved); on all cores every library, gradserve's servers included
   (GRADSERVE_BLAS_THREADS), may use them all.
+Then the process takes the servers' malloc settings (`gradserve.process.tune_malloc`: freed
+arrays reused, not returned to the kernel), for every contender in it alike.
 """
 
 import os
@@ -45,7 +47,11 @@ _threads = int(_option(_argv, "--threads") or len(_cores))
 if _threads > 0:
     os.environ.update(thread_environment(_threads))
 
-from bench.cli import main  # noqa: E402  (after the environment is set)
+from gradserve.process import tune_malloc  # noqa: E402  (after the environment is set)
+
+tune_malloc()  # the servers' malloc settings, for every in-process contender alike
+
+from bench.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

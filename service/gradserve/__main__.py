@@ -12,12 +12,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from gradserve import logfmt
     from gradserve.config import load_settings
-    from gradserve.process import limit_malloc_arenas
+    from gradserve.process import tune_malloc
     from gradserve.workers import prepare_environment, serve_workers
 
     settings = load_settings(argv[1:], prog="gradserve serve")
     logfmt.configure(settings.log_level)
-    limit_malloc_arenas()  # before any thread starts; the workers inherit it
+    tune_malloc()  # before any thread starts; the workers inherit it
     if settings.workers > 1:
         prepare_environment(settings)  # before anything imports prometheus_client
         return serve_workers(settings)
