@@ -8,6 +8,7 @@ HVPs against H v; derivative programs by running them.
 from __future__ import annotations
 
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -117,6 +118,48 @@ def test_hvp_of_rosenbrock_is_h_times_v_and_never_forms_h():
     np.testing.assert_allclose(hv["x"], rosenbrock_hessian(x) @ v, rtol=1e-11)
     program = derivative_program(p, "f", "x", "hvp")
     assert all(p2.size <= n for p2 in program.types.values())  # no n x n value anywhere
+
+
+def test_hvp_of_an_mlp_is_the_gradients_difference_and_computes_no_gradient(monkeypatch):
+    # H2's shape: of the hvp program's large products, the gradient's own (h1^T delta) feeds
+    # only the gradient, an output that hvp does not return, so it is not run.
+    hessian_module = sys.modules["gradserve.autodiff.hessian"]  # the package exports hessian()
+    rng = np.random.default_rng(7)
+    shapes = {"X": (32, 8), "W1": (8, 16), "W2": (16, 16), "W3": (16, 1), "Y": (32, 1)}
+    feeds = {k: rng.standard_normal(s) / np.sqrt(s[0]) for k, s in shapes.items()}
+    nodes = [
+        ("z1", "matmul", ("X", "W1")),
+        ("h1", "tanh", ("z1",)),
+        ("z2", "matmul", ("h1", "W2")),
+        ("h2", "tanh", ("z2",)),
+        ("z3", "matmul", ("h2", "W3")),
+        ("loss", "mse", ("z3", "Y")),
+    ]
+    p = Program.build(
+        GraphDef(
+            tuple(InputDef(k, "float64", s) for k, s in shapes.items()),
+            tuple(NodeDef(*n) for n in nodes),
+            ("loss",),
+        )
+    )
+    v = rng.standard_normal(shapes["W2"])
+    run = []
+    real = hessian_module.compile_program
+    monkeypatch.setattr(hessian_module, "compile_program", lambda q: run.append(q) or real(q))
+    value, hv = hvp(p, feeds, "loss", ["W2"], {"W2": v})
+    np.testing.assert_allclose(value, evaluate(p, feeds)["loss"], rtol=1e-15)
+
+    def grad(w2: np.ndarray) -> np.ndarray:
+        return vjp_values(p, {**feeds, "W2": w2}, {"loss": np.array(1.0)}, ["W2"])[1]["W2"]
+
+    eps = 1e-5
+    central = (grad(feeds["W2"] + eps * v) - grad(feeds["W2"] - eps * v)) / (2 * eps)
+    np.testing.assert_allclose(hv["W2"], central, rtol=1e-6, atol=1e-9)
+    (program,) = run
+    full = derivative_program(p, "loss", "W2", "hvp")
+    assert len(program.outputs) == 2 and len(full.outputs) == 4
+    matmuls = [sum(n.op == "matmul" for n in q.nodes) for q in (program, full)]
+    assert matmuls[0] == matmuls[1] - 1
 
 
 def test_derivative_programs_run_to_what_the_api_returns():

@@ -541,6 +541,24 @@ def test_jacobian_through_a_linear_head_is_the_matrix_scaled_not_an_identity_pro
     assert batches == [None]  # one unbatched JVP of relu(h + b) in h: a diagonal
 
 
+@pytest.mark.parametrize("mode", ["auto", "forward", "reverse"])
+def test_a_dense_jacobian_through_a_linear_head_takes_about_the_result_in_memory(mode):
+    # M1's shape: d tanh(A x) / d x is dense, of.size x wrt.size; detecting its pattern (an
+    # index and a gather entry per element, cached) took more than the result itself.
+    m, n = 6000, 20
+    rng = np.random.default_rng(6)
+    A, x = rng.standard_normal((m, n)) / np.sqrt(n), rng.standard_normal(n)
+    p = build({"A": (m, n), "x": (n,)}, [("h", "matmul", ("A", "x")), ("y", "tanh", ("h",))], "y")
+    PROGRAM_CACHE.clear()
+    tracemalloc.start()
+    _, jac = jacobian(p, {"A": A, "x": x}, ["y"], ["x"], mode=mode)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    block = jac["y"]["x"]
+    np.testing.assert_allclose(block, (1 - np.tanh(A @ x) ** 2)[:, None] * A, rtol=1e-12)
+    assert peak <= 1.5 * block.nbytes, (peak, block.nbytes)
+
+
 def test_no_linear_head_when_wrt_is_used_twice_or_is_the_output():
     p = build({"W": (3, 4), "x": (4,)}, [("h", "matmul", ("W", "x")), ("s", "sin", ("x",))], "h")
     assert sys.modules["gradserve.autodiff.jacobian"].linear_head(p, "x") is None

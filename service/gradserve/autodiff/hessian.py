@@ -79,9 +79,11 @@ def hvp(
     feeds = _feeds(program, d, inputs)
     for w, seed in zip(wrt, h.seeds, strict=True):
         feeds[seed] = check_array(w, v[w], program.types[w], "v")
-    out = compile_program(h.program).run(feeds, cancel)
-    products = out[len(h.values) + 1 :]  # after the values, the tangent of `of` itself
-    return out[0], dict(zip(wrt, products, strict=True))
+    # Only the value of `of` and H v: the gradient and the directional derivative, outputs of
+    # the hvp program, are not needed here, and `select` drops their work (for an MLP, one of
+    # the four large products). results[0] is the tangent of `of` itself.
+    value, *products = compile_program(select(h.program, (of, *h.results[1:]))).run(feeds, cancel)
+    return value, dict(zip(wrt, products, strict=True))
 
 
 def hessian_rows(
@@ -109,5 +111,7 @@ def hessian_rows(
         seeds = np.zeros((count, n), dtype)
         seeds[np.arange(count), np.arange(start, start + count)] = 1
         seeds = seeds.reshape((count, *program.types[rows].shape))
-        _, tangents = compile_program(t.program).run({**feeds, t.seeds[0]: seeds}, cancel)
+        # The tangents alone: the gradient's value, the JVP's other output, is not needed.
+        plan = compile_program(select(t.program, t.results))
+        (tangents,) = plan.run({**feeds, t.seeds[0]: seeds}, cancel)
         yield start, tangents

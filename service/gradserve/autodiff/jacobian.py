@@ -216,6 +216,17 @@ def linear_head(program: Program, wrt: str) -> LinearHead | None:
     return LinearHead(node.name, matrix, transposed, cut)
 
 
+def _colours_through_head(inner: ColourPlan, n: int, mode: str) -> int:
+    """What `colour_plan` would count for J[of][wrt] (n columns) through a linear head, without
+    detecting its pattern (of.size x n entries for a dense block: M1's 20000 x 20 took more
+    memory than the result). Detection sees the matrix as dense, so a row of J is full where
+    the inner block's row has any entry and empty elsewhere: n colours of columns, and one
+    colour of rows per non-empty row."""
+    rows = int(np.count_nonzero(np.diff(inner.pattern.indptr)))
+    columns = n if rows else 0
+    return columns if mode == "forward" else rows if mode == "reverse" else min(columns, rows)
+
+
 def _through_linear_head(
     program: Program,
     feeds: Arrays,
@@ -311,24 +322,25 @@ def _structured(
     when neither saves half of the dense computation's `passes` and `sparse` is not asked.
     The chain rule at a linear head mixes the inner block's columns, so with a `part` the
     first share computes that block whole and the others leave it out."""
-    if symmetric:
-        plan = symmetric_plan(program, of, wrt, cancel=cancel)
-    else:
-        plan = colour_plan(program, of, wrt, mode, cancel=cancel)
     shape = program.types[of].shape + program.types[wrt].shape
     head = linear_head(program, wrt) if of != wrt and not symmetric else None
     inner = head and colour_plan(head.program, of, head.value, mode, cancel=cancel)
-    if inner and 2 * inner.count <= min(passes, plan.count):
+    n = program.types[wrt].size
+    if inner and 2 * inner.count <= min(passes, _colours_through_head(inner, n, mode)):
         if part is not None and part[0] > 0:
-            empty = sp.csr_array(plan.pattern.shape, dtype=program.types[of].dtype)
+            empty = sp.csr_array((program.types[of].size, n), dtype=program.types[of].dtype)
             return None, empty if sparse else np.zeros(shape, program.types[of].dtype)
         value, flat = _through_linear_head(program, feeds, of, head, inner, chunk_size, cancel)
         if not sparse:
             return value, flat.reshape(shape)
         # On the detected pattern, numerically zero entries included.
-        pattern = plan.pattern
+        pattern = structural_pattern(program, of, wrt, cancel=cancel)
         data = flat[np.repeat(np.arange(flat.shape[0]), np.diff(pattern.indptr)), pattern.indices]
         return value, sp.csr_array((data, pattern.indices, pattern.indptr), flat.shape)
+    if symmetric:
+        plan = symmetric_plan(program, of, wrt, cancel=cancel)
+    else:
+        plan = colour_plan(program, of, wrt, mode, cancel=cancel)
     if sparse or 2 * plan.count <= passes:
         value, block = _coloured_block(program, feeds, of, wrt, plan, chunk_size, cancel, part)
         return value, block if sparse else block.toarray().reshape(shape)
