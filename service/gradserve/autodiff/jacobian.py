@@ -30,7 +30,7 @@ from gradserve.autodiff.colouring import colour_columns, colour_rows, star_colou
 from gradserve.autodiff.executor import FOLD_MAX_ELEMENTS, Executable, compile_program
 from gradserve.autodiff.ir import GraphError, InputDef, Program
 from gradserve.autodiff.registry import OPS
-from gradserve.autodiff.simplify import bind, simplify
+from gradserve.autodiff.simplify import bind
 from gradserve.autodiff.sparsity import PatternTooLarge, structural_pattern
 from gradserve.autodiff.transforms import (
     Derivative,
@@ -264,13 +264,13 @@ def _seeds(d: Derivative, plan: ColourPlan, start: int, batch: int) -> np.ndarra
 def _seeded_pass(
     program: Program, of: str, wrt: str, plan: ColourPlan, start: int, batch: int
 ) -> Executable:
-    """The pass of colours [start, start + batch) with its seeds bound as a constant and
-    simplified: what depends on the seeds alone (the tangents of the linear ops next to wrt,
-    or the cotangents next to of: slices, concatenations, scalings) is folded at compile
-    time, so a warm pass runs only the work that depends on the inputs' values."""
+    """The pass of colours [start, start + batch) with its seeds bound as a constant: what
+    depends on the seeds alone (the tangents of the linear ops next to wrt, or the cotangents
+    next to of: slices, concatenations, scalings) is folded at compile time, so a warm pass
+    runs only the work that depends on the inputs' values."""
     d = _pass(program, of, wrt, plan.forward, batch)
     seeds = _seeds(d, plan, start, batch)
-    return Executable(simplify(bind(d.program, {d.seeds[0]: seeds})))
+    return Executable(bind(d.program, {d.seeds[0]: seeds}))
 
 
 def _coloured_block(
