@@ -17,6 +17,7 @@ shares' entries are bit for bit the whole one's, and the other shares' entries a
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -243,6 +244,15 @@ def _through_linear_head(
     return value, np.asarray(inner @ (matrix.T if head.transposed else matrix))
 
 
+def _with_data(pattern: sp.csr_array, data: np.ndarray) -> sp.csr_array:
+    """The CSR array of `pattern`'s structure holding `data` (in its order): a shallow copy of
+    the pattern with its data replaced. It skips the constructor's checks of the structure
+    (most of the cost of a warm sparse result's assembly), which was checked when made."""
+    out = copy.copy(pattern)
+    out.data = data
+    return out
+
+
 def _pass(program: Program, of: str, wrt: str, forward: bool, batch: int) -> Derivative:
     """The derivative program of one pass of `batch` (co)tangents. One needs no batch axis,
     and the transform without a batch argument is the one other calls have cached (the
@@ -308,7 +318,9 @@ def _coloured_block(
             del seeds
         compressed = compressed.reshape(-1)
         if batch == plan.count:  # one chunk holds every entry
-            np.take(compressed, plan.gather, out=data)
+            # "clip" never clips (the plan's offsets are in range) and, unlike "raise", writes
+            # straight into `out` without a buffer.
+            np.take(compressed, plan.gather, out=data, mode="clip")
         else:
             which = (plan.gather >= start * read) & (plan.gather < (start + batch) * read)
             offsets = plan.gather[which]
@@ -322,7 +334,7 @@ def _coloured_block(
         rows = np.repeat(np.arange(m), np.diff(pattern.indptr))[mine]
         indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=m))))
         return value, sp.csr_array((data[mine], pattern.indices[mine], indptr), shape=(m, n))
-    return value, sp.csr_array((data, pattern.indices, pattern.indptr), shape=(m, n))
+    return value, _with_data(pattern, data)
 
 
 def _structured(
@@ -359,7 +371,7 @@ def _structured(
         # On the detected pattern, numerically zero entries included.
         pattern = plan.pattern
         data = flat[np.repeat(np.arange(flat.shape[0]), np.diff(pattern.indptr)), pattern.indices]
-        return value, sp.csr_array((data, pattern.indices, pattern.indptr), flat.shape)
+        return value, _with_data(pattern, data)
     if sparse or 2 * plan.count <= passes:
         value, block = _coloured_block(program, feeds, of, wrt, plan, chunk_size, cancel, part)
         return value, block if sparse else block.toarray().reshape(shape)
