@@ -36,11 +36,14 @@ def doubled(case: Case) -> Program:
     output the sum of the two results."""
     p = case.program
     inputs = set(p.input_names)
+
+    def twin(name: str) -> str:
+        return name if name in inputs else f"{name}~"
+
     nodes = list(p.nodes)
     for node in p.nodes:
-        copy = tuple(s if s in inputs else f"{s}~" for s in node.inputs)
-        nodes.append(NodeDef(f"{node.name}~", node.op, copy, node.attrs))
-    nodes.append(NodeDef("both", "add", (case.out, f"{case.out}~")))
+        nodes.append(NodeDef(twin(node.name), node.op, tuple(map(twin, node.inputs)), node.attrs))
+    nodes.append(NodeDef("both", "add", (case.out, twin(case.out))))
     return Program.build(GraphDef(p.inputs, tuple(nodes), ("both",)))
 
 
