@@ -167,7 +167,10 @@ class Executable:
                 # A constant's value is its attribute; other values are made by folding.
                 small = node.op == "constant" or program.types[node.name].size <= FOLD_MAX_ELEMENTS
                 if small and all(a in known for a in args):
-                    value = known[slot[node.name]] = np.asarray(fn(*[known[a] for a in args]))
+                    value = np.asarray(fn(*[known[a] for a in args]))
+                    if not value.flags.c_contiguous:  # a view (a slice of a Jacobian's seeds):
+                        value = value.copy()  # every run reads it, faster whole
+                    known[slot[node.name]] = value
                     ops.append("constant")
                     if args:
                         self.folded_bytes += value.nbytes
