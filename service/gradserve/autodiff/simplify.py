@@ -31,6 +31,8 @@ def needed_by(nodes: Sequence[NodeDef], targets: Iterable[str]) -> set[str]:
 def _attr_key(value: object) -> Hashable:
     if isinstance(value, np.ndarray):
         return (value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, float):  # -0.0 == 0.0, but they may give other bits
+        return ("float", repr(value))
     if isinstance(value, list | tuple):
         return tuple(_attr_key(v) for v in value)
     return value
