@@ -167,7 +167,10 @@ class Executable:
                 # A constant's value is its attribute; other values are made by folding.
                 small = node.op == "constant" or program.types[node.name].size <= FOLD_MAX_ELEMENTS
                 if small and all(a in known for a in args):
-                    value = known[slot[node.name]] = np.asarray(fn(*[known[a] for a in args]))
+                    value = np.asarray(fn(*[known[a] for a in args]))
+                    if not value.flags.c_contiguous:  # a view (a slice of a Jacobian's seeds):
+                        value = value.copy()  # every run reads it, faster whole
+                    known[slot[node.name]] = value
                     ops.append("constant")
                     if args:
                         self.folded_bytes += value.nbytes
@@ -215,15 +218,18 @@ class Executable:
             slots[s] = inputs[spec.name]
         for s, value in self._constants:
             slots[s] = value
+        # `map`, not a list comprehension: most steps are small numpy calls, and building the
+        # argument list would cost about as much as the call.
+        get = slots.__getitem__
         # Singular points are expected (log(0) in an untaken where-branch): no warnings.
         with np.errstate(all="ignore"):
             for fn, args, out, dead, donor in self._steps:
                 if cancel is not None and cancel():
                     raise Cancelled
                 if donor < 0:
-                    slots[out] = fn(*[slots[a] for a in args])
+                    slots[out] = fn(*map(get, args))
                 else:
-                    slots[out] = fn(*[slots[a] for a in args], out=slots[donor])
+                    slots[out] = fn(*map(get, args), out=slots[donor])
                 for d in dead:
                     slots[d] = None
         return [

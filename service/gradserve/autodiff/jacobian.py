@@ -17,6 +17,7 @@ shares' entries are bit for bit the whole one's, and the other shares' entries a
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -27,11 +28,19 @@ import scipy.sparse as sp
 from gradserve.autodiff.api import Arrays, Cancel, check_inputs
 from gradserve.autodiff.cache import cached, entry_bytes
 from gradserve.autodiff.colouring import colour_columns, colour_rows, star_colouring
-from gradserve.autodiff.executor import compile_program
+from gradserve.autodiff.executor import FOLD_MAX_ELEMENTS, Executable, compile_program
 from gradserve.autodiff.ir import GraphError, InputDef, Program
 from gradserve.autodiff.registry import OPS
+from gradserve.autodiff.simplify import bind
 from gradserve.autodiff.sparsity import PatternTooLarge, structural_pattern
-from gradserve.autodiff.transforms import active_values, check_targets, jvp, select, vjp
+from gradserve.autodiff.transforms import (
+    Derivative,
+    active_values,
+    check_targets,
+    jvp,
+    select,
+    vjp,
+)
 
 MODES = ("auto", "forward", "reverse")
 # Work per chunk, in elements of the widest value times the batch; see `chunk_rows`.
@@ -108,7 +117,7 @@ def _one_hot(start: int, rows: int, width: int, dtype: str) -> np.ndarray:
     return seeds
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ColourPlan:
     """How to compute one block by colouring: its pattern, the direction (forward: colours of
     columns, one tangent each; reverse: colours of rows, one cotangent each) and the colours.
@@ -246,6 +255,45 @@ def _through_linear_head(
     return value, np.asarray(inner @ (matrix.T if head.transposed else matrix))
 
 
+def _with_data(pattern: sp.csr_array, data: np.ndarray) -> sp.csr_array:
+    """The CSR array of `pattern`'s structure holding `data` (in its order): a shallow copy of
+    the pattern with its data replaced. It skips the constructor's checks of the structure
+    (most of the cost of a warm sparse result's assembly), which was checked when made."""
+    out = copy.copy(pattern)
+    out.data = data
+    return out
+
+
+def _pass(program: Program, of: str, wrt: str, forward: bool, batch: int) -> Derivative:
+    """The derivative program of one pass of `batch` (co)tangents. One needs no batch axis,
+    and the transform without a batch argument is the one other calls have cached (the
+    program cache keys f(a) and f(a, None) apart)."""
+    axis = (batch,) if batch > 1 else ()
+    return jvp(program, (wrt,), (of,), *axis) if forward else vjp(program, (of,), (wrt,), *axis)
+
+
+def _seeds(d: Derivative, plan: ColourPlan, start: int, batch: int) -> np.ndarray:
+    """The seeds of colours [start, start + batch): each the sum of its colour's unit vectors."""
+    seed = d.program.types[d.seeds[0]]
+    seeds = np.zeros((batch, plan.colours.size), seed.dtype)
+    chosen = np.flatnonzero((plan.colours >= start) & (plan.colours < start + batch))
+    seeds[plan.colours[chosen] - start, chosen] = 1
+    return seeds.reshape(seed.shape)
+
+
+@cached
+def _seeded_pass(
+    program: Program, of: str, wrt: str, plan: ColourPlan, start: int, batch: int
+) -> Executable:
+    """The pass of colours [start, start + batch) with its seeds bound as a constant: what
+    depends on the seeds alone (the tangents of the linear ops next to wrt, or the cotangents
+    next to of: slices, concatenations, scalings) is folded at compile time, so a warm pass
+    runs only the work that depends on the inputs' values."""
+    d = _pass(program, of, wrt, plan.forward, batch)
+    seeds = _seeds(d, plan, start, batch)
+    return Executable(bind(d.program, {d.seeds[0]: seeds}))
+
+
 def _coloured_block(
     program: Program,
     feeds: Arrays,
@@ -263,32 +311,27 @@ def _coloured_block(
     pattern = plan.pattern
     m, n = pattern.shape
     data = np.empty(pattern.nnz, types[of].dtype)
-    seeded, read = (n, m) if plan.forward else (m, n)
-    colours = plan.colours
+    read = m if plan.forward else n
     step = chunk_size or chunk_rows(program, (of,), (wrt,), plan.count, pattern.nnz)
     value = None
     starts = chunk_starts(plan.count, step, part)
     for start in starts:
         batch = min(step, plan.count - start)
-        seeds = np.zeros((batch, seeded), types[wrt if plan.forward else of].dtype)
-        chosen = np.flatnonzero((colours >= start) & (colours < start + batch))
-        seeds[colours[chosen] - start, chosen] = 1
-        del chosen
-        # One (co)tangent needs no batch axis, and the transform without a batch argument is
-        # the one other calls have cached (the program cache keys f(a) and f(a, None) apart).
-        axis = (batch,) if batch > 1 else ()
-        if plan.forward:
-            d = jvp(program, (wrt,), (of,), *axis)
-            seeds = seeds.reshape(axis + types[wrt].shape)
-        else:
-            d = vjp(program, (of,), (wrt,), *axis)
-            seeds = seeds.reshape(axis + types[of].shape)
         value = None  # the last chunk's is returned: no older one lives through a pass
-        value, compressed = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
-        del seeds
+        if batch * plan.colours.size <= FOLD_MAX_ELEMENTS:
+            value, compressed = _seeded_pass(program, of, wrt, plan, start, batch).run(
+                feeds, cancel
+            )
+        else:
+            d = _pass(program, of, wrt, plan.forward, batch)
+            seeds = _seeds(d, plan, start, batch)
+            value, compressed = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
+            del seeds
         compressed = compressed.reshape(-1)
         if batch == plan.count:  # one chunk holds every entry
-            np.take(compressed, plan.gather, out=data)
+            # "clip" never clips (the plan's offsets are in range) and, unlike "raise", writes
+            # straight into `out` without a buffer.
+            np.take(compressed, plan.gather, out=data, mode="clip")
         else:
             which = (plan.gather >= start * read) & (plan.gather < (start + batch) * read)
             offsets = plan.gather[which]
@@ -302,7 +345,7 @@ def _coloured_block(
         rows = np.repeat(np.arange(m), np.diff(pattern.indptr))[mine]
         indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=m))))
         return value, sp.csr_array((data[mine], pattern.indices[mine], indptr), shape=(m, n))
-    return value, sp.csr_array((data, pattern.indices, pattern.indptr), shape=(m, n))
+    return value, _with_data(pattern, data)
 
 
 def _structured(
@@ -336,7 +379,7 @@ def _structured(
         # On the detected pattern, numerically zero entries included.
         pattern = structural_pattern(program, of, wrt, cancel=cancel)
         data = flat[np.repeat(np.arange(flat.shape[0]), np.diff(pattern.indptr)), pattern.indices]
-        return value, sp.csr_array((data, pattern.indices, pattern.indptr), flat.shape)
+        return value, _with_data(pattern, data)
     if symmetric:
         plan = symmetric_plan(program, of, wrt, cancel=cancel)
     else:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from gradserve.autodiff.cache import cached
 from gradserve.autodiff.ir import GraphError, InputDef, NodeDef, Program, TensorType
 from gradserve.autodiff.registry import OPS
+from gradserve.autodiff.simplify import needed_by, simplified
 from gradserve.autodiff.symbolic import Emitter, Sym, broadcast_to, lift, sum_to, zeros
 
 
@@ -60,23 +61,12 @@ def active_values(program: Program, of: Iterable[str], wrt: Iterable[str]) -> se
     return _depends_on(program, wrt) & needed_by(program.nodes, of)
 
 
-def needed_by(nodes: Sequence[NodeDef], targets: Iterable[str]) -> set[str]:
-    """The values that `targets` are computed from (themselves included)."""
-    needed = set(targets)
-    for node in reversed(nodes):
-        if node.name in needed:
-            needed.update(node.inputs)
-    return needed
-
-
 def _finish(program: Program, em: Emitter, seeds: list[InputDef], outputs: list[str]) -> Program:
-    """Assemble primal + emitted nodes, drop what the outputs do not need."""
-    nodes = [*program.nodes, *em.nodes]
-    needed = needed_by(nodes, outputs)
-    kept = tuple(n for n in nodes if n.name in needed)
-    names = {n.name for n in kept} | {i.name for i in program.inputs} | {s.name for s in seeds}
-    types = {k: v for k, v in em.types.items() if k in names}
-    return Program(program.inputs + tuple(seeds), kept, tuple(outputs), types)
+    """Assemble primal + emitted nodes, simplified (`simplify.py`: rules written one operand
+    at a time repeat work) and without what the outputs do not need."""
+    return simplified(
+        program.inputs + tuple(seeds), (*program.nodes, *em.nodes), tuple(outputs), em.types
+    )
 
 
 def _distinct(em: Emitter, syms: list[Sym], taken: Iterable[str]) -> list[str]:
