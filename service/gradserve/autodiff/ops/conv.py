@@ -154,6 +154,14 @@ implement(
 
 # ---- conv and its two derivative ops: the kernels ----------------------------------------------
 
+# OpenBLAS's sgemm is 2-4x slower on a product with one dimension in the tens of thousands and
+# the others tiny (N * S' = 50176 columns for LeNet's first layer, against 6 channels and 25
+# kernel offsets) than on the same product in slices of about 4096 of that dimension: conv's
+# and conv_kernel_grad's GEMMs go slice by slice. (conv_input_grad's, whose long dimension is
+# its result's columns, was not faster so for LeNet's second layer, and only 5-15 % for the
+# first, whose col2im adds dominate.)
+SLICE = 4096
+
 
 def _geometry(x_shape: tuple[int, ...], w_shape: tuple[int, ...], attrs: dict) -> Window:
     return window(
@@ -183,10 +191,9 @@ def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, groups=1
     kernel = w.reshape(groups, n_out // groups, math.prod(w.shape[1:]))
     cols = columns(x, geom, groups)  # (G, C/G * K, N * S')
     out = np.empty((n, n_out, spatial), np.result_type(kernel, cols))
-    # The GEMM's result (O, N * S') goes to the (N, O, S') layout, with the bias, in the same
-    # pass; done a few samples (about 4096 columns) at a time, each slice of the result is still
-    # in the cache when it is moved (10-30 % faster than one GEMM and one pass over it all).
-    step = max(1, 4096 // spatial)
+    # Whole samples per slice: each slice of the result (O, n * S') goes to the (N, O, S')
+    # layout, with the bias, while it is still in the cache.
+    step = max(1, SLICE // spatial)
     for start in range(0, n, step):
         part = np.matmul(kernel, cols[..., start * spatial : (start + step) * spatial])
         part = part.reshape(n_out, -1, spatial).swapaxes(0, 1)
@@ -243,12 +250,11 @@ def _kernel_grad(
     spatial = math.prod(geom.out)
     gm = g.reshape(n, groups, og, spatial).transpose(1, 2, 0, 3).reshape(groups, og, n * spatial)
     cols = columns(x, geom, groups)  # (G, C/G * K, N * S')
-    # A GEMM with tiny outer dimensions and an inner one of N * S' (50k for LeNet's first layer)
-    # is 2-4x slower in OpenBLAS than the same product summed over slices of 4096 of the inner
-    # dimension; and the columns on the left are faster than on the right.
+    # The long dimension is the inner one here: the slices' products are summed. (The columns
+    # as the left operand are faster than as the right one.)
     out = np.zeros((groups, cols.shape[1], og), np.result_type(cols, gm))
-    for start in range(0, cols.shape[2], 4096):
-        part = slice(start, start + 4096)
+    for start in range(0, cols.shape[2], SLICE):
+        part = slice(start, start + SLICE)
         out += np.matmul(cols[..., part], gm[..., part].swapaxes(1, 2))
     return out.swapaxes(1, 2).reshape(n_out, x.shape[1] // groups, *kernel_shape)
 
