@@ -225,6 +225,31 @@ def test_where(shapes):
         check_second_derivatives(p, feeds, wrt=wrt)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64"])
+@pytest.mark.parametrize("zero", [0.0, -0.0, 1.0])
+@pytest.mark.parametrize("c_shape", [(2, 3), (3,)], ids=str)
+def test_where_zero_branch_is_exact(dtype, zero, c_shape):
+    # A +0 branch takes the bit-mask path (`keep`): it must give np.where's values bit for bit,
+    # the other branch's NaN, inf and -0.0 dropped where not taken; -0.0 and 1 take np.where.
+    rng = np.random.default_rng(9)
+    a = (rng.standard_normal((2, 3)) * 5).astype(dtype)
+    if dtype != "int64":
+        a[0] = [np.nan, np.inf, -0.0]
+        a[1, 0] = -np.inf
+    c = rng.random(c_shape) > 0.5
+    z = np.array(zero).astype(dtype)
+    for order in (("a", "z"), ("z", "a")):
+        p = program(
+            {"c": (c_shape, "bool"), "a": ((2, 3), dtype), "z": ((), dtype)},
+            [("y", "where", ["c", *order])],
+            ["y"],
+        )
+        got = evaluate(p, {"c": c, "a": a, "z": z})["y"]
+        want = np.where(c, *({"a": a, "z": z}[k] for k in order))
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.tobytes() == want.tobytes()
+
+
 def test_where_condition_has_no_gradient():
     p = _where_program(((3,), (3,), (3,)))
     with pytest.raises(GraphError) as err:

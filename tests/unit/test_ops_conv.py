@@ -350,6 +350,31 @@ def test_max_pool_nan_takes_the_gradient(strides):
     np.testing.assert_array_equal(grads["x0"][0, 0], [[0, 1], [0, 0]])
 
 
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"kernel_shape": [2, 2], "strides": [2, 2]},  # tiles x exactly
+        {"kernel_shape": [2, 2], "strides": [3, 3]},  # apart, elements in no window
+        {"kernel_shape": [2, 2], "strides": [1, 1]},  # overlapping
+    ],
+)
+def test_max_pool_grad_non_finite_cotangent_reaches_the_maxima_only(attrs):
+    x = RNG.permutation(16).reshape(1, 1, 4, 4) / 3.0
+    p = op_program("max_pool", [x.shape], attrs)
+    top = evaluate(p, {"x0": x})["y"]
+    g = np.ones(top.shape)
+    g[0, 0, 0, 0], g[0, 0, -1, -1] = np.inf, np.nan
+    _, grads = vjp_values(p, {"x0": x}, {"y": g}, ["x0"])
+    expected = np.zeros(x.shape)
+    for i, j in np.ndindex(*top.shape[2:]):  # each window's cotangent to its (single) max
+        s = attrs["strides"]
+        win = x[0, 0, i * s[0] : i * s[0] + 2, j * s[1] : j * s[1] + 2]
+        a, b = np.unravel_index(win.argmax(), win.shape)
+        expected[0, 0, i * s[0] + a, j * s[1] + b] += g[0, 0, i, j]
+    np.testing.assert_array_equal(grads["x0"], expected)
+    assert not np.signbit(grads["x0"][expected == 0]).any()
+
+
 # ---- validation --------------------------------------------------------------------------------
 
 

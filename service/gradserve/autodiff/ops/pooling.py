@@ -28,6 +28,7 @@ from gradserve_client.opset.conv import Window
 from gradserve_client.opset.conv import pool_geometry as _geometry
 
 from gradserve.autodiff.ops.conv import crop, padded_shape, patches, per_sample, window_slices
+from gradserve.autodiff.ops.elementwise import keep
 from gradserve.autodiff.registry import implement
 from gradserve.autodiff.symbolic import Sym, broadcast_to, op, reshape
 
@@ -73,7 +74,7 @@ def _max_pool_pick(x: np.ndarray, ans: np.ndarray, t: np.ndarray, **attrs) -> np
     cols = patches(t, **geom.attrs)
     out = np.zeros(t.shape[: t.ndim - x.ndim] + ans.shape, t.dtype)
     for offset, hit in hits:
-        out += np.where(hit, cols[(Ellipsis, *offset)], 0)
+        out += keep(hit, cols[(Ellipsis, *offset)])
     out /= count
     return out
 
@@ -82,10 +83,23 @@ def _max_pool_grad(x: np.ndarray, ans: np.ndarray, g: np.ndarray, **attrs) -> np
     geom, hits, count = _hits(x, ans, attrs)
     share = g / count
     spatial = x.shape[2:]
-    out = np.zeros(g.shape[: g.ndim - len(spatial)] + padded_shape(spatial, geom.pads), g.dtype)
+    padded = padded_shape(spatial, geom.pads)
+    # Windows that do not overlap (strides >= their extent, as a 2x2 pool of stride 2) give each
+    # element at most one share: it is written, not added; and where they also tile the padded
+    # input, nothing is left to be zero.
+    extents = [d * (k - 1) + 1 for k, d in zip(geom.kernel, geom.dilations, strict=True)]
+    apart = all(s >= e for s, e in zip(geom.strides, extents, strict=True))
+    tiled = apart and all(
+        s == k and m * s == n
+        for s, k, m, n in zip(geom.strides, geom.kernel, geom.out, padded, strict=True)
+    )
+    out = (np.empty if tiled else np.zeros)(g.shape[: g.ndim - len(spatial)] + padded, g.dtype)
     for offset, hit in hits:
-        where = window_slices(offset, geom.strides, geom.dilations, geom.out)
-        out[(Ellipsis, *where)] += np.where(hit, share, 0)
+        where = (Ellipsis, *window_slices(offset, geom.strides, geom.dilations, geom.out))
+        if apart:
+            out[where] = keep(hit, share)
+        else:
+            out[where] += keep(hit, share)
     return crop(out, spatial, geom.pads)
 
 
