@@ -27,7 +27,7 @@ import numpy as np
 
 from gradserve.autodiff import memory
 from gradserve.autodiff.cache import cached
-from gradserve.autodiff.ir import Cancelled, Program
+from gradserve.autodiff.ir import Cancel, Cancelled, Program, check_cancel
 from gradserve.autodiff.registry import OPS
 
 # Larger values computed from constants alone (zeros too) are computed at every run, under the
@@ -149,7 +149,7 @@ class Executable:
         "program",
     )
 
-    def __init__(self, program: Program) -> None:
+    def __init__(self, program: Program, cancel: Cancel = None) -> None:
         self.program = program
         slot: dict[str, int] = {}
         for spec in program.inputs:
@@ -160,7 +160,8 @@ class Executable:
         self.folded_bytes = 0
         calls: list[tuple[Callable[..., np.ndarray], tuple[int, ...], int]] = []
         with np.errstate(all="ignore"):
-            for node in program.nodes:
+            for i, node in enumerate(program.nodes):
+                check_cancel(cancel, i)
                 slot[node.name] = len(slot)
                 fn = OPS[node.op].bind(node.attrs)
                 args = tuple(slot[s] for s in node.inputs)
@@ -233,6 +234,7 @@ class Executable:
 
 
 @cached
-def compile_program(program: Program) -> Executable:
-    """The Executable for `program`, compiled once per distinct program."""
-    return Executable(program)
+def compile_program(program: Program, *, cancel: Cancel = None) -> Executable:
+    """The Executable for `program`, compiled once per distinct program. Raises Cancelled
+    when ``cancel`` (asked every CANCEL_EVERY_NODES nodes) says so: nothing is cached then."""
+    return Executable(program, cancel)

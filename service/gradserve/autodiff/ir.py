@@ -18,8 +18,9 @@ from gradserve_client.opset import DTYPES, AttrValue, TensorType
 #: A cancel callback: True once the caller wants the work stopped (a deadline, a client gone).
 Cancel = Callable[[], bool] | None
 
-#: How many nodes validation (and decoding, rpc/codec.py) handles between two looks at the
-#: caller's cancel callback: a 40,000-node graph stops within a few milliseconds of its deadline.
+#: How many nodes validation (and decoding, rpc/codec.py; compilation, executor.py; the
+#: derivative transforms, transforms.py) handles between two looks at the caller's cancel
+#: callback: a 40,000-node graph stops within a few milliseconds of its deadline.
 CANCEL_EVERY_NODES = 512
 
 

@@ -228,7 +228,9 @@ def _through_linear_head(
     """(value of `of`, J[of][wrt] as an (of.size, wrt.size) array) by the chain rule at the
     head: J[of][value] by colouring, times the matrix (a structured seed: no identity is ever
     pushed through the matmul)."""
-    matrix, y = compile_program(select(program, (head.matrix, head.value))).run(feeds, cancel)
+    matrix, y = compile_program(select(program, (head.matrix, head.value)), cancel=cancel).run(
+        feeds, cancel
+    )
     value, inner = _coloured_block(
         head.program, {**feeds, head.value: y}, of, head.value, plan, chunk_size, cancel
     )
@@ -267,13 +269,15 @@ def _coloured_block(
         # the one other calls have cached (the program cache keys f(a) and f(a, None) apart).
         axis = (batch,) if batch > 1 else ()
         if plan.forward:
-            d = jvp(program, (wrt,), (of,), *axis)
+            d = jvp(program, (wrt,), (of,), *axis, cancel=cancel)
             seeds = seeds.reshape(axis + types[wrt].shape)
         else:
-            d = vjp(program, (of,), (wrt,), *axis)
+            d = vjp(program, (of,), (wrt,), *axis, cancel=cancel)
             seeds = seeds.reshape(axis + types[of].shape)
         value = None  # the last chunk's is returned: no older one lives through a pass
-        value, compressed = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
+        value, compressed = compile_program(d.program, cancel=cancel).run(
+            {**feeds, d.seeds[0]: seeds}, cancel
+        )
         del seeds
         compressed = compressed.reshape(-1)
         if batch == plan.count:  # one chunk holds every entry
@@ -415,9 +419,11 @@ def jacobian(
             )
             for start in chunk_starts(n, step, part):
                 rows = min(step, n - start)
-                d = jvp(program, (w,), tuple(os_), rows)
+                d = jvp(program, (w,), tuple(os_), rows, cancel=cancel)
                 seeds = _one_hot(start, rows, n, types[w].dtype).reshape((rows, *types[w].shape))
-                out = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
+                out = compile_program(d.program, cancel=cancel).run(
+                    {**feeds, d.seeds[0]: seeds}, cancel
+                )
                 for o, value, tangent in zip(os_, out, out[len(os_) :], strict=False):
                     values[o] = value
                     m = types[o].size
@@ -425,7 +431,11 @@ def jacobian(
     missing = tuple(o for o in of if o not in values)
     if missing:  # only when there is nothing to differentiate (an empty wrt)
         values.update(
-            zip(missing, compile_program(select(program, missing)).run(feeds, cancel), strict=True)
+            zip(
+                missing,
+                compile_program(select(program, missing), cancel=cancel).run(feeds, cancel),
+                strict=True,
+            )
         )
     return values, result
 
@@ -446,10 +456,10 @@ def _reverse_blocks(
     step = chunk_size or chunk_rows(program, (of,), wrt, m, m * n)
     for start in chunk_starts(m, step, part):
         rows = min(step, m - start)
-        d = vjp(program, (of,), tuple(wrt), rows)
+        d = vjp(program, (of,), tuple(wrt), rows, cancel=cancel)
         seeds = _one_hot(start, rows, m, program.types[of].dtype)
         seeds = seeds.reshape((rows, *program.types[of].shape))
-        out = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
+        out = compile_program(d.program, cancel=cancel).run({**feeds, d.seeds[0]: seeds}, cancel)
         yield start, rows, out[0], dict(zip(wrt, out[1:], strict=True))
 
 
