@@ -27,7 +27,7 @@ import numpy as np
 
 from gradserve.autodiff import memory
 from gradserve.autodiff.cache import cached
-from gradserve.autodiff.ir import Cancel, Cancelled, Program, check_cancel
+from gradserve.autodiff.ir import Cancel, Cancelled, Program, at_node, check_cancel
 from gradserve.autodiff.registry import OPS
 
 # Larger values computed from constants alone (zeros too) are computed at every run, under the
@@ -209,7 +209,8 @@ class Executable:
         """The outputs, in `program.outputs` order. `inputs` must already be checked.
 
         Raises `memory.MemoryLimitExceeded`, before any step, if the plan's peak is over the
-        budget in force."""
+        budget in force. An exception a step raises carries a note naming its node and where
+        the client built it (`ir.at_node`)."""
         memory.check(self.peak)
         slots: list = [None] * self.n_slots
         for spec, s in zip(self.program.inputs, self._input_slots, strict=True):
@@ -221,10 +222,15 @@ class Executable:
             for fn, args, out, dead, donor in self._steps:
                 if cancel is not None and cancel():
                     raise Cancelled
-                if donor < 0:
-                    slots[out] = fn(*[slots[a] for a in args])
-                else:
-                    slots[out] = fn(*[slots[a] for a in args], out=slots[donor])
+                try:  # free when nothing is raised (Python 3.11)
+                    if donor < 0:
+                        slots[out] = fn(*[slots[a] for a in args])
+                    else:
+                        slots[out] = fn(*[slots[a] for a in args], out=slots[donor])
+                except Exception as exc:
+                    # Slots are the inputs, then the nodes in order: `out` is the node's slot.
+                    at_node(exc, self.program.nodes[out - len(self._input_slots)])
+                    raise
                 for d in dead:
                     slots[d] = None
         return [

@@ -34,6 +34,23 @@ def check_cancel(cancel: Cancel, i: int) -> None:
         raise Cancelled
 
 
+def value_name(name: str, op: str) -> str:
+    """How a message names a value of a plan; derivative programs name theirs ``%op12``."""
+    if op == "input":
+        return f'input "{name}"'
+    if name.startswith("%"):
+        return f'the derivative\'s value "{name}" ({op})'
+    return f'node "{name}" ({op})'
+
+
+def at_node(exc: BaseException, node: NodeDef) -> None:
+    """Note on ``exc``, raised by ``node``'s step while a plan ran, which node that was and
+    where the client built it (its `source`, as validation errors say): the rpc layer puts the
+    note in the status message (rpc/errors.py `where`)."""
+    where = value_name(node.name, node.op)
+    exc.add_note(f"{where}, built at {node.source}" if node.source else where)
+
+
 class GraphError(ValueError):
     """A graph or its inputs are invalid. `node` names the node or input, `field` what is wrong."""
 

@@ -169,6 +169,7 @@ def vjp(
         if g is None or node.name not in active:
             continue
         opdef = OPS[node.op]
+        em.source = node.source
         xs = [em.sym(s) for s in node.inputs]
         ans = em.sym(node.name)
         needs = [s in active for s in node.inputs]
@@ -219,6 +220,7 @@ def jvp(
         opdef = OPS[node.op]
         if not opdef.differentiable:
             continue
+        em.source = node.source
         xs = [em.sym(s) for s in node.inputs]
         ans = em.sym(node.name)
         if opdef.partials is not None:
