@@ -14,6 +14,44 @@ from gradserve.config import Settings
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
+class StopSignals:
+    """SIGTERM and SIGINT, awaited by the main thread on a pipe that the interpreter's C-level
+    signal handler writes (`signal.set_wakeup_fd`), whichever thread the kernel picked.
+
+    Nothing of ours runs in Python when a signal comes. The handler used to set a
+    `threading.Event` that the main thread waited on; when the signal was handled while the
+    main thread held that Event's (non-reentrant) lock, inside ``wait()``, the handler blocked
+    on it for ever and the server ignored SIGTERM: rare with a 1 s wait, more likely under load
+    (`tests/unit/test_stop_signals.py`). Install it first, in the main thread: a signal from
+    then on is kept until `wait` reads it."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)  # the C handler must never block
+        self._previous = signal.set_wakeup_fd(self._write)
+        self._handlers = {sig: signal.signal(sig, _noted) for sig in STOP_SIGNALS}
+
+    def wait(self) -> signal.Signals:
+        """Block until a stop signal arrives (or has arrived since install); which one."""
+        while True:
+            for number in os.read(self._read, 64):  # retried after EINTR (PEP 475)
+                if number in STOP_SIGNALS:
+                    return signal.Signals(number)
+
+    def close(self) -> None:
+        """The previous handlers and wakeup fd back."""
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(self._previous)
+        os.close(self._read)
+        os.close(self._write)
+
+
+def _noted(signum: int, frame: object) -> None:
+    """A Python handler must be set for the C handler to write the wakeup pipe; it has
+    nothing left to do (and takes no lock)."""
+
+
 @contextlib.contextmanager
 def stop_signals_blocked() -> Iterator[None]:
     """Block SIGTERM and SIGINT in this thread while threads are started, so that those threads

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 
 import grpc
@@ -20,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gradserve import blas
 from gradserve.config import Settings
-from gradserve.process import STOP_SIGNALS, start_metrics, stop_signals_blocked
+from gradserve.process import StopSignals, start_metrics, stop_signals_blocked
 from gradserve.rpc import SERVICE_NAME, GradientServicer, add_to_server
 from gradserve.rpc.auth import TokenAuthInterceptor, read_tokens
 from gradserve.rpc.interceptors import Chain, CountingThreadPool, Wrapping
@@ -149,9 +147,14 @@ def serve(settings: Settings, *, worker: bool = False, ready: int | None = None)
     instead): no banner and no metrics server (the parent serves them); it writes one line to
     the pipe ``ready`` once it serves, or the error that stopped it.
     """
-    stop = threading.Event()
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopSignals()
+    try:
+        return _serve(settings, stop, worker, ready)
+    finally:
+        stop.close()
+
+
+def _serve(settings: Settings, stop: StopSignals, worker: bool, ready: int | None) -> int:
     with stop_signals_blocked():
         blas_threads = blas.limit_threads(blas.planned_threads(settings))  # before serving
         try:
@@ -170,9 +173,8 @@ def serve(settings: Settings, *, worker: bool = False, ready: int | None = None)
         banner = f"{settings.host}:{port} ({metrics}; BLAS threads: {blas_threads})"
         print(f"gradserve listening on {banner}", flush=True)
     log.info("serving on %s:%s, BLAS threads: %d", settings.host, port, blas_threads)
-    while not stop.wait(1.0):  # short waits: a belt to stop_signals_blocked's braces
-        pass
-    log.info("shutting down: draining for up to %ss", settings.shutdown_grace)
+    signum = stop.wait()
+    log.info("%s: shutting down: draining for up to %ss", signum.name, settings.shutdown_grace)
     health_servicer.enter_graceful_shutdown()
     server.stop(settings.shutdown_grace).wait()
     log.info("stopped")

@@ -41,8 +41,9 @@ def _tiny_roundtrip(stub) -> float:
 def one_thread_server(make_server):
     """A stub of a server with one pool thread (max_concurrent_rpcs=0 sizes the pool by
     worker_threads alone; a limit would add headroom threads), so that a tiny call is served
-    only once the long one let go, and with LONG already in its graph cache: building a
-    program is not cancellable, only running it is."""
+    only once the long one let go, and with LONG already in its graph cache and its plan
+    compiled, so that the deadline falls while it runs (a deadline while it is compiled:
+    ``test_a_deadline_while_compiling_frees_the_worker``)."""
     running = make_server(worker_threads=1, max_concurrent_rpcs=0)
     _, stub = running.stub()
     with pytest.raises(grpc.RpcError):
@@ -68,6 +69,33 @@ def test_client_cancellation_frees_the_worker(make_server):
     time.sleep(0.3)
     future.cancel()
     assert _tiny_roundtrip(stub) < 1.0
+
+
+def slow_to_compile(n: int, size: int = 1_000_000) -> G:
+    """y = x + sum(c) + sum(c) + ... (n sums of one constant c of ``size`` elements): quick to
+    validate, but compiling folds every sum of the constant (most of a millisecond each), so
+    the plan takes seconds to compile and no time to run."""
+    nodes = [("c", "constant", [], {"value": np.ones(size)}), ("a0", "sum", ["c"], {})]
+    for i in range(1, n):
+        nodes += [(f"s{i}", "sum", ["c"], {}), (f"a{i}", "add", [f"a{i - 1}", f"s{i}"], {})]
+    nodes.append(("y", "add", [f"a{n - 1}", "x"], {}))
+    return G([("x", "float64", [])], nodes, ["y"])
+
+
+def test_a_deadline_while_compiling_frees_the_worker(make_server):
+    """A graph validated and cached by DerivativeProgram (which compiles nothing), then
+    evaluated by id with a deadline that falls while its plan, 4 to 10 s of work, is compiled:
+    the compilation stops at its next cancel check (256 sums later) instead of finishing."""
+    running = make_server(worker_threads=1, max_concurrent_rpcs=0)
+    _, stub = running.stub()
+    graph = slow_to_compile(12_000).proto()
+    kind = pb.DERIVATIVE_KIND_VJP
+    graph_id = stub.DerivativeProgram(pb.DerivativeProgramRequest(graph=graph, kind=kind)).graph_id
+    request = pb.EvaluateRequest(graph_id=graph_id, inputs=tensors({"x": 1.0}))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Evaluate(request, timeout=0.5)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert _tiny_roundtrip(stub) < 1.0  # the worker thread let go of the compilation
 
 
 def test_max_concurrent_rpcs(make_server):

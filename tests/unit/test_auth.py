@@ -5,6 +5,7 @@ tests/integration/test_security.py."""
 from __future__ import annotations
 
 import hmac
+import io
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -134,3 +135,16 @@ def test_the_interceptor_denies_with_unauthenticated_in_the_call_s_shape() -> No
     with pytest.raises(Aborted) as info:
         denied.unary_stream(object(), Context())
     assert info.value.args == (grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+
+
+def test_the_token_file_is_read_as_utf_8_whatever_the_locale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server started under a Latin-1 locale (LANG=de_DE.ISO-8859-1, say) reads the file as
+    UTF-8 all the same: ``open`` without an encoding asks ``io.text_encoding``, which would
+    then answer the locale's."""
+    monkeypatch.setattr(io, "text_encoding", lambda encoding, stacklevel=2: encoding or "latin-1")
+    path = tmp_path / "tokens"
+    path.write_bytes("t\u00f6k\u00e9n-1\n".encode())
+    assert path.read_text() != "t\u00f6k\u00e9n-1\n"  # what the locale would make of it
+    assert auth.read_tokens(path) == ["t\u00f6k\u00e9n-1".encode()]

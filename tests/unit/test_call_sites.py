@@ -10,6 +10,7 @@ import gradserve_client as gs
 import onnx
 import pytest
 from gradserve.autodiff import GraphError, Program
+from gradserve.autodiff.transforms import jvp, vjp
 from gradserve.rpc.codec import graph_from_proto
 from gradserve_client.proto import graph_pb2
 from onnx import helper
@@ -140,3 +141,21 @@ def test_converted_onnx_nodes_name_their_onnx_node() -> None:
     )
     g = gs.Graph.from_onnx(model.SerializeToString())
     assert sources(g) == {"y": "ONNX node 'the_sin' (Sin)"}
+
+
+@pytest.mark.parametrize("transform", ["vjp", "jvp"])
+def test_a_derivative_s_nodes_carry_the_source_of_the_node_they_differentiate(
+    transform: str,
+) -> None:
+    """y = sin(x) * w: every node a rule emits for sin (or for multiply) has sin's (or
+    multiply's) source, so an error while the derivative runs says where the user built it."""
+    g = graph_pb2.Graph(outputs=["y"])
+    g.inputs.add(name="x", dtype=2, shape=[3])
+    g.inputs.add(name="w", dtype=2, shape=[3])
+    g.nodes.add(name="s", op="sin", inputs=["x"], source="model.py:1 in f")
+    g.nodes.add(name="y", op="multiply", inputs=["s", "w"], source="model.py:2 in f")
+    program = Program.build(graph_from_proto(g, **UNLIMITED))
+    d = vjp(program, ("y",), ("x",)) if transform == "vjp" else jvp(program, ("x",), ("y",))
+    emitted = [n for n in d.program.nodes if n.name.startswith("%")]
+    assert {n.source for n in emitted} == {"model.py:1 in f", "model.py:2 in f"}
+    assert [n.source for n in emitted if n.op == "cos"] == ["model.py:1 in f"]

@@ -87,3 +87,51 @@ def test_grpc_s_view_of_the_deadline_wins() -> None:
     assert not cancelled()
     context.grpc_says_left = 0.0
     assert cancelled()
+
+
+class Clock:
+    """time.monotonic, set by hand: the boundaries are reached exactly."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FixedContext:
+    """A call context whose deadline is ``left`` seconds away by ``clock``."""
+
+    def __init__(self, clock: Clock, left: float | None) -> None:
+        self.clock = clock
+        self.deadline = None if left is None else clock.now + left
+        self.active = True
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - self.clock.now
+
+    def is_active(self) -> bool:
+        return self.active
+
+
+def test_the_call_is_over_at_its_deadline_exactly(monkeypatch) -> None:
+    clock = Clock(100.0)
+    monkeypatch.setattr(time, "monotonic", clock)
+    context = FixedContext(clock, left=1.0)
+    cancelled = cancel_callback(context, interval=10)
+    clock.now = 100.5
+    assert not cancelled()
+    clock.now = 101.0  # grpc says 0 s remain: the deadline has come
+    assert cancelled()
+
+
+def test_the_client_is_polled_when_its_interval_is_up_exactly(monkeypatch) -> None:
+    clock = Clock(100.0)
+    monkeypatch.setattr(time, "monotonic", clock)
+    context = FixedContext(clock, left=None)
+    cancelled = cancel_callback(context, interval=10)
+    context.active = False
+    clock.now = 109.5
+    assert not cancelled()  # not polled yet
+    clock.now = 110.0
+    assert cancelled()

@@ -71,6 +71,7 @@ def test_take_out_of_range_is_nan_for_floats_and_an_error_for_integers():
     with pytest.raises(GraphError) as info:
         evaluate(q, {"a": np.arange(3), "i": np.array([5])})
     assert info.value.field == "inputs" and "(5) is out of range" in info.value.reason
+    assert info.value.__notes__ == ['node "y" (take)']  # the executor's (ir.at_node)
 
 
 ALONG = [

@@ -492,9 +492,9 @@ def test_dense_requests_use_colouring_when_the_pattern_is_sparse(monkeypatch):
     batches = []
     real = jac_module.jvp
 
-    def spy(program, wrt, of, batch=None):
+    def spy(program, wrt, of, batch=None, **context):  # context: the cancel callback
         batches.append(batch)
-        return real(program, wrt, of, batch)
+        return real(program, wrt, of, batch, **context)
 
     monkeypatch.setattr(jac_module, "jvp", spy)
     _, jac = jacobian(p, {"x": x}, ["y"], ["x"], mode="forward")
@@ -525,9 +525,9 @@ def test_jacobian_through_a_linear_head_is_the_matrix_scaled_not_an_identity_pro
     batches = []
     real = jac_module.jvp
 
-    def spy(program, wrt, of, batch=None):
+    def spy(program, wrt, of, batch=None, **context):  # context: the cancel callback
         batches.append(batch)
-        return real(program, wrt, of, batch)
+        return real(program, wrt, of, batch, **context)
 
     monkeypatch.setattr(jac_module, "jvp", spy)
     PROGRAM_CACHE.clear()  # a compiled pass is cached: the spy sees only the first call's JVP

@@ -89,7 +89,7 @@ def evaluate(
 ) -> dict[str, np.ndarray]:
     """The values of `outputs` (default: all of the program's outputs)."""
     target = select(program, tuple(outputs)) if outputs else program
-    values = compile_program(target).run(check_inputs(program, inputs), cancel)
+    values = compile_program(target, cancel=cancel).run(check_inputs(program, inputs), cancel)
     return dict(zip(outputs or program.outputs, values, strict=True))
 
 
@@ -102,7 +102,7 @@ def vjp_values(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(values of the cotangents' outputs, gradients per `wrt`): one reverse pass."""
     of = tuple(cotangents)
-    d = vjp(program, of, tuple(wrt))
+    d = vjp(program, of, tuple(wrt), cancel=cancel)
     return _run_derivative(program, d, inputs, cotangents, "cotangents", wrt, cancel)
 
 
@@ -114,7 +114,7 @@ def jvp_values(
     cancel: Cancel = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(values of `of`, tangents of `of`): one forward pass."""
-    d = jvp(program, tuple(tangents), tuple(of))
+    d = jvp(program, tuple(tangents), tuple(of), cancel=cancel)
     return _run_derivative(program, d, inputs, tangents, "tangents", of, cancel)
 
 
@@ -131,24 +131,24 @@ def _run_derivative(
     feeds = check_inputs(program, inputs)
     for name, seed in zip(seeds, d.seeds, strict=True):
         feeds[seed] = check_array(name, seeds[name], program.types[name], field)
-    out = compile_program(d.program).run(feeds, cancel)
+    out = compile_program(d.program, cancel=cancel).run(feeds, cancel)
     n = len(d.values)
     return dict(zip(d.values, out, strict=False)), dict(zip(results, out[n:], strict=True))
 
 
 def value_and_grad(
-    program: Program, of: str, wrt: Sequence[str]
+    program: Program, of: str, wrt: Sequence[str], *, cancel: Cancel = None
 ) -> Callable[[Arrays, Cancel], tuple[np.ndarray, dict[str, np.ndarray]]]:
     """A function of the inputs returning (scalar `of`, its gradients per `wrt`).
 
-    The derivative program is built and compiled once; each call is one run of it, with inputs
-    trusted (the trainer checks them once up front).
+    The derivative program is built and compiled once (stopped by ``cancel``); each call is
+    one run of it, with inputs trusted (the trainer checks them once up front).
     """
     t = program.types.get(of)
     if t is None or t.shape != ():
         raise GraphError(of, "loss", f"must be a scalar output, got {t}")
-    d = vjp(program, (of,), tuple(wrt))
-    run = compile_program(d.program).run
+    d = vjp(program, (of,), tuple(wrt), cancel=cancel)
+    run = compile_program(d.program, cancel=cancel).run
     seed = np.ones((), t.dtype)
     names = tuple(wrt)
 

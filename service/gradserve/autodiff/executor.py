@@ -27,7 +27,7 @@ import numpy as np
 
 from gradserve.autodiff import memory
 from gradserve.autodiff.cache import cached
-from gradserve.autodiff.ir import Cancelled, Program
+from gradserve.autodiff.ir import Cancel, Cancelled, Program, at_node, check_cancel
 from gradserve.autodiff.registry import OPS
 
 # Larger values computed from constants alone (zeros too) are computed at every run, under the
@@ -149,7 +149,7 @@ class Executable:
         "program",
     )
 
-    def __init__(self, program: Program) -> None:
+    def __init__(self, program: Program, cancel: Cancel = None) -> None:
         self.program = program
         slot: dict[str, int] = {}
         for spec in program.inputs:
@@ -160,7 +160,8 @@ class Executable:
         self.folded_bytes = 0
         calls: list[tuple[Callable[..., np.ndarray], tuple[int, ...], int]] = []
         with np.errstate(all="ignore"):
-            for node in program.nodes:
+            for i, node in enumerate(program.nodes):
+                check_cancel(cancel, i)
                 slot[node.name] = len(slot)
                 fn = OPS[node.op].bind(node.attrs)
                 args = tuple(slot[s] for s in node.inputs)
@@ -211,7 +212,8 @@ class Executable:
         """The outputs, in `program.outputs` order. `inputs` must already be checked.
 
         Raises `memory.MemoryLimitExceeded`, before any step, if the plan's peak is over the
-        budget in force."""
+        budget in force. An exception a step raises carries a note naming its node and where
+        the client built it (`ir.at_node`)."""
         memory.check(self.peak)
         slots: list = [None] * self.n_slots
         for spec, s in zip(self.program.inputs, self._input_slots, strict=True):
@@ -226,10 +228,15 @@ class Executable:
             for fn, args, out, dead, donor in self._steps:
                 if cancel is not None and cancel():
                     raise Cancelled
-                if donor < 0:
-                    slots[out] = fn(*map(get, args))
-                else:
-                    slots[out] = fn(*map(get, args), out=slots[donor])
+                try:  # free when nothing is raised (Python 3.11)
+                    if donor < 0:
+                        slots[out] = fn(*map(get, args))
+                    else:
+                        slots[out] = fn(*map(get, args), out=slots[donor])
+                except Exception as exc:
+                    # Slots are the inputs, then the nodes in order: `out` is the node's slot.
+                    at_node(exc, self.program.nodes[out - len(self._input_slots)])
+                    raise
                 for d in dead:
                     slots[d] = None
         return [
@@ -239,6 +246,7 @@ class Executable:
 
 
 @cached
-def compile_program(program: Program) -> Executable:
-    """The Executable for `program`, compiled once per distinct program."""
-    return Executable(program)
+def compile_program(program: Program, *, cancel: Cancel = None) -> Executable:
+    """The Executable for `program`, compiled once per distinct program. Raises Cancelled
+    when ``cancel`` (asked every CANCEL_EVERY_NODES nodes) says so: nothing is cached then."""
+    return Executable(program, cancel)

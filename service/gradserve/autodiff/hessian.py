@@ -41,7 +41,7 @@ def hessian(
     """(value of `of`, {wi: {wj: d2 of / d wi d wj}}): dense blocks of shape wi.shape +
     wj.shape, or with `sparse` CSR arrays of shape (wi.size, wj.size); with a `part`, that
     share of the gradient's Jacobian (`jacobian.jacobian`)."""
-    d = gradient(program, of, wrt)
+    d = gradient(program, of, wrt, cancel=cancel)
     feeds = _feeds(program, d, inputs)
     _, blocks = jacobian(
         d.program,
@@ -54,7 +54,7 @@ def hessian(
         symmetric=tuple(zip(d.results, wrt, strict=True)),
         part=part,
     )
-    (value,) = compile_program(select(d.program, d.values)).run(feeds, cancel)
+    (value,) = compile_program(select(d.program, d.values), cancel=cancel).run(feeds, cancel)
     return value, {wi: blocks[g] for wi, g in zip(wrt, d.results, strict=True)}
 
 
@@ -68,21 +68,23 @@ def hvp(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(value of `of`, {w: (H v)[w]}), H the Hessian of the scalar `of` over `wrt` and v one
     vector per `wrt`: one forward-over-reverse pass."""
-    d = gradient(program, of, wrt)
+    d = gradient(program, of, wrt, cancel=cancel)
     for name in v:
         if name not in wrt:
             raise GraphError(name, "v", "not one of wrt")
     for w in wrt:
         if w not in v:
             raise GraphError(w, "v", "missing a vector for this wrt")
-    h = hvp_transform(program, of, wrt)
+    h = hvp_transform(program, of, wrt, cancel=cancel)
     feeds = _feeds(program, d, inputs)
     for w, seed in zip(wrt, h.seeds, strict=True):
         feeds[seed] = check_array(w, v[w], program.types[w], "v")
     # Only the value of `of` and H v: the gradient and the directional derivative, outputs of
     # the hvp program, are not needed here, and `select` drops their work (for an MLP, one of
     # the four large products). results[0] is the tangent of `of` itself.
-    value, *products = compile_program(select(h.program, (of, *h.results[1:]))).run(feeds, cancel)
+    value, *products = compile_program(select(h.program, (of, *h.results[1:])), cancel=cancel).run(
+        feeds, cancel
+    )
     return value, dict(zip(wrt, products, strict=True))
 
 
@@ -100,18 +102,18 @@ def hessian_rows(
     `wrt`), one forward-over-reverse pass per block, so that a Hessian larger than one message
     can be streamed. By symmetry, row r of H[rows][cols] is the tangent of the gradient by
     `cols` along the unit vector r of `rows`."""
-    d = gradient(program, of, wrt)
+    d = gradient(program, of, wrt, cancel=cancel)
     feeds = _feeds(program, d, inputs)
     grad = d.results[list(wrt).index(cols)]
     n = program.types[rows].size
     dtype = program.types[rows].dtype
     for start in range(0, n, rows_per_block):
         count = min(rows_per_block, n - start)
-        t = jvp(d.program, (rows,), (grad,), count)
+        t = jvp(d.program, (rows,), (grad,), count, cancel=cancel)
         seeds = np.zeros((count, n), dtype)
         seeds[np.arange(count), np.arange(start, start + count)] = 1
         seeds = seeds.reshape((count, *program.types[rows].shape))
         # The tangents alone: the gradient's value, the JVP's other output, is not needed.
-        plan = compile_program(select(t.program, t.results))
+        plan = compile_program(select(t.program, t.results), cancel=cancel)
         (tangents,) = plan.run({**feeds, t.seeds[0]: seeds}, cancel)
         yield start, tangents

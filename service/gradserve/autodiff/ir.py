@@ -18,8 +18,9 @@ from gradserve_client.opset import DTYPES, AttrValue, TensorType
 #: A cancel callback: True once the caller wants the work stopped (a deadline, a client gone).
 Cancel = Callable[[], bool] | None
 
-#: How many nodes validation (and decoding, rpc/codec.py) handles between two looks at the
-#: caller's cancel callback: a 40,000-node graph stops within a few milliseconds of its deadline.
+#: How many nodes validation (and decoding, rpc/codec.py; compilation, executor.py; the
+#: derivative transforms, transforms.py) handles between two looks at the caller's cancel
+#: callback: a 40,000-node graph stops within a few milliseconds of its deadline.
 CANCEL_EVERY_NODES = 512
 
 
@@ -31,6 +32,23 @@ def check_cancel(cancel: Cancel, i: int) -> None:
     """Raise Cancelled if ``cancel`` says so; asked only every CANCEL_EVERY_NODES-th node."""
     if cancel is not None and i % CANCEL_EVERY_NODES == 0 and cancel():
         raise Cancelled
+
+
+def value_name(name: str, op: str) -> str:
+    """How a message names a value of a plan; derivative programs name theirs ``%op12``."""
+    if op == "input":
+        return f'input "{name}"'
+    if name.startswith("%"):
+        return f'the derivative\'s value "{name}" ({op})'
+    return f'node "{name}" ({op})'
+
+
+def at_node(exc: BaseException, node: NodeDef) -> None:
+    """Note on ``exc``, raised by ``node``'s step while a plan ran, which node that was and
+    where the client built it (its `source`, as validation errors say): the rpc layer puts the
+    note in the status message (rpc/errors.py `where`)."""
+    where = value_name(node.name, node.op)
+    exc.add_note(f"{where}, built at {node.source}" if node.source else where)
 
 
 class GraphError(ValueError):

@@ -248,7 +248,9 @@ def _through_linear_head(
     """(value of `of`, J[of][wrt] as an (of.size, wrt.size) array) by the chain rule at the
     head: J[of][value] by colouring, times the matrix (a structured seed: no identity is ever
     pushed through the matmul)."""
-    matrix, y = compile_program(select(program, (head.matrix, head.value))).run(feeds, cancel)
+    matrix, y = compile_program(select(program, (head.matrix, head.value)), cancel=cancel).run(
+        feeds, cancel
+    )
     value, inner = _coloured_block(
         head.program, {**feeds, head.value: y}, of, head.value, plan, chunk_size, cancel
     )
@@ -264,12 +266,16 @@ def _with_data(pattern: sp.csr_array, data: np.ndarray) -> sp.csr_array:
     return out
 
 
-def _pass(program: Program, of: str, wrt: str, forward: bool, batch: int) -> Derivative:
+def _pass(
+    program: Program, of: str, wrt: str, forward: bool, batch: int, cancel: Cancel = None
+) -> Derivative:
     """The derivative program of one pass of `batch` (co)tangents. One needs no batch axis,
     and the transform without a batch argument is the one other calls have cached (the
     program cache keys f(a) and f(a, None) apart)."""
     axis = (batch,) if batch > 1 else ()
-    return jvp(program, (wrt,), (of,), *axis) if forward else vjp(program, (of,), (wrt,), *axis)
+    if forward:
+        return jvp(program, (wrt,), (of,), *axis, cancel=cancel)
+    return vjp(program, (of,), (wrt,), *axis, cancel=cancel)
 
 
 def _seeds(d: Derivative, plan: ColourPlan, start: int, batch: int) -> np.ndarray:
@@ -283,15 +289,22 @@ def _seeds(d: Derivative, plan: ColourPlan, start: int, batch: int) -> np.ndarra
 
 @cached
 def _seeded_pass(
-    program: Program, of: str, wrt: str, plan: ColourPlan, start: int, batch: int
+    program: Program,
+    of: str,
+    wrt: str,
+    plan: ColourPlan,
+    start: int,
+    batch: int,
+    *,
+    cancel: Cancel = None,
 ) -> Executable:
     """The pass of colours [start, start + batch) with its seeds bound as a constant: what
     depends on the seeds alone (the tangents of the linear ops next to wrt, or the cotangents
     next to of: slices, concatenations, scalings) is folded at compile time, so a warm pass
     runs only the work that depends on the inputs' values."""
-    d = _pass(program, of, wrt, plan.forward, batch)
+    d = _pass(program, of, wrt, plan.forward, batch, cancel)
     seeds = _seeds(d, plan, start, batch)
-    return Executable(bind(d.program, {d.seeds[0]: seeds}))
+    return Executable(bind(d.program, {d.seeds[0]: seeds}), cancel=cancel)
 
 
 def _coloured_block(
@@ -319,13 +332,15 @@ def _coloured_block(
         batch = min(step, plan.count - start)
         value = None  # the last chunk's is returned: no older one lives through a pass
         if batch * plan.colours.size <= FOLD_MAX_ELEMENTS:
-            value, compressed = _seeded_pass(program, of, wrt, plan, start, batch).run(
-                feeds, cancel
-            )
+            value, compressed = _seeded_pass(
+                program, of, wrt, plan, start, batch, cancel=cancel
+            ).run(feeds, cancel)
         else:
-            d = _pass(program, of, wrt, plan.forward, batch)
+            d = _pass(program, of, wrt, plan.forward, batch, cancel)
             seeds = _seeds(d, plan, start, batch)
-            value, compressed = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
+            value, compressed = compile_program(d.program, cancel=cancel).run(
+                {**feeds, d.seeds[0]: seeds}, cancel
+            )
             del seeds
         compressed = compressed.reshape(-1)
         if batch == plan.count:  # one chunk holds every entry
@@ -470,9 +485,11 @@ def jacobian(
             )
             for start in chunk_starts(n, step, part):
                 rows = min(step, n - start)
-                d = jvp(program, (w,), tuple(os_), rows)
+                d = jvp(program, (w,), tuple(os_), rows, cancel=cancel)
                 seeds = _one_hot(start, rows, n, types[w].dtype).reshape((rows, *types[w].shape))
-                out = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
+                out = compile_program(d.program, cancel=cancel).run(
+                    {**feeds, d.seeds[0]: seeds}, cancel
+                )
                 for o, value, tangent in zip(os_, out, out[len(os_) :], strict=False):
                     values[o] = value
                     m = types[o].size
@@ -480,7 +497,11 @@ def jacobian(
     missing = tuple(o for o in of if o not in values)
     if missing:  # only when there is nothing to differentiate (an empty wrt)
         values.update(
-            zip(missing, compile_program(select(program, missing)).run(feeds, cancel), strict=True)
+            zip(
+                missing,
+                compile_program(select(program, missing), cancel=cancel).run(feeds, cancel),
+                strict=True,
+            )
         )
     return values, result
 
@@ -501,10 +522,10 @@ def _reverse_blocks(
     step = chunk_size or chunk_rows(program, (of,), wrt, m, m * n)
     for start in chunk_starts(m, step, part):
         rows = min(step, m - start)
-        d = vjp(program, (of,), tuple(wrt), rows)
+        d = vjp(program, (of,), tuple(wrt), rows, cancel=cancel)
         seeds = _one_hot(start, rows, m, program.types[of].dtype)
         seeds = seeds.reshape((rows, *program.types[of].shape))
-        out = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
+        out = compile_program(d.program, cancel=cancel).run({**feeds, d.seeds[0]: seeds}, cancel)
         yield start, rows, out[0], dict(zip(wrt, out[1:], strict=True))
 
 

@@ -29,6 +29,9 @@ class Emitter:
         self.nodes: list[NodeDef] = []
         self._counter = 0
         self._constants: dict[tuple[str, bytes], Sym] = {}
+        # The source of the node whose rule is emitting: a derivative's node names the call site
+        # of the primal node it comes from in runtime errors.
+        self.source = ""
 
     def fresh(self, hint: str) -> str:
         while True:
@@ -46,7 +49,7 @@ class Emitter:
         node = NodeDef(name, op, tuple(a.name for a in args), attrs)
         attrs = opdef.check_attrs(node)
         self.types[name] = opdef.infer_node(name, [a.type for a in args], attrs)
-        self.nodes.append(NodeDef(name, op, node.inputs, attrs))
+        self.nodes.append(NodeDef(name, op, node.inputs, attrs, self.source))
         return Sym(self, name, self.types[name])
 
     def const(self, value: Any, dtype: str) -> Sym:

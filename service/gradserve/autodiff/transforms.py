@@ -12,7 +12,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gradserve.autodiff.cache import cached
-from gradserve.autodiff.ir import GraphError, InputDef, NodeDef, Program, TensorType
+from gradserve.autodiff.ir import (
+    Cancel,
+    GraphError,
+    InputDef,
+    NodeDef,
+    Program,
+    TensorType,
+    check_cancel,
+)
 from gradserve.autodiff.registry import OPS
 from gradserve.autodiff.simplify import needed_by, simplified
 from gradserve.autodiff.symbolic import Emitter, Sym, broadcast_to, lift, sum_to, zeros
@@ -115,12 +123,18 @@ def _missing_rule(node: NodeDef, mode: str) -> GraphError:
 
 @cached
 def vjp(
-    program: Program, of: tuple[str, ...], wrt: tuple[str, ...], batch: int | None = None
+    program: Program,
+    of: tuple[str, ...],
+    wrt: tuple[str, ...],
+    batch: int | None = None,
+    *,
+    cancel: Cancel = None,
 ) -> Derivative:
     """Reverse mode: cotangents for `of` in, gradients for `wrt` out.
 
     With `batch`, every cotangent and gradient has a leading axis of that size (one row of a
-    Jacobian per entry).
+    Jacobian per entry). Raises Cancelled when ``cancel`` (asked every CANCEL_EVERY_NODES
+    nodes) says so.
     """
     check_targets(program, of, wrt)
     em = Emitter(dict(program.types), (batch,) if batch else ())
@@ -139,11 +153,13 @@ def vjp(
         em.types[seed.name] = TensorType(seed.shape, seed.dtype)
         if name in active or name in wrt:
             accumulate(name, em.sym(seed.name))
-    for node in reversed(program.nodes):
+    for i, node in enumerate(reversed(program.nodes)):
+        check_cancel(cancel, i)
         g = cotangents.pop(node.name, None)
         if g is None or node.name not in active:
             continue
         opdef = OPS[node.op]
+        em.source = node.source
         xs = [em.sym(s) for s in node.inputs]
         ans = em.sym(node.name)
         needs = [s in active for s in node.inputs]
@@ -164,9 +180,15 @@ def vjp(
 
 @cached
 def jvp(
-    program: Program, wrt: tuple[str, ...], of: tuple[str, ...], batch: int | None = None
+    program: Program,
+    wrt: tuple[str, ...],
+    of: tuple[str, ...],
+    batch: int | None = None,
+    *,
+    cancel: Cancel = None,
 ) -> Derivative:
-    """Forward mode: tangents for `wrt` in, tangents of `of` out (with an optional batch axis)."""
+    """Forward mode: tangents for `wrt` in, tangents of `of` out (with an optional batch axis).
+    Raises Cancelled when ``cancel`` (asked every CANCEL_EVERY_NODES nodes) says so."""
     check_targets(program, of, wrt)
     em = Emitter(dict(program.types), (batch,) if batch else ())
     needed = needed_by(program.nodes, of)
@@ -178,7 +200,8 @@ def jvp(
     for seed, name in zip(seeds, wrt, strict=True):
         em.types[seed.name] = TensorType(seed.shape, seed.dtype)
         tangents[name] = em.sym(seed.name)
-    for node in program.nodes:
+    for i, node in enumerate(program.nodes):
+        check_cancel(cancel, i)
         if node.name not in needed:
             continue
         ts = [tangents.get(s) for s in node.inputs]
@@ -187,6 +210,7 @@ def jvp(
         opdef = OPS[node.op]
         if not opdef.differentiable:
             continue
+        em.source = node.source
         xs = [em.sym(s) for s in node.inputs]
         ans = em.sym(node.name)
         if opdef.partials is not None:
@@ -220,27 +244,34 @@ def select(program: Program, outputs: tuple[str, ...]) -> Program:
     return _finish(program, em, [], _distinct(em, [em.sym(o) for o in outputs], ()))
 
 
-def gradient(program: Program, of: str, wrt: Sequence[str]) -> Derivative:
+def gradient(program: Program, of: str, wrt: Sequence[str], *, cancel: Cancel = None) -> Derivative:
     """The VJP of the scalar `of`: its one seed is fed 1 for the gradient."""
     check_targets(program, (of,), tuple(wrt))
     if program.types[of].shape != ():
         raise GraphError(of, "of", f"must be a scalar, got {program.types[of]}")
-    return vjp(program, (of,), tuple(wrt))
+    return vjp(program, (of,), tuple(wrt), cancel=cancel)
 
 
-def hvp_transform(program: Program, of: str, wrt: Sequence[str]) -> Derivative:
+def hvp_transform(
+    program: Program, of: str, wrt: Sequence[str], *, cancel: Cancel = None
+) -> Derivative:
     """Forward over reverse: the JVP of `gradient(program, of, wrt)`, whose seeds are the
     vectors v (one per `wrt`; the gradient's seed stays an input) and whose results are the
     tangents of `of` (the directional derivative) and of the gradients (H v)."""
-    d = gradient(program, of, wrt)
-    return jvp(d.program, tuple(wrt), (*d.values, *d.results))
+    d = gradient(program, of, wrt, cancel=cancel)
+    return jvp(d.program, tuple(wrt), (*d.values, *d.results), cancel=cancel)
 
 
 KINDS = ("vjp", "jvp", "hvp")
 
 
 def derivative_program(
-    program: Program, of: str | Sequence[str], wrt: str | Sequence[str], kind: str
+    program: Program,
+    of: str | Sequence[str],
+    wrt: str | Sequence[str],
+    kind: str,
+    *,
+    cancel: Cancel = None,
 ) -> Program:
     """The derivative as a Program of its own, to inspect or to run.
 
@@ -255,11 +286,11 @@ def derivative_program(
     of = (of,) if isinstance(of, str) else tuple(of)
     wrt = (wrt,) if isinstance(wrt, str) else tuple(wrt)
     if kind == "vjp":
-        return vjp(program, of, wrt).program
+        return vjp(program, of, wrt, cancel=cancel).program
     if kind == "jvp":
-        return jvp(program, wrt, of).program
+        return jvp(program, wrt, of, cancel=cancel).program
     if kind == "hvp":
         if len(of) != 1:
             raise GraphError(",".join(of), "of", "an HVP needs one scalar output")
-        return hvp_transform(program, of[0], wrt).program
+        return hvp_transform(program, of[0], wrt, cancel=cancel).program
     raise GraphError("", "kind", f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")

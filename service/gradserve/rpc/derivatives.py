@@ -330,7 +330,7 @@ def derivative_program_rpc(
             raise InvalidArgument("of", "an HVP program needs one scalar output")
         _scalar_of(program, of[0])
     with core_errors(program):
-        derived = derivative_program(program, of, wrt, kind)
+        derived = derivative_program(program, of, wrt, kind, cancel=cancel)
     return pb.DerivativeProgramResponse(graph_id=call.graph_id, program=graph_to_proto(derived))
 
 

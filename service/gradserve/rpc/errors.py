@@ -15,7 +15,9 @@ Handlers raise the ``RpcError`` subclasses below (or let core exceptions through
 | core ``Cancelled`` | DEADLINE_EXCEEDED if the deadline passed, else CANCELLED | |
 | anything else | INTERNAL, logged: it is a bug | |
 
-Every ErrorInfo has ``domain="gradserve"``; clients switch on its ``reason``.
+Every ErrorInfo has ``domain="gradserve"``; clients switch on its ``reason``. An exception
+raised by a step of a plan carries the executor's note naming the node and its source
+(`ir.at_node`): the description, or the message, says ``at node "h" (take), built at ...``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from gradserve.autodiff import Cancelled, GraphError, Program, TensorType
+from gradserve.autodiff.ir import value_name
 from gradserve.autodiff.memory import MemoryLimitExceeded, nbytes
 
 log = logging.getLogger("gradserve.rpc")
@@ -143,13 +146,10 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
-def _value(node: str, op: str) -> str:
-    """How a message names a value of a plan; derivative programs name theirs ``%op12``."""
-    if op == "input":
-        return f'input "{node}"'
-    if node.startswith("%"):
-        return f'the derivative\'s value "{node}" ({op})'
-    return f'node "{node}" ({op})'
+def where(exc: BaseException) -> str:
+    """The node whose step raised ``exc`` while a plan ran, and where the client built it
+    (``node "h" (take), built at model.py:3 in f``: the executor's note, `ir.at_node`), or ""."""
+    return "; ".join(getattr(exc, "__notes__", ()))
 
 
 def _primal_of(program: Program, t: TensorType) -> str:
@@ -169,7 +169,7 @@ def memory_limit_error(exc: MemoryLimitExceeded, program: Program | None = None)
     peak = exc.peak
     largest = ""
     if peak.type is not None:
-        what = _value(peak.node, peak.op)
+        what = value_name(peak.node, peak.op)
         if peak.node.startswith("%") and program is not None:
             origin = _primal_of(program, peak.type)
             if origin:
@@ -220,7 +220,8 @@ def from_graph_error(
     """The InvalidArgument for a core GraphError, naming the field it is about."""
     field = graph_error_field(exc, input_names, running=running)
     reason = INVALID_GRAPH if field.startswith("graph") else INVALID_INPUT
-    return InvalidArgument(field, exc.reason, reason=reason)
+    at = where(exc)
+    return InvalidArgument(field, f"{exc.reason} (at {at})" if at else exc.reason, reason=reason)
 
 
 @contextmanager
@@ -262,11 +263,13 @@ def status_of(exc: BaseException, context: grpc.ServicerContext, method: str) ->
     if isinstance(exc, MemoryLimitExceeded):
         wrapped = memory_limit_error(exc)
         return _to_status(wrapped.code, wrapped.message, wrapped.details())
+    at = where(exc)
     if isinstance(exc, MemoryError):
-        log.warning("%s ran out of memory: %s", method, exc)
+        log.warning("%s ran out of memory%s: %s", method, f" at {at}" if at else "", exc)
         return _to_status(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"this {method} request ran out of memory ({type(exc).__name__}: {exc}): make it"
+            f"this {method} request ran out of memory{f' at {at}' if at else ''}"
+            f" ({type(exc).__name__}: {exc}): make it"
             " smaller; the operator can lower --max-request-bytes so that such requests are"
             " refused before they start",
             [error_details_pb2.ErrorInfo(reason=OUT_OF_MEMORY, domain=DOMAIN)],
@@ -277,7 +280,8 @@ def status_of(exc: BaseException, context: grpc.ServicerContext, method: str) ->
         return _to_status(grpc.StatusCode.CANCELLED, "cancelled by the client")
     log.error("internal error in %s", method, exc_info=exc)
     return _to_status(
-        grpc.StatusCode.INTERNAL, f"internal error (a bug in gradserve): {type(exc).__name__}"
+        grpc.StatusCode.INTERNAL,
+        f"internal error (a bug in gradserve): {type(exc).__name__}{f' at {at}' if at else ''}",
     )
 
 

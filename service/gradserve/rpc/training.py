@@ -249,7 +249,7 @@ def prepare(
         if not t.is_float:
             raise InvalidArgument("loss", f"{loss!r} is {t.dtype}; the loss must be a float")
         try:
-            fns[size] = autodiff.value_and_grad(program, loss, names)
+            fns[size] = autodiff.value_and_grad(program, loss, names, cancel=cancel)
         except GraphError as exc:
             raise from_graph_error(exc, entry.input_names, running=True) from None
     first = next(iter(data))

@@ -40,7 +40,7 @@ def _in_range(
         return indices, None
     bad = (indices < -size) | (indices >= size)
     if dtype.name not in FLOAT_DTYPES:
-        # Raised while running: the request's inputs are at fault (the node is not known here).
+        # Raised while running: the request's inputs are at fault (the executor notes the node).
         first = indices[bad].flat[0]
         raise GraphError(
             "", "inputs", f"an index ({first}) is out of range for an axis of size {size}"
