@@ -8,8 +8,9 @@ calls refused by authentication or by the limit are counted too), then authentic
 ``gradserve_requests_total{method,code}`` (``code`` is the status *name*, ``method`` the full
 path), ``gradserve_request_duration_seconds{method}``, ``gradserve_inflight_requests``, the
 request and response message size histograms, ``gradserve_jacobian_elements`` for Jacobian,
-Hessian and their streams (told by their response types), and ``gradserve_train_active_streams`` (Train streams open; the training
-code counts ``gradserve_train_steps_total``). A streaming RPC is counted when its stream ends
+Hessian and their streams (told by their response types), and
+``gradserve_train_active_streams`` (Train streams open; the training code counts
+``gradserve_train_steps_total``). A streaming RPC is counted when its stream ends
 (or is cancelled). Calls that grpc ends before any handler runs (their deadline passed while
 they waited for a thread) are counted by ``CountingThreadPool``, the server's pool. Calls
 refused with RESOURCE_EXHAUSTED are also counted in ``gradserve_refusals_total{method,limit}``,
