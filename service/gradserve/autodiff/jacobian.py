@@ -17,7 +17,8 @@ shares' entries are bit for bit the whole one's, and the other shares' entries a
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+import itertools
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -187,6 +188,23 @@ def symmetric_plan(program: Program, of: str, wrt: str, *, cancel: Cancel = None
     return _plan(pattern, True, colours, hubs)
 
 
+def block_plan(
+    program: Program,
+    of: str,
+    wrt: str,
+    mode: str = "auto",
+    symmetric: bool = False,
+    *,
+    cancel: Cancel = None,
+) -> ColourPlan:
+    """The plan a block is computed by colouring: `symmetric_plan` for a block known to be
+    symmetric, else `colour_plan` in `mode`'s direction. Its pattern is the block's sparse
+    result's (`jacobian(sparse=True)`), known before any pass runs."""
+    if symmetric:
+        return symmetric_plan(program, of, wrt, cancel=cancel)
+    return colour_plan(program, of, wrt, mode, cancel=cancel)
+
+
 @dataclass(frozen=True, slots=True)
 class LinearHead:
     """`wrt` feeds only `value = matrix @ wrt` (or `wrt @ matrix`), a 1-D wrt and a matrix
@@ -235,6 +253,63 @@ def _through_linear_head(
     return value, np.asarray(inner @ (matrix.T if head.transposed else matrix))
 
 
+def _chunk(program: Program, of: str, wrt: str, plan: ColourPlan, chunk_size: int | None) -> int:
+    """The colours one pass pushes (`chunk_rows` of the result's stored entries)."""
+    return chunk_size or chunk_rows(program, (of,), (wrt,), plan.count, plan.pattern.nnz)
+
+
+def _passes(
+    program: Program,
+    feeds: Arrays,
+    of: str,
+    wrt: str,
+    plan: ColourPlan,
+    step: int,
+    starts: Sequence[int],
+    cancel: Cancel,
+) -> Iterator[tuple[int, np.ndarray | None, np.ndarray]]:
+    """`_pass` of each chunk of `step` colours from each of `starts`; the value of `of` comes
+    with the last chunk only, so that no older one lives through a pass."""
+    for start in starts:
+        batch = min(step, plan.count - start)
+        # Yielded unnamed: a suspended generator holds nothing of a pass.
+        yield _pass(program, feeds, of, wrt, plan, start, batch, start == starts[-1], cancel)
+
+
+def _pass(
+    program: Program,
+    feeds: Arrays,
+    of: str,
+    wrt: str,
+    plan: ColourPlan,
+    start: int,
+    batch: int,
+    value: bool,
+    cancel: Cancel,
+) -> tuple[int, np.ndarray | None, np.ndarray]:
+    """(batch, value of `of` if `value`, the stacked results flattened: colour * their width +
+    index, from colour `start`) of one batched pass over colours [start, start + batch), each
+    (co)tangent the sum of its colour's unit vectors."""
+    types = program.types
+    m, n = plan.pattern.shape
+    colours = plan.colours
+    seeds = np.zeros((batch, n if plan.forward else m), types[wrt if plan.forward else of].dtype)
+    chosen = np.flatnonzero((colours >= start) & (colours < start + batch))
+    seeds[colours[chosen] - start, chosen] = 1
+    del chosen
+    # One (co)tangent needs no batch axis, and the transform without a batch argument is the
+    # one other calls have cached (the program cache keys f(a) and f(a, None) apart).
+    axis = (batch,) if batch > 1 else ()
+    if plan.forward:
+        d = jvp(program, (wrt,), (of,), *axis)
+        seeds = seeds.reshape(axis + types[wrt].shape)
+    else:
+        d = vjp(program, (of,), (wrt,), *axis)
+        seeds = seeds.reshape(axis + types[of].shape)
+    out, compressed = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
+    return batch, out if value else None, compressed.reshape(-1)
+
+
 def _coloured_block(
     program: Program,
     feeds: Arrays,
@@ -246,36 +321,18 @@ def _coloured_block(
     part: Part = None,
 ) -> tuple[np.ndarray | None, sp.csr_array]:
     """(value of `of`, or None when nothing ran; J[of][wrt] as CSR (of.size, wrt.size)): one
-    batched pass per chunk of colours, each (co)tangent the sum of its colour's unit vectors;
-    with a `part`, the entries of its chunks only."""
+    batched pass per chunk of colours; with a `part`, the entries of its chunks only."""
     types = program.types
     pattern = plan.pattern
     m, n = pattern.shape
     data = np.empty(pattern.nnz, types[of].dtype)
-    seeded, read = (n, m) if plan.forward else (m, n)
-    colours = plan.colours
-    step = chunk_size or chunk_rows(program, (of,), (wrt,), plan.count, pattern.nnz)
+    read = m if plan.forward else n
+    step = _chunk(program, of, wrt, plan, chunk_size)
     value = None
     starts = chunk_starts(plan.count, step, part)
-    for start in starts:
-        batch = min(step, plan.count - start)
-        seeds = np.zeros((batch, seeded), types[wrt if plan.forward else of].dtype)
-        chosen = np.flatnonzero((colours >= start) & (colours < start + batch))
-        seeds[colours[chosen] - start, chosen] = 1
-        del chosen
-        # One (co)tangent needs no batch axis, and the transform without a batch argument is
-        # the one other calls have cached (the program cache keys f(a) and f(a, None) apart).
-        axis = (batch,) if batch > 1 else ()
-        if plan.forward:
-            d = jvp(program, (wrt,), (of,), *axis)
-            seeds = seeds.reshape(axis + types[wrt].shape)
-        else:
-            d = vjp(program, (of,), (wrt,), *axis)
-            seeds = seeds.reshape(axis + types[of].shape)
-        value = None  # the last chunk's is returned: no older one lives through a pass
-        value, compressed = compile_program(d.program).run({**feeds, d.seeds[0]: seeds}, cancel)
-        del seeds
-        compressed = compressed.reshape(-1)
+    passes = _passes(program, feeds, of, wrt, plan, step, starts, cancel)
+    for start, (batch, out, compressed) in zip(starts, passes, strict=True):
+        value = out  # the last chunk's (None before it)
         if batch == plan.count:  # one chunk holds every entry
             np.take(compressed, plan.gather, out=data)
         else:
@@ -311,10 +368,7 @@ def _structured(
     when neither saves half of the dense computation's `passes` and `sparse` is not asked.
     The chain rule at a linear head mixes the inner block's columns, so with a `part` the
     first share computes that block whole and the others leave it out."""
-    if symmetric:
-        plan = symmetric_plan(program, of, wrt, cancel=cancel)
-    else:
-        plan = colour_plan(program, of, wrt, mode, cancel=cancel)
+    plan = block_plan(program, of, wrt, mode, symmetric, cancel=cancel)
     shape = program.types[of].shape + program.types[wrt].shape
     head = linear_head(program, wrt) if of != wrt and not symmetric else None
     inner = head and colour_plan(head.program, of, head.value, mode, cancel=cancel)
@@ -466,3 +520,85 @@ def jacobian_rows(
     feeds = check_inputs(program, inputs)
     for start, _, _, grads in _reverse_blocks(program, feeds, of, (wrt,), rows_per_block, cancel):
         yield start, grads[wrt]
+
+
+def sparse_rows(
+    program: Program,
+    inputs: Arrays,
+    of: str,
+    wrt: str,
+    plan: ColourPlan,
+    bounds: Sequence[int],
+    cancel: Cancel = None,
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(first row, end row, values) of J[of][wrt] computed by `plan` (`block_plan`), for each
+    run of rows between consecutive `bounds` (0, ..., rows), in order: the values of the run's
+    stored entries of `plan.pattern`, in CSR order, bit for bit those of
+    `jacobian(sparse=True)`.
+
+    No whole result is held, and nothing larger than it: the passes run chunk by chunk of
+    colours, as the runs need them, and each run is yielded as soon as every chunk its entries
+    are read from has run. A chunk's results are kept until no run left reads them when they
+    are about as small as the entries read from them (a banded block's: a forward pass gives a
+    column of every row, so its runs come after the last chunk, and the chunks are the values);
+    otherwise the entries of the runs not yet sent are copied out and the chunk dropped. How
+    early runs come depends on the colouring: a reverse pass gives whole rows, those of its
+    colours (a diagonal or block-diagonal block: every run from one chunk)."""
+    feeds = check_inputs(program, inputs)
+    pattern, gather = plan.pattern, plan.gather
+    read = pattern.shape[0] if plan.forward else pattern.shape[1]
+    step = _chunk(program, of, wrt, plan, None)
+    width = step * read  # the stacked results of one chunk
+    dtype = program.types[of].dtype
+    runs = list(itertools.pairwise(bounds))
+    spans = []  # per run: the first and last chunk its entries are read from
+    reads = np.zeros(-(-plan.count // step), np.int64)  # per chunk: the entries read from it
+    for start, end in runs:
+        offsets = gather[pattern.indptr[start] : pattern.indptr[end]] // width
+        if offsets.size:
+            spans.append((int(offsets.min()), int(offsets.max())))
+            reads += np.bincount(offsets, minlength=reads.size)
+        else:
+            spans.append((reads.size, -1))  # reads nothing
+        del offsets
+    # needed[k]: the first chunk that run k or a later one reads; older chunks are dropped.
+    needed = np.minimum.accumulate([first for first, _ in spans][::-1])[::-1]
+    passes = _passes(program, feeds, of, wrt, plan, step, range(0, plan.count, step), cancel)
+    kept: dict[int, np.ndarray] = {}  # chunk -> its results
+    copied: dict[int, np.ndarray] = {}  # run -> its values from the chunks not kept
+    computed = 0
+    for k, ((start, end), (_, last)) in enumerate(zip(runs, spans, strict=True)):
+        for old in [c for c in kept if c < needed[k]]:
+            del kept[old]
+        while computed <= last:
+            results = next(passes)[2]
+            if results.size <= 2 * reads[computed]:
+                kept[computed] = results
+            else:
+                for j in range(k, len(runs)):
+                    if spans[j][0] <= computed <= spans[j][1]:
+                        lo, hi = pattern.indptr[runs[j][0]], pattern.indptr[runs[j][1]]
+                        into = copied.setdefault(j, np.empty(hi - lo, dtype))
+                        _gather(into, {computed: results}, gather[lo:hi], width)
+            del results
+            computed += 1
+        lo, hi = pattern.indptr[start], pattern.indptr[end]
+        values = copied.pop(k, None)
+        if values is None:
+            values = np.empty(hi - lo, dtype)
+        _gather(values, kept, gather[lo:hi], width)
+        yield start, end, values
+        del values  # only the caller holds the run's values while it sends them
+
+
+def _gather(
+    into: np.ndarray, chunks: Mapping[int, np.ndarray], offsets: np.ndarray, width: int
+) -> None:
+    """Set the entries of `into` read from `chunks` (their results, by chunk): a plan's gather
+    `offsets` of chunk c are in [c * width, (c + 1) * width)."""
+    for c, results in chunks.items():
+        mine = (offsets >= c * width) & (offsets < (c + 1) * width)
+        if mine.all():
+            np.take(results, offsets - c * width, out=into)
+        elif mine.any():
+            into[mine] = results[offsets[mine] - c * width]
