@@ -124,7 +124,9 @@ def test_sparse_rows_are_the_sparse_jacobian_bit_for_bit(
     """Every run size (one row, a few, all) in both directions, and chunks of the default
     size, one or two colours (the forward plan of `t` reads every colour a row, and keeps its
     chunks; the dense row of `r` makes its forward chunks larger than the entries read from
-    them, so that their entries are copied out)."""
+    them, so that their entries are copied out). The plan is read 11 entries at a time, so
+    that runs span several slabs, and a slab several runs."""
+    monkeypatch.setattr(jac, "SLAB_ENTRIES", 11)
     if chunk is not None:
         monkeypatch.setattr(jac, "chunk_rows", lambda *args: chunk)
     n = 60

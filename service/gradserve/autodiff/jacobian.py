@@ -41,6 +41,8 @@ MIN_CHUNK_ELEMENTS = 1 << 16
 # A dense request with fewer passes than this is not worth a pattern detection (a walk of the
 # graph with sparse-matrix work per node) to save some of them, unless it is diagonal.
 MIN_PASSES_TO_COLOUR = 16
+# `sparse_rows` reads the plan of this many entries at a time to find which chunks runs read.
+SLAB_ENTRIES = 1 << 18
 
 #: A share of the passes: (index, count), index in [0, count); None is the whole computation.
 Part: TypeAlias = "tuple[int, int] | None"
@@ -541,7 +543,8 @@ def sparse_rows(
     are read from has run. A chunk's results are kept until no run left reads them when they
     are about as small as the entries read from them (a banded block's: a forward pass gives a
     column of every row, so its runs come after the last chunk, and the chunks are the values);
-    otherwise the entries of the runs not yet sent are copied out and the chunk dropped. How
+    otherwise the entries of the runs not yet sent are copied out (into one array, at most
+    the values) and the chunk dropped. How
     early runs come depends on the colouring: a reverse pass gives whole rows, those of its
     colours (a diagonal or block-diagonal block: every run from one chunk)."""
     feeds = check_inputs(program, inputs)
@@ -551,42 +554,50 @@ def sparse_rows(
     width = step * read  # the stacked results of one chunk
     dtype = program.types[of].dtype
     runs = list(itertools.pairwise(bounds))
-    spans = []  # per run: the first and last chunk its entries are read from
-    reads = np.zeros(-(-plan.count // step), np.int64)  # per chunk: the entries read from it
-    for start, end in runs:
-        offsets = gather[pattern.indptr[start] : pattern.indptr[end]] // width
-        if offsets.size:
-            spans.append((int(offsets.min()), int(offsets.max())))
-            reads += np.bincount(offsets, minlength=reads.size)
-        else:
-            spans.append((reads.size, -1))  # reads nothing
-        del offsets
+    chunks = -(-plan.count // step)
+    reads = np.zeros(chunks, np.int64)  # per chunk: the entries read from it
+    # Per run, the first and last chunk its entries are read from (none: (chunks, -1)), found
+    # for runs of about SLAB_ENTRIES entries at a time (a temporary array that size).
+    entries = pattern.indptr[np.asarray(bounds)]
+    firsts, lasts = np.full(len(runs), chunks), np.full(len(runs), -1)
+    k = 0
+    while k < len(runs):
+        j = int(np.searchsorted(entries, entries[k] + SLAB_ENTRIES, side="right")) - 1
+        j = min(max(j, k + 1), len(runs))
+        chunk = gather[entries[k] : entries[j]] // width  # the chunk each entry is read from
+        reads += np.bincount(chunk, minlength=chunks)
+        some = np.flatnonzero(entries[k + 1 : j + 1] > entries[k:j])
+        if some.size:  # runs tile the entries: a run's segment ends where the next one starts
+            starts = entries[k + some] - entries[k]
+            firsts[k + some] = np.minimum.reduceat(chunk, starts)
+            lasts[k + some] = np.maximum.reduceat(chunk, starts)
+        del chunk
+        k = j
+    spans = list(zip(firsts.tolist(), lasts.tolist(), strict=True))
     # needed[k]: the first chunk that run k or a later one reads; older chunks are dropped.
-    needed = np.minimum.accumulate([first for first, _ in spans][::-1])[::-1]
+    needed = np.minimum.accumulate(firsts[::-1])[::-1]
     passes = _passes(program, feeds, of, wrt, plan, step, range(0, plan.count, step), cancel)
     kept: dict[int, np.ndarray] = {}  # chunk -> its results
-    copied: dict[int, np.ndarray] = {}  # run -> its values from the chunks not kept
+    copied, base = None, 0  # the entries from `base` on, of the chunks not kept
     computed = 0
-    for k, ((start, end), (_, last)) in enumerate(zip(runs, spans, strict=True)):
+    for k, ((start, end), (first, last)) in enumerate(zip(runs, spans, strict=True)):
         for old in [c for c in kept if c < needed[k]]:
             del kept[old]
+        lo, hi = pattern.indptr[start], pattern.indptr[end]
         while computed <= last:
             results = next(passes)[2]
             if results.size <= 2 * reads[computed]:
                 kept[computed] = results
-            else:
-                for j in range(k, len(runs)):
-                    if spans[j][0] <= computed <= spans[j][1]:
-                        lo, hi = pattern.indptr[runs[j][0]], pattern.indptr[runs[j][1]]
-                        into = copied.setdefault(j, np.empty(hi - lo, dtype))
-                        _gather(into, {computed: results}, gather[lo:hi], width)
+            else:  # the entries of this run and the later ones, at most the values
+                if copied is None:
+                    copied, base = np.empty(pattern.nnz - lo, dtype), lo
+                _gather(copied[lo - base :], {computed: results}, gather[lo:], width)
             del results
             computed += 1
-        lo, hi = pattern.indptr[start], pattern.indptr[end]
-        values = copied.pop(k, None)
-        if values is None:
-            values = np.empty(hi - lo, dtype)
-        _gather(values, kept, gather[lo:hi], width)
+        values = np.empty(hi - lo, dtype) if copied is None else copied[lo - base : hi - base]
+        _gather(
+            values, {c: kept[c] for c in range(first, last + 1) if c in kept}, gather[lo:hi], width
+        )
         yield start, end, values
         del values  # only the caller holds the run's values while it sends them
 
