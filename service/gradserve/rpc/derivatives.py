@@ -506,7 +506,7 @@ def _sparse_stream(
     for (a, b), plan in plans.items():
         # cost[r]: the bytes of rows [0, r) in a message; each run takes at most `budget`.
         per_entry = INDEX_BYTES + _itemsize(types, a)
-        indptr = plan.pattern.indptr
+        indptr = plan.pattern.indptr.astype(np.int64)  # int32 bytes would wrap past 2 GiB
         cost = np.arange(indptr.size, dtype=np.int64) * INDEX_BYTES + indptr * per_entry
         widest = int(np.diff(cost).max(initial=0))
         if widest > limit:
