@@ -52,6 +52,7 @@ class InProcess(Protocol):
     """What `Method.local` runs on: `LocalClient`."""
 
     _core: Any  # the ``gradserve.autodiff`` package
+    _in_process: Any  # the server's entry point, ``gradserve.rpc.inprocess.InProcess``
 
     def _compute(self, fn: Callable[..., Any], call: Call, *args: Any, **kwargs: Any) -> Any:
         """``fn(program, call.feeds, *args, **kwargs)``, the core's errors raised as a server
@@ -261,10 +262,10 @@ JACOBIAN_SPARSITY: Method[Call, Any] = Method(
 
 def _derivative_locally(local: InProcess, call: Call) -> Graph:
     from gradserve.autodiff.transforms import derivative_program
-    from gradserve.rpc.codec import graph_to_proto
 
     def derive(program: Any, feeds: Any) -> Any:
-        return graph_to_proto(derivative_program(program, call.of, call.wrt, call.mode))
+        derived = derivative_program(program, call.of, call.wrt, call.mode)
+        return local._in_process.graph_message(derived)
 
     return Graph.from_proto(local._compute(derive, call))
 

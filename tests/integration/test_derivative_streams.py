@@ -14,6 +14,7 @@ import gradserve_client as gs
 import grpc
 import numpy as np
 import pytest
+from gradserve.autodiff.executor import Executable
 from gradserve.rpc import derivatives
 from gradserve_client.proto import gradient_service_pb2 as pb
 from gradserve_client.proto import tensor_codec
@@ -201,6 +202,29 @@ def test_structured_stream_runs_are_sized_by_stored_entries(make_server: Any) ->
     assert_same_csr(sp.vstack(pieces, format="csr"), tridiagonal_csr(x))
     assert first_dense.WhichOneof("structure") == "rows"
     assert first_dense.row_count * 20 < runs[0].row_count  # a dense row is n values wide
+
+
+def test_csr_runs_are_at_most_max_run_bytes_below_a_larger_message_limit(
+    make_server: Any, monkeypatch: Any
+) -> None:
+    """A stream holds a few copies of the message it sends: runs stay small (MAX_RUN_BYTES)
+    however large messages may be, and still come in order and make the whole Jacobian."""
+    monkeypatch.setattr(derivatives, "MAX_RUN_BYTES", 100_000)
+    n = 20_000  # 60,000 entries: 960 kB in CSR
+    x = RNG.normal(size=n)
+    running = make_server(max_message_bytes=64 << 20)
+    channel, stub = running.stub()
+    with channel:
+        request = pb.StreamJacobianRequest(
+            graph=tridiagonal(n).to_proto(), inputs=tensors({"x": x}), structured=True
+        )
+        runs = list(stub.StreamJacobian(request))
+    assert len(runs) >= 10 and all(b.ByteSize() <= 100_000 + 1000 for b in runs)
+    assert [b.row_start for b in runs] == list(np.cumsum([0] + [b.row_count for b in runs])[:-1])
+    assembled = gs._decode.JacobianAssembler()
+    for block in runs:
+        assembled.add(block)
+    assert_same_csr(assembled.result(["r"], ["x"], sparse=True)["r"]["x"], tridiagonal_csr(x))
 
 
 def test_rows_per_message_bounds_csr_runs_and_an_empty_jacobian_still_has_its_shape(
@@ -416,6 +440,42 @@ def test_stream_limits_bound_stored_entries_of_sparse_streams_and_elements_of_de
             graph=tridiagonal(500).to_proto(), inputs=tensors({"x": x[:500]}), structured=True
         )
         assert sum(b.row_count for b in stub.StreamJacobian(small)) == 498  # 1494 entries pass
+
+
+def test_a_sparse_stream_over_the_limit_is_refused_before_any_pass(
+    make_server: Any, monkeypatch: Any
+) -> None:
+    """The stored entries of a structured StreamHessian (and StreamJacobian) are known from
+    the patterns, after detection and colouring: over the limit, nothing is computed."""
+    runs: list[int] = []
+    run = Executable.run
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        runs.append(1)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Executable, "run", counted)
+    n = 1000
+    x = RNG.normal(size=n)
+    running = make_server(max_stream_jacobian_elements=2000)
+    channel, stub = running.stub()
+    with channel:
+        hess = pb.StreamHessianRequest(
+            graph=cubic_chain(n).to_proto(), inputs=tensors({"x": x}), structured=True
+        )
+        err = _refusal(stub.StreamHessian(hess))
+        assert err.code == EXHAUSTED and err.metadata["limit"] == "max_stream_jacobian_elements"
+        assert err.metadata["elements"] == str(3 * n - 3)
+        jac = pb.StreamJacobianRequest(
+            graph=tridiagonal(n).to_proto(), inputs=tensors({"x": x}), structured=True
+        )
+        assert _refusal(stub.StreamJacobian(jac)).code == EXHAUSTED
+        assert runs == []
+        small = pb.StreamHessianRequest(
+            graph=cubic_chain(600).to_proto(), inputs=tensors({"x": x[:600]}), structured=True
+        )
+        assert sum(b.row_count for b in stub.StreamHessian(small)) == 600  # 1797 entries pass
+        assert runs  # computed once accepted
 
 
 def test_a_csr_row_over_the_message_limit_is_refused_naming_the_setting(make_server: Any) -> None:

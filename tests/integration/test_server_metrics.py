@@ -93,6 +93,35 @@ def test_stream_is_counted_when_it_ends_with_jacobian_elements(stub):
     assert delta() == [1, 1, 1600, 4]
 
 
+def test_hessians_are_counted_as_jacobians_are(stub):
+    """Hessian's blocks and StreamHessian's row blocks are counted in
+    gradserve_jacobian_elements as Jacobian's and StreamJacobian's are (one observation per
+    call, when it ends: the elements of every block), dense or structured."""
+    g = G(
+        [("x", "float64", [30]), ("y", "float64", [20])],
+        [("p", "multiply", ["x", "x"], {}), ("s", "sum", ["p"], {}),
+         ("q", "multiply", ["y", "y"], {}), ("t", "sum", ["q"], {}), ("f", "add", ["s", "t"], {})],
+        ["f"],
+    )  # fmt: skip
+    feed = tensors({"x": np.linspace(-1, 1, 30), "y": np.linspace(0, 1, 20)})
+    delta = Delta(
+        req("Hessian", "OK"),
+        req("StreamHessian", "OK"),
+        ("gradserve_jacobian_elements_count", {}),
+        ("gradserve_jacobian_elements_sum", {}),
+    )
+    for structured in (False, True):
+        stub.Hessian(
+            pb.HessianRequest(graph=g.proto(), inputs=feed, structured=structured), timeout=10
+        )
+        request = pb.StreamHessianRequest(
+            graph=g.proto(), inputs=feed, rows_per_message=7, structured=structured
+        )
+        blocks = list(stub.StreamHessian(request, timeout=10))
+        assert len(blocks) == 2 * (5 + 3)  # (x, x), (x, y) in 5 runs each, (y, ...) in 3
+    assert delta() == [2, 2, 4, 4 * (30 + 20) ** 2]
+
+
 def test_unary_jacobian_elements_and_graph_cache(stub):
     g = G([("x", "float64", [3]), ("w", "float64", [2])], [("y", "sin", ["x"], {})], ["y"])
     feed = tensors({"x": np.ones(3), "w": np.ones(2)})

@@ -100,10 +100,18 @@ def test_the_cycle_finder_finds_one() -> None:
     assert _cycle({"p.x": {"p"}, "p": {"p.x"}}) is None
 
 
+def _server_side(path: Path) -> set[str]:
+    return {m for m in imports(path, set()) if m.split(".")[0] == "gradserve"}
+
+
 def test_local_client_uses_the_core_and_the_in_process_entry_point_only() -> None:
     path = CLIENT / "gradserve_client" / "local.py"
-    server_side = {m for m in imports(path, set()) if m.split(".")[0] == "gradserve"}
-    assert server_side == {"gradserve.autodiff", "gradserve.rpc.inprocess"}
+    assert _server_side(path) == {"gradserve.autodiff", "gradserve.rpc.inprocess"}
+    # the rest of the SDK (the methods' local computations, in _methods.py) as well
+    for path in (CLIENT / "gradserve_client").rglob("*.py"):
+        for module in _server_side(path):
+            core = module == "gradserve.autodiff" or module.startswith("gradserve.autodiff.")
+            assert core or module == "gradserve.rpc.inprocess", (path.name, module)
 
 
 def test_no_module_of_rpc_reads_another_ones_private_names() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from gradserve.autodiff import GraphDef, InputDef, NodeDef, Program, compile_program, jvp, vjp
-from gradserve.autodiff.jacobian import _pass, _seeded_pass, _seeds, colour_plan
+from gradserve.autodiff.jacobian import _pass_program, _seeded_pass, _seeds, colour_plan
 from gradserve.autodiff.simplify import bind, simplify
 from hypothesis import given
 from test_properties import SETTINGS, Case, programs
@@ -122,7 +122,7 @@ def test_bound_inputs_compute_what_feeding_them_does():
 def test_a_coloured_pass_folds_what_depends_on_its_seeds_alone():
     p = brusselator(8)
     plan = colour_plan(p, "f", "x")
-    d = _pass(p, "f", "x", plan.forward, plan.count)
+    d = _pass_program(p, "f", "x", plan.forward, plan.count)
     seeds = _seeds(d, plan, 0, plan.count)
     x = np.random.default_rng(3).uniform(0, 1, (2, 8, 8))
     fed = compile_program(d.program)

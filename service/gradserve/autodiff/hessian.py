@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from gradserve.autodiff.api import Arrays, Cancel, check_array, check_inputs
 from gradserve.autodiff.executor import compile_program
 from gradserve.autodiff.ir import GraphError, Program
-from gradserve.autodiff.jacobian import Part, jacobian
+from gradserve.autodiff.jacobian import ColourPlan, Part, block_plan, jacobian, sparse_rows
 from gradserve.autodiff.transforms import Derivative, gradient, hvp_transform, jvp, select
 
 
@@ -117,3 +117,36 @@ def hessian_rows(
         plan = compile_program(select(t.program, t.results), cancel=cancel)
         (tangents,) = plan.run({**feeds, t.seeds[0]: seeds}, cancel)
         yield start, tangents
+
+
+def hessian_plans(
+    program: Program, of: str, wrt: Sequence[str], cancel: Cancel = None
+) -> dict[tuple[str, str], ColourPlan]:
+    """{(wi, wj): the plan of d2 of / d wi d wj} as `hessian(sparse=True)` computes it (the
+    block d grad_wi / d wj, star-coloured when wi is wj): detection and colouring only, so that
+    its stored entries (the plans' patterns) are known before any pass."""
+    d = gradient(program, of, wrt)
+    return {
+        (wi, wj): block_plan(d.program, g, wj, "forward", wi == wj, cancel=cancel)
+        for wi, g in zip(wrt, d.results, strict=True)
+        for wj in wrt
+    }
+
+
+def hessian_sparse_rows(
+    program: Program,
+    inputs: Arrays,
+    of: str,
+    wrt: Sequence[str],
+    rows: str,
+    cols: str,
+    plan: ColourPlan,
+    bounds: Sequence[int],
+    cancel: Cancel = None,
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """`jacobian.sparse_rows` of H[rows][cols] by its plan (`hessian_plans`): runs of CSR rows
+    computed and yielded one after another, never the whole block."""
+    d = gradient(program, of, wrt)
+    grad = d.results[list(wrt).index(rows)]
+    feeds = _feeds(program, d, inputs)
+    return sparse_rows(d.program, feeds, grad, cols, plan, bounds, cancel)

@@ -18,7 +18,8 @@ shares' entries are bit for bit the whole one's, and the other shares' entries a
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection, Iterator, Sequence
+import itertools
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -49,6 +50,8 @@ MIN_CHUNK_ELEMENTS = 1 << 16
 # A dense request with fewer passes than this is not worth a pattern detection (a walk of the
 # graph with sparse-matrix work per node) to save some of them, unless it is diagonal.
 MIN_PASSES_TO_COLOUR = 16
+# `sparse_rows` reads the plan of this many entries at a time to find which chunks runs read.
+SLAB_ENTRIES = 1 << 18
 
 #: A share of the passes: (index, count), index in [0, count); None is the whole computation.
 Part: TypeAlias = "tuple[int, int] | None"
@@ -196,6 +199,23 @@ def symmetric_plan(program: Program, of: str, wrt: str, *, cancel: Cancel = None
     return _plan(pattern, True, colours, hubs)
 
 
+def block_plan(
+    program: Program,
+    of: str,
+    wrt: str,
+    mode: str = "auto",
+    symmetric: bool = False,
+    *,
+    cancel: Cancel = None,
+) -> ColourPlan:
+    """The plan a block is computed by colouring: `symmetric_plan` for a block known to be
+    symmetric, else `colour_plan` in `mode`'s direction. Its pattern is the block's sparse
+    result's (`jacobian(sparse=True)`), known before any pass runs."""
+    if symmetric:
+        return symmetric_plan(program, of, wrt, cancel=cancel)
+    return colour_plan(program, of, wrt, mode, cancel=cancel)
+
+
 @dataclass(frozen=True, slots=True)
 class LinearHead:
     """`wrt` feeds only `value = matrix @ wrt` (or `wrt @ matrix`), a 1-D wrt and a matrix
@@ -266,7 +286,7 @@ def _with_data(pattern: sp.csr_array, data: np.ndarray) -> sp.csr_array:
     return out
 
 
-def _pass(
+def _pass_program(
     program: Program, of: str, wrt: str, forward: bool, batch: int, cancel: Cancel = None
 ) -> Derivative:
     """The derivative program of one pass of `batch` (co)tangents. One needs no batch axis,
@@ -302,9 +322,60 @@ def _seeded_pass(
     depends on the seeds alone (the tangents of the linear ops next to wrt, or the cotangents
     next to of: slices, concatenations, scalings) is folded at compile time, so a warm pass
     runs only the work that depends on the inputs' values."""
-    d = _pass(program, of, wrt, plan.forward, batch, cancel)
+    d = _pass_program(program, of, wrt, plan.forward, batch, cancel)
     seeds = _seeds(d, plan, start, batch)
     return Executable(bind(d.program, {d.seeds[0]: seeds}), cancel=cancel)
+
+
+def _chunk(program: Program, of: str, wrt: str, plan: ColourPlan, chunk_size: int | None) -> int:
+    """The colours one pass pushes (`chunk_rows` of the result's stored entries)."""
+    return chunk_size or chunk_rows(program, (of,), (wrt,), plan.count, plan.pattern.nnz)
+
+
+def _passes(
+    program: Program,
+    feeds: Arrays,
+    of: str,
+    wrt: str,
+    plan: ColourPlan,
+    step: int,
+    starts: Sequence[int],
+    cancel: Cancel,
+) -> Iterator[tuple[int, np.ndarray | None, np.ndarray]]:
+    """`_pass` of each chunk of `step` colours from each of `starts`; the value of `of` comes
+    with the last chunk only, so that no older one lives through a pass."""
+    for start in starts:
+        batch = min(step, plan.count - start)
+        # Yielded unnamed: a suspended generator holds nothing of a pass.
+        yield _pass(program, feeds, of, wrt, plan, start, batch, start == starts[-1], cancel)
+
+
+def _pass(
+    program: Program,
+    feeds: Arrays,
+    of: str,
+    wrt: str,
+    plan: ColourPlan,
+    start: int,
+    batch: int,
+    value: bool,
+    cancel: Cancel,
+) -> tuple[int, np.ndarray | None, np.ndarray]:
+    """(batch, value of `of` if `value`, the stacked results flattened: colour * their width +
+    index, from colour `start`) of one batched pass over colours [start, start + batch), each
+    (co)tangent the sum of its colour's unit vectors: bound into the compiled pass when the
+    seeds are small (`_seeded_pass`), else fed."""
+    if batch * plan.colours.size <= FOLD_MAX_ELEMENTS:
+        pass_ = _seeded_pass(program, of, wrt, plan, start, batch, cancel=cancel)
+        out, compressed = pass_.run(feeds, cancel)
+    else:
+        d = _pass_program(program, of, wrt, plan.forward, batch, cancel)
+        seeds = _seeds(d, plan, start, batch)
+        out, compressed = compile_program(d.program, cancel=cancel).run(
+            {**feeds, d.seeds[0]: seeds}, cancel
+        )
+        del seeds
+    return batch, out if value else None, compressed.reshape(-1)
 
 
 def _coloured_block(
@@ -318,31 +389,18 @@ def _coloured_block(
     part: Part = None,
 ) -> tuple[np.ndarray | None, sp.csr_array]:
     """(value of `of`, or None when nothing ran; J[of][wrt] as CSR (of.size, wrt.size)): one
-    batched pass per chunk of colours, each (co)tangent the sum of its colour's unit vectors;
-    with a `part`, the entries of its chunks only."""
+    batched pass per chunk of colours; with a `part`, the entries of its chunks only."""
     types = program.types
     pattern = plan.pattern
     m, n = pattern.shape
     data = np.empty(pattern.nnz, types[of].dtype)
     read = m if plan.forward else n
-    step = chunk_size or chunk_rows(program, (of,), (wrt,), plan.count, pattern.nnz)
+    step = _chunk(program, of, wrt, plan, chunk_size)
     value = None
     starts = chunk_starts(plan.count, step, part)
-    for start in starts:
-        batch = min(step, plan.count - start)
-        value = None  # the last chunk's is returned: no older one lives through a pass
-        if batch * plan.colours.size <= FOLD_MAX_ELEMENTS:
-            value, compressed = _seeded_pass(
-                program, of, wrt, plan, start, batch, cancel=cancel
-            ).run(feeds, cancel)
-        else:
-            d = _pass(program, of, wrt, plan.forward, batch, cancel)
-            seeds = _seeds(d, plan, start, batch)
-            value, compressed = compile_program(d.program, cancel=cancel).run(
-                {**feeds, d.seeds[0]: seeds}, cancel
-            )
-            del seeds
-        compressed = compressed.reshape(-1)
+    passes = _passes(program, feeds, of, wrt, plan, step, starts, cancel)
+    for start, (batch, out, compressed) in zip(starts, passes, strict=True):
+        value = out  # the last chunk's (None before it)
         if batch == plan.count:  # one chunk holds every entry
             # "clip" never clips (the plan's offsets are in range) and, unlike "raise", writes
             # straight into `out` without a buffer.
@@ -395,10 +453,7 @@ def _structured(
         pattern = structural_pattern(program, of, wrt, cancel=cancel)
         data = flat[np.repeat(np.arange(flat.shape[0]), np.diff(pattern.indptr)), pattern.indices]
         return value, _with_data(pattern, data)
-    if symmetric:
-        plan = symmetric_plan(program, of, wrt, cancel=cancel)
-    else:
-        plan = colour_plan(program, of, wrt, mode, cancel=cancel)
+    plan = block_plan(program, of, wrt, mode, symmetric, cancel=cancel)
     if sparse or 2 * plan.count <= passes:
         value, block = _coloured_block(program, feeds, of, wrt, plan, chunk_size, cancel, part)
         return value, block if sparse else block.toarray().reshape(shape)
@@ -542,3 +597,94 @@ def jacobian_rows(
     feeds = check_inputs(program, inputs)
     for start, _, _, grads in _reverse_blocks(program, feeds, of, (wrt,), rows_per_block, cancel):
         yield start, grads[wrt]
+
+
+def sparse_rows(
+    program: Program,
+    inputs: Arrays,
+    of: str,
+    wrt: str,
+    plan: ColourPlan,
+    bounds: Sequence[int],
+    cancel: Cancel = None,
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(first row, end row, values) of J[of][wrt] computed by `plan` (`block_plan`), for each
+    run of rows between consecutive `bounds` (0, ..., rows), in order: the values of the run's
+    stored entries of `plan.pattern`, in CSR order, bit for bit those of
+    `jacobian(sparse=True)`.
+
+    No whole result is held, and nothing larger than it: the passes run chunk by chunk of
+    colours, as the runs need them, and each run is yielded as soon as every chunk its entries
+    are read from has run. A chunk's results are kept until no run left reads them when they
+    are about as small as the entries read from them (a banded block's: a forward pass gives a
+    column of every row, so its runs come after the last chunk, and the chunks are the values);
+    otherwise the entries of the runs not yet sent are copied out (into one array, at most
+    the values) and the chunk dropped. How
+    early runs come depends on the colouring: a reverse pass gives whole rows, those of its
+    colours (a diagonal or block-diagonal block: every run from one chunk)."""
+    feeds = check_inputs(program, inputs)
+    pattern, gather = plan.pattern, plan.gather
+    read = pattern.shape[0] if plan.forward else pattern.shape[1]
+    step = _chunk(program, of, wrt, plan, None)
+    width = step * read  # the stacked results of one chunk
+    dtype = program.types[of].dtype
+    runs = list(itertools.pairwise(bounds))
+    chunks = -(-plan.count // step)
+    reads = np.zeros(chunks, np.int64)  # per chunk: the entries read from it
+    # Per run, the first and last chunk its entries are read from (none: (chunks, -1)), found
+    # for runs of about SLAB_ENTRIES entries at a time (a temporary array that size).
+    entries = pattern.indptr[np.asarray(bounds)]
+    firsts, lasts = np.full(len(runs), chunks), np.full(len(runs), -1)
+    k = 0
+    while k < len(runs):
+        j = int(np.searchsorted(entries, entries[k] + SLAB_ENTRIES, side="right")) - 1
+        j = min(max(j, k + 1), len(runs))
+        chunk = gather[entries[k] : entries[j]] // width  # the chunk each entry is read from
+        reads += np.bincount(chunk, minlength=chunks)
+        some = np.flatnonzero(entries[k + 1 : j + 1] > entries[k:j])
+        if some.size:  # runs tile the entries: a run's segment ends where the next one starts
+            starts = entries[k + some] - entries[k]
+            firsts[k + some] = np.minimum.reduceat(chunk, starts)
+            lasts[k + some] = np.maximum.reduceat(chunk, starts)
+        del chunk
+        k = j
+    spans = list(zip(firsts.tolist(), lasts.tolist(), strict=True))
+    # needed[k]: the first chunk that run k or a later one reads; older chunks are dropped.
+    needed = np.minimum.accumulate(firsts[::-1])[::-1]
+    passes = _passes(program, feeds, of, wrt, plan, step, range(0, plan.count, step), cancel)
+    kept: dict[int, np.ndarray] = {}  # chunk -> its results
+    copied, base = None, 0  # the entries from `base` on, of the chunks not kept
+    computed = 0
+    for k, ((start, end), (first, last)) in enumerate(zip(runs, spans, strict=True)):
+        for old in [c for c in kept if c < needed[k]]:
+            del kept[old]
+        lo, hi = pattern.indptr[start], pattern.indptr[end]
+        while computed <= last:
+            results = next(passes)[2]
+            if results.size <= 2 * reads[computed]:
+                kept[computed] = results
+            else:  # the entries of this run and the later ones, at most the values
+                if copied is None:
+                    copied, base = np.empty(pattern.nnz - lo, dtype), lo
+                _gather(copied[lo - base :], {computed: results}, gather[lo:], width)
+            del results
+            computed += 1
+        values = np.empty(hi - lo, dtype) if copied is None else copied[lo - base : hi - base]
+        _gather(
+            values, {c: kept[c] for c in range(first, last + 1) if c in kept}, gather[lo:hi], width
+        )
+        yield start, end, values
+        del values  # only the caller holds the run's values while it sends them
+
+
+def _gather(
+    into: np.ndarray, chunks: Mapping[int, np.ndarray], offsets: np.ndarray, width: int
+) -> None:
+    """Set the entries of `into` read from `chunks` (their results, by chunk): a plan's gather
+    `offsets` of chunk c are in [c * width, (c + 1) * width)."""
+    for c, results in chunks.items():
+        mine = (offsets >= c * width) & (offsets < (c + 1) * width)
+        if mine.all():
+            np.take(results, offsets - c * width, out=into)
+        elif mine.any():
+            into[mine] = results[offsets[mine] - c * width]

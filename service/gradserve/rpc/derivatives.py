@@ -10,7 +10,6 @@ the deadline passes.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +18,14 @@ from gradserve_client.proto import gradient_service_pb2 as pb
 from gradserve_client.proto.tensor_codec import fill_tensor
 
 from gradserve import autodiff
-from gradserve.autodiff.hessian import hessian, hessian_rows, hvp
-from gradserve.autodiff.jacobian import Part
+from gradserve.autodiff.hessian import (
+    hessian,
+    hessian_plans,
+    hessian_rows,
+    hessian_sparse_rows,
+    hvp,
+)
+from gradserve.autodiff.jacobian import ColourPlan, Part, block_plan, sparse_rows
 from gradserve.autodiff.sparsity import jacobian_sparsity, structural_pattern
 from gradserve.autodiff.transforms import derivative_program
 from gradserve.rpc import requests
@@ -64,6 +69,12 @@ KINDS = {
 ROW_BLOCK_OVERHEAD = 64 * 1024
 #: Bytes of one int64 index of a CSR matrix.
 INDEX_BYTES = 8
+#: The most bytes of a CSR run's message (below the message limit): while a stream builds and
+#: sends one, it holds a few copies of its arrays (the values, their bytes, the message, its
+#: serialization, which grpc keeps until the next is built), the most of a sparse stream's
+#: memory besides the result's passes. At 4 MiB a 10^6 x 10^6 tridiagonal stream peaks ~40 MB
+#: lower than in 16 MiB messages; a message more costs well under a millisecond.
+MAX_RUN_BYTES = 4 << 20
 
 
 # ---- blocks on the wire ------------------------------------------------------------------------
@@ -338,13 +349,16 @@ def derivative_program_rpc(
 #
 # Both stream the blocks (a, b) of a result, J[of][wrt] or H[wi][wj], each a matrix of
 # a.size rows (a's dtype) by b.size columns, in consecutive runs of rows, each run as large as
-# one message holds: dense rows computed one run at a time, or a CSR result computed whole
-# (memory proportional to its stored entries) and sliced by stored entries. Everything is
-# checked before the first message, so a refused request streams nothing; a client that goes
-# away (or a deadline that passes) stops the stream between two runs, and the core's cancel
-# callback stops the computation within one.
+# one message holds: dense rows computed one run at a time, or CSR runs sized by the stored
+# entries of the block's pattern (detected and coloured first) and computed run after run
+# (`jacobian.sparse_rows`: the whole CSR result is never held). Everything is checked before
+# the first message (the sizes from the shapes or the patterns), so a refused request streams
+# and computes nothing; a client that goes away (or a deadline that passes) stops the stream
+# between two runs, and the core's cancel callback stops the computation within one.
 
 Rows = Callable[[str, str, int], Iterator[tuple[int, np.ndarray]]]
+#: (a, b, plan, bounds) -> (first row, end row, values) of each run of block (a, b).
+SparseRows = Callable[[str, str, ColourPlan, Sequence[int]], Iterator[tuple[int, int, np.ndarray]]]
 
 
 def stream_jacobian(
@@ -363,12 +377,14 @@ def stream_jacobian(
 
         counted = "the Jacobians asked for have {} elements"
         return _dense_stream(servicer, call, pairs, hint, rows, counted)
-    with core_errors(program):  # the stored entries are bounded before anything is computed
-        stored = sum(structural_pattern(program, o, w, cancel=cancel).nnz for o, w in pairs)
-    _check_stream(servicer, stored, "the sparse Jacobians asked for have {} stored entries")
     with core_errors(program):
-        _, jac = autodiff.jacobian(program, inputs, of, wrt, mode, cancel=cancel, sparse=True)
-    return _sparse_stream(servicer, call, {(o, w): jac[o][w] for o, w in pairs}, hint)
+        plans = {(o, w): block_plan(program, o, w, mode, cancel=cancel) for o, w in pairs}
+
+    def runs(o: str, w: str, plan: ColourPlan, bounds: Sequence[int]) -> Any:
+        return sparse_rows(program, inputs, o, w, plan, bounds, cancel)
+
+    counted = "the sparse Jacobians asked for have {} stored entries"
+    return _sparse_stream(servicer, call, plans, hint, runs, counted)
 
 
 def stream_hessian(
@@ -388,11 +404,13 @@ def stream_hessian(
         counted = "the Hessian asked for has {} elements"
         return _dense_stream(servicer, call, pairs, hint, rows, counted)
     with core_errors(program):
-        _, blocks = hessian(program, inputs, of, wrt, sparse=True, cancel=cancel)
-    matrices = {(a, b): blocks[a][b] for a, b in pairs}
-    stored = sum(h.nnz for h in matrices.values())
-    _check_stream(servicer, stored, "the sparse Hessian asked for has {} stored entries")
-    return _sparse_stream(servicer, call, matrices, hint)
+        plans = hessian_plans(program, of, wrt, cancel)
+
+    def runs(a: str, b: str, plan: ColourPlan, bounds: Sequence[int]) -> Any:
+        return hessian_sparse_rows(program, inputs, of, wrt, a, b, plan, bounds, cancel)
+
+    counted = "the sparse Hessian asked for has {} stored entries"
+    return _sparse_stream(servicer, call, plans, hint, runs, counted)
 
 
 def _rows_hint(request: Any) -> int:
@@ -471,24 +489,30 @@ def _dense_blocks(
 def _sparse_stream(
     servicer: GradientServicer,
     call: Call,
-    matrices: Mapping[tuple[str, str], Any],
+    plans: Mapping[tuple[str, str], ColourPlan],
     hint: int,
+    runs: SparseRows,
+    counted: str,
 ) -> Iterator[pb.JacobianRowBlock]:
-    """CSR row blocks of computed CSR matrices, each run of rows as many as one message holds
-    by their stored entries (at most ``hint`` if set)."""
-    budget = servicer.settings.max_message_bytes - ROW_BLOCK_OVERHEAD
+    """CSR row blocks of the blocks that ``plans`` compute, each run of rows as many as one
+    message of MAX_RUN_BYTES (or the message limit) holds by the stored entries of the plan's
+    pattern (at most ``hint`` if set), their values computed run by run by ``runs``.
+    ``counted`` names the stored entries."""
+    _check_stream(servicer, sum(plan.pattern.nnz for plan in plans.values()), counted)
+    limit = servicer.settings.max_message_bytes - ROW_BLOCK_OVERHEAD
+    budget = min(limit, MAX_RUN_BYTES)
     types = call.program.types
-    runs = {}
-    for (a, b), matrix in matrices.items():
-        matrix.sort_indices()
+    bounds = {}
+    for (a, b), plan in plans.items():
         # cost[r]: the bytes of rows [0, r) in a message; each run takes at most `budget`.
         per_entry = INDEX_BYTES + _itemsize(types, a)
-        cost = np.arange(matrix.shape[0] + 1) * INDEX_BYTES + matrix.indptr * per_entry
+        indptr = plan.pattern.indptr.astype(np.int64)  # int32 bytes would wrap past 2 GiB
+        cost = np.arange(indptr.size, dtype=np.int64) * INDEX_BYTES + indptr * per_entry
         widest = int(np.diff(cost).max(initial=0))
-        if widest > budget:
+        if widest > limit:
             raise _row_too_large(a, b, widest, servicer)
-        runs[a, b] = _runs(cost, budget, hint)
-    return _sparse_blocks(call, matrices, runs)
+        bounds[a, b] = _runs(cost, budget, hint)  # a row over `budget` is a run of its own
+    return _sparse_blocks(call, plans, bounds, runs)
 
 
 def _runs(cost: np.ndarray, budget: int, hint: int) -> list[int]:
@@ -507,17 +531,24 @@ def _runs(cost: np.ndarray, budget: int, hint: int) -> list[int]:
 
 
 def _sparse_blocks(
-    call: Call, matrices: Mapping[tuple[str, str], Any], runs: Mapping[tuple[str, str], list[int]]
+    call: Call,
+    plans: Mapping[tuple[str, str], ColourPlan],
+    bounds: Mapping[tuple[str, str], list[int]],
+    runs: SparseRows,
 ) -> Iterator[pb.JacobianRowBlock]:
-    for (a, b), matrix in matrices.items():
-        for start, end in itertools.pairwise(runs[a, b]):
-            first, last = matrix.indptr[start], matrix.indptr[end]
-            block = _block(call, a, b, start, end - start)
-            fill_csr(
-                block.sparse,
-                (end - start, matrix.shape[1]),
-                matrix.indptr[start : end + 1] - first,
-                matrix.indices[first:last],
-                matrix.data[first:last],
-            )
-            yield block
+    for (a, b), plan in plans.items():
+        pattern = plan.pattern
+        with core_errors(call.program):
+            for start, end, values in runs(a, b, plan, bounds[a, b]):
+                first, last = pattern.indptr[start], pattern.indptr[end]
+                block = _block(call, a, b, start, end - start)
+                fill_csr(
+                    block.sparse,
+                    (end - start, pattern.shape[1]),
+                    pattern.indptr[start : end + 1] - first,
+                    pattern.indices[first:last],
+                    values,
+                )
+                del values
+                yield block
+                del block  # sent: not held while the next run is computed

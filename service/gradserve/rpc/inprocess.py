@@ -19,6 +19,7 @@ from gradserve_client.proto import training_pb2 as tpb
 from gradserve import training as tr
 from gradserve.autodiff import GraphError, Program
 from gradserve.rpc import training
+from gradserve.rpc.codec import graph_to_proto
 from gradserve.rpc.errors import RpcError, from_graph_error
 from gradserve.rpc.graph_cache import CachedGraph, GraphCache
 
@@ -60,6 +61,11 @@ class InProcess:
     def program(entry: CachedGraph, shapes: Mapping[str, tuple[int, ...]]) -> Program:
         """The Program of ``entry`` for these input shapes."""
         return entry.program_for(shapes, _UNLIMITED)
+
+    @staticmethod
+    def graph_message(program: Program) -> graph_pb2.Graph:
+        """A Program (a derivative program, say) as the Graph message a server answers with."""
+        return graph_to_proto(program)
 
     @staticmethod
     def train(

@@ -7,9 +7,10 @@ calls refused by authentication or by the limit are counted too), then authentic
 ``MetricsInterceptor`` records, for every RPC of every service (health included):
 ``gradserve_requests_total{method,code}`` (``code`` is the status *name*, ``method`` the full
 path), ``gradserve_request_duration_seconds{method}``, ``gradserve_inflight_requests``, the
-request and response message size histograms, and ``gradserve_jacobian_elements`` for Jacobian
-and StreamJacobian, and ``gradserve_train_active_streams`` (Train streams open; the training
-code counts ``gradserve_train_steps_total``). A streaming RPC is counted when its stream ends
+request and response message size histograms, ``gradserve_jacobian_elements`` for Jacobian,
+Hessian and their streams (told by their response types), and
+``gradserve_train_active_streams`` (Train streams open; the training code counts
+``gradserve_train_steps_total``). A streaming RPC is counted when its stream ends
 (or is cancelled). Calls that grpc ends before any handler runs (their deadline passed while
 they waited for a thread) are counted by ``CountingThreadPool``, the server's pool. Calls
 refused with RESOURCE_EXHAUSTED are also counted in ``gradserve_refusals_total{method,limit}``,
@@ -45,9 +46,13 @@ from gradserve.rpc.errors import InvalidArgument, LimitExceeded, status_of
 
 access_log = logging.getLogger("gradserve.access")
 
-# What the metrics record by a method's response type: the Jacobian's elements of a
-# JacobianResponse (its blocks) and of a stream of JacobianRowBlocks, and open Train streams.
-_JACOBIAN_BLOCKS = gradient_service_pb2.JacobianResponse.DESCRIPTOR.full_name
+# What the metrics record by a method's response type: the elements of the blocks of a
+# JacobianResponse or a HessianResponse and of a stream of JacobianRowBlocks (StreamJacobian,
+# StreamHessian), and open Train streams.
+_JACOBIAN_BLOCKS = frozenset(
+    m.DESCRIPTOR.full_name
+    for m in (gradient_service_pb2.JacobianResponse, gradient_service_pb2.HessianResponse)
+)
 _JACOBIAN_ROWS = gradient_service_pb2.JacobianRowBlock.DESCRIPTOR.full_name
 _TRAIN_EVENTS = training_pb2.TrainEvent.DESCRIPTOR.full_name
 
@@ -160,7 +165,7 @@ class _MethodMetrics:
     def __init__(self, method: str) -> None:
         self.method = method
         self.request_type, response_type = message_types(method)
-        self.jacobian_blocks = response_type == _JACOBIAN_BLOCKS
+        self.jacobian_blocks = response_type in _JACOBIAN_BLOCKS
         self.jacobian_rows = response_type == _JACOBIAN_ROWS
         self.train = response_type == _TRAIN_EVENTS
         self.duration = metrics.REQUEST_DURATION.labels(method)
@@ -224,7 +229,7 @@ class _Call:
         self.metrics = children
         self.context = context
         self.start = time.perf_counter() if start is None else start
-        self.jacobian: dict[tuple[str, str], int] = {}  # StreamJacobian: (of, wrt) -> elements
+        self.jacobian: dict[tuple[str, str], int] = {}  # row blocks: (of, wrt) -> elements
         self._done = False
         self._lock = threading.Lock()
         metrics.INFLIGHT_REQUESTS.inc()
