@@ -45,20 +45,15 @@ def _is_one(node: NodeDef | None) -> bool:
     return value.size == 1 and value.item() == 1
 
 
-def simplify(program: Program) -> Program:
-    """`program` with the same outputs, computed by fewer nodes (see the module docstring).
-    Outputs keep their own nodes, so two outputs never become one array."""
-    return simplified(program.inputs, program.nodes, program.outputs, program.types)
-
-
 def simplified(
     inputs: tuple[InputDef, ...],
     nodes_in: Sequence[NodeDef],
     outputs_in: tuple[str, ...],
     types: Mapping[str, TensorType],
 ) -> Program:
-    """The simplified Program of these parts (`nodes_in` topologically ordered; `types` may
-    hold more names than they use)."""
+    """The Program of these parts with the same outputs, computed by fewer nodes (see the
+    module docstring); `nodes_in` topologically ordered, `types` may hold more names than
+    they use. Outputs keep their own nodes, so two outputs never become one array."""
     outputs = set(outputs_in)
     rename: dict[str, str] = {}  # a removed value -> the value that replaces it
     seen: dict[Hashable, str] = {}  # (op, inputs, attrs) -> the first node computing it
