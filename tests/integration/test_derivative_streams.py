@@ -478,6 +478,39 @@ def test_a_sparse_stream_over_the_limit_is_refused_before_any_pass(
         assert runs  # computed once accepted
 
 
+def test_a_sparse_unary_hessian_over_the_limit_is_refused_before_any_pass(
+    make_server: Any, monkeypatch: Any
+) -> None:
+    """A structured Hessian's stored entries are known from its plans' patterns: over
+    --max-jacobian-elements it is refused (for StreamHessian) with nothing computed."""
+    runs: list[int] = []
+    run = Executable.run
+    monkeypatch.setattr(
+        Executable, "run", lambda self, *a, **k: runs.append(1) or run(self, *a, **k)
+    )
+    n = 1000
+    x = RNG.normal(size=n)
+    running = make_server(max_jacobian_elements=2000)
+    channel, stub = running.stub()
+    with channel:
+        hess = pb.HessianRequest(
+            graph=cubic_chain(n).to_proto(), inputs=tensors({"x": x}), structured=True
+        )
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.Hessian(hess)
+        err = rich_error(exc.value)
+        assert err.code == EXHAUSTED and err.metadata["limit"] == "max_jacobian_elements"
+        assert f"the sparse Hessian has {3 * n - 3} stored entries" in err.message
+        assert "use StreamHessian" in err.message
+        assert runs == []
+        small = pb.HessianRequest(
+            graph=cubic_chain(600).to_proto(), inputs=tensors({"x": x[:600]}), structured=True
+        )
+        block = stub.Hessian(small).blocks[0]
+        assert list(block.sparse.indices.shape) == [3 * 600 - 3]  # 1797 entries pass
+        assert runs
+
+
 def test_a_csr_row_over_the_message_limit_is_refused_naming_the_setting(make_server: Any) -> None:
     """The gradient of sum(x) as a Jacobian has one row of n stored entries: at 16 bytes each,
     100,000 of them are over a 1 MiB message."""

@@ -247,6 +247,15 @@ def hessian_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.
             limit="max_jacobian_elements",
             reason=JACOBIAN_TOO_LARGE,
         )
+    if request.structured:  # bounded by its whole pattern, before any pass (shares too)
+        with core_errors(program):
+            plans = hessian_plans(program, of, wrt, cancel)
+        stored = sum(plan.pattern.nnz for plan in plans.values())
+        nbytes = sum(
+            csr_bytes(types[a].size, plan.pattern.nnz, _itemsize(types, a))
+            for (a, _), plan in plans.items()
+        )
+        _check_stored(servicer, stored, nbytes, "sparse Hessian", "StreamHessian")
     with core_errors(program):
         value, blocks = hessian(
             program,
@@ -257,11 +266,6 @@ def hessian_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.
             cancel=cancel,
             part=work_part(request),
         )
-    if request.structured:
-        matrices = [(a, blocks[a][b]) for a in wrt for b in wrt]
-        stored = sum(h.nnz for _, h in matrices)
-        nbytes = sum(csr_bytes(h.shape[0], h.nnz, _itemsize(types, a)) for a, h in matrices)
-        _check_stored(servicer, stored, nbytes, "sparse Hessian", "StreamHessian")
     response = pb.HessianResponse(graph_id=call.graph_id, value=encode_tensor(np.asarray(value)))
     for a in wrt:
         for b in wrt:
