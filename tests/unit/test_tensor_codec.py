@@ -116,19 +116,26 @@ def test_unsupported_values_raise_type_error(value, match: str) -> None:
         to_tensor(value)
 
 
+def _root_buffer(array: np.ndarray) -> object:
+    """The object at the end of an array's chain of bases (the buffer it views)."""
+    base = array
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    return base.base
+
+
 def test_decoding_is_zero_copy_and_read_only() -> None:
     tensor = to_tensor(np.arange(6.0).reshape(2, 3))
     data = tensor.data
     array = from_tensor(tensor)
     assert not array.flags.owndata
     assert not array.flags.writeable
-    base = array
-    while isinstance(base.base, np.ndarray):
-        base = base.base
-    assert isinstance(base.base, bytes)
+    assert isinstance(_root_buffer(array), bytes)
     # Decoding a bytes object directly views it rather than copying it.
     view = from_tensor(tensor_pb2.Tensor(dtype=tensor.dtype, shape=tensor.shape, data=data))
-    assert np.shares_memory(view, np.frombuffer(view.base.base, dtype=np.uint8))
+    root = _root_buffer(view)
+    assert isinstance(root, bytes)
+    assert np.shares_memory(view, np.frombuffer(root, dtype=np.uint8))
 
 
 def _raw(dtype: int, shape: list[int], nbytes: int) -> tensor_pb2.Tensor:

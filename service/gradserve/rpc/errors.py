@@ -25,8 +25,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -224,17 +223,26 @@ def from_graph_error(
     return InvalidArgument(field, f"{exc.reason} (at {at})" if at else exc.reason, reason=reason)
 
 
-@contextmanager
-def core_errors(program: Program) -> Iterator[None]:
+class core_errors:  # a lower-case name: it reads as the function it replaced
     """Core GraphErrors raised while running ``program``, as INVALID_ARGUMENT naming the
     request field; a plan over --max-request-bytes as RESOURCE_EXHAUSTED naming the program's
-    node."""
-    try:
-        yield
-    except GraphError as exc:
-        raise from_graph_error(exc, program.input_names, running=True) from None
-    except MemoryLimitExceeded as exc:
-        raise memory_limit_error(exc, program) from None
+    node. A class, not a @contextmanager: every RPC enters one, and a generator-based context
+    manager costs several times more."""
+
+    __slots__ = ("program",)
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, GraphError):
+            raise from_graph_error(exc, self.program.input_names, running=True) from None
+        if isinstance(exc, MemoryLimitExceeded):
+            raise memory_limit_error(exc, self.program) from None
+        return False
 
 
 def _to_status(code: grpc.StatusCode, message: str, details: Iterable[Any] = ()) -> Any:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 from gradserve_client.opset.listing import operators_response
 from gradserve_client.proto import gradient_service_pb2 as pb
+from gradserve_client.proto import tensor_codec
 
 from gradserve import __version__, autodiff, blas
 from gradserve.autodiff import OPSET
@@ -64,14 +65,15 @@ class GradientServicer:
 
     @rpc_method
     def Evaluate(self, request, context):
-        call = self._prepare(request, cancel_callback(context))
+        cancel = cancel_callback(context)  # one per call: its deadline is the call's
+        call = self._prepare(request, cancel)
         with _core_errors(call.program):
-            values = autodiff.evaluate(
-                call.program, call.inputs, tuple(request.outputs), cancel_callback(context)
-            )
+            values = autodiff.evaluate(call.program, call.inputs, tuple(request.outputs), cancel)
         if sum(np.asarray(v).nbytes for v in values.values()) >= DIRECT_ENCODE_BYTES:
             return EncodedEvaluateResponse(call.graph_id, values)  # one copy of the values
-        return pb.EvaluateResponse(graph_id=call.graph_id, outputs=encode_tensors(values))
+        response = pb.EvaluateResponse(graph_id=call.graph_id)
+        tensor_codec.fill_tensor_map(response.outputs, values)  # no Tensor built, then copied
+        return response
 
     @rpc_method
     def Jacobian(self, request, context):
