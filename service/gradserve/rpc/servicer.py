@@ -77,12 +77,12 @@ class GradientServicer:
 
     @rpc_method
     def Jacobian(self, request, context):
-        call = self._prepare(request, cancel_callback(context))
+        cancel = cancel_callback(context)
+        call = self._prepare(request, cancel)
         mode = jacobian_mode(request)
         of, wrt = of_wrt(call.program, request)
         part = derivatives.work_part(request)
         if request.structured:
-            cancel = cancel_callback(context)
             return derivatives.structured_jacobian(self, call, of, wrt, mode, cancel, part)
         types = call.program.types
         elements = sum(types[o].size * types[w].size for o in of for w in wrt)
@@ -91,7 +91,7 @@ class GradientServicer:
             raise JacobianTooLarge(elements, limit)
         with _core_errors(call.program):
             values, jac = autodiff.jacobian(
-                call.program, call.inputs, of, wrt, mode, cancel=cancel_callback(context), part=part
+                call.program, call.inputs, of, wrt, mode, cancel=cancel, part=part
             )
         blocks = [
             pb.JacobianBlock(of=o, wrt=w, shape=jac[o][w].shape, dense=encode_tensor(jac[o][w]))
@@ -108,15 +108,14 @@ class GradientServicer:
 
     @rpc_method
     def Vjp(self, request, context):
-        call = self._prepare(request, cancel_callback(context))
+        cancel = cancel_callback(context)
+        call = self._prepare(request, cancel)
         cotangents = self._decode(request.cotangents, "cotangents")
         program = call.program
         names(program, tuple(cotangents), "cotangents", ())
         wrt = names(program, request.wrt, "wrt", float_inputs(program))
         with _core_errors(program):
-            values, grads = autodiff.vjp_values(
-                program, call.inputs, cotangents, wrt, cancel_callback(context)
-            )
+            values, grads = autodiff.vjp_values(program, call.inputs, cotangents, wrt, cancel)
         return pb.VjpResponse(
             graph_id=call.graph_id,
             outputs=encode_tensors(values),
@@ -125,7 +124,8 @@ class GradientServicer:
 
     @rpc_method
     def Jvp(self, request, context):
-        call = self._prepare(request, cancel_callback(context))
+        cancel = cancel_callback(context)
+        call = self._prepare(request, cancel)
         tangents = self._decode(request.tangents, "tangents")
         program = call.program
         for name in tangents:
@@ -133,9 +133,7 @@ class GradientServicer:
                 raise InvalidArgument(f'tangents["{name}"]', "not an input of the graph")
         of = names(program, request.of, "of", program.outputs)
         with _core_errors(program):
-            values, out = autodiff.jvp_values(
-                program, call.inputs, tangents, of, cancel_callback(context)
-            )
+            values, out = autodiff.jvp_values(program, call.inputs, tangents, of, cancel)
         return pb.JvpResponse(
             graph_id=call.graph_id, outputs=encode_tensors(values), tangents=encode_tensors(out)
         )
