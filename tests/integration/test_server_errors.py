@@ -122,6 +122,9 @@ def test_request_fields(stub):
                                  tangents=tensors({"q": np.ones(2)})), 'tangents["q"]'),
         (stub.Jvp, pb.JvpRequest(graph=G1.proto(), inputs=feed,
                                  tangents=tensors({"x": np.ones(2)})), 'tangents["x"].shape'),
+        # JvpRequest has no `wrt`: an int input's tangent is named as the tangent it is
+        (stub.Jvp, pb.JvpRequest(graph=G1.proto(), inputs=feed,
+                                 tangents=tensors({"k": np.int64(1)})), 'tangents["k"]'),
     ]  # fmt: skip
     for method, request, field in cases:
         err = call_error(method, request)
@@ -256,3 +259,17 @@ def test_train_without_data_is_invalid(stub):
     # Train is implemented (tests/integration/test_train.py): a request without data is refused
     err = call_error(stub.Train, training_pb2.TrainRequest(graph=G1.proto(), loss="y"))
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_long_node_source_is_refused_by_name(stub):
+    # A source this long in the error details would exceed gRPC's 16 KiB metadata limit.
+    nodes = [("h1", "sum", ["nope"], {"axis": [1]}), ("y", "exp", ["h1"], {})]
+    graph = G(G1.inputs, nodes, ["y"]).proto()
+    graph.nodes[0].source = "A" * 20000
+    err = call_error(stub.Evaluate, pb.EvaluateRequest(graph=graph, inputs=tensors(FEED)))
+    assert err.code == INVALID
+    assert err.fields == ['graph.nodes["h1"].source']
+    assert "more than 1024" in err.descriptions[0]
+    graph.nodes[0].source = "A" * 1024  # at the limit: the graph's own error, with its source
+    err = call_error(stub.Evaluate, pb.EvaluateRequest(graph=graph, inputs=tensors(FEED)))
+    assert err.code == INVALID and err.fields[0].startswith('graph.nodes["h1"].inputs[0]')
