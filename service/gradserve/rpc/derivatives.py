@@ -25,6 +25,7 @@ from gradserve.autodiff.hessian import (
     hessian_sparse_rows,
     hvp,
 )
+from gradserve.autodiff.ir import Cancel
 from gradserve.autodiff.jacobian import ColourPlan, Part, block_plan, sparse_rows
 from gradserve.autodiff.sparsity import jacobian_sparsity, structural_pattern
 from gradserve.autodiff.transforms import derivative_program
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
     from gradserve.autodiff import Program
     from gradserve.rpc.servicer import GradientServicer
 
-Cancel = Callable[[], bool] | None
 
 #: What GetServerInfo lists for these RPCs.
 FEATURES = (
