@@ -273,3 +273,25 @@ def test_long_node_source_is_refused_by_name(stub):
     graph.nodes[0].source = "A" * 1024  # at the limit: the graph's own error, with its source
     err = call_error(stub.Evaluate, pb.EvaluateRequest(graph=graph, inputs=tensors(FEED)))
     assert err.code == INVALID and err.fields[0].startswith('graph.nodes["h1"].inputs[0]')
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_second_derivatives_name_the_wrt_at_fault_as_the_first_ones_do(stub, structured):
+    # One wrt rule for every RPC: "is an input" in rpc/requests.py, "is a float" in the core.
+    graph = G(G1.inputs, [("h1", "sum", ["x"], {}), ("y", "exp", ["h1"], {})], ["y"]).proto()
+    common = {"graph": graph, "inputs": tensors(FEED), "structured": structured}
+    for wrt, message in ((["x", "k"], "is int64: only floats have derivatives"),
+                         (["h1"], "not an input of the graph")):  # fmt: skip
+        field = f'wrt["{wrt[-1]}"]'
+        for method, request in (
+            (stub.Jacobian, pb.JacobianRequest(of=["y"], wrt=wrt, **common)),
+            (stub.Hessian, pb.HessianRequest(of="y", wrt=wrt, **common)),
+            (stub.StreamHessian, pb.StreamHessianRequest(of="y", wrt=wrt, **common)),
+        ):
+            err = call_error(method, request)
+            assert (err.code, err.fields, err.descriptions) == (INVALID, [field], [message]), err
+    hvp = pb.HvpRequest(graph=graph, inputs=tensors(FEED), of="y", wrt=["k"],
+                        vectors=tensors({"k": np.int64(1)}))  # fmt: skip
+    err = call_error(stub.Hvp, hvp)
+    assert (err.code, err.fields) == (INVALID, ['wrt["k"]'])
+    assert err.descriptions == ["is int64: only floats have derivatives"]
