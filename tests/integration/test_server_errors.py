@@ -122,6 +122,9 @@ def test_request_fields(stub):
                                  tangents=tensors({"q": np.ones(2)})), 'tangents["q"]'),
         (stub.Jvp, pb.JvpRequest(graph=G1.proto(), inputs=feed,
                                  tangents=tensors({"x": np.ones(2)})), 'tangents["x"].shape'),
+        # JvpRequest has no `wrt`: an int input's tangent is named as the tangent it is
+        (stub.Jvp, pb.JvpRequest(graph=G1.proto(), inputs=feed,
+                                 tangents=tensors({"k": np.int64(1)})), 'tangents["k"]'),
     ]  # fmt: skip
     for method, request, field in cases:
         err = call_error(method, request)
@@ -256,3 +259,39 @@ def test_train_without_data_is_invalid(stub):
     # Train is implemented (tests/integration/test_train.py): a request without data is refused
     err = call_error(stub.Train, training_pb2.TrainRequest(graph=G1.proto(), loss="y"))
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_long_node_source_is_refused_by_name(stub):
+    # A source this long in the error details would exceed gRPC's 16 KiB metadata limit.
+    nodes = [("h1", "sum", ["nope"], {"axis": [1]}), ("y", "exp", ["h1"], {})]
+    graph = G(G1.inputs, nodes, ["y"]).proto()
+    graph.nodes[0].source = "A" * 20000
+    err = call_error(stub.Evaluate, pb.EvaluateRequest(graph=graph, inputs=tensors(FEED)))
+    assert err.code == INVALID
+    assert err.fields == ['graph.nodes["h1"].source']
+    assert "more than 1024" in err.descriptions[0]
+    graph.nodes[0].source = "A" * 1024  # at the limit: the graph's own error, with its source
+    err = call_error(stub.Evaluate, pb.EvaluateRequest(graph=graph, inputs=tensors(FEED)))
+    assert err.code == INVALID and err.fields[0].startswith('graph.nodes["h1"].inputs[0]')
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_second_derivatives_name_the_wrt_at_fault_as_the_first_ones_do(stub, structured):
+    # One wrt rule for every RPC: "is an input" in rpc/requests.py, "is a float" in the core.
+    graph = G(G1.inputs, [("h1", "sum", ["x"], {}), ("y", "exp", ["h1"], {})], ["y"]).proto()
+    common = {"graph": graph, "inputs": tensors(FEED), "structured": structured}
+    for wrt, message in ((["x", "k"], "is int64: only floats have derivatives"),
+                         (["h1"], "not an input of the graph")):  # fmt: skip
+        field = f'wrt["{wrt[-1]}"]'
+        for method, request in (
+            (stub.Jacobian, pb.JacobianRequest(of=["y"], wrt=wrt, **common)),
+            (stub.Hessian, pb.HessianRequest(of="y", wrt=wrt, **common)),
+            (stub.StreamHessian, pb.StreamHessianRequest(of="y", wrt=wrt, **common)),
+        ):
+            err = call_error(method, request)
+            assert (err.code, err.fields, err.descriptions) == (INVALID, [field], [message]), err
+    hvp = pb.HvpRequest(graph=graph, inputs=tensors(FEED), of="y", wrt=["k"],
+                        vectors=tensors({"k": np.int64(1)}))  # fmt: skip
+    err = call_error(stub.Hvp, hvp)
+    assert (err.code, err.fields) == (INVALID, ['wrt["k"]'])
+    assert err.descriptions == ["is int64: only floats have derivatives"]

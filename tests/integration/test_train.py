@@ -392,6 +392,15 @@ def test_put_dataset_limits_and_id(make_server, stub):
         assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+@pytest.mark.parametrize("shape", [[2**32, 2**32], [0, 2**62, 4]])
+def test_put_dataset_overflowing_shape_is_over_the_limit(stub, shape):
+    # An int64 product of these shapes wraps to 0 elements, which passed the limit.
+    err = call_error(stub.PutDataset, _chunks({"name": "X", "dtype": F64, "shape": shape}))
+    assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.message.startswith(f'chunks["X"] of shape {shape} has {2**64} elements')
+    assert "max_tensor_elements" in err.message
+
+
 def test_unknown_dataset_id_is_not_found(stub):
     params, _ = problem()
     req = tpb.TrainRequest(graph=mlp_graph().to_proto(), loss="loss", dataset_id="ds-nope",

@@ -129,3 +129,24 @@ def test_no_module_of_rpc_reads_another_ones_private_names() -> None:
 def test_the_metrics_interceptor_names_no_method() -> None:
     source = (SERVICE / "gradserve" / "rpc" / "interceptors.py").read_text()
     assert "/gradserve.v1.Gradient/" not in source
+
+
+def test_cancel_is_defined_once_in_ir_and_imported_from_there() -> None:
+    # Low-level modules took Cancel from api.py (the top-level API) and Cancelled from executor.
+    definitions, elsewhere = [], []
+    for path in sorted((SERVICE / "gradserve").rglob("*.py")):
+        name = _module_name(path, SERVICE)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if any(isinstance(t, ast.Name) and t.id == "Cancel" for t in targets):
+                    definitions.append(name)
+            # (the package itself re-exports ir's Cancelled as public API)
+            public = ("gradserve.autodiff.ir", "gradserve.autodiff")
+            if isinstance(node, ast.ImportFrom) and node.module not in public:
+                for alias in node.names:
+                    if alias.name in ("Cancel", "Cancelled", "check_cancel"):
+                        elsewhere.append((name, node.module, alias.name))
+    assert definitions == ["gradserve.autodiff.ir"]
+    # autodiff.sparsity is being edited on another branch; it moves to ir when that merges.
+    assert [e for e in elsewhere if e[0] != "gradserve.autodiff.sparsity"] == [], elsewhere

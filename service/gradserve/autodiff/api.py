@@ -12,11 +12,10 @@ import numpy as np
 
 from gradserve.autodiff.cache import cached
 from gradserve.autodiff.executor import compile_program
-from gradserve.autodiff.ir import DTYPES, GraphError, Program, TensorType
+from gradserve.autodiff.ir import DTYPES, Cancel, GraphError, Program, TensorType
 from gradserve.autodiff.transforms import Derivative, jvp, select, vjp
 
 Arrays = Mapping[str, np.ndarray]
-Cancel = Callable[[], bool] | None
 
 
 # dtype objects by name: comparing them is cheap, reading `dtype.name` is not (a property).

@@ -24,8 +24,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from gradserve.autodiff.api import Cancel
-from gradserve.autodiff.executor import Cancelled
+from gradserve.autodiff.ir import Cancel, Cancelled
 
 # Above this many entries of the intersection graph, greedy colouring is not tried.
 MAX_GRAPH_ENTRIES = 1 << 25

@@ -16,9 +16,9 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from gradserve.autodiff.api import Arrays, Cancel, check_array, check_inputs
+from gradserve.autodiff.api import Arrays, check_array, check_inputs
 from gradserve.autodiff.executor import compile_program
-from gradserve.autodiff.ir import GraphError, Program
+from gradserve.autodiff.ir import Cancel, GraphError, Program
 from gradserve.autodiff.jacobian import ColourPlan, Part, block_plan, jacobian, sparse_rows
 from gradserve.autodiff.transforms import Derivative, gradient, hvp_transform, jvp, select
 

@@ -26,11 +26,11 @@ from typing import TypeAlias
 import numpy as np
 import scipy.sparse as sp
 
-from gradserve.autodiff.api import Arrays, Cancel, check_inputs
+from gradserve.autodiff.api import Arrays, check_inputs
 from gradserve.autodiff.cache import cached, entry_bytes
 from gradserve.autodiff.colouring import colour_columns, colour_rows, star_colouring
 from gradserve.autodiff.executor import FOLD_MAX_ELEMENTS, Executable, compile_program
-from gradserve.autodiff.ir import GraphError, InputDef, Program
+from gradserve.autodiff.ir import Cancel, GraphError, InputDef, Program
 from gradserve.autodiff.registry import OPS
 from gradserve.autodiff.simplify import bind
 from gradserve.autodiff.sparsity import PatternTooLarge, structural_pattern

@@ -18,6 +18,10 @@ from gradserve.autodiff import OPSET, GraphDef, InputDef, NodeDef, Program
 from gradserve.autodiff.ir import Cancel, check_cancel
 from gradserve.rpc.errors import INVALID_GRAPH, InvalidArgument, LimitExceeded
 
+# A node's source goes into every error about the node, and gRPC refuses status metadata over
+# 16 KiB: a longer one would turn the error into an unreadable RESOURCE_EXHAUSTED.
+MAX_SOURCE_CHARS = 1024
+
 __all__ = [
     "decode_tensors",
     "encode_tensor",
@@ -133,6 +137,13 @@ def graph_from_proto(
     nodes = []
     for i, n in enumerate(pb.nodes):
         check_cancel(cancel, i)
+        if len(n.source) > MAX_SOURCE_CHARS:
+            raise InvalidArgument(
+                f'graph.nodes["{n.name or i}"].source',
+                f"is {len(n.source)} characters, more than {MAX_SOURCE_CHARS}: it says where the "
+                "node was made (a call site), and goes into every error about the node",
+                reason=INVALID_GRAPH,
+            )
         attrs = {k: _attr(n.name, k, v, max_elements) for k, v in sorted(n.attrs.items())}
         nodes.append(NodeDef(n.name, n.op, tuple(n.inputs), attrs, n.source))
     return GraphDef(tuple(inputs), tuple(nodes), tuple(pb.outputs))

@@ -8,6 +8,7 @@ twice, by any client, is stored once.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -33,7 +34,7 @@ class _Array:
 
     def __init__(self, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> None:
         self.name, self.dtype, self.shape = name, dtype, shape
-        self.buffer = np.empty(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, np.uint8)
+        self.buffer = np.empty(math.prod(shape) * dtype.itemsize, np.uint8)
         self.filled = 0
 
     def add(self, data: bytes) -> None:
@@ -93,11 +94,17 @@ def assemble(chunks: Iterable, *, max_elements: int, max_bytes: int) -> tuple[st
                 )
             if any(d < 0 for d in shape):
                 raise InvalidArgument(_field(name, "shape"), f"negative dimension in {shape}")
-            elements = int(np.prod(shape, dtype=np.int64))
-            if elements > max_elements:
+            # Python ints: numpy's int64 product wraps ([2**32, 2**32] would be 0 elements). The
+            # zero dimensions are left out of the check because numpy refuses an empty array
+            # whose other dimensions overflow too ([0, 2**62, 4]).
+            elements = math.prod(shape)
+            extent = math.prod(d or 1 for d in shape)
+            if extent > max_elements:
+                counted = "" if elements else " (not counting its zero dimensions)"
                 raise LimitExceeded(
-                    f"{_field(name)} has {elements} elements, more than max_tensor_elements="
-                    f"{max_elements}; split it or raise --max-tensor-elements",
+                    f"{_field(name)} of shape {list(shape)} has {extent} elements{counted}, more "
+                    f"than max_tensor_elements={max_elements}; split it or raise "
+                    "--max-tensor-elements",
                     limit="max_tensor_elements",
                 )
             total += elements * dtype.itemsize

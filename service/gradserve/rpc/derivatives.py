@@ -25,6 +25,7 @@ from gradserve.autodiff.hessian import (
     hessian_sparse_rows,
     hvp,
 )
+from gradserve.autodiff.ir import Cancel
 from gradserve.autodiff.jacobian import ColourPlan, Part, block_plan, sparse_rows
 from gradserve.autodiff.sparsity import jacobian_sparsity, structural_pattern
 from gradserve.autodiff.transforms import derivative_program
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
     from gradserve.autodiff import Program
     from gradserve.rpc.servicer import GradientServicer
 
-Cancel = Callable[[], bool] | None
 
 #: What GetServerInfo lists for these RPCs.
 FEATURES = (
@@ -218,24 +218,11 @@ def _scalar_of(program: Program, of: str) -> str:
     return of
 
 
-def _wrt(program: Program, names: Sequence[str]) -> tuple[str, ...]:
-    inputs = set(program.input_names)
-    wrt = requests.names(program, names, "wrt", requests.float_inputs(program))
-    for name in wrt:
-        if name not in inputs:
-            raise InvalidArgument(f'wrt["{name}"]', "not an input of the graph")
-        if not program.types[name].is_float:
-            raise InvalidArgument(f'wrt["{name}"]', "not a float input")
-    if not wrt:
-        raise InvalidArgument("wrt", "the graph has no float inputs to differentiate by")
-    return wrt
-
-
 def hessian_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.HessianResponse:
     call = requests.prepare(request, servicer.graph_cache, servicer.settings, cancel)
     program = call.program
     of = _scalar_of(program, request.of)
-    wrt = _wrt(program, request.wrt)
+    wrt = requests.wrt_names(program, request.wrt)
     types = program.types
     limit = servicer.settings.max_jacobian_elements
     elements = sum(types[a].size * types[b].size for a in wrt for b in wrt)
@@ -278,7 +265,7 @@ def hvp_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.HvpR
     program = call.program
     of = _scalar_of(program, request.of)
     vectors = decode_tensors(request.vectors, "vectors", servicer.settings.max_tensor_elements)
-    wrt = _wrt(program, request.wrt or tuple(vectors))
+    wrt = requests.wrt_names(program, request.wrt or tuple(vectors))
     _check_vectors(program, wrt, vectors)
     with core_errors(program):
         value, products = hvp(program, call.inputs, of, wrt, vectors, cancel=cancel)
@@ -397,7 +384,7 @@ def stream_hessian(
     call = requests.prepare(request, servicer.graph_cache, servicer.settings, cancel)
     program, inputs = call.program, call.inputs
     of = _scalar_of(program, request.of)
-    wrt = _wrt(program, request.wrt)
+    wrt = requests.wrt_names(program, request.wrt)
     pairs = [(a, b) for a in wrt for b in wrt]
     hint = _rows_hint(request)
     if not request.structured:

@@ -139,15 +139,20 @@ def names(
 def of_wrt(program: Program, request: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """A derivative request's ``of`` (default: the outputs) and ``wrt`` (default: the float
     inputs; each must be an input)."""
-    of = names(program, request.of, "of", program.outputs)
-    wrt = names(program, request.wrt, "wrt", float_inputs(program))
+    return names(program, request.of, "of", program.outputs), wrt_names(program, request.wrt)
+
+
+def wrt_names(program: Program, asked: Sequence[str]) -> tuple[str, ...]:
+    """The inputs a derivative is by: ``asked`` (default: the float inputs), each an input.
+    That they are floats the core checks (``check_targets``), naming ``wrt["k"]`` too."""
+    wrt = names(program, asked, "wrt", float_inputs(program))
     inputs = set(program.input_names)
     for name in wrt:
         if name not in inputs:
             raise InvalidArgument(f'wrt["{name}"]', "not an input of the graph")
     if not wrt:
         raise InvalidArgument("wrt", "the graph has no float inputs to differentiate by")
-    return of, wrt
+    return wrt
 
 
 def jacobian_mode(request: Any) -> str:

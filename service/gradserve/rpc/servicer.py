@@ -131,6 +131,12 @@ class GradientServicer:
         for name in tangents:
             if name not in program.input_names:
                 raise InvalidArgument(f'tangents["{name}"]', "not an input of the graph")
+            # Checked here: the core would name its `wrt`, which JvpRequest does not have.
+            if not program.types[name].is_float:
+                dtype = program.types[name].dtype
+                raise InvalidArgument(
+                    f'tangents["{name}"]', f"is {dtype}: only floats have derivatives"
+                )
         of = names(program, request.of, "of", program.outputs)
         with _core_errors(program):
             values, out = autodiff.jvp_values(program, call.inputs, tangents, of, cancel)
