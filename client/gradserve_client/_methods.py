@@ -132,10 +132,20 @@ EVALUATE: Method[Call, dict[str, Array]] = Method(
 # -- Jacobian, and StreamJacobian for a Jacobian over the unary limit (dense or CSR)
 
 
+def _owned(blocks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The core's blocks with each sparse one's structure copied: the core's CSR results share
+    `indices` and `indptr` with the pattern it caches (read-only), and the user's array must be
+    theirs to change (``eliminate_zeros``) without touching later calls'."""
+    return {
+        of: {wrt: b.copy() if hasattr(b, "indptr") else b for wrt, b in row.items()}
+        for of, row in blocks.items()
+    }
+
+
 def _jacobian_locally(local: InProcess, call: Call) -> Any:
     jacobian = local._core.jacobian
     _, result = local._compute(jacobian, call, call.of, call.wrt, call.mode, sparse=call.sparse)
-    return call.jacobians(result)
+    return call.jacobians(_owned(result))
 
 
 STREAM_JACOBIAN: Method[Call, Any] = Method(
@@ -201,7 +211,7 @@ def _hessian_locally(local: InProcess, call: Call) -> Any:
     from gradserve.autodiff.hessian import hessian
 
     _, blocks = local._compute(hessian, call, call.of[0], call.wrt, sparse=call.sparse)
-    return call.hessians(blocks)
+    return call.hessians(_owned(blocks))
 
 
 STREAM_HESSIAN: Method[Call, Any] = Method(
