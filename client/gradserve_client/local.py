@@ -145,14 +145,15 @@ class LocalClient(Methods):
 
         def events() -> Any:
             entry = self._run(self._entry, meta, meta)
-            cancel = cancelled if timeout is not None else None
-            it = self._in_process.train(entry, run.request, run.feeds, run.arrays, cancel)
+            it = self._in_process.train(entry, run.request, run.feeds, run.arrays, cancelled)
             while True:
                 try:
                     kind, ev = next(it)
                 except StopIteration:
                     return
                 except self._core.Cancelled:
+                    if stop:  # the user's stop ends the run as a server's stream ends
+                        return
                     raise error_class(grpc.StatusCode.DEADLINE_EXCEEDED)(
                         "deadline exceeded"
                     ) from None
