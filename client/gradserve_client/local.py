@@ -120,7 +120,7 @@ class LocalClient(Methods):
 
     def _compute(self, fn: Any, call: Call, *args: Any, **kwargs: Any) -> Any:
         """``fn(program, call.feeds, *args, **kwargs)`` on the call's Program (see
-        `_methods.InProcess`)."""
+        `_methods.LocalRunner`)."""
         program = self._program(call)
         run = functools.partial(fn, **kwargs) if kwargs else fn
         return self._run(run, call.meta, program, call.feeds, *args)
