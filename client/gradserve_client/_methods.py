@@ -48,7 +48,7 @@ def gradient_rpc(name: str, request: Any, response: Any, kind: str = "unary_unar
     return Rpc(f"/{SERVICE}/{name}", kind, request.SerializeToString, response.FromString)
 
 
-class InProcess(Protocol):
+class LocalRunner(Protocol):
     """What `Method.local` runs on: `LocalClient`."""
 
     _core: Any  # the ``gradserve.autodiff`` package
@@ -83,7 +83,7 @@ class Method(Generic[C, T]):
     rpc: Rpc
     request: Callable[[C], Any]  # the request, without its graph source
     decode: Callable[[C, Any], T]  # the response (or the `collect`ed stream) as the result
-    local: Callable[[InProcess, C], T] | None  # the result computed in process
+    local: Callable[[LocalRunner, C], T] | None  # the result computed in process
     graph: bool = True  # the request carries a graph source (``call.meta``)
     collect: Callable[[], Collector] | None = None  # for a server stream
     route: Callable[[C], Method[C, T] | None] = _same  # another method to send this call by
@@ -108,7 +108,7 @@ def _outputs(call: Call, response: Any) -> dict[str, Array]:
     return decode(response.outputs, call.of or call.meta.outputs)
 
 
-def _evaluate_locally(local: InProcess, call: Call) -> dict[str, Array]:
+def _evaluate_locally(local: LocalRunner, call: Call) -> dict[str, Array]:
     return local._compute(local._core.evaluate, call, call.of)  # type: ignore[no-any-return]
 
 
@@ -132,10 +132,20 @@ EVALUATE: Method[Call, dict[str, Array]] = Method(
 # -- Jacobian, and StreamJacobian for a Jacobian over the unary limit (dense or CSR)
 
 
-def _jacobian_locally(local: InProcess, call: Call) -> Any:
+def _owned(blocks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The core's blocks with each sparse one's structure copied: the core's CSR results share
+    `indices` and `indptr` with the pattern it caches (read-only), and the user's array must be
+    theirs to change (``eliminate_zeros``) without touching later calls'."""
+    return {
+        of: {wrt: b.copy() if hasattr(b, "indptr") else b for wrt, b in row.items()}
+        for of, row in blocks.items()
+    }
+
+
+def _jacobian_locally(local: LocalRunner, call: Call) -> Any:
     jacobian = local._core.jacobian
     _, result = local._compute(jacobian, call, call.of, call.wrt, call.mode, sparse=call.sparse)
-    return call.jacobians(result)
+    return call.jacobians(_owned(result))
 
 
 STREAM_JACOBIAN: Method[Call, Any] = Method(
@@ -168,7 +178,7 @@ JACOBIAN: Method[Call, Any] = Method(
 # -- Vjp (grad and vjp) and Jvp
 
 
-def _vjp_locally(local: InProcess, call: Call) -> Any:
+def _vjp_locally(local: LocalRunner, call: Call) -> Any:
     _, grads = local._compute(local._core.vjp_values, call, call.seeds, call.wrt)
     return call.by_wrt(grads)
 
@@ -181,7 +191,7 @@ VJP: Method[Call, Any] = Method(
 )
 
 
-def _jvp_locally(local: InProcess, call: Call) -> Any:
+def _jvp_locally(local: LocalRunner, call: Call) -> Any:
     _, tangents = local._compute(local._core.jvp_values, call, call.seeds, call.of)
     return call.by_of(tangents)
 
@@ -197,11 +207,11 @@ JVP: Method[Call, Any] = Method(
 # -- Hessian (StreamHessian over the unary limit) and Hvp
 
 
-def _hessian_locally(local: InProcess, call: Call) -> Any:
+def _hessian_locally(local: LocalRunner, call: Call) -> Any:
     from gradserve.autodiff.hessian import hessian
 
     _, blocks = local._compute(hessian, call, call.of[0], call.wrt, sparse=call.sparse)
-    return call.hessians(blocks)
+    return call.hessians(_owned(blocks))
 
 
 STREAM_HESSIAN: Method[Call, Any] = Method(
@@ -225,7 +235,7 @@ HESSIAN: Method[Call, Any] = Method(
 )
 
 
-def _hvp_locally(local: InProcess, call: Call) -> Any:
+def _hvp_locally(local: LocalRunner, call: Call) -> Any:
     from gradserve.autodiff.hessian import hvp
 
     _, products = local._compute(hvp, call, call.of[0], call.wrt, call.seeds)
@@ -243,7 +253,7 @@ HVP: Method[Call, Any] = Method(
 # -- JacobianSparsity and DerivativeProgram
 
 
-def _sparsity_locally(local: InProcess, call: Call) -> Any:
+def _sparsity_locally(local: LocalRunner, call: Call) -> Any:
     from gradserve.autodiff.sparsity import jacobian_sparsity
 
     def patterns(program: Any, feeds: Any) -> dict[str, dict[str, Any]]:
@@ -260,7 +270,7 @@ JACOBIAN_SPARSITY: Method[Call, Any] = Method(
 )
 
 
-def _derivative_locally(local: InProcess, call: Call) -> Graph:
+def _derivative_locally(local: LocalRunner, call: Call) -> Graph:
     from gradserve.autodiff.transforms import derivative_program
 
     def derive(program: Any, feeds: Any) -> Any:
@@ -300,11 +310,11 @@ PUT_DATASET: Method[Mapping[str, Array], str] = Method(
 # -- The server's description
 
 
-def _operators_locally(local: InProcess, call: None) -> list[OperatorInfo]:
+def _operators_locally(local: LocalRunner, call: None) -> list[OperatorInfo]:
     return decode_operators(operators_response())  # the listing the server sends
 
 
-def _server_info_locally(local: InProcess, call: None) -> ServerInfo:
+def _server_info_locally(local: LocalRunner, call: None) -> ServerInfo:
     try:
         current = version("gradserve")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree

@@ -7,7 +7,7 @@ forward mode, colours of a structured block), split into K contiguous runs, and 
 share's run. Every entry of the result comes from exactly one share, and the others leave it
 zero (dense) or out (sparse), so the sum of the K answers is the single call's result. The
 calls go out at once (asyncio tasks, or threads for `Client`), each over its own connection or
-spread by the channel's load balancing (`ChannelClient._share_lanes`).
+spread by the channel's load balancing (`AsyncClient._share_lanes`).
 """
 
 from __future__ import annotations

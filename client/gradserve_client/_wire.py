@@ -21,7 +21,7 @@ from typing import Any
 
 from .proto import gradient_service_pb2 as pb
 from .proto import graph_pb2, tensor_codec
-from .proto.tensor_codec import WireFormatError, read_varint, skip_field
+from .proto.tensor_codec import WireFormatError, read_varint, skip_field, varint
 
 __all__ = [
     "DIRECT_BYTES",
@@ -36,8 +36,6 @@ __all__ = [
 EVALUATE = "/gradserve.v1.Gradient/Evaluate"
 #: Evaluate calls whose inputs total at least this many bytes go through the wire path.
 DIRECT_BYTES = 64 * 1024
-
-_varint = tensor_codec._varint
 
 
 class _GraphField:
@@ -96,7 +94,7 @@ class EvaluateRequest:
 
 def _string_field(tag: bytes, value: str) -> bytes:
     data = value.encode("utf-8")
-    return tag + _varint(len(data)) + data
+    return tag + varint(len(data)) + data
 
 
 def write_evaluate_request(request: EvaluateRequest) -> bytes:
@@ -107,7 +105,7 @@ def write_evaluate_request(request: EvaluateRequest) -> bytes:
         chunks.append(_string_field(b"\x12", source))
     elif source is not None:
         graph = source.SerializeToString()
-        chunks.append(b"\x0a" + _varint(len(graph)) + graph)
+        chunks.append(b"\x0a" + varint(len(graph)) + graph)
     chunks += tensor_codec.tensor_map_wire_chunks(3, request.inputs)
     chunks += [_string_field(b"\x22", name) for name in request.outputs]
     return b"".join(chunks)

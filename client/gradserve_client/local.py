@@ -120,7 +120,7 @@ class LocalClient(Methods):
 
     def _compute(self, fn: Any, call: Call, *args: Any, **kwargs: Any) -> Any:
         """``fn(program, call.feeds, *args, **kwargs)`` on the call's Program (see
-        `_methods.InProcess`)."""
+        `_methods.LocalRunner`)."""
         program = self._program(call)
         run = functools.partial(fn, **kwargs) if kwargs else fn
         return self._run(run, call.meta, program, call.feeds, *args)
@@ -145,14 +145,15 @@ class LocalClient(Methods):
 
         def events() -> Any:
             entry = self._run(self._entry, meta, meta)
-            cancel = cancelled if timeout is not None else None
-            it = self._in_process.train(entry, run.request, run.feeds, run.arrays, cancel)
+            it = self._in_process.train(entry, run.request, run.feeds, run.arrays, cancelled)
             while True:
                 try:
                     kind, ev = next(it)
                 except StopIteration:
                     return
                 except self._core.Cancelled:
+                    if stop:  # the user's stop ends the run as a server's stream ends
+                        return
                     raise error_class(grpc.StatusCode.DEADLINE_EXCEEDED)(
                         "deadline exceeded"
                     ) from None

@@ -28,7 +28,7 @@ from .proto import tensor_codec
 from .proto import training_pb2 as tpb
 from .proto.dataset_codec import dataset_id as dataset_id  # the SDK's name for it
 from .proto.dataset_codec import le_bytes
-from .proto.tensor_codec import _varint
+from .proto.tensor_codec import varint
 
 __all__ = [
     "SGD",
@@ -340,18 +340,18 @@ def dataset_wire_chunks(
         a = arrays[name]
         data = le_bytes(a)
         key = name.encode("utf-8")
-        later = b"\x0a" + _varint(len(key)) + key  # the name only
+        later = b"\x0a" + varint(len(key)) + key  # the name only
         first = later
         code = tensor_codec.dtype_from_numpy(a.dtype)
         if code:
-            first += b"\x10" + _varint(code)
+            first += b"\x10" + varint(code)
         if a.ndim:
-            dims = b"".join([_varint(d) for d in a.shape])
-            first += b"\x1a" + _varint(len(dims)) + dims
+            dims = b"".join([varint(d) for d in a.shape])
+            first += b"\x1a" + varint(len(dims)) + dims
         for start in range(0, max(len(data), 1), chunk_bytes):
             piece = data[start : start + chunk_bytes]
             head = first if start == 0 else later
-            yield b"".join((head, b"\x22", _varint(len(piece)), piece) if len(piece) else (head,))
+            yield b"".join((head, b"\x22", varint(len(piece)), piece) if len(piece) else (head,))
 
 
 def dataset_chunks(

@@ -121,3 +121,54 @@ def test_a_dense_result_over_max_result_bytes_is_refused_before_computing() -> N
         small.jacobian(_elementwise(20), {"x": np.zeros(20)}, of="y", wrt="x")
     with pytest.raises(ValueError, match="max_result_bytes must be positive"):
         gs.LocalClient(max_result_bytes=0)
+
+
+def test_a_sparse_result_is_the_users_to_change(local: gs.LocalClient) -> None:
+    # The core's CSR results share their structure with the pattern it caches: changing one
+    # in place (eliminate_zeros drops the zeros at x = 0) must not reach a later call's.
+    g = gs.Graph()
+    x = g.input("x", (6,))
+    g.output("y", gs.sin(x) * x)
+    g.output("s", gs.sum(gs.sin(x) * x))
+    x0 = np.array([0.0, 1, 2, 0, 3, 4])
+    J = local.jacobian(g, {"x": x0}, of="y", wrt="x", sparse=True)
+    J.eliminate_zeros()
+    H = local.hessian(g, {"x": x0}, of="s", wrt="x", sparse=True)
+    H.data[:] = 0
+    H.eliminate_zeros()
+    x1 = np.arange(1.0, 7)
+    J1 = local.jacobian(g, {"x": x1}, of="y", wrt="x", sparse=True)
+    np.testing.assert_allclose(J1.toarray(), np.diag(np.sin(x1) + x1 * np.cos(x1)))
+    H1 = local.hessian(g, {"x": x1}, of="s", wrt="x", sparse=True)
+    np.testing.assert_allclose(H1.toarray(), np.diag(2 * np.cos(x1) - x1 * np.sin(x1)))
+
+
+@pytest.mark.parametrize("timeout", [None, 600.0])
+def test_a_local_run_stopped_by_its_user_ends_at_once(
+    local: gs.LocalClient, timeout: float | None
+) -> None:
+    # cancel() inside the loop: the core sees the stop before its next step, with or without a
+    # deadline, and the run ends as a stopped one (not DEADLINE_EXCEEDED).
+    g = gs.Graph()
+    X, w = g.input("X", shape=(-1, 2)), g.input("w", shape=(2,))
+    g.output("loss", gs.sum((X @ w) ** 2))
+    data = {"X": np.ones((4, 2))}
+    run = local.train(g, params={"w": np.ones(2)}, data=data, optimizer=gs.SGD(lr=0.01),
+                      batch_size=1, epochs=100, timeout=timeout)  # fmt: skip
+    for step in run:
+        if step.step == 3:
+            run.cancel()
+    assert 3 <= run.history[-1].step <= 4 and run.result is None
+    with pytest.raises(RuntimeError, match="stopped"):
+        _ = run.params
+
+
+def test_a_local_run_past_its_deadline_is_deadline_exceeded(local: gs.LocalClient) -> None:
+    g = gs.Graph()
+    X, w = g.input("X", shape=(-1, 2)), g.input("w", shape=(2,))
+    g.output("loss", gs.sum((X @ w) ** 2))
+    data = {"X": np.ones((4, 2))}
+    run = local.train(g, params={"w": np.ones(2)}, data=data, optimizer=gs.SGD(lr=0.01),
+                      batch_size=1, epochs=10**6, timeout=0.2)  # fmt: skip
+    with pytest.raises(gs.DeadlineExceeded, match="deadline exceeded"):
+        list(run)

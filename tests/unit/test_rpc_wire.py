@@ -102,7 +102,7 @@ def test_what_the_reader_refuses_falls_back_to_protobuf(
 
 def test_large_malformed_payload_falls_back_to_protobuf_which_refuses_it() -> None:
     deserialize = wire.evaluate_request_deserializer(pb.EvaluateRequest.FromString)
-    data = b"\x1a" + tensor_codec._varint(wire.DIRECT_PARSE_BYTES * 2) + b"\x00" * 100_000
+    data = b"\x1a" + tensor_codec.varint(wire.DIRECT_PARSE_BYTES * 2) + b"\x00" * 100_000
     with pytest.raises(DecodeError):
         deserialize(data)
 
@@ -118,7 +118,7 @@ VARINTS = sorted(
 def test_varints_match_protobuf(value: int) -> None:
     # Tensor.shape is a packed repeated int64: field 2, the payload length, the varint.
     packed = tensor_pb2.Tensor(shape=[value]).SerializeToString()
-    encoded = tensor_codec._varint(value)
+    encoded = tensor_codec.varint(value)
     assert packed == b"\x12" + bytes([len(encoded)]) + encoded
     assert len(encoded) <= 10
     unsigned, end = tensor_codec.read_varint(encoded + b"\x00", 0, len(encoded) + 1)
@@ -160,7 +160,7 @@ def test_read_dataset_chunk_agrees_with_protobuf(first: bool) -> None:
         b"\x22\x05abc",
         b"\x0a\x02\xff\xfe",
         b"\x12\x01X",
-        b"\x10" + tensor_codec._varint(-1),
+        b"\x10" + tensor_codec.varint(-1),
     ],
     ids=["name-twice", "dtype-twice", "truncated", "not-utf8", "wire-type", "negative-dtype"],
 )
@@ -170,7 +170,7 @@ def test_what_the_chunk_reader_refuses_protobuf_reads_or_refuses(data: bytes) ->
     large = (
         data
         + b"\x2a"
-        + tensor_codec._varint(wire.DIRECT_PARSE_BYTES)
+        + tensor_codec.varint(wire.DIRECT_PARSE_BYTES)
         + bytes(wire.DIRECT_PARSE_BYTES)
     )  # padded past the threshold with an unknown field
     deserialize = wire.dataset_chunk_deserializer(tpb.DatasetChunk.FromString)

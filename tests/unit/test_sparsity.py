@@ -427,6 +427,22 @@ def test_plan_is_cached_with_the_program_and_picks_the_cheaper_direction():
     assert colour_plan(p, "y", "x", "forward").count == 6
 
 
+def test_cached_patterns_are_read_only_and_results_copy_only_their_data():
+    # Sparse results share the cached pattern's structure (no copy on the warm path): an
+    # in-place change of one must fail rather than corrupt every later call's pattern.
+    p = tridiagonal(8)
+    diagonal = build({"x": (4,)}, [("y", "sin", ("x",))], "y")
+    plans = [colour_plan(p, "y", "x"), colour_plan(diagonal, "y", "x")]
+    for cached in [structural_pattern(p, "y", "x"), *(plan.pattern for plan in plans)]:
+        for array in (cached.data, cached.indices, cached.indptr):
+            with pytest.raises(ValueError, match="read-only"):
+                array[:1] = 0
+    _, blocks = jacobian(p, {"x": np.linspace(0, 1, 8)}, ["y"], ["x"], sparse=True)
+    assert blocks["y"]["x"].indices is plans[0].pattern.indices
+    assert blocks["y"]["x"].data.flags.writeable
+    assert jacobian_sparsity(p, "y", "x").indices.flags.writeable  # a copy of its own
+
+
 # ---- large and structured ----------------------------------------------------------------------
 
 

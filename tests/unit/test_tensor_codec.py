@@ -11,7 +11,6 @@ from gradserve_client.proto.tensor_codec import (
     TensorDecodeError,
     TensorTooLargeError,
     WireFormatError,
-    _varint,
     dtype_from_name,
     dtype_from_numpy,
     dtype_name,
@@ -26,6 +25,7 @@ from gradserve_client.proto.tensor_codec import (
     skip_field,
     to_tensor,
     to_tensors,
+    varint,
 )
 from hypothesis import given
 from hypothesis import strategies as st
@@ -299,7 +299,7 @@ def _protobuf(data: bytes) -> tuple[int, tuple[int, ...], bytes]:
 
 VALUES = np.arange(3.0).tobytes()
 UNKNOWN = {  # one unknown field of each wire type: varint, fixed64, fixed32, length-delimited
-    "varint": b"\x20" + _varint(300),
+    "varint": b"\x20" + varint(300),
     "fixed64": b"\x29" + bytes(range(8)),
     "fixed32": b"\x35" + bytes(range(4)),
     "length": b"\x3a\x03abc",
@@ -318,7 +318,7 @@ def test_the_reader_skips_unknown_fields_as_protobuf_does(unknown: bytes, where:
 
 @pytest.mark.parametrize("dtype", [0, 1, 99, 2**31 - 1, -1, -(2**31), 2**32 + 5])
 def test_the_reader_reads_dtypes_as_int32_enums(dtype: int) -> None:
-    serialized = b"\x08" + _varint(dtype)
+    serialized = b"\x08" + varint(dtype)
     assert _read(serialized) == _protobuf(serialized)
 
 

@@ -247,7 +247,7 @@ def from_tensors(
 _LEN = 2  # wire type of length-delimited fields
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     """The base-128 varint of ``value`` (negative int64 values as their 10-byte two's
     complement, as protobuf writes them)."""
     if value < 0:
@@ -274,34 +274,39 @@ def tensor_wire_chunks(value: npt.ArrayLike) -> tuple[list[Any], int]:
     """The serialized Tensor of ``value`` as chunks to join (the last one the array itself,
     not copied), and their total length in bytes."""
     code, array = _wire_array(value)
-    head = b"\x08" + _varint(code)
+    head = b"\x08" + varint(code)
     if array.ndim:
-        dims = b"".join([_varint(d) for d in array.shape])
-        head += b"\x12" + _varint(len(dims)) + dims
+        dims = b"".join([varint(d) for d in array.shape])
+        head += b"\x12" + varint(len(dims)) + dims
     if not array.nbytes:
         return [head], len(head)
-    head += b"\x1a" + _varint(array.nbytes)
+    head += b"\x1a" + varint(array.nbytes)
     return [head, array], len(head) + array.nbytes
 
 
 def tensor_map_wire_chunks(field_number: int, values: Mapping[str, npt.ArrayLike]) -> list[Any]:
     """The serialized entries of a ``map<string, Tensor>`` field, as chunks to join: what
     ``SerializeToString`` gives for a message with only that field set to ``to_tensors``."""
-    tag = _varint(field_number << 3 | _LEN)
+    tag = varint(field_number << 3 | _LEN)
     chunks: list[Any] = []
     for name, value in values.items():
         key = name.encode("utf-8")
         tensor, size = tensor_wire_chunks(value)
-        key_part = b"\x0a" + _varint(len(key)) + key
-        value_head = b"\x12" + _varint(size)
+        key_part = b"\x0a" + varint(len(key)) + key
+        value_head = b"\x12" + varint(size)
         entry_len = len(key_part) + len(value_head) + size
-        chunks.append(tag + _varint(entry_len) + key_part + value_head)
+        chunks.append(tag + varint(entry_len) + key_part + value_head)
         chunks += tensor
     return chunks
 
 
 class WireFormatError(ValueError):
     """Bytes that the hand-written reader does not take (the caller falls back to protobuf)."""
+
+
+# The old private name, still used by service/gradserve/rpc/wire.py (owned by another branch
+# now): remove once it calls `varint`.
+_varint = varint
 
 
 def read_varint(buf: Any, pos: int, end: int) -> tuple[int, int]:

@@ -33,7 +33,7 @@ from gradserve.autodiff.executor import FOLD_MAX_ELEMENTS, Executable, compile_p
 from gradserve.autodiff.ir import Cancel, GraphError, InputDef, Program
 from gradserve.autodiff.registry import OPS
 from gradserve.autodiff.simplify import bind
-from gradserve.autodiff.sparsity import PatternTooLarge, structural_pattern
+from gradserve.autodiff.sparsity import PatternTooLarge, read_only, structural_pattern
 from gradserve.autodiff.transforms import (
     Derivative,
     active_values,
@@ -147,6 +147,7 @@ def _plan(
 ) -> ColourPlan:
     """The plan of a colouring (`hubs`: the rows of a symmetric pattern whose entries off the
     hub columns are read across the diagonal, from the hub's own column)."""
+    pattern = read_only(pattern)  # cached with the plan, its structure shared by results
     m, n = pattern.shape
     count = 0 if pattern.nnz == 0 else int(colours.max()) + 1
     read = m if forward else n
@@ -280,7 +281,9 @@ def _through_linear_head(
 def _with_data(pattern: sp.csr_array, data: np.ndarray) -> sp.csr_array:
     """The CSR array of `pattern`'s structure holding `data` (in its order): a shallow copy of
     the pattern with its data replaced. It skips the constructor's checks of the structure
-    (most of the cost of a warm sparse result's assembly), which was checked when made."""
+    (most of the cost of a warm sparse result's assembly), which was checked when made. Its
+    `indices` and `indptr` are the cached pattern's, read-only: the server serialises them, and
+    `LocalClient` copies them before handing the result to its user."""
     out = copy.copy(pattern)
     out.data = data
     return out

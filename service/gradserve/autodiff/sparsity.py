@@ -567,12 +567,21 @@ def structural_pattern(program: Program, of: str, wrt: str, *, cancel: Cancel = 
             )
     result = patterns.get(of)
     if result is None:
-        return _empty(types[of].size, n)
+        return read_only(_empty(types[of].size, n))
     result = sp.csr_array(result)
     result.sum_duplicates()  # sorted, unique column indices in every row
     # A copy that owns arrays of its own size: a sparse sum's arrays are views of buffers sized
     # for both operands' entries (a tridiagonal pattern's: 1.6 x its own), kept with the cache.
-    return result.copy()
+    return read_only(result.copy())
+
+
+def read_only(pattern: sp.csr_array) -> sp.csr_array:
+    """`pattern` with its arrays made read-only, for a pattern kept in the cache: results share
+    its structure (`indices`, `indptr`), and an in-place change of one (``eliminate_zeros``)
+    would otherwise corrupt every later call's. Returns `pattern`."""
+    for array in (pattern.data, pattern.indices, pattern.indptr):
+        array.flags.writeable = False
+    return pattern
 
 
 def jacobian_sparsity(program: Program, of: str, wrt: str, cancel: Cancel = None) -> sp.csr_array:
