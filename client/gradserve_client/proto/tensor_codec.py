@@ -304,10 +304,6 @@ class WireFormatError(ValueError):
     """Bytes that the hand-written reader does not take (the caller falls back to protobuf)."""
 
 
-# The old private name, still used by service/gradserve/rpc/wire.py (owned by another branch
-# now): remove once it calls `varint`.
-_varint = varint
-
 
 def read_varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
     """(value, next position) of the varint at ``buf[pos]``; raises WireFormatError."""

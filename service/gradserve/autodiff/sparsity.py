@@ -31,10 +31,8 @@ from gradserve_client.opset.core import normalize_axes
 from gradserve_client.opset.einsum import parse_subscripts
 from gradserve_client.opset.reductions import axes_of
 
-from gradserve.autodiff.api import Cancel
 from gradserve.autodiff.cache import cached
-from gradserve.autodiff.executor import Cancelled
-from gradserve.autodiff.ir import Program, TensorType
+from gradserve.autodiff.ir import Cancel, Cancelled, Program, TensorType
 from gradserve.autodiff.ops.einsum import diagonal
 from gradserve.autodiff.registry import OPS
 from gradserve.autodiff.transforms import check_targets, needed_by

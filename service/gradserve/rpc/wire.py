@@ -181,7 +181,7 @@ class EncodedEvaluateResponse:
         chunks: list[Any] = []
         if self.graph_id:
             gid = self.graph_id.encode("utf-8")
-            chunks.append(b"\x0a" + tensor_codec._varint(len(gid)) + gid)
+            chunks.append(b"\x0a" + tensor_codec.varint(len(gid)) + gid)
         chunks += tensor_codec.tensor_map_wire_chunks(2, self.outputs)
         return b"".join(chunks)
 
