@@ -402,8 +402,10 @@ def _coloured_block(
     value = None
     starts = chunk_starts(plan.count, step, part)
     passes = _passes(program, feeds, of, wrt, plan, step, starts, cancel)
-    for start, (batch, out, compressed) in zip(starts, passes, strict=True):
-        value = out  # the last chunk's (None before it)
+    for start in starts:
+        # Not `zip(starts, passes)`: zip keeps its last result tuple for reuse, and with it
+        # this chunk's results through the next pass (one colour of a 10^6 result, 8 MB).
+        batch, value, compressed = next(passes)  # the value is the last chunk's (None before)
         if batch == plan.count:  # one chunk holds every entry
             # "clip" never clips (the plan's offsets are in range) and, unlike "raise", writes
             # straight into `out` without a buffer.
