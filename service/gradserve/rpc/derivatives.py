@@ -157,6 +157,20 @@ def _check_stored(
     )
 
 
+def _check_patterns(
+    servicer: GradientServicer,
+    types: Mapping[str, Any],
+    patterns: Sequence[tuple[str, Any]],
+    what: str,
+    stream: str,
+) -> None:
+    """`_check_stored` of the CSR results of these (row value, pattern) blocks, from their
+    patterns: before any pass."""
+    stored = sum(p.nnz for _, p in patterns)
+    nbytes = sum(csr_bytes(p.shape[0], p.nnz, _itemsize(types, o)) for o, p in patterns)
+    _check_stored(servicer, stored, nbytes, what, stream)
+
+
 def work_part(request: Any) -> Part:
     """The share of the result a Jacobian or Hessian request asks for (its WorkPart), checked;
     None for the whole result."""
@@ -186,9 +200,7 @@ def structured_jacobian(
     types = program.types
     with core_errors(program):
         patterns = [(o, structural_pattern(program, o, w, cancel=cancel)) for o in of for w in wrt]
-        stored = sum(p.nnz for _, p in patterns)
-        nbytes = sum(csr_bytes(p.shape[0], p.nnz, _itemsize(types, o)) for o, p in patterns)
-        _check_stored(servicer, stored, nbytes, "sparse Jacobian", "StreamJacobian")
+        _check_patterns(servicer, types, patterns, "sparse Jacobian", "StreamJacobian")
         values, jac = autodiff.jacobian(
             program, call.inputs, of, wrt, mode, cancel=cancel, sparse=True, part=part
         )
@@ -237,12 +249,8 @@ def hessian_rpc(servicer: GradientServicer, request: Any, cancel: Cancel) -> pb.
     if request.structured:  # bounded by its whole pattern, before any pass (shares too)
         with core_errors(program):
             plans = hessian_plans(program, of, wrt, cancel)
-        stored = sum(plan.pattern.nnz for plan in plans.values())
-        nbytes = sum(
-            csr_bytes(types[a].size, plan.pattern.nnz, _itemsize(types, a))
-            for (a, _), plan in plans.items()
-        )
-        _check_stored(servicer, stored, nbytes, "sparse Hessian", "StreamHessian")
+        patterns = [(a, plan.pattern) for (a, _), plan in plans.items()]
+        _check_patterns(servicer, types, patterns, "sparse Hessian", "StreamHessian")
     with core_errors(program):
         value, blocks = hessian(
             program,
