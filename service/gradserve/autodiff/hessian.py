@@ -125,7 +125,7 @@ def hessian_plans(
     """{(wi, wj): the plan of d2 of / d wi d wj} as `hessian(sparse=True)` computes it (the
     block d grad_wi / d wj, star-coloured when wi is wj): detection and colouring only, so that
     its stored entries (the plans' patterns) are known before any pass."""
-    d = gradient(program, of, wrt)
+    d = gradient(program, of, wrt, cancel=cancel)
     return {
         (wi, wj): block_plan(d.program, g, wj, "forward", wi == wj, cancel=cancel)
         for wi, g in zip(wrt, d.results, strict=True)
@@ -146,7 +146,7 @@ def hessian_sparse_rows(
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """`jacobian.sparse_rows` of H[rows][cols] by its plan (`hessian_plans`): runs of CSR rows
     computed and yielded one after another, never the whole block."""
-    d = gradient(program, of, wrt)
+    d = gradient(program, of, wrt, cancel=cancel)
     grad = d.results[list(wrt).index(rows)]
     feeds = _feeds(program, d, inputs)
     return sparse_rows(d.program, feeds, grad, cols, plan, bounds, cancel)
