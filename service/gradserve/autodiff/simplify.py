@@ -64,15 +64,12 @@ def simplified(
         if args != node.inputs:
             node = NodeDef(node.name, node.op, args, node.attrs, node.source)
         if node.op == "add":  # a + (-b) and (-a) + b, from the partials of subtract
-            negated = [by_name.get(s) for s in args]
-            if negated[1] is not None and negated[1].op == "negative":
-                node = NodeDef(
-                    node.name, "subtract", (args[0], *negated[1].inputs), {}, node.source
-                )
-            elif negated[0] is not None and negated[0].op == "negative":
-                node = NodeDef(
-                    node.name, "subtract", (args[1], *negated[0].inputs), {}, node.source
-                )
+            for kept, minus in ((0, 1), (1, 0)):
+                negated = by_name.get(args[minus])
+                if negated is not None and negated.op == "negative":
+                    subtrahend = negated.inputs[0]
+                    node = NodeDef(node.name, "subtract", (args[kept], subtrahend), {}, node.source)
+                    break
         if node.op == "multiply" and node.name not in outputs:
             for kept, one in ((0, 1), (1, 0)):
                 if _is_one(by_name.get(args[one])) and types[args[kept]] == types[node.name]:
