@@ -43,8 +43,11 @@ def check_array(
     return array
 
 
+Signature = tuple[tuple[str, np.dtype, tuple[int, ...]], ...]
+
+
 @cached
-def _signature(program: Program) -> tuple[tuple[str, np.dtype, tuple[int, ...]], ...]:
+def _signature(program: Program) -> Signature:
     """(input name, numpy dtype, shape) of each input of `program`."""
     types = program.types
     return tuple(
@@ -52,10 +55,10 @@ def _signature(program: Program) -> tuple[tuple[str, np.dtype, tuple[int, ...]],
     )
 
 
-def _exact(program: Program, inputs: Arrays) -> bool:
-    """True when `inputs` are exactly the program's inputs, as arrays of their dtypes and
-    shapes (what the server's codec decodes): then there is nothing to cast or explain."""
-    sig = _signature(program)
+def _exact(sig: Signature, inputs: Arrays) -> bool:
+    """True when `inputs` are exactly the inputs of the program of signature `sig`, as arrays of
+    their dtypes and shapes (what the server's codec decodes): then there is nothing to cast or
+    explain."""
     if len(inputs) != len(sig):
         return False
     for name, dtype, shape in sig:
@@ -67,7 +70,7 @@ def _exact(program: Program, inputs: Arrays) -> bool:
 
 def check_inputs(program: Program, inputs: Arrays) -> dict[str, np.ndarray]:
     """`inputs` as arrays of the program's input types; GraphError naming the one at fault."""
-    if _exact(program, inputs):
+    if _exact(_signature(program), inputs):
         return dict(inputs)
     unknown = set(inputs) - set(program.input_names)
     if unknown:
@@ -91,7 +94,7 @@ class Evaluation:
     The program cache keeps it (`evaluation`) and counts its ``program`` and ``folded_bytes``.
     """
 
-    __slots__ = ("executable", "folded_bytes", "names", "program", "result_bytes")
+    __slots__ = ("executable", "folded_bytes", "names", "program", "result_bytes", "signature")
 
     def __init__(self, program: Program, outputs: tuple[str, ...], cancel: Cancel) -> None:
         target = select(program, outputs) if outputs else program
@@ -100,10 +103,11 @@ class Evaluation:
         self.executable = compile_program(target, cancel=cancel)
         self.folded_bytes = self.executable.folded_bytes
         self.result_bytes = sum(memory.nbytes(program.types[n]) for n in self.names)
+        self.signature = _signature(program)
 
     def run(self, inputs: Arrays, cancel: Cancel = None) -> dict[str, np.ndarray]:
         """The values, by name; GraphError naming an input that does not fit."""
-        feeds = inputs if _exact(self.program, inputs) else check_inputs(self.program, inputs)
+        feeds = inputs if _exact(self.signature, inputs) else check_inputs(self.program, inputs)
         return dict(zip(self.names, self.executable.run(feeds, cancel), strict=True))
 
 

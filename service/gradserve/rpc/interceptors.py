@@ -348,14 +348,14 @@ def _has_deadline(args: tuple[Any, ...]) -> bool:
     return False
 
 
-def _run_arrival(arrival: _Arrival, has_deadline: bool, fn: Callable[..., Any], *args: Any):
+def _run_arrival(arrival: _Arrival, fn: Callable[..., Any], *args: Any):
     _handover.running = arrival
     try:
         return fn(*args)
     finally:
         _handover.running = None
         if not arrival.handled:
-            arrival.unhandled(has_deadline)
+            arrival.unhandled(_has_deadline(args))
 
 
 def _started() -> float | None:
@@ -378,7 +378,7 @@ class CountingThreadPool(futures.ThreadPoolExecutor):
         _handover.arrival = None
         if arrival is None or kwargs:
             return super().submit(fn, *args, **kwargs)
-        return super().submit(_run_arrival, arrival, _has_deadline(args), fn, *args)
+        return super().submit(_run_arrival, arrival, fn, *args)
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):
