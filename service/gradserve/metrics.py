@@ -35,12 +35,27 @@ Multiprocess mode (``gradserve serve --workers N`` with N > 1)
     not aggregate, so the ``process_*`` metrics describe only the process that
     serves ``/metrics``; gauges need a ``multiprocess_mode`` (set below); label
     removal is not supported.
+
+Recording from the hot path
+    prometheus-client takes a lock for every update of a value (a histogram's sum and its
+    bucket, found by a linear scan of the bounds, are two), which an RPC pays about ten times.
+    The per-RPC metrics (`HOT_METRICS`) are therefore recorded through :func:`recorder`: in one
+    process each thread adds to tallies of its own, without a lock, and collecting
+    :data:`REGISTRY` (a scrape, ``get_sample_value``) first adds what the tallies gained since
+    the last collection to the prometheus-client values, which then expose them as before. In
+    multiprocess mode a recorder is the prometheus-client value itself: the files the exposing
+    process reads are written as the values change.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Protocol, TypeVar, overload
 
 from prometheus_client import (
     CollectorRegistry,
@@ -51,10 +66,14 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _multiprocess
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from gradserve import __version__
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 __all__ = [
     "BUILD_INFO",
@@ -64,6 +83,7 @@ __all__ = [
     "DURATION_BUCKETS",
     "GRAPH_CACHE_HITS",
     "GRAPH_CACHE_MISSES",
+    "HOT_METRICS",
     "INFLIGHT_REQUESTS",
     "JACOBIAN_ELEMENTS",
     "JACOBIAN_ELEMENTS_BUCKETS",
@@ -78,10 +98,13 @@ __all__ = [
     "TRAIN_ACTIVE_STREAMS",
     "TRAIN_STEPS",
     "VERSION",
+    "CounterRecorder",
+    "HistogramRecorder",
     "clean_multiproc_dir",
     "exposition_registry",
     "is_multiprocess",
     "mark_process_dead",
+    "recorder",
     "start_metrics_server",
 ]
 
@@ -137,20 +160,167 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 if not is_multiprocess():
     _add_default_collectors(REGISTRY)
 
+
+class _Tallies:
+    """Every thread's tallies: running totals by slot, each slot standing for one
+    prometheus-client value (a counter's, a histogram's sum or one of its buckets).
+
+    Only the owning thread writes a tally, so adding to it needs no lock; `fold` adds what each
+    slot gained since the last fold to its value, under the lock. A thread's tally is dropped
+    once it has ended and been folded a last time.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._values: list[Callable[[float], None]] = []  # slot -> adds an amount to its value
+        # (thread, its tally, the totals of that tally already folded)
+        self._threads: list[tuple[threading.Thread, defaultdict[int, float], dict[int, float]]] = []
+
+    def slots(self, values: Iterable[Callable[[float], None]]) -> int:
+        """The first of consecutive new slots, one per value adder."""
+        with self._lock:
+            first = len(self._values)
+            self._values.extend(values)
+            return first
+
+    def mine(self) -> defaultdict[int, float]:
+        """The calling thread's tally."""
+        try:
+            return self._local.tally
+        except AttributeError:
+            tally: defaultdict[int, float] = defaultdict(int)
+            with self._lock:
+                self._threads.append((threading.current_thread(), tally, {}))
+            self._local.tally = tally
+            return tally
+
+    def fold(self) -> None:
+        """Add to every value what its slot gained since the last fold."""
+        with self._lock:
+            kept = []
+            for thread, tally, folded in self._threads:
+                ended = not thread.is_alive()  # before the copy: then it holds every update
+                for slot, total in tally.copy().items():  # one C call: atomic under the GIL
+                    gained = total - folded.get(slot, 0)
+                    if gained:
+                        self._values[slot](gained)
+                        folded[slot] = total
+                if not ended:
+                    kept.append((thread, tally, folded))
+            self._threads = kept
+
+
+_TALLIES = _Tallies()
+
+
+class CounterRecorder(Protocol):
+    """Updates a counter (``inc``) or a gauge (``inc``, ``dec``) from the hot path."""
+
+    def inc(self, amount: float = 1) -> None: ...
+    def dec(self, amount: float = 1) -> None: ...
+
+
+class HistogramRecorder(Protocol):
+    """Updates a histogram from the hot path."""
+
+    def observe(self, amount: float) -> None: ...
+
+
+class _TallyCounter:
+    """A counter or gauge value updated through the calling thread's tally."""
+
+    __slots__ = ("_slot",)
+
+    def __init__(self, value: Counter | Gauge) -> None:
+        self._slot = _TALLIES.slots([value.inc])
+
+    def inc(self, amount: float = 1) -> None:
+        _TALLIES.mine()[self._slot] += amount
+
+    def dec(self, amount: float = 1) -> None:
+        _TALLIES.mine()[self._slot] -= amount
+
+
+class _TallyHistogram:
+    """A histogram value updated through the calling thread's tally: one slot for its sum, then
+    one per bucket (not cumulative, as prometheus-client keeps them)."""
+
+    __slots__ = ("_bounds", "_sum")
+
+    def __init__(self, value: Histogram) -> None:
+        # prometheus-client's own fields: a histogram has no public way to add n observations
+        # to one bucket. tests/unit/test_metrics_recorder.py checks what they expose.
+        self._bounds = tuple(value._upper_bounds)  # ascending, +Inf last
+        self._sum = _TALLIES.slots([value._sum.inc, *(b.inc for b in value._buckets)])
+
+    def observe(self, amount: float) -> None:
+        tally = _TALLIES.mine()
+        # The first bound >= amount: prometheus-client's bucket for it.
+        tally[self._sum + 1 + bisect.bisect_left(self._bounds, amount)] += 1
+        tally[self._sum] += amount
+
+
+_recorders: dict[int, tuple[MetricWrapperBase, CounterRecorder | HistogramRecorder]] = {}
+_recorders_lock = threading.Lock()
+
+
+@overload
+def recorder(value: Histogram) -> HistogramRecorder: ...
+@overload
+def recorder(value: Counter | Gauge) -> CounterRecorder: ...
+def recorder(value: Counter | Gauge | Histogram) -> CounterRecorder | HistogramRecorder:
+    """How the hot path updates ``value`` (an unlabelled metric of `HOT_METRICS`, or a child
+    from its ``labels()``): through per-thread tallies in one process, the value itself in
+    multiprocess mode. One recorder per value, however often asked."""
+    if is_multiprocess():
+        return value
+    with _recorders_lock:
+        known = _recorders.get(id(value))
+        if known is None or known[0] is not value:
+            made = _TallyHistogram(value) if isinstance(value, Histogram) else _TallyCounter(value)
+            known = _recorders[id(value)] = (value, made)
+        return known[1]
+
+
+class _Folding(Collector):
+    """Collects a hot metric after folding the tallies into its values."""
+
+    def __init__(self, metric: MetricWrapperBase) -> None:
+        self.metric = metric
+
+    def describe(self) -> Iterable:
+        return self.metric.describe()
+
+    def collect(self) -> Iterable:
+        _TALLIES.fold()
+        return self.metric.collect()
+
+
+def _hot(metric: M) -> M:
+    """Register a metric that the hot path updates through `recorder`."""
+    REGISTRY.register(_Folding(metric))
+    return metric
+
+
 _R = REGISTRY
 
-REQUESTS = Counter(
-    "gradserve_requests_total",
-    "RPCs handled, by full method name and gRPC status code (OK, INVALID_ARGUMENT, ...).",
-    ["method", "code"],
-    registry=_R,
+REQUESTS = _hot(
+    Counter(
+        "gradserve_requests_total",
+        "RPCs handled, by full method name and gRPC status code (OK, INVALID_ARGUMENT, ...).",
+        ["method", "code"],
+        registry=None,
+    )
 )
-REQUEST_DURATION = Histogram(
-    "gradserve_request_duration_seconds",
-    "RPC latency in seconds, from the call's arrival to its last response message.",
-    ["method"],
-    buckets=DURATION_BUCKETS,
-    registry=_R,
+REQUEST_DURATION = _hot(
+    Histogram(
+        "gradserve_request_duration_seconds",
+        "RPC latency in seconds, from the call's arrival to its last response message.",
+        ["method"],
+        buckets=DURATION_BUCKETS,
+        registry=None,
+    )
 )
 REFUSALS = Counter(
     "gradserve_refusals_total",
@@ -160,11 +330,13 @@ REFUSALS = Counter(
     ["method", "limit"],
     registry=_R,
 )
-INFLIGHT_REQUESTS = Gauge(
-    "gradserve_inflight_requests",
-    "RPCs being handled right now (streams included).",
-    multiprocess_mode="livesum",
-    registry=_R,
+INFLIGHT_REQUESTS = _hot(
+    Gauge(
+        "gradserve_inflight_requests",
+        "RPCs being handled right now (streams included).",
+        multiprocess_mode="livesum",
+        registry=None,
+    )
 )
 MAX_CONCURRENT_RPCS = Gauge(
     "gradserve_max_concurrent_rpcs",
@@ -173,15 +345,19 @@ MAX_CONCURRENT_RPCS = Gauge(
     multiprocess_mode="livesum",
     registry=_R,
 )
-GRAPH_CACHE_HITS = Counter(
-    "gradserve_graph_cache_hits_total",
-    "Lookups of a compiled expression graph found in the cache.",
-    registry=_R,
+GRAPH_CACHE_HITS = _hot(
+    Counter(
+        "gradserve_graph_cache_hits_total",
+        "Lookups of a compiled expression graph found in the cache.",
+        registry=None,
+    )
 )
-GRAPH_CACHE_MISSES = Counter(
-    "gradserve_graph_cache_misses_total",
-    "Lookups of a compiled expression graph not found in the cache.",
-    registry=_R,
+GRAPH_CACHE_MISSES = _hot(
+    Counter(
+        "gradserve_graph_cache_misses_total",
+        "Lookups of a compiled expression graph not found in the cache.",
+        registry=None,
+    )
 )
 DATASET_CACHE_HITS = Counter(
     "gradserve_dataset_cache_hits_total",
@@ -210,19 +386,23 @@ TRAIN_ACTIVE_STREAMS = Gauge(
     multiprocess_mode="livesum",
     registry=_R,
 )
-REQUEST_MESSAGE_BYTES = Histogram(
-    "gradserve_request_message_bytes",
-    "Serialized size in bytes of each request message received.",
-    ["method"],
-    buckets=BYTES_BUCKETS,
-    registry=_R,
+REQUEST_MESSAGE_BYTES = _hot(
+    Histogram(
+        "gradserve_request_message_bytes",
+        "Serialized size in bytes of each request message received.",
+        ["method"],
+        buckets=BYTES_BUCKETS,
+        registry=None,
+    )
 )
-RESPONSE_MESSAGE_BYTES = Histogram(
-    "gradserve_response_message_bytes",
-    "Serialized size in bytes of each response message sent.",
-    ["method"],
-    buckets=BYTES_BUCKETS,
-    registry=_R,
+RESPONSE_MESSAGE_BYTES = _hot(
+    Histogram(
+        "gradserve_response_message_bytes",
+        "Serialized size in bytes of each response message sent.",
+        ["method"],
+        buckets=BYTES_BUCKETS,
+        registry=None,
+    )
 )
 BUILD_INFO = Gauge(
     "gradserve_build_info",
@@ -233,6 +413,17 @@ BUILD_INFO = Gauge(
     registry=_R,
 )
 BUILD_INFO.labels(version=VERSION).set(1)
+
+# What the hot path updates through `recorder` (every RPC: the interceptor; every graph lookup).
+HOT_METRICS = (
+    REQUESTS,
+    REQUEST_DURATION,
+    INFLIGHT_REQUESTS,
+    GRAPH_CACHE_HITS,
+    GRAPH_CACHE_MISSES,
+    REQUEST_MESSAGE_BYTES,
+    RESPONSE_MESSAGE_BYTES,
+)
 
 del _R
 

@@ -58,8 +58,12 @@ def thread_pool_size(settings: Settings) -> int:
 def _wire_metrics(settings: Settings, servicer: GradientServicer) -> None:
     from gradserve import metrics
 
-    hooks = [
-        (servicer.graph_cache, metrics.GRAPH_CACHE_HITS, metrics.GRAPH_CACHE_MISSES),
+    hooks = [  # a graph lookup comes with every RPC: recorded as the interceptor records
+        (
+            servicer.graph_cache,
+            metrics.recorder(metrics.GRAPH_CACHE_HITS),
+            metrics.recorder(metrics.GRAPH_CACHE_MISSES),
+        ),
         (servicer.dataset_cache, metrics.DATASET_CACHE_HITS, metrics.DATASET_CACHE_MISSES),
     ]
     for cache, hits, misses in hooks:

@@ -144,6 +144,26 @@ def test_multiprocess_mode_sums_workers(tmp_path: Path) -> None:
     assert dead.get("gradserve_max_concurrent_rpcs", 0.0) == 0.0
 
 
+def test_multiprocess_mode_records_the_hot_path_in_the_files(tmp_path: Path) -> None:
+    """Per-thread tallies would stay in the worker: there the recorders are the values."""
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    code = (
+        "import gradserve.metrics as m\n"
+        "child = m.REQUEST_DURATION.labels('/gradserve.v1.Gradient/Evaluate')\n"
+        "assert m.recorder(child) is child\n"
+        "assert m.recorder(m.INFLIGHT_REQUESTS) is m.INFLIGHT_REQUESTS\n"
+        "m.recorder(m.REQUESTS.labels('/gradserve.v1.Gradient/Evaluate', 'OK')).inc(2)\n"
+    )
+    python(code, env)
+    exposition = (
+        "import sys, gradserve.metrics as m\n"
+        "from prometheus_client import generate_latest\n"
+        "sys.stdout.write(generate_latest(m.exposition_registry()).decode())"
+    )
+    sample = 'gradserve_requests_total{code="OK",method="/gradserve.v1.Gradient/Evaluate"} 2.0'
+    assert sample in python(exposition, env)
+
+
 def _version() -> str:
     from gradserve import metrics
 

@@ -1,6 +1,7 @@
 """The program cache: compiled plans and derivative programs, bounded in bytes and entries."""
 
 import numpy as np
+import pytest
 from gradcheck import program
 from gradserve.autodiff import evaluate
 from gradserve.autodiff.cache import NODE_BYTES, PROGRAM_CACHE, ProgramCache, program_bytes
@@ -72,3 +73,23 @@ def test_clear_forgets_every_entry_and_its_bytes():
     assert len(cache) == 0 and cache.nbytes == 0
     assert compile_(p) is not plan  # computed again
     assert len(cache) == 1
+
+
+def test_an_evaluation_is_set_up_once_per_program_and_outputs():
+    from gradserve.autodiff import GraphError, evaluation
+    from gradserve.autodiff.cache import entry_bytes
+
+    p = program({"x": (3,)}, [("y", "sin", ["x"]), ("z", "multiply", ["y", "x"])], ["z"])
+    whole = evaluation(p, ())
+    assert evaluation(p, ()) is whole and evaluation(p, ("y",)) is not whole
+    x = np.array([0.1, 0.2, 0.3])
+    values = whole.run({"x": x})
+    assert list(values) == ["z"] and np.allclose(values["z"], np.sin(x) * x)
+    assert whole.result_bytes == values["z"].nbytes == 24
+    picked = evaluation(p, ("y", "z"))
+    assert picked.result_bytes == 48 and list(picked.run({"x": x})) == ["y", "z"]
+    assert entry_bytes(whole) == program_bytes(p) + whole.folded_bytes
+    assert evaluate(p, {"x": [1, 2, 3]})["z"].dtype == np.float64  # cast, as check_inputs does
+    with pytest.raises(GraphError, match="outputs") as info:
+        evaluation(p, ("nope",))
+    assert info.value.node == "nope"

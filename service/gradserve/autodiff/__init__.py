@@ -12,8 +12,10 @@ hvp(program, {"x": x}, "loss", ["x"], {"x": v})    # Hessian-vector products
 
 from gradserve.autodiff import ops as _ops  # noqa: F401  (registers every op)
 from gradserve.autodiff.api import (
+    Evaluation,
     check_inputs,
     evaluate,
+    evaluation,
     jvp_values,
     value_and_grad,
     vjp_values,
@@ -39,6 +41,7 @@ __all__ = [
     "OPSET",
     "Cancelled",
     "Derivative",
+    "Evaluation",
     "GraphDef",
     "GraphError",
     "InputDef",
@@ -50,6 +53,7 @@ __all__ = [
     "compile_program",
     "derivative_program",
     "evaluate",
+    "evaluation",
     "hessian",
     "hvp",
     "jacobian",

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from gradserve.autodiff import memory
 from gradserve.autodiff.cache import cached
 from gradserve.autodiff.executor import compile_program
 from gradserve.autodiff.ir import DTYPES, Cancel, GraphError, Program, TensorType
@@ -42,8 +43,11 @@ def check_array(
     return array
 
 
+Signature = tuple[tuple[str, np.dtype, tuple[int, ...]], ...]
+
+
 @cached
-def _signature(program: Program) -> tuple[tuple[str, np.dtype, tuple[int, ...]], ...]:
+def _signature(program: Program) -> Signature:
     """(input name, numpy dtype, shape) of each input of `program`."""
     types = program.types
     return tuple(
@@ -51,10 +55,10 @@ def _signature(program: Program) -> tuple[tuple[str, np.dtype, tuple[int, ...]],
     )
 
 
-def _exact(program: Program, inputs: Arrays) -> bool:
-    """True when `inputs` are exactly the program's inputs, as arrays of their dtypes and
-    shapes (what the server's codec decodes): then there is nothing to cast or explain."""
-    sig = _signature(program)
+def _exact(sig: Signature, inputs: Arrays) -> bool:
+    """True when `inputs` are exactly the inputs of the program of signature `sig`, as arrays of
+    their dtypes and shapes (what the server's codec decodes): then there is nothing to cast or
+    explain."""
     if len(inputs) != len(sig):
         return False
     for name, dtype, shape in sig:
@@ -66,7 +70,7 @@ def _exact(program: Program, inputs: Arrays) -> bool:
 
 def check_inputs(program: Program, inputs: Arrays) -> dict[str, np.ndarray]:
     """`inputs` as arrays of the program's input types; GraphError naming the one at fault."""
-    if _exact(program, inputs):
+    if _exact(_signature(program), inputs):
         return dict(inputs)
     unknown = set(inputs) - set(program.input_names)
     if unknown:
@@ -83,13 +87,43 @@ def check_inputs(program: Program, inputs: Arrays) -> dict[str, np.ndarray]:
     return checked
 
 
+class Evaluation:
+    """Evaluating some values of a program, set up once per (program, outputs): the plan that
+    computes them (selected and compiled) and the bytes of the results, known from their types.
+
+    The program cache keeps it (`evaluation`) and counts its ``program`` and ``folded_bytes``.
+    """
+
+    __slots__ = ("executable", "folded_bytes", "names", "program", "result_bytes", "signature")
+
+    def __init__(self, program: Program, outputs: tuple[str, ...], cancel: Cancel) -> None:
+        target = select(program, outputs) if outputs else program
+        self.program = program
+        self.names = outputs or program.outputs
+        self.executable = compile_program(target, cancel=cancel)
+        self.folded_bytes = self.executable.folded_bytes
+        self.result_bytes = sum(memory.nbytes(program.types[n]) for n in self.names)
+        self.signature = _signature(program)
+
+    def run(self, inputs: Arrays, cancel: Cancel = None) -> dict[str, np.ndarray]:
+        """The values, by name; GraphError naming an input that does not fit."""
+        feeds = inputs if _exact(self.signature, inputs) else check_inputs(self.program, inputs)
+        return dict(zip(self.names, self.executable.run(feeds, cancel), strict=True))
+
+
+@cached
+def evaluation(program: Program, outputs: tuple[str, ...], *, cancel: Cancel = None) -> Evaluation:
+    """The Evaluation of `outputs` (any values of the program; () for its outputs), set up once
+    per distinct (program, outputs). Raises GraphError for an output that is not a value of the
+    program, and Cancelled when ``cancel`` says so while compiling: nothing is cached then."""
+    return Evaluation(program, outputs, cancel)
+
+
 def evaluate(
     program: Program, inputs: Arrays, outputs: Sequence[str] = (), cancel: Cancel = None
 ) -> dict[str, np.ndarray]:
     """The values of `outputs` (default: all of the program's outputs)."""
-    target = select(program, tuple(outputs)) if outputs else program
-    values = compile_program(target, cancel=cancel).run(check_inputs(program, inputs), cancel)
-    return dict(zip(outputs or program.outputs, values, strict=True))
+    return evaluation(program, tuple(outputs), cancel=cancel).run(inputs, cancel)
 
 
 def vjp_values(

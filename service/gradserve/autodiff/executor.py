@@ -140,7 +140,7 @@ class Executable:
 
     __slots__ = (
         "_constants",
-        "_input_slots",
+        "_inputs",
         "_output_slots",
         "_steps",
         "folded_bytes",
@@ -194,12 +194,12 @@ class Executable:
             (fn, args, out, tuple(dies[i]), donors[i]) for i, (fn, args, out) in enumerate(calls)
         )
         self._constants = tuple((s, v) for s, v in known.items() if s in used)
-        self._input_slots = tuple(slot[spec.name] for spec in program.inputs)
+        self._inputs = tuple((spec.name, slot[spec.name]) for spec in program.inputs)
         self.peak = memory.plan_peak(
             list(slot),
             [program.types[n] for n in slot],
             ops,
-            (*self._input_slots, *(s for s, _ in self._constants)),
+            (*(s for _, s in self._inputs), *(s for s, _ in self._constants)),
             [step[1:] for step in self._steps],
         )
         # A folded constant is shared by every run: hand out copies, never the cached array.
@@ -216,8 +216,8 @@ class Executable:
         the client built it (`ir.at_node`)."""
         memory.check(self.peak)
         slots: list = [None] * self.n_slots
-        for spec, s in zip(self.program.inputs, self._input_slots, strict=True):
-            slots[s] = inputs[spec.name]
+        for name, s in self._inputs:
+            slots[s] = inputs[name]
         for s, value in self._constants:
             slots[s] = value
         # `map`, not a list comprehension: most steps are small numpy calls, and building the
@@ -235,7 +235,7 @@ class Executable:
                         slots[out] = fn(*map(get, args), out=slots[donor])
                 except Exception as exc:
                     # Slots are the inputs, then the nodes in order: `out` is the node's slot.
-                    at_node(exc, self.program.nodes[out - len(self._input_slots)])
+                    at_node(exc, self.program.nodes[out - len(self._inputs)])
                     raise
                 for d in dead:
                     slots[d] = None

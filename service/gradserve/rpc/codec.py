@@ -65,9 +65,10 @@ def decode_tensors(
     name is built only for an error: this runs for every request."""
     from_tensor = tensor_codec.from_tensor
     decoded = {}
-    for name, tensor in tensors.items():
+    # By key: a protobuf map's items() is a Python generator (collections.abc's ItemsView).
+    for name in tensors:
         try:
-            decoded[name] = from_tensor(tensor, max_elements=max_elements)
+            decoded[name] = from_tensor(tensors[name], max_elements=max_elements)
         except tensor_codec.TensorDecodeError as exc:
             raise _decode_error(exc, _input_field(prefix, name)) from None
     return decoded

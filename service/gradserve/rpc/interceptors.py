@@ -147,8 +147,8 @@ def _elements(shape: Any) -> int:
 
 
 class _MethodMetrics:
-    """The metric children of one method, looked up once (``labels()`` takes a lock and builds
-    a key on every call)."""
+    """The recorders of one method's metric children, looked up once (``labels()`` takes a lock
+    and builds a key on every call)."""
 
     __slots__ = (
         "duration",
@@ -168,16 +168,17 @@ class _MethodMetrics:
         self.jacobian_blocks = response_type in _JACOBIAN_BLOCKS
         self.jacobian_rows = response_type == _JACOBIAN_ROWS
         self.train = response_type == _TRAIN_EVENTS
-        self.duration = metrics.REQUEST_DURATION.labels(method)
-        self.request_bytes = metrics.REQUEST_MESSAGE_BYTES.labels(method)
-        self.response_bytes = metrics.RESPONSE_MESSAGE_BYTES.labels(method)
-        self.requests: dict[str, Any] = {}  # status code name -> counter child
+        self.duration = metrics.recorder(metrics.REQUEST_DURATION.labels(method))
+        self.request_bytes = metrics.recorder(metrics.REQUEST_MESSAGE_BYTES.labels(method))
+        self.response_bytes = metrics.recorder(metrics.RESPONSE_MESSAGE_BYTES.labels(method))
+        self.requests: dict[str, metrics.CounterRecorder] = {}  # status code name -> recorder
 
     def count(self, code: str) -> None:
-        child = self.requests.get(code)
-        if child is None:
-            child = self.requests[code] = metrics.REQUESTS.labels(self.method, code)
-        child.inc()
+        requests = self.requests.get(code)
+        if requests is None:
+            requests = metrics.recorder(metrics.REQUESTS.labels(self.method, code))
+            self.requests[code] = requests
+        requests.inc()
 
 
 # Outcomes of normal SDK use, logged at INFO: NOT_FOUND for a graph or dataset id (the SDK then
@@ -197,6 +198,8 @@ def _fields(method: str, code: str, duration: float, peer: str = "") -> dict[str
 
 
 _STATUS_DETAILS = "grpc-status-details-bin"
+
+_INFLIGHT = metrics.recorder(metrics.INFLIGHT_REQUESTS)
 
 
 def _refusing_limit(context: grpc.ServicerContext) -> str:
@@ -232,7 +235,7 @@ class _Call:
         self.jacobian: dict[tuple[str, str], int] = {}  # row blocks: (of, wrt) -> elements
         self._done = False
         self._lock = threading.Lock()
-        metrics.INFLIGHT_REQUESTS.inc()
+        _INFLIGHT.inc()
         if children.train:
             metrics.TRAIN_ACTIVE_STREAMS.inc()
 
@@ -255,7 +258,7 @@ class _Call:
                 return
             self._done = True
         duration = time.perf_counter() - self.start
-        metrics.INFLIGHT_REQUESTS.dec()
+        _INFLIGHT.dec()
         if self.metrics.train:
             metrics.TRAIN_ACTIVE_STREAMS.dec()
         code = self._code(error)
@@ -345,14 +348,14 @@ def _has_deadline(args: tuple[Any, ...]) -> bool:
     return False
 
 
-def _run_arrival(arrival: _Arrival, has_deadline: bool, fn: Callable[..., Any], *args: Any):
+def _run_arrival(arrival: _Arrival, fn: Callable[..., Any], *args: Any):
     _handover.running = arrival
     try:
         return fn(*args)
     finally:
         _handover.running = None
         if not arrival.handled:
-            arrival.unhandled(has_deadline)
+            arrival.unhandled(_has_deadline(args))
 
 
 def _started() -> float | None:
@@ -375,7 +378,7 @@ class CountingThreadPool(futures.ThreadPoolExecutor):
         _handover.arrival = None
         if arrival is None or kwargs:
             return super().submit(fn, *args, **kwargs)
-        return super().submit(_run_arrival, arrival, _has_deadline(args), fn, *args)
+        return super().submit(_run_arrival, arrival, fn, *args)
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):

@@ -112,8 +112,10 @@ def prepare(request: Any, cache: GraphCache, settings: Settings, cancel: Cancel 
     decoding and validation stop (the core's Cancelled) once ``cancel()`` is true."""
     entry = resolve(request, cache, settings, cancel)
     inputs = decode_tensors(request.inputs, "inputs", settings.max_tensor_elements)
-    shapes = {k: v.shape for k, v in inputs.items()}
-    program = entry.program_for(shapes, settings.max_graph_nodes, cancel)
+    program = entry.program
+    if program is None:  # a graph with -1 dimensions: the Program for these shapes
+        shapes = {k: v.shape for k, v in inputs.items()}
+        program = entry.program_for(shapes, settings.max_graph_nodes, cancel)
     return Call(entry, program, inputs)
 
 

@@ -68,8 +68,10 @@ class GradientServicer:
         cancel = cancel_callback(context)  # one per call: its deadline is the call's
         call = self._prepare(request, cancel)
         with _core_errors(call.program):
-            values = autodiff.evaluate(call.program, call.inputs, tuple(request.outputs), cancel)
-        if sum(np.asarray(v).nbytes for v in values.values()) >= DIRECT_ENCODE_BYTES:
+            # Looked up once per (Program, outputs): the plan and the results' size.
+            evaluation = autodiff.evaluation(call.program, tuple(request.outputs), cancel=cancel)
+            values = evaluation.run(call.inputs, cancel)
+        if evaluation.result_bytes >= DIRECT_ENCODE_BYTES:
             return EncodedEvaluateResponse(call.graph_id, values)  # one copy of the values
         response = pb.EvaluateResponse(graph_id=call.graph_id)
         tensor_codec.fill_tensor_map(response.outputs, values)  # no Tensor built, then copied
