@@ -28,19 +28,23 @@ N = M = 400  # 3 chunks of 164 passes or fewer (jacobian.chunk_rows): each of 3 
 
 
 class RecordingServicer(GradientServicer):
-    """Records (rpc, part.index, part.count, client peer) of every Jacobian and Hessian."""
+    """Records (rpc, part.index, part.count, client peer) of every Jacobian and Hessian it
+    answered. A share sent by graph_id to a replica that has not seen the graph is refused
+    (NOT_FOUND) and sent again with the graph: only the answer counts as the share served."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.served: list[tuple[str, int, int, str]] = []
 
     def Jacobian(self, request, context):
+        response = super().Jacobian(request, context)
         self.served.append(("Jacobian", request.part.index, request.part.count, context.peer()))
-        return super().Jacobian(request, context)
+        return response
 
     def Hessian(self, request, context):
+        response = super().Hessian(request, context)
         self.served.append(("Hessian", request.part.index, request.part.count, context.peer()))
-        return super().Hessian(request, context)
+        return response
 
 
 @pytest.fixture
