@@ -98,6 +98,19 @@ def test_start_metrics_server_serves_the_registry() -> None:
     assert "process_cpu_seconds_total" in body
 
 
+def multiprocess_exposition(env: dict[str, str], dead: tuple[int, ...] = ()) -> str:
+    """The exposition text of multiprocess mode, read in a fresh process of ``env`` after it
+    marks the ``dead`` worker pids dead (as the parent does)."""
+    code = (
+        "import gradserve.metrics as m\n"
+        "from prometheus_client import generate_latest\n"
+        f"for pid in {list(dead)!r}:\n"
+        "    m.mark_process_dead(pid)\n"
+        "import sys; sys.stdout.write(generate_latest(m.exposition_registry()).decode())"
+    )
+    return python(code, env)
+
+
 def test_multiprocess_mode_sums_workers(tmp_path: Path) -> None:
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     worker = (
@@ -110,18 +123,10 @@ def test_multiprocess_mode_sums_workers(tmp_path: Path) -> None:
         "print(os.getpid())"
     )
     pids = [int(python(worker, env)) for _ in range(2)]
-    exposition = (
-        "import sys, gradserve.metrics as m\n"
-        "from prometheus_client import generate_latest\n"
-        "for pid in sys.argv[1:]:\n"
-        "    m.mark_process_dead(int(pid))\n"
-        "sys.stdout.write(generate_latest(m.exposition_registry()).decode())"
-    )
 
     def scrape(*dead: int) -> dict[str, float]:
-        code = f"import sys; sys.argv = ['x', *{[str(p) for p in dead]!r}]\n" + exposition
         samples = {}
-        for line in python(code, env).splitlines():
+        for line in multiprocess_exposition(env, dead).splitlines():
             if line.startswith("gradserve_") or line.startswith("process_"):
                 name, value = line.rsplit(" ", 1)
                 samples[name] = float(value)
@@ -155,13 +160,8 @@ def test_multiprocess_mode_records_the_hot_path_in_the_files(tmp_path: Path) -> 
         "m.recorder(m.REQUESTS.labels('/gradserve.v1.Gradient/Evaluate', 'OK')).inc(2)\n"
     )
     python(code, env)
-    exposition = (
-        "import sys, gradserve.metrics as m\n"
-        "from prometheus_client import generate_latest\n"
-        "sys.stdout.write(generate_latest(m.exposition_registry()).decode())"
-    )
     sample = 'gradserve_requests_total{code="OK",method="/gradserve.v1.Gradient/Evaluate"} 2.0'
-    assert sample in python(exposition, env)
+    assert sample in multiprocess_exposition(env)
 
 
 def _version() -> str:
