@@ -300,6 +300,17 @@ def t1(settings: Settings) -> Row:
 # W6: the CNN trained through the Train stream
 
 W6_SAMPLES, W6_LR = 2048, 0.05
+# float32 trajectories drift apart with the steps (conv gradients summed in another order):
+# after 100 steps gradserve's and torch's updates differ by ~6 %, after 200 by more than torch
+# with 1 and 2 threads differs from itself. After 50 steps they agree to 0.2 % or better.
+W6_CHECKED_STEPS = 50
+
+
+def _same_update(got: np.ndarray, want: np.ndarray, start: np.ndarray) -> bool:
+    """Whether ``got`` moved from ``start`` as ``want`` did, to 1 % of the largest move."""
+    return float(np.max(np.abs(got - want))) <= 1e-2 * float(np.max(np.abs(want - start))) + 1e-7
+
+
 GS_STREAM = "gradserve Client.train (streamed)"
 TORCH_SGD = "torch eager SGD"
 
@@ -366,11 +377,13 @@ def w6(settings: Settings) -> Row:
             runners[TORCH_SGD] = torch_run
         else:
             notes[TORCH_SGD] = "not installed"
-        if len(runners) == 2:  # same data order, same formulas: the parameters must agree
-            got, want = (runners[k](steps) for k in (GS_STREAM, TORCH_SGD))
-            bad = [k for k in want if not np.allclose(got[k], want[k], rtol=1e-2, atol=1e-3)]
+        if len(runners) == 2:  # same data order, same formulas: the updates must agree
+            checked = min(steps, W6_CHECKED_STEPS)
+            got, want = (runners[k](checked) for k in (GS_STREAM, TORCH_SGD))
+            bad = [k for k in want if not _same_update(got[k], want[k], params[k])]
             if bad:
-                notes[GS_STREAM] = f"parameters differ from torch's ({', '.join(bad)})"
+                differ = ", ".join(bad)
+                notes[GS_STREAM] = f"updates differ from torch's after {checked} steps ({differ})"
         times: dict[str, list[float]] = {k: [] for k in runners}
         for _ in range(rounds):
             for name, fn in runners.items():

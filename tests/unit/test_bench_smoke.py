@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bench import cli, core
@@ -82,6 +83,23 @@ def test_model_workloads_agree_with_torch(workload: str) -> None:
     row = getattr(models, workload)(Settings(quick=True, rounds=1, min_sample=0.0, warmup=0))
     for name in (models.GS, models.GS_CORE, models.TORCH):
         assert row.figures[name] is not None, row.notes.get(name)
+
+
+def test_cnn_training_row_checks_its_updates_against_torch() -> None:
+    from bench import models
+
+    row = models.w6(Settings(quick=True, rounds=1, min_sample=0.0, warmup=0))
+    assert row.figures[models.GS_STREAM] and row.figures[models.TORCH_SGD], row.notes
+    assert "differ" not in row.notes.get(models.GS_STREAM, "")  # it trained what torch trains
+
+
+def test_same_update_tells_a_drifting_trajectory_from_a_wrong_one() -> None:
+    from bench.models import _same_update
+
+    start = np.zeros(4)
+    want = np.array([1.0, -2.0, 0.5, 0.0])
+    assert _same_update(want + 0.015, want, start)  # 0.75 % of the largest move, 2
+    assert not _same_update(want * 1.05, want, start)  # a 5 % larger step
 
 
 @pytest.mark.parametrize("workload", ["s1", "s3", "h1"])
