@@ -3,7 +3,9 @@ lr 0.1, 300 steps over 8192 synthetic samples, in data order (no shuffle).
 
 Contenders, each a whole training run, interleaved round by round:
 - gradserve streamed from a localhost server via `Client.train`, counting the dataset upload and
-  the stream set-up (a fresh Client per run; the server is started once, outside the timing);
+  the stream set-up (a fresh Client per run; the server is restarted before each run, outside
+  the timing, so that nothing is cached); the same with `report_every=10` (30 step events
+  instead of 300: what the events cost);
 - `LocalClient.train` (in-process);
 - PyTorch eager with torch.optim.SGD; a JAX jit training step; a hand-written numpy loop.
 The figure is steps per second (higher is better). The notes also give each contender's CPU
@@ -27,6 +29,10 @@ import numpy as np
 from bench.harness import Row, Settings, relative_iqr
 
 GS_STREAM = "gradserve Client.train (streamed)"
+# The same run with one step event in REPORT_EVERY: what the per-step events cost W5 (the torch
+# anchor reads no loss while it trains). W5 itself measures the default, report_every=1.
+REPORT_EVERY = 10
+GS_STREAM_SPARSE = f"gradserve Client.train (streamed, report_every={REPORT_EVERY})"
 GS_LOCAL = "gradserve LocalClient.train"
 TORCH = "torch eager SGD"
 JAX = "jax jit step"
@@ -160,7 +166,11 @@ def _train_kwargs(method: Callable[..., Any], steps: int) -> dict[str, Any]:
 
 
 def gradserve_trainer(
-    data: dict, params: dict, client_factory: Callable[[], Any], first_step: list[float]
+    data: dict,
+    params: dict,
+    client_factory: Callable[[], Any],
+    first_step: list[float],
+    report_every: int = 1,
 ) -> Callable[[int], tuple[dict, int]]:
     """A run of `client.train`; appends the seconds until the first step event to `first_step`
     (upload, compilation and stream set-up)."""
@@ -173,6 +183,8 @@ def gradserve_trainer(
             if hasattr(client, "__enter__"):
                 client = stack.enter_context(client)
             kwargs = _train_kwargs(client.train, steps)
+            if report_every != 1:
+                kwargs["report_every"] = report_every
             r = client.train(g, loss="loss", params=params, data=data, **kwargs)
             done = 0
             for _ in r:
@@ -258,16 +270,17 @@ def run(settings: Settings) -> list[Row]:
                 server = FreshServer()
                 stack.callback(server.close)
                 server.prepare()
-                prepare[GS_STREAM] = server.prepare
-                server_cpu[GS_STREAM] = server.cpu_seconds
-                check(
-                    GS_STREAM,
-                    gradserve_trainer(
-                        data, params, lambda: gs.Client(server.target), first_step[GS_STREAM]
-                    ),
-                )
+
+                def client() -> Any:  # the server listens on a new port after each restart
+                    return gs.Client(server.target)
+
+                for name, every in ((GS_STREAM, 1), (GS_STREAM_SPARSE, REPORT_EVERY)):
+                    prepare[name] = server.prepare
+                    server_cpu[name] = server.cpu_seconds
+                    first = first_step.get(name, [])  # report_every=10's first event is step 10
+                    check(name, gradserve_trainer(data, params, client, first, every))
             except ServerUnavailable as exc:
-                notes[GS_STREAM] = f"server not available: {exc}"
+                notes[GS_STREAM] = notes[GS_STREAM_SPARSE] = f"server not available: {exc}"
             check(GS_LOCAL, gradserve_trainer(data, params, gs.LocalClient, first_step[GS_LOCAL]))
         check(TORCH, torch_trainer(data, params))
         check(JAX, jax_trainer(data, params))
@@ -285,7 +298,9 @@ def run(settings: Settings) -> list[Row]:
                 times[name].append(time.perf_counter() - t0)
                 cpu[name].append(time.process_time() - c0 + other() - s0)
 
-    figures: dict[str, float | None] = dict.fromkeys([GS_STREAM, GS_LOCAL, TORCH, JAX, NUMPY])
+    figures: dict[str, float | None] = dict.fromkeys(
+        [GS_STREAM, GS_STREAM_SPARSE, GS_LOCAL, TORCH, JAX, NUMPY]
+    )
     spread: dict[str, float] = {}
     for name, values in times.items():
         figures[name] = steps / statistics.median(values)
