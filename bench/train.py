@@ -183,9 +183,9 @@ def gradserve_trainer(
             if hasattr(client, "__enter__"):
                 client = stack.enter_context(client)
             kwargs = _train_kwargs(client.train, steps)
-            if report_every != 1:
-                kwargs["report_every"] = report_every
-            r = client.train(g, loss="loss", params=params, data=data, **kwargs)
+            r = client.train(
+                g, loss="loss", params=params, data=data, report_every=report_every, **kwargs
+            )
             done = 0
             for _ in r:
                 if done == 0:

@@ -93,13 +93,16 @@ def test_cnn_training_row_checks_its_updates_against_torch() -> None:
     assert "differ" not in row.notes.get(models.GS_STREAM, "")  # it trained what torch trains
 
 
-def test_same_update_tells_a_drifting_trajectory_from_a_wrong_one() -> None:
-    from bench.models import _same_update
+def test_w6_check_tells_a_drifting_trajectory_from_a_wrong_one() -> None:
+    from bench.models import W6_UPDATE_RTOL, _close, _updates
 
-    start = np.zeros(4)
-    want = np.array([1.0, -2.0, 0.5, 0.0])
-    assert _same_update(want + 0.015, want, start)  # 0.75 % of the largest move, 2
-    assert not _same_update(want * 1.05, want, start)  # a 5 % larger step
+    start = {"w": np.full(4, 3.0)}
+    trained = start["w"] + np.array([1.0, -2.0, 0.5, 0.0])
+    want = _updates({"w": trained}, start)
+    drifted = {"w": trained + 0.015}  # 0.75 % of the largest move, 2
+    wrong = {"w": start["w"] + 1.05 * want["w"]}  # a 5 % larger step
+    assert not _close(_updates(drifted, start), want, W6_UPDATE_RTOL)
+    assert _close(_updates(wrong, start), want, W6_UPDATE_RTOL) == ["w"]
 
 
 @pytest.mark.parametrize("workload", ["s1", "s3", "h1"])
