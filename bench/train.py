@@ -4,8 +4,9 @@ lr 0.1, 300 steps over 8192 synthetic samples, in data order (no shuffle).
 Contenders, each a whole training run, interleaved round by round:
 - gradserve streamed from a localhost server via `Client.train`, counting the dataset upload and
   the stream set-up (a fresh Client per run; the server is restarted before each run, outside
-  the timing, so that nothing is cached); the same with `report_every=10` (30 step events
-  instead of 300: what the events cost);
+  the timing, so that nothing is cached), its steps arriving in batches (the SDK's default
+  `report_interval`); the same with `report_interval=0`, one step event per step (what 300
+  events cost);
 - `LocalClient.train` (in-process);
 - PyTorch eager with torch.optim.SGD; a JAX jit training step; a hand-written numpy loop.
 The figure is steps per second (higher is better). The notes also give each contender's CPU
@@ -29,10 +30,9 @@ import numpy as np
 from bench.harness import Row, Settings, relative_iqr
 
 GS_STREAM = "gradserve Client.train (streamed)"
-# The same run with one step event in REPORT_EVERY: what the per-step events cost W5 (the torch
-# anchor reads no loss while it trains). W5 itself measures the default, report_every=1.
-REPORT_EVERY = 10
-GS_STREAM_SPARSE = f"gradserve Client.train (streamed, report_every={REPORT_EVERY})"
+# The same run with one step event per step (report_interval=0): what the events cost W5 (the
+# torch anchor reads no loss while it trains). W5 itself measures the SDK's default.
+GS_STREAM_EACH = "gradserve Client.train (streamed, report_interval=0: an event per step)"
 GS_LOCAL = "gradserve LocalClient.train"
 TORCH = "torch eager SGD"
 JAX = "jax jit step"
@@ -170,10 +170,11 @@ def gradserve_trainer(
     params: dict,
     client_factory: Callable[[], Any],
     first_step: list[float],
-    report_every: int = 1,
+    report_interval: float | None = None,
 ) -> Callable[[int], tuple[dict, int]]:
-    """A run of `client.train`; appends the seconds until the first step event to `first_step`
-    (upload, compilation and stream set-up)."""
+    """A run of `client.train` (with this `report_interval`; None: the SDK's default); appends
+    the seconds until the first step event to `first_step` (upload, compilation and stream
+    set-up)."""
     g = model_graph()
 
     def run(steps: int) -> tuple[dict, int]:
@@ -183,9 +184,9 @@ def gradserve_trainer(
             if hasattr(client, "__enter__"):
                 client = stack.enter_context(client)
             kwargs = _train_kwargs(client.train, steps)
-            r = client.train(
-                g, loss="loss", params=params, data=data, report_every=report_every, **kwargs
-            )
+            if report_interval is not None:
+                kwargs["report_interval"] = report_interval
+            r = client.train(g, loss="loss", params=params, data=data, **kwargs)
             done = 0
             for _ in r:
                 if done == 0:
@@ -274,13 +275,13 @@ def run(settings: Settings) -> list[Row]:
                 def client() -> Any:  # the server listens on a new port after each restart
                     return gs.Client(server.target)
 
-                for name, every in ((GS_STREAM, 1), (GS_STREAM_SPARSE, REPORT_EVERY)):
+                for name, interval in ((GS_STREAM, None), (GS_STREAM_EACH, 0.0)):
                     prepare[name] = server.prepare
                     server_cpu[name] = server.cpu_seconds
-                    first = first_step.get(name, [])  # report_every=10's first event is step 10
-                    check(name, gradserve_trainer(data, params, client, first, every))
+                    first = first_step.setdefault(name, [])
+                    check(name, gradserve_trainer(data, params, client, first, interval))
             except ServerUnavailable as exc:
-                notes[GS_STREAM] = notes[GS_STREAM_SPARSE] = f"server not available: {exc}"
+                notes[GS_STREAM] = notes[GS_STREAM_EACH] = f"server not available: {exc}"
             check(GS_LOCAL, gradserve_trainer(data, params, gs.LocalClient, first_step[GS_LOCAL]))
         check(TORCH, torch_trainer(data, params))
         check(JAX, jax_trainer(data, params))
@@ -299,7 +300,7 @@ def run(settings: Settings) -> list[Row]:
                 cpu[name].append(time.process_time() - c0 + other() - s0)
 
     figures: dict[str, float | None] = dict.fromkeys(
-        [GS_STREAM, GS_STREAM_SPARSE, GS_LOCAL, TORCH, JAX, NUMPY]
+        [GS_STREAM, GS_STREAM_EACH, GS_LOCAL, TORCH, JAX, NUMPY]
     )
     spread: dict[str, float] = {}
     for name, values in times.items():

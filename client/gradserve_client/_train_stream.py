@@ -21,7 +21,7 @@ from .training import (
     Optimizer,
     Schedule,
     dataset_id,
-    decode_event,
+    decode_events,
     num_examples,
     optimizer_proto,
     schedule_proto,
@@ -92,6 +92,7 @@ def train_call(
     seed: int,
     shuffle: bool,
     report_every: int,
+    report_interval: float,
     checkpoint_every: int | None,
     resume: Checkpoint | None,
 ) -> TrainCall:
@@ -115,6 +116,7 @@ def train_call(
         seed=int(seed),
         optimizer=optimizer_proto(optimizer),
         report_every=report_every or 0,
+        report_interval_seconds=report_interval or 0.0,
         checkpoint_every=checkpoint_every or 0,
     )
     tensor_codec.fill_tensor_map(request.params, feeds)
@@ -207,10 +209,10 @@ class RemoteTrain:
         """Refer to the dataset just uploaded."""
         self.call.request.dataset_id = dataset_id
 
-    def first(self, event: tpb.TrainEvent) -> Event:
+    def first(self, event: tpb.TrainEvent) -> list[Event]:
         """The first event of the stream (remembering the graph_id), decoded."""
         self._ids.remember(self.call.meta, event.graph_id)
-        return decode_event(event)
+        return decode_events(event)
 
     def cancel(self) -> None:
         """Cancel the latest call, if any."""

@@ -39,7 +39,15 @@ from ._info import OperatorInfo, ServerInfo, decode_server_info
 from ._train_stream import RETRY, TRAIN_ATTEMPTS, UPLOAD, RemoteTrain, TrainCall, train_call
 from .errors import GradserveError, from_rpc_error
 from .graph import Graph
-from .training import AsyncRun, Checkpoint, Event, Optimizer, Schedule, decode_event
+from .training import (
+    REPORT_INTERVAL,
+    AsyncRun,
+    Checkpoint,
+    Event,
+    Optimizer,
+    Schedule,
+    decode_events,
+)
 
 __all__ = ["AsyncClient"]
 
@@ -244,6 +252,7 @@ class AsyncMethods:
         seed: int = 0,
         shuffle: bool = True,
         report_every: int = 1,
+        report_interval: float = REPORT_INTERVAL,
         checkpoint_every: int | None = 100,
         resume: Checkpoint | None = None,
         progress: bool = False,
@@ -260,7 +269,10 @@ class AsyncMethods:
         total, whichever comes first. ``batch_size`` None means the whole data in one batch;
         the last partial batch is used. With ``shuffle`` every epoch's order is a permutation
         seeded by (``seed``, epoch). A step is reported every ``report_every`` steps (and the
-        last), a checkpoint sent every ``checkpoint_every`` steps (None: never).
+        last), a checkpoint sent every ``checkpoint_every`` steps (None: never). The reported
+        steps travel in batches, the first at once and then about every ``report_interval``
+        seconds, because one message per fast step costs more than the step; 0 sends each
+        step in a message of its own (in process, steps come one by one either way).
 
         Nothing is sent until the run is iterated; errors (INVALID_ARGUMENT naming the field,
         FAILED_PRECONDITION for a NaN loss, ...) are raised by the iteration. Data over 4 MiB
@@ -272,8 +284,8 @@ class AsyncMethods:
         call = train_call(
             graph, loss=loss, params=params, data=data, optimizer=optimizer, schedule=schedule,
             batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed,
-            shuffle=shuffle, report_every=report_every, checkpoint_every=checkpoint_every,
-            resume=resume,
+            shuffle=shuffle, report_every=report_every, report_interval=report_interval,
+            checkpoint_every=checkpoint_every, resume=resume,
         )  # fmt: skip
         return self._train(call, progress, timeout)
 
@@ -488,10 +500,12 @@ class AsyncClient(AsyncMethods, ChannelClient):
                     elif retry != RETRY:
                         raise exc from None
                     continue
-                yield train.first(first)
+                for decoded in train.first(first):
+                    yield decoded
                 try:
                     async for event in stream:
-                        yield decode_event(event)
+                        for decoded in decode_events(event):
+                            yield decoded
                 except grpc.RpcError as rpc_error:
                     raise from_rpc_error(rpc_error) from None
                 return

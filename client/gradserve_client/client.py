@@ -37,7 +37,7 @@ from ._info import OperatorInfo, ServerInfo, decode_server_info
 from ._train_stream import RETRY, TRAIN_ATTEMPTS, UPLOAD, RemoteTrain, TrainCall, train_call
 from .errors import GradserveError, from_rpc_error
 from .graph import Graph
-from .training import Checkpoint, Event, Optimizer, Run, Schedule, decode_event
+from .training import REPORT_INTERVAL, Checkpoint, Event, Optimizer, Run, Schedule, decode_events
 
 __all__ = ["Client"]
 
@@ -242,6 +242,7 @@ class Methods:
         seed: int = 0,
         shuffle: bool = True,
         report_every: int = 1,
+        report_interval: float = REPORT_INTERVAL,
         checkpoint_every: int | None = 100,
         resume: Checkpoint | None = None,
         progress: bool = False,
@@ -258,7 +259,10 @@ class Methods:
         total, whichever comes first. ``batch_size`` None means the whole data in one batch;
         the last partial batch is used. With ``shuffle`` every epoch's order is a permutation
         seeded by (``seed``, epoch). A step is reported every ``report_every`` steps (and the
-        last), a checkpoint sent every ``checkpoint_every`` steps (None: never).
+        last), a checkpoint sent every ``checkpoint_every`` steps (None: never). The reported
+        steps travel in batches, the first at once and then about every ``report_interval``
+        seconds, because one message per fast step costs more than the step; 0 sends each
+        step in a message of its own (in process, steps come one by one either way).
 
         Nothing is sent until the run is iterated; errors (INVALID_ARGUMENT naming the field,
         FAILED_PRECONDITION for a NaN loss, ...) are raised by the iteration. Data over 4 MiB
@@ -270,8 +274,8 @@ class Methods:
         call = train_call(
             graph, loss=loss, params=params, data=data, optimizer=optimizer, schedule=schedule,
             batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed,
-            shuffle=shuffle, report_every=report_every, checkpoint_every=checkpoint_every,
-            resume=resume,
+            shuffle=shuffle, report_every=report_every, report_interval=report_interval,
+            checkpoint_every=checkpoint_every, resume=resume,
         )  # fmt: skip
         return self._train(call, progress, timeout)
 
@@ -484,10 +488,10 @@ class Client(Methods, ChannelClient):
                     elif retry != RETRY:
                         raise exc from None
                     continue
-                yield train.first(first)
+                yield from train.first(first)
                 try:
                     for event in stream:
-                        yield decode_event(event)
+                        yield from decode_events(event)
                 except grpc.RpcError as rpc_error:
                     raise from_rpc_error(rpc_error) from None
                 return

@@ -46,6 +46,10 @@ __all__ = [
 #: Bytes of one PutDataset chunk (1 MiB streams faster over gRPC than larger messages).
 CHUNK_BYTES = 1 << 20
 
+#: The default of ``train(report_interval=...)``: a remote run's steps arrive in batches about
+#: this often (seconds), ten a second as a progress bar redraws, instead of a message per step.
+REPORT_INTERVAL = 0.1
+
 
 class _BadArgument(InvalidArgument, TypeError):
     """An unknown or ill-typed optimizer or schedule argument (INVALID_ARGUMENT, TypeError)."""
@@ -309,21 +313,26 @@ class Checkpoint:
 Event = tuple[str, Any]
 
 
-def decode_event(event: tpb.TrainEvent) -> Event:
-    """A TrainEvent as a Run event."""
+def _step(s: tpb.TrainStep) -> Event:
+    return "step", TrainStep(
+        s.step, s.epoch, s.loss, s.grad_norm, s.lr, s.elapsed_seconds, s.finite
+    )
+
+
+def decode_events(event: tpb.TrainEvent) -> list[Event]:
+    """A TrainEvent as Run events: one, or one per step of a batch (`TrainEvent.steps`)."""
     kind = event.WhichOneof("event")
     if kind == "step":
-        s = event.step
-        return "step", TrainStep(
-            s.step, s.epoch, s.loss, s.grad_norm, s.lr, s.elapsed_seconds, s.finite
-        )
+        return [_step(event.step)]
+    if kind == "steps":
+        return [_step(s) for s in event.steps.steps]
     if kind == "checkpoint":
-        return "checkpoint", Checkpoint(event.checkpoint)
+        return [("checkpoint", Checkpoint(event.checkpoint))]
     if kind == "result":
         r = event.result
         params = {k: np.array(tensor_codec.from_tensor(v, field=k)) for k, v in r.params.items()}
-        return "result", (params, TrainResult(r.steps, r.final_loss, r.elapsed_seconds))
-    return "unknown", None
+        return [("result", (params, TrainResult(r.steps, r.final_loss, r.elapsed_seconds)))]
+    return []
 
 
 # ----------------------------------------------------------------------------------------------

@@ -478,6 +478,12 @@ def _variants():
         ),
         "batch_size": (g, {**base, "batch_size": -3}, "batch_size"),
         "checkpoint_every": (g, {**base, "checkpoint_every": -1}, "checkpoint_every"),
+        "report_interval < 0": (g, {**base, "report_interval": -0.5}, "report_interval_seconds"),
+        "report_interval NaN": (
+            g,
+            {**base, "report_interval": math.nan},
+            "report_interval_seconds",
+        ),
     }
 
 
@@ -582,6 +588,48 @@ def test_raw_stream_events(stub):
     assert events[-1].result.steps == 4
 
 
+def test_raw_stream_events_in_batches(stub):
+    """With report_interval_seconds, the first step goes at once and the later ones together,
+    flushed before each checkpoint (the last step's too) and the result (10 s: no batch is due
+    by time)."""
+    params, data = problem()
+    req = tpb.TrainRequest(graph=mlp_graph().to_proto(), loss="loss", batch_size=16, epochs=2,
+                           optimizer=gs.SGD(lr=0.1).to_proto())  # fmt: skip
+    req.report_interval_seconds = 10
+    for k, v in {**params, **data}.items():
+        target = req.params if k in params else req.inline_data.tensors
+        target[k].CopyFrom(tensor_codec.to_tensor(v))
+
+    def reported(e):  # the steps of an event, or None for another kind
+        return e.steps.steps if e.HasField("steps") else [e.step] if e.HasField("step") else None
+
+    def shape(events):
+        return [[s.step for s in reported(e)] if reported(e) else e.WhichOneof("event")
+                for e in events]  # fmt: skip
+
+    def steps(events):
+        return [(s.step, s.loss, s.grad_norm) for e in events for s in reported(e) or []]
+
+    assert shape(stub.Train(req)) == [[1], [2, 3, 4, 5, 6, 7, 8], "checkpoint", "result"]
+    req.checkpoint_every = 3
+    events = list(stub.Train(req))
+    assert shape(events) == [[1], [2, 3], "checkpoint", [4, 5, 6], "checkpoint", [7, 8],
+                             "checkpoint", "result"]  # fmt: skip
+    req.report_interval_seconds = 0
+    one_each = list(stub.Train(req))
+    assert shape(one_each)[:3] == [[1], [2], [3]]
+    assert steps(one_each) == steps(events) and len(steps(events)) == 8
+
+
+def test_the_sdk_hands_over_every_step_of_a_batch(client):
+    params, data = problem()
+    kw = dict(params=params, data=data, optimizer=gs.SGD(lr=0.1), batch_size=16, epochs=3)
+    batched = list(client.train(mlp_graph(), report_interval=60, **kw))
+    one_each = list(client.train(mlp_graph(), report_interval=0, **kw))
+    assert [s.step for s in batched] == list(range(1, 13))
+    assert [(s.loss, s.grad_norm) for s in batched] == [(s.loss, s.grad_norm) for s in one_each]
+
+
 def test_async_break_cancels_the_stream(make_server):
     srv = make_server()
     params, data = slow_problem()
@@ -590,7 +638,7 @@ def test_async_break_cancels_the_stream(make_server):
     async def go():
         async with gs.AsyncClient(srv.address) as ac:
             run = ac.train(slow_graph(), params=params, data=data, optimizer=gs.SGD(lr=0.01),
-                           batch_size=200, epochs=50)  # fmt: skip
+                           batch_size=200, epochs=50, report_interval=0)  # fmt: skip
             async for step in run:
                 if step.step == 3:
                     break
@@ -599,7 +647,8 @@ def test_async_break_cancels_the_stream(make_server):
 
     run = asyncio.run(go())
     assert _wait(lambda: metrics.TRAIN_ACTIVE_STREAMS._value.get() == 0)
-    # the stream ran at most 2 steps ahead of the break; the stop checkpoint's replay (from
+    # one event per step: the stream ran at most 2 steps ahead of the break (batched, it runs
+    # up to report_interval ahead); the stop checkpoint's replay (from
     # the run's start: no checkpoint yet) may add its 3 steps
     assert metrics.TRAIN_STEPS._value.get() - before <= 3 + 2 + 3
     with pytest.raises(RuntimeError, match="stopped"):

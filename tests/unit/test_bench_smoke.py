@@ -127,10 +127,10 @@ def test_quick_training_rows_time_both_gradserve_clients_and_their_cpu(monkeypat
     monkeypatch.setattr(train, "jax_trainer", lambda data, params: None)
     stream, local = train.run(Settings.make(quick=True))
     assert (stream.id, local.id) == ("W5", "W5b")
-    for name in (train.GS_STREAM, train.GS_STREAM_SPARSE, train.GS_LOCAL, train.NUMPY):
+    for name in (train.GS_STREAM, train.GS_STREAM_EACH, train.GS_LOCAL, train.NUMPY):
         assert stream.figures[name] > 0, stream.notes
         assert re.search(r"CPU \d+\.\d\d ms/step", stream.notes[name]), stream.notes[name]
-    for name in (train.GS_STREAM, train.GS_STREAM_SPARSE):
+    for name in (train.GS_STREAM, train.GS_STREAM_EACH):
         assert "(client and server)" in stream.notes[name]
         assert "differ" not in stream.notes[name]  # it trained what numpy trains
     assert stream.notes[train.TORCH] == "not installed" and local.ratio > 0

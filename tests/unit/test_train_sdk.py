@@ -7,9 +7,10 @@ import pickle
 import gradserve_client as gs
 import numpy as np
 import pytest
+from gradserve import training as tr
 from gradserve.rpc.datasets import DatasetCache, assemble
 from gradserve.rpc.errors import LimitExceeded, NotFound
-from gradserve.rpc.training import request_field
+from gradserve.rpc.training import MAX_BATCH_STEPS, batched, request_field
 from gradserve_client.proto import training_pb2 as tpb
 from gradserve_client.training import (
     Run,
@@ -198,3 +199,62 @@ def test_run_semantics():
     with pytest.raises(RuntimeError, match="failed"):
         _ = run.params
     assert run.checkpoint == _Ckpt(2) and not replays  # a failed run keeps what it received
+
+
+def _step(n: int) -> tr.StepEvent:
+    return tr.StepEvent(n, 0, 1.0 / n, 1.0, 0.1, 0.0, True)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _timed(clock: _Clock, items):
+    """Yield ``items``: a float moves the clock on, None is a tick, anything else an event."""
+    for item in items:
+        if isinstance(item, float):
+            clock.now += item
+        else:
+            yield item
+
+
+def _shape(out) -> list:
+    return [[e.step for e in x] if isinstance(x, list) else type(x).__name__ for x in out]
+
+
+def test_batched_sends_the_first_step_then_every_interval():
+    clock = _Clock()
+    ckpt = tr.CheckpointEvent(checkpoint=None)  # type: ignore[arg-type]
+    done = tr.ResultEvent(params={}, steps=9, final_loss=0.0, elapsed_seconds=1.0)
+    events = [_step(1), 0.01, _step(2), 0.01, _step(3), 0.5, None,  # a tick after the interval
+              _step(4), 0.2, _step(5),  # the interval has passed: 4 and 5 go together
+              _step(6), ckpt, _step(7), 0.01, _step(8), None, _step(9), done]  # fmt: skip
+    out = list(batched(_timed(clock, events), 0.1, clock))
+    assert _shape(out) == [[1], [2, 3], [4, 5], [6], "CheckpointEvent", [7, 8, 9], "ResultEvent"]
+
+
+def test_batched_with_no_interval_sends_every_step_alone():
+    clock = _Clock()
+    out = list(batched(_timed(clock, [_step(1), None, _step(2), _step(3)]), 0.0, clock))
+    assert _shape(out) == [[1], [2], [3]]
+
+
+def test_batched_caps_a_batch_and_reports_the_steps_before_a_failure():
+    clock = _Clock()
+    many = [_step(n) for n in range(1, 2 * MAX_BATCH_STEPS + 4)]
+    out = list(batched(_timed(clock, many), 60.0, clock))
+    assert [len(b) for b in out] == [1, MAX_BATCH_STEPS, MAX_BATCH_STEPS, 2]
+
+    def failing():
+        yield from [_step(1), _step(2), _step(3)]
+        raise RuntimeError("step 4 failed")
+
+    got = []
+    with pytest.raises(RuntimeError, match="step 4"):
+        for batch in batched(failing(), 60.0, clock):
+            got.append([e.step for e in batch])
+    assert got == [[1], [2, 3]]

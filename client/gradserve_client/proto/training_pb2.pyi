@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TrainRequest(_message.Message):
-    __slots__ = ("graph", "graph_id", "onnx_model", "loss", "params", "inline_data", "dataset_id", "batch_size", "epochs", "max_steps", "shuffle", "seed", "optimizer", "schedule", "report_every", "checkpoint_every", "resume_from")
+    __slots__ = ("graph", "graph_id", "onnx_model", "loss", "params", "inline_data", "dataset_id", "batch_size", "epochs", "max_steps", "shuffle", "seed", "optimizer", "schedule", "report_every", "checkpoint_every", "resume_from", "report_interval_seconds")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class TrainRequest(_message.Message):
     REPORT_EVERY_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
+    REPORT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     graph: _graph_pb2.Graph
     graph_id: str
     onnx_model: bytes
@@ -51,7 +52,8 @@ class TrainRequest(_message.Message):
     report_every: int
     checkpoint_every: int
     resume_from: Checkpoint
-    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., onnx_model: _Optional[bytes] = ..., loss: _Optional[str] = ..., params: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., inline_data: _Optional[_Union[DataTensors, _Mapping]] = ..., dataset_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, _Mapping]] = ..., schedule: _Optional[_Union[Schedule, _Mapping]] = ..., report_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., resume_from: _Optional[_Union[Checkpoint, _Mapping]] = ...) -> None: ...
+    report_interval_seconds: float
+    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., graph_id: _Optional[str] = ..., onnx_model: _Optional[bytes] = ..., loss: _Optional[str] = ..., params: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., inline_data: _Optional[_Union[DataTensors, _Mapping]] = ..., dataset_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, _Mapping]] = ..., schedule: _Optional[_Union[Schedule, _Mapping]] = ..., report_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., resume_from: _Optional[_Union[Checkpoint, _Mapping]] = ..., report_interval_seconds: _Optional[float] = ...) -> None: ...
 
 class DataTensors(_message.Message):
     __slots__ = ("tensors",)
@@ -167,16 +169,24 @@ class Checkpoint(_message.Message):
     def __init__(self, graph_id: _Optional[str] = ..., step: _Optional[int] = ..., epoch: _Optional[int] = ..., cursor: _Optional[int] = ..., seed: _Optional[int] = ..., params: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., optimizer_state: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., fingerprint: _Optional[bytes] = ...) -> None: ...
 
 class TrainEvent(_message.Message):
-    __slots__ = ("step", "checkpoint", "result", "graph_id")
+    __slots__ = ("step", "checkpoint", "result", "steps", "graph_id")
     STEP_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
     step: TrainStep
     checkpoint: Checkpoint
     result: TrainResult
+    steps: TrainSteps
     graph_id: str
-    def __init__(self, step: _Optional[_Union[TrainStep, _Mapping]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., result: _Optional[_Union[TrainResult, _Mapping]] = ..., graph_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, step: _Optional[_Union[TrainStep, _Mapping]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., result: _Optional[_Union[TrainResult, _Mapping]] = ..., steps: _Optional[_Union[TrainSteps, _Mapping]] = ..., graph_id: _Optional[str] = ...) -> None: ...
+
+class TrainSteps(_message.Message):
+    __slots__ = ("steps",)
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    steps: _containers.RepeatedCompositeFieldContainer[TrainStep]
+    def __init__(self, steps: _Optional[_Iterable[_Union[TrainStep, _Mapping]]] = ...) -> None: ...
 
 class TrainStep(_message.Message):
     __slots__ = ("step", "epoch", "loss", "grad_norm", "lr", "elapsed_seconds", "finite")

@@ -17,6 +17,7 @@ import contextvars
 import math
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,10 @@ NON_FINITE_LOSS = "NON_FINITE_LOSS"
 
 # Events the loop may run ahead of the stream (it still checks for cancellation every step).
 _AHEAD = 4
+
+#: The most steps one TrainEvent carries (about 60 bytes each), so that a batch stays far below
+#: gRPC's message limits however fast the steps are.
+MAX_BATCH_STEPS = 4096
 
 
 class FailedPrecondition(RpcError):
@@ -198,6 +203,10 @@ def prepare(
     data, which are given decoded). With resume_from and no params, the checkpoint's are used.
     """
     graph, loss = entry.graph, request.loss
+    interval = request.report_interval_seconds
+    if not 0 <= interval < math.inf:  # NaN fails too
+        reason = f"must be a finite number of seconds >= 0 (0: one event per step), got {interval}"
+        raise InvalidArgument("report_interval_seconds", reason)
     if not loss:
         reason = f"name the scalar output to minimise: one of {list(graph.outputs)}"
         raise InvalidArgument("loss", reason)
@@ -290,12 +299,13 @@ def run_events(
 
 
 def pumped(
-    events: Iterator[tr.Event], cancel: Callable[[], bool], ahead: int = _AHEAD
-) -> Iterator[tr.Event]:
-    """``events``, computed by a thread of their own up to ``ahead`` events in advance, so that
-    the next step runs while gRPC sends the last event. The thread ends with the iterator
-    (closing it, or the call being cancelled, stops it within one step) and is joined."""
-    q: queue.Queue[tuple[str, Any]] = queue.Queue(ahead)
+    events: Iterator[tr.Event], cancel: Callable[[], bool], *, tick: float = 0.1
+) -> Iterator[tr.Event | None]:
+    """``events``, computed by a thread of their own up to `_AHEAD` events in advance, so that
+    the next step runs while gRPC sends the last event; None (a tick) after every ``tick``
+    seconds without one. The thread ends with the iterator (closing it, or the call being
+    cancelled, stops it within one step) and is joined."""
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(_AHEAD)
     stop = threading.Event()
 
     def put(item: tuple[str, Any]) -> bool:
@@ -328,9 +338,10 @@ def pumped(
     try:
         while True:
             try:
-                kind, value = q.get(timeout=0.1)
+                kind, value = q.get(timeout=tick)
             except queue.Empty:
                 if thread.is_alive() or not q.empty():
+                    yield None
                     continue
                 raise _Cancelled from None  # the producer gave up: the call was cancelled
             if kind == "event":
@@ -342,6 +353,37 @@ def pumped(
     finally:
         stop.set()
         thread.join()
+
+
+def batched(
+    events: Iterator[tr.Event | None], interval: float, clock: Callable[[], float] = time.monotonic
+) -> Iterator[tr.Event | list[tr.StepEvent]]:
+    """``events`` with their steps gathered into lists (a None in ``events`` is a tick: no
+    event for a while): the first step at once, then the steps since the last list once
+    ``interval`` seconds have passed since it (or it holds `MAX_BATCH_STEPS`), and always
+    before any other event or an error. With ``interval`` 0, every step is a list of one."""
+    pending: list[tr.StepEvent] = []
+    sent = -math.inf
+    try:
+        for ev in events:
+            if isinstance(ev, tr.StepEvent):
+                pending.append(ev)
+            elif ev is not None:
+                if pending:
+                    yield pending
+                    pending, sent = [], clock()
+                yield ev
+                continue
+            now = clock()
+            if pending and (now - sent >= interval or len(pending) >= MAX_BATCH_STEPS):
+                yield pending
+                pending, sent = [], now
+        if pending:
+            yield pending
+    except Exception:  # the steps before a failure are reported, then the failure
+        if pending:
+            yield pending
+        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,11 +449,18 @@ def train(
     )
     # gradserve_train_active_streams is counted by the metrics interceptor; steps are here.
     gid, done = run.graph_id, 0
-    for ev in pumped(run.events, cancel):
-        if isinstance(ev, tr.StepEvent):
-            metrics.TRAIN_STEPS.inc(ev.step - done)
-            done = ev.step
-            yield tpb.TrainEvent(step=step_proto(ev), graph_id=gid)
+    interval = request.report_interval_seconds
+    # Ticks at least every 0.1 s (the pump's poll) and often enough to keep the interval.
+    tick = min(max(interval, 0.01), 0.1) if interval else 0.1
+    for ev in batched(pumped(run.events, cancel, tick=tick), interval):
+        if isinstance(ev, list):
+            metrics.TRAIN_STEPS.inc(ev[-1].step - done)
+            done = ev[-1].step
+            if interval:
+                steps = tpb.TrainSteps(steps=[step_proto(e) for e in ev])
+                yield tpb.TrainEvent(steps=steps, graph_id=gid)
+            else:  # one step per list
+                yield tpb.TrainEvent(step=step_proto(ev[0]), graph_id=gid)
         elif isinstance(ev, tr.CheckpointEvent):
             ckpt = checkpoint_to_proto(ev.checkpoint, gid, run.batch_size)
             yield tpb.TrainEvent(checkpoint=ckpt, graph_id=gid)
