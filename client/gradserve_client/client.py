@@ -37,7 +37,15 @@ from ._info import OperatorInfo, ServerInfo, decode_server_info
 from ._train_stream import RETRY, TRAIN_ATTEMPTS, UPLOAD, RemoteTrain, TrainCall, train_call
 from .errors import GradserveError, from_rpc_error
 from .graph import Graph
-from .training import REPORT_INTERVAL, Checkpoint, Event, Optimizer, Run, Schedule, decode_events
+from .training import (
+    REPORT_INTERVAL,
+    Checkpoint,
+    Event,
+    Optimizer,
+    Run,
+    Schedule,
+    decode_events,
+)
 
 __all__ = ["Client"]
 
@@ -488,10 +496,12 @@ class Client(Methods, ChannelClient):
                     elif retry != RETRY:
                         raise exc from None
                     continue
-                yield from train.first(first)
+                for decoded in train.first(first):
+                    yield decoded
                 try:
                     for event in stream:
-                        yield from decode_events(event)
+                        for decoded in decode_events(event):
+                            yield decoded
                 except grpc.RpcError as rpc_error:
                     raise from_rpc_error(rpc_error) from None
                 return
