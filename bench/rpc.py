@@ -8,6 +8,11 @@ R3: 8 client threads sharing one channel: requests per second, gradserve Evaluat
 gradserve is measured through the SDK (`gs.Client`, what users call) and, for R1, also through
 the raw generated stub with a pre-encoded request (the server's own cost).
 
+The floor of R1 and R3 (`FLOOR`): the shipped server whose Evaluate answers with a prebuilt
+response, through the raw stub and through the SDK, in the same rounds: what grpcio, the
+protobuf messages, the interceptors and the SDK cost before gradserve decodes, computes or
+encodes anything.
+
 The server stacks (issue 11 §2): the same servicer without interceptors on today's thread-pool
 grpc.Server and on grpc.aio, its handlers in the migration thread pool or awaited in
 run_in_executor (`bench.aio_server`), measured in the same rounds as the shipped server: R1 and
@@ -34,6 +39,7 @@ from bench.servers import (
     STACKS,
     ServerUnavailable,
     echo_server,
+    floor_server,
     gradserve_server,
     stack_server,
 )
@@ -41,6 +47,8 @@ from bench.servers import (
 GS = "gradserve Client"
 GS_STUB = "gradserve raw stub"
 ECHO = "echo server"
+FLOOR_STUB = "floor (prebuilt Evaluate), raw stub"
+FLOOR_CLIENT = "floor (prebuilt Evaluate), gradserve Client"
 
 
 def stack_name(stack: str) -> str:
@@ -174,9 +182,14 @@ def run(settings: Settings) -> list[Row]:
             target = stack.enter_context(stack_server(name))
             stubs[stack_name(name)] = pbg.GradientStub(stack.enter_context(_channel(target)))
             clients[stack_name(name)] = stack.enter_context(gs.Client(target))
-        _r1(rows[0], settings, client, why, stub, pb, tensor_codec, echo, stubs)
+        floor_target = stack.enter_context(floor_server())
+        floor = {
+            FLOOR_STUB: pbg.GradientStub(stack.enter_context(_channel(floor_target))),
+            FLOOR_CLIENT: stack.enter_context(gs.Client(floor_target)),
+        }
+        _r1(rows[0], settings, client, why, stub, pb, tensor_codec, echo, stubs, floor)
         _r2(rows[1], settings, client, why, echo, clients)
-        _r3(rows[2], settings, client, why, echo, stubs, pb, tensor_codec)
+        _r3(rows[2], settings, client, why, echo, stubs, pb, tensor_codec, floor)
     return rows
 
 
@@ -201,27 +214,46 @@ def _skipped(rows: list[Row], why: str) -> list[Row]:
     return rows
 
 
-def _r1(row: Row, settings: Settings, client, why, stub, pb, codec, echo, stubs) -> None:
+def _client_call(row: Row, name: str, client: Any) -> Callable[[], Any] | None:
+    """R1's and R3's call through the SDK, checked against the closed form once (a failure is
+    noted in the row)."""
     g = scalar_graph()
     feeds = {"x": 0.7, "y": 1.3}
     expected = (np.sin(0.7) * 1.3 + np.exp(0.7)) * 0.7
-    contenders: dict[str, Callable[[], Any]] = {ECHO: lambda: echo(b"")}
-    for name, raw in {GS_STUB: stub, **stubs}.items():
+    try:
+        out = client.evaluate(g, feeds)["out"]
+    except Exception as exc:
+        row.notes[name] = f"failed: {type(exc).__name__}: {exc}"[:200]
+        return None
+    if not np.allclose(out, expected):
+        row.notes[name] = f"wrong result {out}"
+        return None
+    return lambda: client.evaluate(g, feeds)
+
+
+def _contenders(row: Row, client, why, stubs, pb, codec, floor) -> dict[str, Callable[[], Any]]:
+    """R1's and R3's callers: gradserve through the SDK and each raw stub (the floor's
+    too), and the floor through the SDK."""
+    contenders: dict[str, Callable[[], Any]] = {}
+    if client is None:
+        row.notes[GS] = why
+    for name, sdk in ((GS, client), (FLOOR_CLIENT, floor[FLOOR_CLIENT])):
+        fn = _client_call(row, name, sdk) if sdk is not None else None
+        if fn is not None:
+            contenders[name] = fn
+    for name, raw in {**stubs, FLOOR_STUB: floor[FLOOR_STUB]}.items():
         try:
             contenders[name] = _stub_call(raw, pb, codec)
         except AssertionError as exc:
             row.notes[name] = str(exc)
-    if client is not None:
-        try:
-            out = client.evaluate(g, feeds)["out"]
-            if np.allclose(out, expected):
-                contenders[GS] = lambda: client.evaluate(g, feeds)
-            else:
-                row.notes[GS] = f"wrong result {out}"
-        except Exception as exc:
-            row.notes[GS] = f"failed: {type(exc).__name__}: {exc}"[:200]
-    else:
-        row.notes[GS] = why
+    return contenders
+
+
+def _r1(row: Row, settings: Settings, client, why, stub, pb, codec, echo, stubs, floor) -> None:
+    contenders = {
+        ECHO: lambda: echo(b""),
+        **_contenders(row, client, why, {GS_STUB: stub, **stubs}, pb, codec, floor),
+    }
     block = 50 if settings.quick else 200
     rounds = 2 if settings.quick else 10
     samples: dict[str, list[float]] = {k: [] for k in contenders}
@@ -230,7 +262,7 @@ def _r1(row: Row, settings: Settings, client, why, stub, pb, codec, echo, stubs)
     for _ in range(rounds):
         for name, fn in contenders.items():
             samples[name] += _latencies(fn, block)
-    row.figures = {GS: None, GS_STUB: None, ECHO: None, **dict.fromkeys(stubs)}
+    row.figures = dict.fromkeys([GS, GS_STUB, ECHO, *stubs, FLOOR_STUB, FLOOR_CLIENT])
     for name, values in samples.items():
         row.figures[name] = statistics.median(values)
         row.spread[name] = relative_iqr(values)
@@ -276,20 +308,12 @@ def _r2(row: Row, settings: Settings, client, why, echo, clients) -> None:
     row.extra["payload_mib"] = mib
 
 
-def _r3(row: Row, settings: Settings, client, why, echo, stubs, pb, codec) -> None:
-    g = scalar_graph()
-    feeds = {"x": 0.7, "y": 1.3}
-    contenders: dict[str, Callable[[], Any]] = {ECHO: lambda: echo(b"")}
-    row.figures = {GS: None, ECHO: None, **dict.fromkeys(stubs)}
-    if client is not None and GS not in row.notes:
-        contenders[GS] = lambda: client.evaluate(g, feeds)
-    elif client is None:
-        row.notes[GS] = why
-    for name, raw in stubs.items():
-        try:
-            contenders[name] = _stub_call(raw, pb, codec)
-        except AssertionError as exc:
-            row.notes[name] = str(exc)
+def _r3(row: Row, settings: Settings, client, why, echo, stubs, pb, codec, floor) -> None:
+    contenders = {
+        ECHO: lambda: echo(b""),
+        **_contenders(row, client, why, stubs, pb, codec, floor),
+    }
+    row.figures = dict.fromkeys([GS, ECHO, *stubs, FLOOR_STUB, FLOOR_CLIENT])
     threads = 8
     calls = 20 if settings.quick else 150
     rounds = 2 if settings.quick else 5

@@ -119,5 +119,15 @@ def stack_server(stack: str) -> AbstractContextManager[str]:
     return process_server([sys.executable, "-m", "bench.aio_server", "--stack", stack])
 
 
+#: `bench.aio_server`'s floor of the RPC rows: the shipped server (`create_server`, its
+#: interceptors) whose Evaluate answers a graph_id request with the response it gave first.
+FLOOR = "floor"
+
+
+def floor_server() -> AbstractContextManager[str]:
+    """The shipped server around a prebuilt Evaluate response (`bench.aio_server`)."""
+    return process_server([sys.executable, "-m", "bench.aio_server", "--stack", FLOOR])
+
+
 def echo_server() -> AbstractContextManager[str]:
     return process_server([sys.executable, "-m", "bench.echo_server"])

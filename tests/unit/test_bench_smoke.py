@@ -168,3 +168,17 @@ def test_core_settings_side_by_side() -> None:
     header, _, line = table.splitlines()
     assert "ratio (1 core)" in header and "ratio (all cores)" in header
     assert "| 1.20x" in line and "| 1.80x" in line and "| met" in line and "NOT MET" in line
+
+
+def test_quick_rpc_rows_time_gradserve_the_stacks_and_the_floor() -> None:
+    # Every contender answered R1's call with the closed form (else it would be untimed, with
+    # a note), the floor's prebuilt server included.
+    from bench import rpc
+
+    r1, r2, r3 = rpc.run(Settings.make(quick=True))
+    assert (r1.id, r2.id, r3.id) == ("R1", "R2", "R3")
+    for row in (r1, r3):
+        for name in (rpc.GS, rpc.ECHO, rpc.FLOOR_STUB, rpc.FLOOR_CLIENT):
+            assert row.figures[name] > 0, row.notes
+        assert row.ratio > 0
+    assert r1.figures[rpc.GS_STUB] > 0 and r2.figures[rpc.GS] > 0, r2.notes
