@@ -34,12 +34,12 @@ import numpy as np
 from bench.echo_server import METHOD as ECHO_METHOD
 from bench.harness import Row, Settings, relative_iqr
 from bench.servers import (
+    FLOOR,
     MAX_MESSAGE,
     MIB,
     STACKS,
     ServerUnavailable,
     echo_server,
-    floor_server,
     gradserve_server,
     stack_server,
 )
@@ -182,7 +182,7 @@ def run(settings: Settings) -> list[Row]:
             target = stack.enter_context(stack_server(name))
             stubs[stack_name(name)] = pbg.GradientStub(stack.enter_context(_channel(target)))
             clients[stack_name(name)] = stack.enter_context(gs.Client(target))
-        floor_target = stack.enter_context(floor_server())
+        floor_target = stack.enter_context(stack_server(FLOOR))
         floor = {
             FLOOR_STUB: pbg.GradientStub(stack.enter_context(_channel(floor_target))),
             FLOOR_CLIENT: stack.enter_context(gs.Client(floor_target)),

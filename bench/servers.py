@@ -115,18 +115,14 @@ STACKS = ("threads", "aio-pool", "aio-executor")
 
 
 def stack_server(stack: str) -> AbstractContextManager[str]:
-    """gradserve's servicer on another server stack (`bench.aio_server`), no interceptors."""
+    """gradserve's servicer on another server stack (`bench.aio_server`), no interceptors; or,
+    for `FLOOR`, the shipped server around a prebuilt Evaluate response."""
     return process_server([sys.executable, "-m", "bench.aio_server", "--stack", stack])
 
 
 #: `bench.aio_server`'s floor of the RPC rows: the shipped server (`create_server`, its
 #: interceptors) whose Evaluate answers a graph_id request with the response it gave first.
 FLOOR = "floor"
-
-
-def floor_server() -> AbstractContextManager[str]:
-    """The shipped server around a prebuilt Evaluate response (`bench.aio_server`)."""
-    return process_server([sys.executable, "-m", "bench.aio_server", "--stack", FLOOR])
 
 
 def echo_server() -> AbstractContextManager[str]:
