@@ -130,10 +130,9 @@ def main() -> int:
     if args.stack in ("threads", FLOOR):
         from gradserve.server import create_server
 
-        if args.stack == FLOOR:
-            server, bound, _ = create_server(settings, servicer=_Prebuilt(settings))
-        else:
-            server, bound, _ = create_server(settings, interceptors=[])
+        # The floor keeps the shipped interceptors; the threads stack runs without any.
+        stack = {"servicer": _Prebuilt(settings)} if args.stack == FLOOR else {"interceptors": []}
+        server, bound, _ = create_server(settings, **stack)
         print(f"{args.stack} listening on 127.0.0.1:{bound}", flush=True)
         server.wait_for_termination()  # until the benchmark's SIGTERM
         return 0

@@ -66,6 +66,11 @@ def scalar_graph() -> Any:
     return g
 
 
+#: R1's and R3's inputs, and the closed form of scalar_graph's output at them.
+FEEDS = {"x": 0.7, "y": 1.3}
+EXPECTED = (np.sin(0.7) * 1.3 + np.exp(0.7)) * 0.7
+
+
 def identity_graph(n: int) -> Any:
     import gradserve_client as gs
 
@@ -197,12 +202,10 @@ def _stub_call(stub: Any, pb: Any, codec: Any) -> Callable[[], Any]:
     """R1's call through a raw stub: the graph sent once for its id, then only the id and the
     pre-encoded inputs; checked against the closed form."""
     g = scalar_graph()
-    feeds = {"x": 0.7, "y": 1.3}
-    first = stub.Evaluate(pb.EvaluateRequest(graph=g.to_proto(), inputs=codec.to_tensors(feeds)))
-    request = pb.EvaluateRequest(graph_id=first.graph_id, inputs=codec.to_tensors(feeds))
+    first = stub.Evaluate(pb.EvaluateRequest(graph=g.to_proto(), inputs=codec.to_tensors(FEEDS)))
+    request = pb.EvaluateRequest(graph_id=first.graph_id, inputs=codec.to_tensors(FEEDS))
     got = codec.from_tensor(stub.Evaluate(request).outputs["out"])
-    expected = (np.sin(0.7) * 1.3 + np.exp(0.7)) * 0.7
-    if not np.allclose(got, expected):
+    if not np.allclose(got, EXPECTED):
         raise AssertionError(f"wrong result {got}")
     return lambda: stub.Evaluate(request)
 
@@ -218,17 +221,15 @@ def _client_call(row: Row, name: str, client: Any) -> Callable[[], Any] | None:
     """R1's and R3's call through the SDK, checked against the closed form once (a failure is
     noted in the row)."""
     g = scalar_graph()
-    feeds = {"x": 0.7, "y": 1.3}
-    expected = (np.sin(0.7) * 1.3 + np.exp(0.7)) * 0.7
     try:
-        out = client.evaluate(g, feeds)["out"]
+        out = client.evaluate(g, FEEDS)["out"]
     except Exception as exc:
         row.notes[name] = f"failed: {type(exc).__name__}: {exc}"[:200]
         return None
-    if not np.allclose(out, expected):
+    if not np.allclose(out, EXPECTED):
         row.notes[name] = f"wrong result {out}"
         return None
-    return lambda: client.evaluate(g, feeds)
+    return lambda: client.evaluate(g, FEEDS)
 
 
 def _contenders(row: Row, client, why, stubs, pb, codec, floor) -> dict[str, Callable[[], Any]]:
