@@ -17,9 +17,10 @@ The parent supervises the workers as gunicorn's arbiter does. A worker that exit
 asked it to is reported (logged at ERROR) and replaced by a new process on the same port, while
 the others keep serving. Restarts are bounded: a death beyond ``--max-worker-restarts`` within
 ``--worker-restart-window`` seconds is taken as a fault that restarting will not cure, and the
-parent stops the others gracefully and exits 1, so that the supervisor (Kubernetes) sees it.
-The parent forwards SIGTERM/SIGINT to the workers, waits for them to drain, and exits 0 when
-they all did.
+parent stops the others gracefully and exits 1, so that the supervisor (Kubernetes) sees it; so
+does a replacement that cannot be forked. The parent forwards SIGTERM/SIGINT to the workers
+(again to a worker that starts serving after it, whose own handler was not installed yet),
+waits for them to drain, and exits 0 when they all did.
 """
 
 from __future__ import annotations
@@ -158,16 +159,30 @@ class Arbiter:
                 os.kill(pid, signal.SIGTERM)
 
     def start(self) -> str | None:
-        """Fork the workers and wait until each serves; None, or the first error."""
+        """Fork the workers and wait until each serves; None, or the first error. Once a stop
+        is asked for (SIGTERM while they start), no more are forked, and a worker that stopped
+        before it served is no error."""
         for index in range(self.settings.workers):
+            if self.stopping:
+                break
             self.spawn(index)
         failed = None
         for worker in list(self.workers.values()):
-            assert worker.ready is not None
-            line, worker.ready = _read_line(worker.ready), None
-            if line != "ok" and failed is None:
+            line = self._started(worker)
+            if line != "ok" and failed is None and not self.stopping:
                 failed = line or "gradserve serve: error: a worker did not start"
         return failed
+
+    def _started(self, worker: Worker) -> str:
+        """The line a worker wrote to its ready pipe ("ok", or why it did not start). A worker
+        that serves after a stop was asked for is sent SIGTERM again: one that came before the
+        worker had its own handler was ignored (it still ran the parent's)."""
+        assert worker.ready is not None
+        line, worker.ready = _read_line(worker.ready), None
+        if line == "ok" and self.stopping:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGTERM)
+        return line
 
     def run(self) -> None:
         """Until every worker has exited: replace those that die, within the bound."""
@@ -183,13 +198,10 @@ class Arbiter:
         readable, _, _ = select.select(list(pending), [], [], POLL_SECONDS)
         for fd in readable:
             worker = pending[fd]
-            line, worker.ready = _read_line(fd), None
+            line = self._started(worker)
             if line != "ok":  # it exits next, and is reaped as a death
                 log.error("worker %d (pid %d) did not start: %s", worker.index, worker.pid, line)
-            elif self.stopping:  # a SIGTERM sent before it had its handler may have been lost
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(worker.pid, signal.SIGTERM)
-            else:
+            elif not self.stopping:
                 log.info("worker %d (pid %d) serving", worker.index, worker.pid)
 
     def _reap(self) -> None:
@@ -229,7 +241,16 @@ class Arbiter:
             self.stop(rc=1)
             return
         self.restarts.append(now)
-        new = self.spawn(dead.index)
+        try:
+            new = self.spawn(dead.index)
+        except OSError as exc:  # fork failed (ENOMEM, say): stop the others, as after a storm
+            log.error(
+                "worker %d (pid %d) exited unexpectedly (%s), and could not be restarted: %s;"
+                " stopping the others",
+                dead.index, dead.pid, how, exc,
+            )  # fmt: skip
+            self.stop(rc=1)
+            return
         log.error(
             "worker %d (pid %d) exited unexpectedly (%s); restarting it as pid %d"
             " (restart %d of at most %d within %gs)",
@@ -270,7 +291,7 @@ def serve_workers(settings: Settings) -> int:
         with reserve_port(settings.host, settings.port) as port:
             arbiter = Arbiter(settings.model_copy(update={"port": port}))
             failed = arbiter.start()
-            if failed is None:
+            if failed is None and not arbiter.stopping:
                 try:
                     state = start_metrics(settings)
                 except OSError as exc:
@@ -278,7 +299,7 @@ def serve_workers(settings: Settings) -> int:
             if failed is not None:
                 print(failed, file=sys.stderr, flush=True)
                 arbiter.stop(rc=1)
-            else:
+            elif not arbiter.stopping:  # stopped while starting: drain, no banner
                 pids = " ".join(str(p) for p in arbiter.workers)
                 print(
                     f"gradserve listening on {settings.host}:{port} "
@@ -287,10 +308,11 @@ def serve_workers(settings: Settings) -> int:
                 )
             arbiter.run()
             return arbiter.rc
-    except OSError as exc:
-        if arbiter is not None:
-            arbiter.stop()
+    except OSError as exc:  # the port, or a fork while starting
         print(f"gradserve serve: error: {exc}", file=sys.stderr, flush=True)
+        if arbiter is not None:  # the workers already forked drain before the parent exits
+            arbiter.stop()
+            arbiter.run()
         return 1
     finally:
         if created:

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -167,3 +168,95 @@ def test_a_restart_storm_stops_the_server_with_exit_1(server_process):
         " (--max-worker-restarts, --worker-restart-window): giving up, stopping the others"
     ) in proc.stderr
     assert not children(parent)
+
+
+# The parent signals itself right after forking the first worker, before that worker can have
+# installed its own handler: as a kubelet stopping a pod that is still starting.
+STOPPED_WHILE_STARTING = """
+import os, signal, sys
+from gradserve import workers
+from gradserve.config import Settings
+
+settings = Settings(host="127.0.0.1", port=0, metrics_port=0, workers=2, shutdown_grace=1)
+workers.prepare_environment(settings)
+spawn = workers.Arbiter.spawn
+
+def spawn_then_stop(self, index):
+    worker = spawn(self, index)
+    if index == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return worker
+
+workers.Arbiter.spawn = spawn_then_stop
+sys.exit(workers.serve_workers(settings))
+"""
+
+
+def test_a_sigterm_while_the_workers_start_stops_them_all():
+    """No worker is forked after the stop, the one that was is signalled again once it serves
+    (the first SIGTERM came before its handler), and the parent exits 0 without a banner."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_WHILE_STARTING],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        for pid in children(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("a SIGTERM while the workers started was ignored") from None
+    assert proc.returncode == 0, err
+    assert "listening" not in out
+    assert not children(proc.pid)
+
+
+# Once both workers serve, one is killed and the fork of its replacement fails.
+FORK_FAILS_ON_RESTART = """
+import os, signal, sys
+from gradserve import workers
+from gradserve.config import Settings
+
+settings = Settings(host="127.0.0.1", port=0, metrics_port=0, workers=2, shutdown_grace=1)
+workers.prepare_environment(settings)
+fork, start = workers._fork_worker, workers.Arbiter.start
+
+def fork_once(settings, index, forked=[]):
+    if len(forked) == 2:
+        raise OSError(12, "Cannot allocate memory")
+    forked.append(index)
+    return fork(settings, index)
+
+def start_then_kill_one(self):
+    failed = start(self)
+    os.kill(min(self.workers), signal.SIGKILL)
+    return failed
+
+workers._fork_worker = fork_once
+workers.Arbiter.start = start_then_kill_one
+sys.exit(workers.serve_workers(settings))
+"""
+
+
+def test_a_failed_restart_stops_the_other_worker_and_exits_1():
+    """The parent stops the other worker, waits until it has drained, and exits 1."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FORK_FAILS_ON_RESTART],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        for pid in children(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the server kept running after a restart failed") from None
+    assert proc.returncode == 1, err
+    assert "could not be restarted: [Errno 12] Cannot allocate memory; stopping the others" in err
+    assert not [pid for pid in banner_pids(out) if Path(f"/proc/{pid}").exists()]
