@@ -572,6 +572,18 @@ def test_train_feature_and_metrics(client):
     assert metrics.TRAIN_STEPS._value.get() == before + 4
 
 
+def test_a_resumed_run_counts_only_its_own_steps(client):
+    params, data = problem()
+    kw = dict(params=params, data=data, optimizer=gs.SGD(lr=0.1), batch_size=16)
+    first = client.train(mlp_graph(), epochs=1, **kw)
+    list(first)
+    assert first.checkpoint.step == 4
+    before = metrics.TRAIN_STEPS._value.get()
+    resumed = client.train(mlp_graph(), epochs=2, resume=first.checkpoint, **kw)
+    assert [s.step for s in resumed] == [5, 6, 7, 8]
+    assert metrics.TRAIN_STEPS._value.get() == before + 4  # steps 5-8, not 8
+
+
 def test_raw_stream_events(stub):
     params, data = problem()
     req = tpb.TrainRequest(graph=mlp_graph().to_proto(), loss="loss", batch_size=16, epochs=1,

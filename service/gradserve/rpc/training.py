@@ -185,6 +185,7 @@ class PreparedRun:
     events: Iterator[tr.Event]
     graph_id: str
     batch_size: int
+    start_step: int  # the steps taken before: a resumed run's first event is step start_step + 1
 
 
 def prepare(
@@ -271,7 +272,7 @@ def prepare(
     except tr.TrainingConfigError as exc:
         raise invalid(exc) from None
     events = run_events(events, entry.input_names, program=program)
-    return PreparedRun(events, entry.graph_id, cfg.batch_size)
+    return PreparedRun(events, entry.graph_id, cfg.batch_size, resume.step if resume else 0)
 
 
 def run_events(
@@ -448,7 +449,7 @@ def train(
         cancel=cancel,
     )
     # gradserve_train_active_streams is counted by the metrics interceptor; steps are here.
-    gid, done = run.graph_id, 0
+    gid, done = run.graph_id, run.start_step  # the steps counted so far
     interval = request.report_interval_seconds
     # Ticks at least every 0.1 s (the pump's poll) and often enough to keep the interval.
     tick = min(max(interval, 0.01), 0.1) if interval else 0.1
