@@ -7,7 +7,9 @@ forward mode, colours of a structured block), split into K contiguous runs, and 
 share's run. Every entry of the result comes from exactly one share, and the others leave it
 zero (dense) or out (sparse), so the sum of the K answers is the single call's result. The
 calls go out at once (asyncio tasks, or threads for `Client`), each over its own connection or
-spread by the channel's load balancing (`AsyncClient._share_lanes`).
+spread by the channel's load balancing (`AsyncClient._share_lanes`). A share the server
+refuses because it is computing as many RPCs as it may (``--max-concurrent-rpcs``) is sent
+again once the others are done, so that ``parallel=K`` succeeds wherever the whole call would.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from . import _methods as m
 from ._args import Call
 from ._decode import decode_jacobian
-from .errors import InvalidArgument
+from .errors import GradserveError, InvalidArgument, ResourceExhausted
 
 #: The GetServerInfo feature of a server that honours ``part`` (an older one would ignore it
 #: and answer the whole result to every share).
@@ -104,19 +106,43 @@ def _sum(blocks: Sequence[Any]) -> Any:
     return sp.csr_array((data[order], cols[order], indptr), shape=shape)
 
 
+def refused_for_load(exc: BaseException) -> bool:
+    """Whether a share was refused because the server was at ``--max-concurrent-rpcs``."""
+    return isinstance(exc, ResourceExhausted) and exc.metadata.get("limit") == "max_concurrent_rpcs"
+
+
 def concurrently(calls: Sequence[Callable[[], Any]], asyncio_: bool) -> Any:
-    """Run the calls at once and return their results in order: for ``asyncio_`` the calls
-    make coroutines and this is an awaitable (the others are cancelled when one fails); else
-    each runs in a thread of its own and this is the list."""
+    """Run the calls at once and return their outcomes in order, a result or the error of a
+    call `refused_for_load` (any other error is raised): for ``asyncio_`` the calls make
+    coroutines and this is an awaitable (the others are cancelled when one fails); else each
+    runs in a thread of its own and this is the list."""
     if asyncio_:
         return _gathered(calls)
     with ThreadPoolExecutor(len(calls), thread_name_prefix="gradserve-share") as pool:
-        futures = [pool.submit(call) for call in calls]
+        futures = [pool.submit(_outcome, call) for call in calls]
         return [future.result() for future in futures]
 
 
+def _outcome(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except GradserveError as exc:
+        if refused_for_load(exc):
+            return exc
+        raise
+
+
+async def _async_outcome(call: Callable[[], Awaitable[Any]]) -> Any:
+    try:
+        return await call()
+    except GradserveError as exc:
+        if refused_for_load(exc):
+            return exc
+        raise
+
+
 async def _gathered(calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
-    tasks = [asyncio.ensure_future(call()) for call in calls]
+    tasks = [asyncio.ensure_future(_async_outcome(call)) for call in calls]
     try:
         return list(await asyncio.gather(*tasks))
     except BaseException:

@@ -89,7 +89,7 @@ class ResultBudget:
         if max_result_bytes < 1:
             raise ValueError(f"max_result_bytes must be positive, got {max_result_bytes}")
         self.max_result_bytes = max_result_bytes
-        self.server_limits: Mapping[str, int] | None = None  # GetServerInfo's, once asked
+        self.server_limits: Mapping[str, int] | None = None  # GetServerInfo's, once answered
 
     def elements(self, method: m.Method[Any, Any], call: Any) -> int | None:
         """The elements of the dense result of ``call`` by ``method`` (None: not a Jacobian or

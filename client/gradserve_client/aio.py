@@ -376,12 +376,13 @@ class AsyncClient(AsyncMethods, ChannelClient):
                 raise
         return await self._send(method.fallback, call, timeout)
 
-    async def _server_limits(self) -> Mapping[str, int]:
-        """The server's limits (GetServerInfo), asked once per client; none if it does not say."""
+    async def _server_limits(self) -> Mapping[str, int] | None:
+        """The server's limits (GetServerInfo), asked until it answers once; None if it did not
+        answer (the call then goes as if there were none: an error is likely transient)."""
         try:
             info = await self.server_info()
         except GradserveError:
-            return {}
+            return None
         return info.limits
 
     async def _can_share(self, method: m.Method[Any, Any]) -> bool:
@@ -393,13 +394,14 @@ class AsyncClient(AsyncMethods, ChannelClient):
             try:
                 self._features = frozenset((await self.server_info()).features)
             except GradserveError:
-                self._features = frozenset()
+                return False  # this call goes whole; the next one asks again
         return _parallel.FEATURE in self._features
 
     async def _shared(
         self, method: m.Method[C, T], call: C, timeout: float | None, parallel: int
     ) -> T:
-        """``method``'s result from ``parallel`` concurrent calls, one share of it each."""
+        """``method``'s result from ``parallel`` concurrent calls, one share of it each; a
+        share refused for the server's load goes again, one at a time, after the others."""
         lanes = await self._share_lanes(parallel)
         shares = _parallel.shares(method, parallel)  # type: ignore[arg-type]
         sends = [
@@ -407,6 +409,9 @@ class AsyncClient(AsyncMethods, ChannelClient):
             for share, lane in zip(shares, lanes, strict=True)
         ]
         answers = await _parallel.concurrently(sends, self._ASYNCIO)
+        for i, answer in enumerate(answers):
+            if isinstance(answer, GradserveError):
+                answers[i] = await sends[i]()
         return _parallel.merged(method, call, answers)  # type: ignore[arg-type]
 
     async def _share_lanes(self, count: int) -> list[int | None]:
@@ -435,6 +440,9 @@ class AsyncClient(AsyncMethods, ChannelClient):
                 process = decode_server_info(response).process
             except grpc.RpcError:
                 process = ""  # the share's own call will report what is wrong
+            except BaseException:  # cancelled (or interrupted) while asking: not kept
+                await channel.close()
+                raise
             if not process or process not in taken or attempt == tries - 1:
                 self._lanes.append(channel)
                 taken.append(process)

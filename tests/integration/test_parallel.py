@@ -10,7 +10,9 @@ of ``--workers 2`` (both processes serve shares of one Jacobian, by their access
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import time
 
 import gradserve_client as gs
 import grpc
@@ -163,6 +165,96 @@ def test_without_load_balancing_each_share_has_a_connection(replicas):
     assert sorted(s[1] for s in first) == [0, 1, 2]
     assert len({s[3] for s in first}) == 3, first  # three client ports: three connections
     assert {s[3] for s in first} == {s[3] for s in second}
+
+
+class SlowServicer(RecordingServicer):
+    """Holds each Jacobian 0.3 s, so that the shares of one call overlap on the server."""
+
+    def Jacobian(self, request, context):
+        time.sleep(0.3)
+        return super().Jacobian(request, context)
+
+
+def test_shares_refused_for_load_go_again_after_the_others():
+    """At --max-concurrent-rpcs 1 the server refuses all but one share at once; the SDK sends
+    those again one at a time, so parallel=3 gives the whole call's result (sync and async)."""
+    settings = Settings(host="127.0.0.1", port=0, metrics_port=0, max_concurrent_rpcs=1)
+    servicer = SlowServicer(settings)
+    server, port, _ = create_server(settings, servicer=servicer)
+    g, inputs, _ = problem()
+    try:
+        with gs.Client(f"127.0.0.1:{port}") as c:
+            want = c.jacobian(g, inputs, of="y", wrt="x")
+            servicer.served.clear()
+            got = c.jacobian(g, inputs, of="y", wrt="x", parallel=3)
+
+        async def shared():
+            async with gs.AsyncClient(f"127.0.0.1:{port}") as c:
+                return await c.jacobian(g, inputs, of="y", wrt="x", parallel=3)
+
+        got_async = asyncio.run(shared())
+    finally:
+        server.stop(None)
+    assert np.array_equal(got, want) and np.array_equal(got_async, want)
+    assert sorted(s[1:3] for s in servicer.served) == sorted([(i, 3) for i in range(3)] * 2)
+
+
+def test_a_failed_server_info_is_asked_again(replicas, monkeypatch):
+    """GetServerInfo failing (UNAVAILABLE while a server restarts, say) for the limits and
+    the features of one call makes that call go whole; the next one asks again and is shared."""
+    g, inputs, _ = problem()
+    server = replicas[0]
+    with gs.Client(server.address) as c:
+        answer = c.server_info
+        failures = [gs.Unavailable("restarting"), gs.Unavailable("restarting")]
+
+        def flaky():
+            if failures:
+                raise failures.pop()
+            return answer()
+
+        monkeypatch.setattr(c, "server_info", flaky)
+        whole = c.jacobian(g, inputs, of="y", wrt="x", parallel=3)
+        assert [s[1:3] for s in server.servicer.served] == [(0, 0)]  # no part: the whole call
+        shared = c.jacobian(g, inputs, of="y", wrt="x", parallel=3)
+    assert np.array_equal(shared, whole)
+    assert sorted(s[1:3] for s in server.servicer.served[1:]) == [(0, 3), (1, 3), (2, 3)]
+
+
+def test_a_cancelled_call_leaves_no_lane_open(replicas):
+    """Cancelling parallel calls while their lanes are being opened: every lane channel is
+    either kept by the client or closed."""
+    g, inputs, _ = problem()
+
+    async def cancelled_calls():
+        opened, closed = [], set()
+        async with gs.AsyncClient(replicas[0].address) as c:
+            await c.server_info()
+            open_lane = c._open_lane
+
+            def recorded():
+                channel = open_lane()
+                opened.append(channel)
+                close = channel.close
+
+                async def recorded_close(grace=None):
+                    closed.add(id(channel))
+                    await close(grace)
+
+                channel.close = recorded_close
+                return channel
+
+            c._open_lane = recorded
+            for i in range(10):
+                task = asyncio.ensure_future(c.jacobian(g, inputs, of="y", wrt="x", parallel=4))
+                await asyncio.sleep(0.003 * (i + 1))
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):  # unless it was done
+                    await task
+            kept = list(c._lanes)
+        return [ch for ch in opened if id(ch) not in closed and ch not in kept]
+
+    assert asyncio.run(cancelled_calls()) == []
 
 
 def test_parallel_is_checked(replicas):
