@@ -52,8 +52,8 @@ __all__ = ["Client"]
 C = TypeVar("C")
 T = TypeVar("T")
 
-#: How many connections a parallel call's lane tries for one that reaches a server process no
-#: other lane is on (each new connection lands on a --workers process at random).
+#: How many connections a parallel call's lane tries for one that reaches the server process
+#: with the fewest lanes (each new connection lands on a --workers process at random).
 LANE_TRIES = 12
 
 
@@ -422,12 +422,14 @@ class Client(Methods, ChannelClient):
         return list(range(count))
 
     def _add_lane(self) -> None:
-        """Open one more lane, on a server process that no other lane is on if one is found
-        in LANE_TRIES connections (SO_REUSEPORT hashes each connection to a process); once a
-        lane had to share a process, every process has one, and the first connection is kept."""
+        """Open one more lane, on the server process with the fewest lanes, found within
+        LANE_TRIES connections (SO_REUSEPORT hashes each connection to a process; the last one
+        tried is kept). While every lane is on a process of its own, that is a new process;
+        once lanes had to share one, every process has a lane, and it is one of those with
+        the fewest, so that K shares over N processes put at most ceil(K / N) on each."""
         taken = self._lane_processes
-        tries = LANE_TRIES if len(set(taken)) == len(taken) else 1
-        for attempt in range(tries):
+        fewest = 0 if len(set(taken)) == len(taken) else min(map(taken.count, taken))
+        for attempt in range(LANE_TRIES):
             channel = self._open_lane()
             info = multicallable(channel, m.SERVER_INFO.rpc)
             try:
@@ -439,7 +441,7 @@ class Client(Methods, ChannelClient):
             except BaseException:  # cancelled (or interrupted) while asking: not kept
                 channel.close()
                 raise
-            if not process or process not in taken or attempt == tries - 1:
+            if not process or taken.count(process) <= fewest or attempt == LANE_TRIES - 1:
                 self._lanes.append(channel)
                 taken.append(process)
                 return

@@ -293,6 +293,17 @@ def test_two_workers_both_serve_shares_of_one_jacobian(server_process):
     assert set(map(int, jacobians[1:])) == pids, proc.stderr  # the two shares, one per worker
 
 
+def test_four_shares_over_two_workers_go_two_to_each(server_process):
+    g, inputs, _ = problem()
+    proc = server_process("--workers", "2")
+    with gs.Client(proc.address) as c:
+        want = c.jacobian(g, inputs, of="y", wrt="x")
+        got = c.jacobian(g, inputs, of="y", wrt="x", parallel=4)
+        lanes = sorted(map(c._lane_processes.count, set(c._lane_processes)))
+    assert np.array_equal(got, want)
+    assert lanes == [2, 2]
+
+
 def test_a_server_without_work_part_gets_one_whole_call(replicas):
     g, inputs, _ = problem()
     server = replicas[0]
