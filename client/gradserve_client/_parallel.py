@@ -10,12 +10,16 @@ calls go out at once (asyncio tasks, or threads for `Client`), each over its own
 spread by the channel's load balancing (`AsyncClient._share_lanes`). A share the server
 refuses because it is computing as many RPCs as it may (``--max-concurrent-rpcs``) is sent
 again once the others are done, so that ``parallel=K`` succeeds wherever the whole call would.
+Any other error (or a Ctrl-C) cancels the shares still in flight: `AsyncClient` cancels their
+tasks, `Client` the RPCs its threads wait on (`unary`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeAlias
@@ -111,16 +115,65 @@ def refused_for_load(exc: BaseException) -> bool:
     return isinstance(exc, ResourceExhausted) and exc.metadata.get("limit") == "max_concurrent_rpcs"
 
 
+class _InFlight:
+    """The RPCs that the threads of one parallel call wait on, to cancel them together."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: list[Any] = []
+        self._cancelled = False
+
+    def started(self, call: Any) -> Any:
+        with self._lock:
+            self._calls.append(call)
+            cancelled = self._cancelled
+        if cancelled:  # started after the others were cancelled
+            call.cancel()
+        return call
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+
+
+_IN_FLIGHT: contextvars.ContextVar[_InFlight | None] = contextvars.ContextVar(
+    "gradserve_shares", default=None
+)
+
+
+def unary(rpc: Any, request: Any, **kwargs: Any) -> Any:
+    """``rpc(request, **kwargs)``: grpc.aio's call (awaitable), or grpc's blocking call. In a
+    thread of `concurrently` the blocking call is made as a future that a failing share can
+    cancel (grpc's blocking call cannot be interrupted)."""
+    in_flight = _IN_FLIGHT.get()
+    if in_flight is None:
+        return rpc(request, **kwargs)
+    return in_flight.started(rpc.future(request, **kwargs)).result()
+
+
 def concurrently(calls: Sequence[Callable[[], Any]], asyncio_: bool) -> Any:
     """Run the calls at once and return their outcomes in order, a result or the error of a
-    call `refused_for_load` (any other error is raised): for ``asyncio_`` the calls make
-    coroutines and this is an awaitable (the others are cancelled when one fails); else each
-    runs in a thread of its own and this is the list."""
+    call `refused_for_load`; any other error (or a KeyboardInterrupt) cancels the calls still
+    running and is raised. For ``asyncio_`` the calls make coroutines and this is an
+    awaitable; else each runs in a thread of its own and this is the list."""
     if asyncio_:
         return _gathered(calls)
+    in_flight = _InFlight()
+
+    def run(call: Callable[[], Any]) -> Any:
+        _IN_FLIGHT.set(in_flight)  # in this share's copy of the caller's context
+        return _outcome(call)
+
     with ThreadPoolExecutor(len(calls), thread_name_prefix="gradserve-share") as pool:
-        futures = [pool.submit(_outcome, call) for call in calls]
-        return [future.result() for future in futures]
+        futures = [pool.submit(contextvars.copy_context().run, run, call) for call in calls]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            in_flight.cancel()  # the threads' calls end at once, and the pool is joined
+            raise
 
 
 def _outcome(call: Callable[[], Any]) -> Any:

@@ -481,7 +481,7 @@ class AsyncClient(AsyncMethods, ChannelClient):
         rpc = self._multicallable(method.rpc, lane)
         try:
             if method.collect is None:
-                return await rpc(request, timeout=timeout, metadata=self._metadata)
+                return await _parallel.unary(rpc, request, timeout=timeout, metadata=self._metadata)
             collected = method.collect()
             async for response in rpc(request, timeout=timeout, metadata=self._metadata):
                 collected.add(response)

@@ -477,7 +477,7 @@ class Client(Methods, ChannelClient):
         rpc = self._multicallable(method.rpc, lane)
         try:
             if method.collect is None:
-                return rpc(request, timeout=timeout, metadata=self._metadata)
+                return _parallel.unary(rpc, request, timeout=timeout, metadata=self._metadata)
             collected = method.collect()
             for response in rpc(request, timeout=timeout, metadata=self._metadata):
                 collected.add(response)

@@ -199,6 +199,60 @@ def test_shares_refused_for_load_go_again_after_the_others():
     assert sorted(s[1:3] for s in servicer.served) == sorted([(i, 3) for i in range(3)] * 2)
 
 
+class FailingShareServicer(RecordingServicer):
+    """Refuses share 0 at once; the other shares wait up to 5 s, noting if they are cancelled."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.cancelled: list[int] = []
+
+    def Jacobian(self, request, context):
+        if request.part.count and request.part.index == 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "share 0 refused")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if not context.is_active():
+                self.cancelled.append(request.part.index)
+                return pb.JacobianResponse()
+            time.sleep(0.01)
+        return super().Jacobian(request, context)
+
+
+def test_a_failing_share_cancels_the_others():
+    """The error of one share is the call's at once, and the shares still running are
+    cancelled on the server: Client's blocking calls in threads as AsyncClient's tasks."""
+    settings = Settings(host="127.0.0.1", port=0, metrics_port=0)
+    servicer = FailingShareServicer(settings)
+    server, port, _ = create_server(settings, servicer=servicer)
+    g, inputs, _ = problem()
+
+    def cancelled_on_the_server() -> list[int]:
+        deadline = time.monotonic() + 5
+        while len(servicer.cancelled) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        found, servicer.cancelled[:] = sorted(servicer.cancelled), []
+        return found
+
+    async def with_async_client():
+        async with gs.AsyncClient(f"127.0.0.1:{port}") as c:
+            await c.jacobian(g, inputs, of="y", wrt="x", parallel=3)
+
+    try:
+        with gs.Client(f"127.0.0.1:{port}") as c:
+            start = time.monotonic()
+            with pytest.raises(gs.InvalidArgument, match="share 0 refused"):
+                c.jacobian(g, inputs, of="y", wrt="x", parallel=3)
+            assert time.monotonic() - start < 2
+        assert cancelled_on_the_server() == [1, 2]
+        start = time.monotonic()
+        with pytest.raises(gs.InvalidArgument, match="share 0 refused"):
+            asyncio.run(with_async_client())
+        assert time.monotonic() - start < 2
+        assert cancelled_on_the_server() == [1, 2]
+    finally:
+        server.stop(None)
+
+
 def test_a_failed_server_info_is_asked_again(replicas, monkeypatch):
     """GetServerInfo failing (UNAVAILABLE while a server restarts, say) for the limits and
     the features of one call makes that call go whole; the next one asks again and is shared."""
