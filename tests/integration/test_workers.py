@@ -170,6 +170,25 @@ def test_a_restart_storm_stops_the_server_with_exit_1(server_process):
     assert not children(parent)
 
 
+def run_patched(script: str, hang: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of a server started by ``script`` (`serve_workers` with a
+    fault patched in), once it has exited with no worker left; its workers are killed and
+    ``hang`` raised if it runs for 30 s."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        for pid in children(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.communicate()
+        raise AssertionError(f"the server did not exit: {hang}") from None
+    assert not children(proc.pid)
+    return proc.returncode, out, err
+
+
 # The parent signals itself right after forking the first worker, before that worker can have
 # installed its own handler: as a kubelet stopping a pod that is still starting.
 STOPPED_WHILE_STARTING = """
@@ -195,23 +214,9 @@ sys.exit(workers.serve_workers(settings))
 def test_a_sigterm_while_the_workers_start_stops_them_all():
     """No worker is forked after the stop, the one that was is signalled again once it serves
     (the first SIGTERM came before its handler), and the parent exits 0 without a banner."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", STOPPED_WHILE_STARTING],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        for pid in children(proc.pid):
-            os.kill(pid, signal.SIGKILL)
-        proc.kill()
-        proc.communicate()
-        raise AssertionError("a SIGTERM while the workers started was ignored") from None
-    assert proc.returncode == 0, err
+    rc, out, err = run_patched(STOPPED_WHILE_STARTING, "a SIGTERM while they started was ignored")
+    assert rc == 0, err
     assert "listening" not in out
-    assert not children(proc.pid)
 
 
 # Once both workers serve, one is killed and the fork of its replacement fails.
@@ -243,20 +248,7 @@ sys.exit(workers.serve_workers(settings))
 
 def test_a_failed_restart_stops_the_other_worker_and_exits_1():
     """The parent stops the other worker, waits until it has drained, and exits 1."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", FORK_FAILS_ON_RESTART],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        for pid in children(proc.pid):
-            os.kill(pid, signal.SIGKILL)
-        proc.kill()
-        proc.communicate()
-        raise AssertionError("the server kept running after a restart failed") from None
-    assert proc.returncode == 1, err
+    rc, out, err = run_patched(FORK_FAILS_ON_RESTART, "it kept running after a restart failed")
+    assert rc == 1, err
     assert "could not be restarted: [Errno 12] Cannot allocate memory; stopping the others" in err
     assert not [pid for pid in banner_pids(out) if Path(f"/proc/{pid}").exists()]
