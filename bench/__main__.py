@@ -1,5 +1,10 @@
 """`python -m bench [--only W1,W3] [--quick] [--json PATH] [--cores 1,all] [--threads N]`.
 
+First the process re-executes itself with the servers' malloc tunable (huge pages for the large
+buffers malloc maps: `gradserve.process.restart_with_huge_pages`), which glibc reads only as a
+process starts. Every process of the benchmark inherits it: the in-process contenders, the
+clients, the gradserve servers (which would set it for themselves) and the echo server alike.
+
 Three things must happen before numpy (or torch, or jax) loads, so they happen here:
 - OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE may be set on this machine to keep old OpenBLAS builds
   correct; they slow a current numpy. The benchmark process (and the servers and children it
@@ -22,7 +27,11 @@ arrays reused, not returned to the kernel), for every contender in it alike.
 import os
 import sys
 
-from bench.harness import CORE_SETTINGS, pin_cores, thread_environment
+from gradserve.process import restart_with_huge_pages
+
+restart_with_huge_pages()
+
+from bench.harness import CORE_SETTINGS, pin_cores, thread_environment  # noqa: E402
 
 
 def _option(argv: list[str], name: str) -> str | None:

@@ -27,4 +27,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:
+        from gradserve.process import restart_with_huge_pages
+
+        restart_with_huge_pages()  # before anything starts: glibc reads it as a process starts
     sys.exit(main())

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gradserve import blas
 from gradserve.config import Settings
-from gradserve.process import StopSignals, start_metrics, stop_signals_blocked
+from gradserve.process import StopSignals, huge_pages_on, start_metrics, stop_signals_blocked
 from gradserve.rpc import SERVICE_NAME, GradientServicer, add_to_server
 from gradserve.rpc.auth import TokenAuthInterceptor, read_tokens
 from gradserve.rpc.interceptors import Chain, CountingThreadPool, Wrapping
@@ -176,7 +176,14 @@ def _serve(settings: Settings, stop: StopSignals, worker: bool, ready: int | Non
     if not worker:
         banner = f"{settings.host}:{port} ({metrics}; BLAS threads: {blas_threads})"
         print(f"gradserve listening on {banner}", flush=True)
-    log.info("serving on %s:%s, BLAS threads: %d", settings.host, port, blas_threads)
+    huge_pages = "on" if huge_pages_on() else "off"
+    log.info(
+        "serving on %s:%s, BLAS threads: %d, malloc huge pages: %s",
+        settings.host,
+        port,
+        blas_threads,
+        huge_pages,
+    )
     signum = stop.wait()
     log.info("%s: shutting down: draining for up to %ss", signum.name, settings.shutdown_grace)
     health_servicer.enter_graceful_shutdown()

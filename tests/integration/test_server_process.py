@@ -126,6 +126,26 @@ def test_blas_threads_are_limited_in_the_server_process(server_process):
     assert "BLAS threads: 1" in proc.stderr
 
 
+def _serving_line(proc) -> str:
+    """The start-up log line of a stopped server process."""
+    return next(line for line in proc.stderr.splitlines() if "serving on" in line)
+
+
+def test_the_server_restarts_itself_with_huge_pages_for_large_buffers(server_process):
+    proc = server_process(env={"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"})
+    pid = proc.proc.pid
+    assert proc.stop() == 0
+    # Re-executed in place (the pid Popen started) with huge pages asked of glibc.
+    line = _serving_line(proc)
+    assert f"pid={pid} " in line and line.endswith('malloc huge pages: on"'), line
+
+
+def test_the_operators_huge_page_setting_is_kept(server_process):
+    proc = server_process(env={"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
+    assert proc.stop() == 0
+    assert _serving_line(proc).endswith('malloc huge pages: off"')
+
+
 def test_automatic_blas_threads_share_the_cores(server_process):
     cores = len(os.sched_getaffinity(0))
     many = _server_info(server_process().address).blas_threads  # 64 concurrent RPCs
