@@ -115,13 +115,22 @@ def tune_malloc() -> bool:
         return False
 
 
-# glibc's malloc tunable that backs the buffers malloc maps (those over MALLOC_MMAP_THRESHOLD:
-# a large tensor's bytes in protobuf, grpc and Python) with transparent huge pages, where the
-# kernel's THP mode is "madvise" (or "always"). Without it each new 64 MiB buffer is faulted
-# in 4 KiB at a time: copying 64 MiB into one took 30 ms here, and 7 ms with it; R2's round
-# trip went from 0.51x to 1.22x the echo's throughput (docs/benchmarks.md). numpy already asks
-# for huge pages for its own large arrays. glibc reads tunables only when a process starts.
+# glibc's malloc tunable that backs the buffers malloc maps (those over MALLOC_MMAP_THRESHOLD: a
+# large tensor's bytes in protobuf, grpc and Python) with transparent huge pages, where the
+# kernel's THP mode is "madvise" or "always". Without it each new buffer is faulted in 4 KiB at
+# a time: a copy into a new 64 MiB one took 30 ms here, 7 ms with it (docs/benchmarks.md, R2).
+# numpy asks for huge pages for its own large arrays already. glibc reads tunables only as a
+# process starts, hence the restart.
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb"
+
+
+def _huge_pages_setting(env: Mapping[str, str]) -> str | None:
+    """The value GLIBC_TUNABLES in ``env`` gives glibc.malloc.hugetlb, if any."""
+    for tunable in env.get("GLIBC_TUNABLES", "").split(":"):
+        name, _, value = tunable.partition("=")
+        if name == HUGE_PAGES_TUNABLE:
+            return value
+    return None
 
 
 def huge_page_environment(env: Mapping[str, str]) -> dict[str, str] | None:
@@ -129,28 +138,28 @@ def huge_page_environment(env: Mapping[str, str]) -> dict[str, str] | None:
     apply: not glibc, or GLIBC_TUNABLES already sets it (``glibc.malloc.hugetlb=0`` keeps huge
     pages off)."""
     try:
-        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
-    except (ValueError, OSError):  # not a glibc system
+        glibc = os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (ValueError, OSError, AttributeError):  # another libc: no such name, or None
         return None
-    tunables = env.get("GLIBC_TUNABLES", "")
-    if not libc.startswith("glibc") or f"{HUGE_PAGES_TUNABLE}=" in tunables:
+    if not glibc or _huge_pages_setting(env) is not None:
         return None
-    added = f"{HUGE_PAGES_TUNABLE}=1"
-    return {**env, "GLIBC_TUNABLES": f"{tunables}:{added}" if tunables else added}
+    tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+    return {**env, "GLIBC_TUNABLES": ":".join([*tunables, f"{HUGE_PAGES_TUNABLE}=1"])}
 
 
 def restart_with_huge_pages() -> None:
     """Re-execute this program once (the same interpreter, command line and pid) with
-    `huge_page_environment`, when it applies; otherwise return. Call it first thing, from the
-    program's entry point: nothing done before it survives."""
+    `huge_page_environment`, when it applies; otherwise, or if the exec fails, return. Call it
+    first thing, from the program's entry point: nothing done before it survives."""
     env = huge_page_environment(os.environ)
-    if env is not None and sys.executable:
-        sys.stdout.flush()
-        sys.stderr.flush()
+    if env is None or not sys.executable:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with contextlib.suppress(OSError):  # then it runs on without them
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def huge_pages_on() -> bool:
     """Whether this process's malloc was started with huge pages for the buffers it maps."""
-    tunables = os.environ.get("GLIBC_TUNABLES", "").split(":")
-    return any(t in (f"{HUGE_PAGES_TUNABLE}=1", f"{HUGE_PAGES_TUNABLE}=2") for t in tunables)
+    return _huge_pages_setting(os.environ) in ("1", "2")

@@ -66,6 +66,29 @@ def test_huge_pages_are_added_to_the_tunables_glibc_is_given() -> None:
     }
     # The operator's own setting (0: off) is kept: no restart.
     assert huge_page_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
+    # A name that merely contains the tunable's is another tunable.
+    assert huge_page_environment({"GLIBC_TUNABLES": "x.glibc.malloc.hugetlb=0"}) == {
+        "GLIBC_TUNABLES": "x.glibc.malloc.hugetlb=0:glibc.malloc.hugetlb=1"
+    }
+
+
+@pytest.mark.parametrize(
+    ("tunables", "on"),
+    [
+        ("glibc.malloc.hugetlb=1", True),
+        ("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=2", True),  # hugetlbfs pages
+        ("glibc.malloc.hugetlb=0", False),
+        ("glibc.malloc.arena_max=2", False),
+        ("", False),
+    ],
+)
+def test_the_log_says_whether_huge_pages_were_asked(
+    monkeypatch: pytest.MonkeyPatch, tunables: str, on: bool
+) -> None:
+    from gradserve.process import huge_pages_on
+
+    monkeypatch.setenv("GLIBC_TUNABLES", tunables)
+    assert huge_pages_on() is on
 
 
 def test_huge_pages_are_not_asked_of_another_libc(monkeypatch: pytest.MonkeyPatch) -> None:
