@@ -294,7 +294,7 @@ def _r2(row: Row, settings: Settings, client, why, echo, clients) -> None:
                 row.notes[name] = "wrong result"
         except Exception as exc:
             row.notes[name] = f"failed: {type(exc).__name__}: {exc}"[:200]
-    rounds = 2 if settings.quick else 7
+    rounds = 2 if settings.quick else 15  # a call of 0.1-0.3 s: its spread is wide (±12-68 % at 7)
     samples: dict[str, list[float]] = {k: [] for k in contenders}
     for fn in contenders.values():
         fn()  # warm-up
