@@ -200,21 +200,26 @@ def test_shares_refused_for_load_go_again_after_the_others():
 
 
 class FailingShareServicer(RecordingServicer):
-    """Refuses share 0 at once; the other shares wait up to 5 s, noting if they are cancelled."""
+    """While ``refusing``, refuses share 0 at once; the other shares that reach it wait up to
+    5 s, noting that they started and whether they were cancelled."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
+        self.refusing = False
+        self.started: list[int] = []
         self.cancelled: list[int] = []
 
     def Jacobian(self, request, context):
-        if request.part.count and request.part.index == 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "share 0 refused")
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if not context.is_active():
-                self.cancelled.append(request.part.index)
-                return pb.JacobianResponse()
-            time.sleep(0.01)
+        if self.refusing and request.part.count:
+            if request.part.index == 0:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "share 0 refused")
+            self.started.append(request.part.index)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if not context.is_active():
+                    self.cancelled.append(request.part.index)
+                    return pb.JacobianResponse()
+                time.sleep(0.01)
         return super().Jacobian(request, context)
 
 
@@ -224,31 +229,44 @@ def test_a_failing_share_cancels_the_others():
     settings = Settings(host="127.0.0.1", port=0, metrics_port=0)
     servicer = FailingShareServicer(settings)
     server, port, _ = create_server(settings, servicer=servicer)
+    address = f"127.0.0.1:{port}"
     g, inputs, _ = problem()
 
-    def cancelled_on_the_server() -> list[int]:
-        deadline = time.monotonic() + 5
-        while len(servicer.cancelled) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        found, servicer.cancelled[:] = sorted(servicer.cancelled), []
-        return found
+    def refuse() -> float:
+        """Refuse share 0 from now on; the time now."""
+        servicer.refusing, servicer.served[:] = True, []
+        return time.monotonic()
 
-    async def with_async_client():
-        async with gs.AsyncClient(f"127.0.0.1:{port}") as c:
-            await c.jacobian(g, inputs, of="y", wrt="x", parallel=3)
+    def ended_at_once_and_cancelled(seconds: float) -> None:
+        assert seconds < 2
+        # Every other share that reached the server ends there, cancelled, and none is served.
+        # (A share can be cancelled before a server thread starts it: it never reaches it.)
+        deadline = time.monotonic() + 5
+        while len(servicer.cancelled) < len(servicer.started) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(servicer.cancelled) == sorted(servicer.started)
+        assert set(servicer.started) <= {1, 2}
+        assert [s for s in servicer.served if s[2]] == []
+        servicer.refusing = False
+        servicer.started.clear()
+        servicer.cancelled.clear()
+
+    async def with_async_client() -> float:
+        async with gs.AsyncClient(address) as c:
+            await c.jacobian(g, inputs, of="y", wrt="x", parallel=3)  # its lanes opened
+            start = refuse()
+            with pytest.raises(gs.InvalidArgument, match="share 0 refused"):
+                await c.jacobian(g, inputs, of="y", wrt="x", parallel=3)
+            return time.monotonic() - start
 
     try:
-        with gs.Client(f"127.0.0.1:{port}") as c:
-            start = time.monotonic()
+        with gs.Client(address) as c:
+            c.jacobian(g, inputs, of="y", wrt="x", parallel=3)  # its lanes opened
+            start = refuse()
             with pytest.raises(gs.InvalidArgument, match="share 0 refused"):
                 c.jacobian(g, inputs, of="y", wrt="x", parallel=3)
-            assert time.monotonic() - start < 2
-        assert cancelled_on_the_server() == [1, 2]
-        start = time.monotonic()
-        with pytest.raises(gs.InvalidArgument, match="share 0 refused"):
-            asyncio.run(with_async_client())
-        assert time.monotonic() - start < 2
-        assert cancelled_on_the_server() == [1, 2]
+            ended_at_once_and_cancelled(time.monotonic() - start)
+        ended_at_once_and_cancelled(asyncio.run(with_async_client()))
     finally:
         server.stop(None)
 
