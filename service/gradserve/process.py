@@ -124,9 +124,14 @@ def tune_malloc() -> bool:
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb"
 
 
+def _tunables(env: Mapping[str, str]) -> list[str]:
+    """The name=value tunables of GLIBC_TUNABLES in ``env``."""
+    return [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+
+
 def _huge_pages_setting(env: Mapping[str, str]) -> str | None:
     """The value GLIBC_TUNABLES in ``env`` gives glibc.malloc.hugetlb, if any."""
-    for tunable in env.get("GLIBC_TUNABLES", "").split(":"):
+    for tunable in _tunables(env):
         name, _, value = tunable.partition("=")
         if name == HUGE_PAGES_TUNABLE:
             return value
@@ -143,8 +148,8 @@ def huge_page_environment(env: Mapping[str, str]) -> dict[str, str] | None:
         return None
     if not glibc or _huge_pages_setting(env) is not None:
         return None
-    tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
-    return {**env, "GLIBC_TUNABLES": ":".join([*tunables, f"{HUGE_PAGES_TUNABLE}=1"])}
+    added = [*_tunables(env), f"{HUGE_PAGES_TUNABLE}=1"]
+    return {**env, "GLIBC_TUNABLES": ":".join(added)}
 
 
 def restart_with_huge_pages() -> None:
