@@ -16,7 +16,7 @@ __all__ = [*_graph.__all__, *_ops.__all__, *_composites.__all__]
 # The clients, their exceptions and result types.
 from . import errors as _errors
 from . import training as _training
-from ._channel import TLS
+from ._channel import OWN_CONNECTION, TLS
 from ._info import AttrInfo, OperatorInfo, ServerInfo
 from .aio import AsyncClient
 from .client import Client
@@ -27,6 +27,7 @@ from .training import *  # noqa: F403 - the optimisers, schedules, runs and thei
 __all__ += [
     *_errors.__all__,
     "TLS",
+    "OWN_CONNECTION",
     "AsyncClient",
     "AttrInfo",
     "Client",

@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 SERVICE = "gradserve.v1.Gradient"
-#: Channels share their connections to one address by default (gRPC's global subchannel
-#: pool); with a pool of its own, a channel opens a TCP connection of its own.
+#: A channel option: channels to one address share one connection by default (gRPC's global
+#: subchannel pool), so several Clients in one process reach one ``--workers`` process; with
+#: ``options=[OWN_CONNECTION]`` a Client opens a TCP connection of its own.
 OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
 
 

@@ -376,6 +376,26 @@ def test_four_shares_over_two_workers_go_two_to_each(server_process):
     assert lanes == [2, 2]
 
 
+def test_clients_share_one_connection_unless_each_has_its_own(replicas):
+    # gRPC's global subchannel pool: Clients to one address in one process share a connection
+    # (so they reach one --workers process); with OWN_CONNECTION each opens its own.
+    g, inputs, _ = problem()
+    server = replicas[0]
+
+    def peers(*options):
+        server.servicer.served.clear()
+        with (
+            gs.Client(server.address, options=options) as a,
+            gs.Client(server.address, options=options) as b,
+        ):
+            for c in (a, b):
+                c.jacobian(g, inputs, of="y", wrt="x")
+        return {peer for *_, peer in server.servicer.served}
+
+    assert len(peers()) == 1
+    assert len(peers(gs.OWN_CONNECTION)) == 2
+
+
 def test_a_server_without_work_part_gets_one_whole_call(replicas):
     g, inputs, _ = problem()
     server = replicas[0]
