@@ -83,6 +83,7 @@ ALIASES = {
     "W4B": "W4",
     "WK": "WORKERS",
     "SH": "WORKERS",
+    "WKC": "WORKERS",
 }
 
 
@@ -91,7 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         help="comma-separated workloads: W1,W2,W3,W4,M1,S1,S2,S3,H1,H2,RPC (or R1,R2,R3),W5,"
-        "WORKERS (or WK, SH), CONV (or K1,K2,K3), MODELS (or C1,C2,T1,W6)",
+        "WORKERS (or WK, SH, WKc), CONV (or K1,K2,K3), MODELS (or C1,C2,T1,W6)",
     )
     p.add_argument("--quick", action="store_true", help="few repetitions (the smoke test)")
     p.add_argument("--json", type=Path, help="also write the results here")

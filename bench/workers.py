@@ -13,6 +13,11 @@ this process makes the calls, timed in interleaved rounds (`time_interleaved`).
   (parallel=1) to --workers 1.
 - SH: `parallel=3` over a round_robin channel to three replicas (three `gradserve serve`, an
   ``ipv4:`` list of their addresses) against the plain call to one of them.
+- WKc: what `--workers` is for, many concurrent calls whose time is Python: CLIENTS threads,
+  each with a `gs.Client` of its own connection, call small Jacobians (`ode_graph`) for a
+  fixed time, to `--workers 2` and to `--workers 1`; requests per second. Also timed: the same
+  clients without connections of their own, which gRPC's global subchannel pool makes one
+  connection (so one worker), as Clients to one address in one process are by default.
 
 The servers keep their own BLAS policy (`--blas-threads 0`: cores / workers / concurrent
 RPCs, one thread each here), not the benchmark's GRADSERVE_BLAS_THREADS, because the rows
@@ -28,17 +33,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
+import threading
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
 
-from bench.harness import Contender, Row, Settings, time_interleaved
+from bench.harness import Contender, Row, Settings, relative_iqr, time_interleaved
 from bench.servers import ServerUnavailable, Started, gradserve_command, started_server
 
 N, HIDDEN, LAYERS = 768, 2304, 6
 OWN_BLAS = ("--blas-threads", "0")
+ODE_STATES, ODE_STEPS, CLIENTS = 4, 200, 8
 
 
 def graph() -> Any:
@@ -81,6 +90,65 @@ def _timed(
     row.extra["server_cpu_seconds"] = {p: round(_cpu_seconds(p) - before[p], 2) for p in pids}
 
 
+def ode_graph() -> Any:
+    """ODE_STEPS explicit Euler steps of x' = tanh(A x) with ODE_STATES states: about 800 nodes
+    of 4 elements each, so that a Jacobian (the solution's sensitivity to its initial state)
+    spends its time in the executor's Python, which one process runs on one core at a time."""
+    import gradserve_client as gs
+
+    g = gs.Graph()
+    x = g.input("x", shape=(ODE_STATES,))
+    A = g.constant(np.random.default_rng(3).standard_normal((ODE_STATES, ODE_STATES)) / 2)
+    y = x
+    for _ in range(ODE_STEPS):
+        y = y + 0.05 * gs.tanh(A @ y)
+    g.output("y", y)
+    return g
+
+
+def _calls_per_second(clients: list[Any], call: Callable[[Any], Any], seconds: float) -> float:
+    """Calls per second of one thread per client, each calling for `seconds` (a fixed time,
+    not a fixed count of calls, so that a worker with fewer connections is not left idle)."""
+    end = time.perf_counter() + seconds
+    done = [0] * len(clients)
+    errors: list[BaseException] = []
+
+    def work(i: int, client: Any) -> None:
+        try:
+            while time.perf_counter() < end:
+                call(client)
+                done[i] += 1
+        except BaseException as exc:  # reported after the join
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=item) for item in enumerate(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return sum(done) / elapsed
+
+
+def _started(stack: ExitStack, row: Row, *commands: list[str]) -> list[Started] | None:
+    """A server for each command, stopped with `stack`; None, said in the row's notes, if one
+    cannot start."""
+    try:
+        return [stack.enter_context(started_server(command)) for command in commands]
+    except ServerUnavailable as exc:
+        row.notes[row.gradserve] = str(exc)[:200]
+        return None
+
+
+def _workers_2_and_1(stack: ExitStack, row: Row) -> list[Started] | None:
+    """`gradserve serve --workers 2` and `--workers 1`, each with its own BLAS policy."""
+    commands = [gradserve_command("--workers", str(n), *OWN_BLAS) for n in (2, 1)]
+    return _started(stack, row, *commands)
+
+
 def _jacobian(client: Any, parallel: int) -> Callable[[], Any]:
     g = graph()
     inputs = {"x": np.random.default_rng(8).standard_normal(N)}
@@ -100,16 +168,10 @@ def wk(settings: Settings) -> Row:
         1 / 1.6,
     )
     with ExitStack() as stack:
-        try:
-            two, one = (
-                stack.enter_context(
-                    started_server(gradserve_command("--workers", str(n), *OWN_BLAS))
-                )
-                for n in (2, 1)
-            )
-        except ServerUnavailable as exc:
-            row.notes[row.gradserve] = str(exc)[:200]
+        servers = _workers_2_and_1(stack, row)
+        if servers is None:
             return row
+        two, one = servers
         c2 = stack.enter_context(gs.Client(two.target))
         c1 = stack.enter_context(gs.Client(one.target))
         contenders = [
@@ -135,12 +197,8 @@ def sh(settings: Settings) -> Row:
         0.75,
     )
     with ExitStack() as stack:
-        try:
-            replicas = [
-                stack.enter_context(started_server(gradserve_command(*OWN_BLAS))) for _ in range(3)
-            ]
-        except ServerUnavailable as exc:
-            row.notes[row.gradserve] = str(exc)[:200]
+        replicas = _started(stack, row, *[gradserve_command(*OWN_BLAS)] * 3)
+        if replicas is None:
             return row
         target = "ipv4:" + ",".join(r.target for r in replicas)
         shared = stack.enter_context(gs.Client(target, load_balancing="round_robin"))
@@ -155,5 +213,56 @@ def sh(settings: Settings) -> Row:
     return row
 
 
+def wkc(settings: Settings) -> Row:
+    import gradserve_client as gs
+
+    row = Row(
+        "WKc",
+        f"{CLIENTS} clients' small Jacobians ({ODE_STEPS}-step ODE): --workers 2 vs --workers 1",
+        "req/s",
+        "--workers 2",
+        "--workers 1",
+        "none (measured)",
+        None,
+        higher_is_better=True,
+    )
+    with ExitStack() as stack:
+        servers = _workers_2_and_1(stack, row)
+        if servers is None:
+            return row
+        two, one = servers
+
+        def clients(server: Started, *options: tuple[str, Any]) -> list[Any]:
+            return [
+                stack.enter_context(gs.Client(server.target, options=options))
+                for _ in range(CLIENTS)
+            ]
+
+        contenders = {
+            "--workers 2": clients(two, gs.OWN_CONNECTION),
+            "--workers 1": clients(one, gs.OWN_CONNECTION),
+            "--workers 2, the Clients sharing one connection": clients(two),
+        }
+        g, inputs = ode_graph(), {"x": np.ones(ODE_STATES)}
+
+        def call(client: Any) -> Any:
+            return client.jacobian(g, inputs, of="y", wrt="x")
+
+        seconds, rounds = (0.2, 1) if settings.quick else (1.0, 5)
+        for cs in contenders.values():
+            _calls_per_second(cs, call, seconds / 2)  # compiles, and opens every connection
+        pids = _processes([two, one])
+        before = {pid: _cpu_seconds(pid) for pid in pids}
+        samples: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(rounds):
+            for name, cs in contenders.items():
+                samples[name].append(_calls_per_second(cs, call, seconds))
+        row.extra["server_cpu_seconds"] = {p: round(_cpu_seconds(p) - before[p], 2) for p in pids}
+    for name, values in samples.items():
+        row.figures[name] = statistics.median(values)
+        row.spread[name] = relative_iqr(values)
+    return row
+
+
 def run(settings: Settings) -> list[Row]:
-    return [wk(settings), sh(settings)]
+    return [wk(settings), sh(settings), wkc(settings)]

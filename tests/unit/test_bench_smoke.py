@@ -182,3 +182,12 @@ def test_quick_rpc_rows_time_gradserve_the_stacks_and_the_floor() -> None:
             assert row.figures[name] > 0, row.notes
         assert row.ratio > 0
     assert r1.figures[rpc.GS_STUB] > 0 and r2.figures[rpc.GS] > 0, r2.notes
+
+
+def test_quick_wkc_row_times_the_workers_and_the_shared_connection() -> None:
+    from bench import workers
+
+    row = workers.wkc(Settings.make(quick=True))
+    assert len(row.figures) == 3 and all(v > 0 for v in row.figures.values()), row.notes
+    assert row.ratio > 0
+    assert sum(row.extra["server_cpu_seconds"].values()) > 0
