@@ -376,20 +376,32 @@ def test_four_shares_over_two_workers_go_two_to_each(server_process):
     assert lanes == [2, 2]
 
 
-def test_clients_share_one_connection_unless_each_has_its_own(replicas):
-    # gRPC's global subchannel pool: Clients to one address in one process share a connection
+@pytest.mark.parametrize("client", ["Client", "AsyncClient"])
+def test_clients_share_one_connection_unless_each_has_its_own(replicas, client):
+    # gRPC's global subchannel pool: clients to one address in one process share a connection
     # (so they reach one --workers process); with OWN_CONNECTION each opens its own.
     g, inputs, _ = problem()
     server = replicas[0]
 
-    def peers(*options):
-        server.servicer.served.clear()
-        with (
-            gs.Client(server.address, options=options) as a,
-            gs.Client(server.address, options=options) as b,
+    async def both_call_async(options):
+        async with (
+            gs.AsyncClient(server.address, options=options) as a,
+            gs.AsyncClient(server.address, options=options) as b,
         ):
             for c in (a, b):
-                c.jacobian(g, inputs, of="y", wrt="x")
+                await c.jacobian(g, inputs, of="y", wrt="x")
+
+    def peers(*options):
+        server.servicer.served.clear()
+        if client == "AsyncClient":
+            asyncio.run(both_call_async(options))
+        else:
+            with (
+                gs.Client(server.address, options=options) as a,
+                gs.Client(server.address, options=options) as b,
+            ):
+                for c in (a, b):
+                    c.jacobian(g, inputs, of="y", wrt="x")
         return {peer for *_, peer in server.servicer.served}
 
     assert len(peers()) == 1
