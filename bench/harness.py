@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -180,6 +181,41 @@ def time_interleaved(
         figures[name] = statistics.median(values)
         spread[name] = relative_iqr(values)
     return figures, spread, notes
+
+
+def threaded_rate(
+    fns: Sequence[Callable[[], Any]], *, calls_each: int = 0, seconds: float = 0.0
+) -> float:
+    """Calls per second of one thread per callable, started together: each makes `calls_each`
+    calls, or (with `seconds`) calls until that much time has passed, so that a thread whose
+    calls are served faster (a less loaded server process) is not left idle. The first error
+    of any thread is raised after all have ended."""
+    barrier = threading.Barrier(len(fns) + 1)
+    done = [0] * len(fns)
+    errors: list[BaseException] = []
+    end = 0.0
+
+    def work(i: int, fn: Callable[[], Any]) -> None:
+        barrier.wait()
+        try:
+            while (time.perf_counter() < end) if seconds else (done[i] < calls_each):
+                fn()
+                done[i] += 1
+        except BaseException as exc:  # reported after the join
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=item) for item in enumerate(fns)]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    barrier.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return sum(done) / elapsed
 
 
 def relative_iqr(values: Sequence[float]) -> float:

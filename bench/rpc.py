@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from bench.echo_server import METHOD as ECHO_METHOD
-from bench.harness import Row, Settings, relative_iqr
+from bench.harness import Row, Settings, relative_iqr, threaded_rate
 from bench.servers import (
     FLOOR,
     MAX_MESSAGE,
@@ -99,31 +98,6 @@ def _latencies(fn: Callable[[], Any], n: int) -> list[float]:
         fn()
         out.append(time.perf_counter() - t0)
     return out
-
-
-def _threaded_rps(fn: Callable[[], Any], threads: int, calls_each: int) -> float:
-    barrier = threading.Barrier(threads + 1)
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        barrier.wait()
-        try:
-            for _ in range(calls_each):
-                fn()
-        except BaseException as exc:  # reported after the join
-            errors.append(exc)
-
-    pool = [threading.Thread(target=work) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in pool:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
-    return threads * calls_each / elapsed
 
 
 def run(settings: Settings) -> list[Row]:
@@ -321,13 +295,13 @@ def _r3(row: Row, settings: Settings, client, why, echo, stubs, pb, codec, floor
     samples: dict[str, list[float]] = {k: [] for k in contenders}
     for name, fn in contenders.items():
         try:
-            _threaded_rps(fn, threads, 5)  # warm-up
+            threaded_rate([fn] * threads, calls_each=5)  # warm-up
         except Exception as exc:
             row.notes[name] = f"failed: {type(exc).__name__}: {exc}"[:200]
             samples.pop(name)
     for _ in range(rounds):
         for name in samples:
-            samples[name].append(_threaded_rps(contenders[name], threads, calls))
+            samples[name].append(threaded_rate([contenders[name]] * threads, calls_each=calls))
     for name, values in samples.items():
         row.figures[name] = statistics.median(values)
         row.spread[name] = relative_iqr(values)

@@ -32,17 +32,23 @@ the GIL in its loops and GEMMs), so `--workers 1, parallel=2` is about as fast a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import statistics
-import threading
-import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import numpy as np
 
-from bench.harness import Contender, Row, Settings, relative_iqr, time_interleaved
+from bench.harness import (
+    Contender,
+    Row,
+    Settings,
+    relative_iqr,
+    threaded_rate,
+    time_interleaved,
+)
 from bench.servers import ServerUnavailable, Started, gradserve_command, started_server
 
 N, HIDDEN, LAYERS = 768, 2304, 6
@@ -83,10 +89,17 @@ def _timed(
     row: Row, contenders: list[Contender], servers: list[Started], settings: Settings
 ) -> None:
     """Time the contenders into the row, with each server process's CPU seconds meanwhile."""
+    long_calls = dataclasses.replace(settings, rounds=min(settings.rounds, 9), warmup=1)
+    with _server_cpu(row, servers):
+        row.figures, row.spread, row.notes = time_interleaved(contenders, long_calls)
+
+
+@contextmanager
+def _server_cpu(row: Row, servers: list[Started]) -> Iterator[None]:
+    """Put into the row each server process's CPU seconds while the block runs."""
     pids = _processes(servers)
     before = {pid: _cpu_seconds(pid) for pid in pids}
-    long_calls = dataclasses.replace(settings, rounds=min(settings.rounds, 9), warmup=1)
-    row.figures, row.spread, row.notes = time_interleaved(contenders, long_calls)
+    yield
     row.extra["server_cpu_seconds"] = {p: round(_cpu_seconds(p) - before[p], 2) for p in pids}
 
 
@@ -104,33 +117,6 @@ def ode_graph() -> Any:
         y = y + 0.05 * gs.tanh(A @ y)
     g.output("y", y)
     return g
-
-
-def _calls_per_second(clients: list[Any], call: Callable[[Any], Any], seconds: float) -> float:
-    """Calls per second of one thread per client, each calling for `seconds` (a fixed time,
-    not a fixed count of calls, so that a worker with fewer connections is not left idle)."""
-    end = time.perf_counter() + seconds
-    done = [0] * len(clients)
-    errors: list[BaseException] = []
-
-    def work(i: int, client: Any) -> None:
-        try:
-            while time.perf_counter() < end:
-                call(client)
-                done[i] += 1
-        except BaseException as exc:  # reported after the join
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=item) for item in enumerate(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
-    return sum(done) / elapsed
 
 
 def _started(stack: ExitStack, row: Row, *commands: list[str]) -> list[Started] | None:
@@ -232,32 +218,29 @@ def wkc(settings: Settings) -> Row:
             return row
         two, one = servers
 
-        def clients(server: Started, *options: tuple[str, Any]) -> list[Any]:
-            return [
+        g, inputs = ode_graph(), {"x": np.ones(ODE_STATES)}
+
+        def calls(server: Started, *options: tuple[str, Any]) -> list[Callable[[], Any]]:
+            """CLIENTS Jacobian calls, each through a Client of its own."""
+            clients = [
                 stack.enter_context(gs.Client(server.target, options=options))
                 for _ in range(CLIENTS)
             ]
+            return [functools.partial(c.jacobian, g, inputs, of="y", wrt="x") for c in clients]
 
         contenders = {
-            "--workers 2": clients(two, gs.OWN_CONNECTION),
-            "--workers 1": clients(one, gs.OWN_CONNECTION),
-            "--workers 2, the Clients sharing one connection": clients(two),
+            "--workers 2": calls(two, gs.OWN_CONNECTION),
+            "--workers 1": calls(one, gs.OWN_CONNECTION),
+            "--workers 2, the Clients sharing one connection": calls(two),
         }
-        g, inputs = ode_graph(), {"x": np.ones(ODE_STATES)}
-
-        def call(client: Any) -> Any:
-            return client.jacobian(g, inputs, of="y", wrt="x")
-
         seconds, rounds = (0.2, 1) if settings.quick else (1.0, 5)
-        for cs in contenders.values():
-            _calls_per_second(cs, call, seconds / 2)  # compiles, and opens every connection
-        pids = _processes([two, one])
-        before = {pid: _cpu_seconds(pid) for pid in pids}
+        for fns in contenders.values():
+            threaded_rate(fns, seconds=seconds / 2)  # compiles, and opens every connection
         samples: dict[str, list[float]] = {name: [] for name in contenders}
-        for _ in range(rounds):
-            for name, cs in contenders.items():
-                samples[name].append(_calls_per_second(cs, call, seconds))
-        row.extra["server_cpu_seconds"] = {p: round(_cpu_seconds(p) - before[p], 2) for p in pids}
+        with _server_cpu(row, [two, one]):
+            for _ in range(rounds):
+                for name, fns in contenders.items():
+                    samples[name].append(threaded_rate(fns, seconds=seconds))
     for name, values in samples.items():
         row.figures[name] = statistics.median(values)
         row.spread[name] = relative_iqr(values)
